@@ -1,0 +1,494 @@
+"""The `parley` command: parses arguments and calls the parts that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from parley import __version__
+from parley.config import Option, add_options, default_home, resolve
+from parley.core.errors import ErrorCode, LocalError, ParleyError
+
+log = logging.getLogger("parley")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _duration_ms(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] * 1000
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+
+
+# --- options -------------------------------------------------------------------------------
+
+SERVER_OPTIONS = [
+    Option("data", "server data directory", default_home() / "server", type=Path),
+    Option("host", "address to listen on", "127.0.0.1"),
+    Option("port", "port to listen on (0: any free port)", 8800, type=int),
+    Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
+    Option("log-level", "debug, info, warning or error", "info"),
+]
+TERMINAL_OPTIONS = [
+    Option("data", "terminal data directory", default_home() / "terminal", type=Path),
+    Option("server", "line server URL (default: the one enrolled with)"),
+    Option("require-verified", "refuse calls with peers whose key is not verified", True,
+           flag=True),
+    Option("auto-answer", "accept incoming calls at once (robots)", False, flag=True),
+    Option("ui-port", "port of the local UI/API on 127.0.0.1 (0: any free port)", 8810,
+           type=int),
+    Option("ice-host", "offer exactly this host address as an ICE candidate, e.g. 127.0.0.1"
+           " for loopback-only machines", [], many=True),
+    Option("ice-server", "STUN/TURN server (stun:HOST:PORT, turn:USER:PASS@HOST:PORT);"
+           " none by default, never a public one", [], many=True),
+    Option("media", "who does the media: robot (aiortc in this process) or browser (the"
+           " person's web UI)", "robot"),
+    Option("play", "send this media file instead of the test pattern and tone", type=Path),
+    Option("record", "record received media to DIR/<call>.webm", type=Path),
+    Option("log-level", "debug, info, warning or error", "info"),
+]
+DATA_OPTION = [Option("data", "terminal data directory", default_home() / "terminal", type=Path)]
+
+
+# --- server ---------------------------------------------------------------------------------
+
+def cmd_server_run(args: argparse.Namespace) -> int:
+    from parley.server.app import ServerConfig, run_server
+
+    cfg = resolve(args, SERVER_OPTIONS, "server", args.data)
+    _setup_logging(cfg["log_level"])
+    if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("listening on %s: reachable beyond this machine", cfg["host"])
+    config = ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
+                          public_url=cfg["public_url"])
+    try:
+        asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _server_store(args: argparse.Namespace) -> Any:
+    from parley.server.store import ServerStore
+
+    cfg = resolve(args, SERVER_OPTIONS[:1], "server", args.data)
+    return ServerStore(cfg["data"] / "server.db")
+
+
+def cmd_principal_add(args: argparse.Namespace) -> int:
+    p = _server_store(args).add_principal(args.name, args.display or args.name, args.timezone,
+                                          _now_ms())
+    print(f"party {p.name} ({p.display}, {p.timezone}) created")
+    return 0
+
+
+def cmd_principal_list(args: argparse.Namespace) -> int:
+    for p in _server_store(args).principals():
+        print(f"{p.name:20} {p.display:30} {p.timezone}")
+    return 0
+
+
+def cmd_line_add(args: argparse.Namespace) -> int:
+    _server_store(args).add_line(args.a, args.b, _now_ms())
+    print(f"line {args.a} <-> {args.b} open")
+    return 0
+
+
+def cmd_line_list(args: argparse.Namespace) -> int:
+    for a, b in _server_store(args).lines():
+        print(f"{a} <-> {b}")
+    return 0
+
+
+def cmd_enroll_code(args: argparse.Namespace) -> int:
+    ttl = args.ttl
+    code = _server_store(args).create_enroll_code(args.party, ttl, _now_ms())
+    if args.quiet:
+        print(code)
+    else:
+        print(f"enrollment code for {args.party}: {code}")
+        print(f"valid once, for {ttl // 3_600_000}h{ttl // 60_000 % 60:02d}m. On the device:")
+        print(f"  parley terminal enroll --server URL --code {code}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    for d in _server_store(args).devices():
+        print(f"{d.device_id:30} {d.fingerprint}")
+    return 0
+
+
+# --- terminal -------------------------------------------------------------------------------
+
+def cmd_terminal_init(args: argparse.Namespace) -> int:
+    from parley.terminal.store import TerminalStore
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    store = TerminalStore.init(data, args.name)
+    public = store.load_keys().public(f"unenrolled/{args.name}")
+    print(f"new device {args.name!r} in {data}")
+    print(f"device fingerprint: {public.fingerprint}")
+    print("next: parley terminal enroll --server URL --code CODE" + (
+        f" --data {data}" if args.data else ""))
+    return 0
+
+
+def cmd_terminal_enroll(args: argparse.Namespace) -> int:
+    from parley.terminal.enroll import enroll
+    from parley.terminal.store import TerminalStore
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    store = TerminalStore(data)
+    public = asyncio.run(enroll(store, args.server, args.code))
+    print(f"enrolled as {public.device_id}")
+    print(f"device fingerprint: {public.fingerprint}")
+    return 0
+
+
+def terminal_config(cfg: dict[str, Any]) -> Any:
+    from parley.media.ice import IceConfig, parse_ice_server
+    from parley.media.robot import RobotOptions
+    from parley.terminal.app import TerminalConfig
+
+    ice = IceConfig(servers=tuple(parse_ice_server(s) for s in cfg["ice_server"]),
+                    host_addresses=tuple(cfg["ice_host"]) or None)
+    return TerminalConfig(
+        data_dir=cfg["data"], server_url=cfg["server"], require_verified=cfg["require_verified"],
+        auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
+        robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]))
+
+
+def cmd_terminal_run(args: argparse.Namespace) -> int:
+    from parley.terminal.runner import run_terminal
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    cfg = resolve(args, TERMINAL_OPTIONS, "terminal", data)
+    _setup_logging(cfg["log_level"])
+    asyncio.run(run_terminal(terminal_config(cfg), cfg["ice_host"]))
+    return 0
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+async def _with_peers(data: Path, fn: Callable[[Any], Any]) -> Any:
+    from parley.terminal.link import ServerLink
+    from parley.terminal.peers import PeerBook
+    from parley.terminal.store import TerminalStore
+
+    store = TerminalStore(data)
+    keys = store.load_keys()
+    if not store.server_url:
+        raise LocalError("this terminal is not enrolled", code=ErrorCode.NOT_ENROLLED,
+                         hint="run 'parley terminal enroll' first")
+    link = ServerLink(store.server_url, store.device_id, keys, receive=False)
+    try:
+        await link.connect_once()
+        return await fn(PeerBook(store, keys.public(store.device_id), link))
+    finally:
+        await link.close()
+        store.close()
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from parley.terminal.store import TerminalStore
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    store = TerminalStore(data)
+    me = store.load_keys().public(store.device_id)
+    pins = store.pins()
+    store.close()
+    if args.json and not args.peer:
+        print(json.dumps({"device": me.device_id, "fingerprint": me.fingerprint,
+                          "verified": [k.device_id for k, _, _ in pins]}))
+        return 0
+    if not args.peer:
+        print(f"this device:  {me.device_id}")
+        print(f"fingerprint:  {me.fingerprint}")
+        print("verified peers: " + (", ".join(k.device_id for k, _, _ in pins) or "none"))
+        print("to compare with a peer: parley keys show PARTY")
+        return 0
+
+    async def show(peers: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await peers.describe(args.peer)
+        return result
+
+    devices = asyncio.run(_with_peers(data, show))
+    if args.json:
+        print(json.dumps({"device": me.device_id, "peers": devices}))
+        return 0
+    if not devices:
+        print(f"{args.peer} has no enrolled device")
+    for d in devices:
+        mark = {"verified": "VERIFIED", "unverified": "not verified",
+                "changed": "!! KEY CHANGED since you verified it !!"}[d["trust"]]
+        print(f"{d['device']}  [{mark}]{'  online' if d['online'] else ''}")
+        print(f"  their fingerprint: {d['fingerprint']}")
+        digits = d["safety_number"].split()
+        print(f"  safety number:     {' '.join(digits[:6])}")
+        print(f"                     {' '.join(digits[6:])}")
+    print("Compare the safety number with the other operator out of band, then:")
+    print(f"  parley keys verify {args.peer} --safety-number \"<the 60 digits>\"")
+    return 0
+
+
+def cmd_keys_verify(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    if args.safety_number is None and not args.yes:
+        raise LocalError("give the safety number you compared",
+                         code=ErrorCode.BAD_MESSAGE,
+                         hint="--safety-number \"<the 60 digits>\" (or --yes if you compared it"
+                              " on screen)")
+
+    async def verify(peers: Any) -> Any:
+        return await peers.verify(args.target, args.safety_number, _now_ms())
+
+    device = asyncio.run(_with_peers(data, verify))
+    print(f"{device.device_id} verified and pinned on this terminal")
+    print(f"fingerprint: {device.fingerprint}")
+    return 0
+
+
+def cmd_keys_forget(args: argparse.Namespace) -> int:
+    from parley.terminal.store import TerminalStore
+
+    store = TerminalStore(resolve(args, DATA_OPTION, "terminal")["data"])
+    if not store.remove_pin(args.target):
+        raise LocalError(f"no verified key for {args.target}", code=ErrorCode.UNKNOWN_DEVICE,
+                         hint="give the full device id, as 'parley keys show' lists it")
+    print(f"{args.target} is no longer verified here")
+    return 0
+
+
+# --- talking to a running terminal ----------------------------------------------------------
+
+def control_request(data: Path, method: str, path: str, body: dict[str, Any] | None = None
+                    ) -> Any:
+    from parley.terminal.store import CONTROL_FILE
+
+    try:
+        info = json.loads((data / CONTROL_FILE).read_text())
+    except (OSError, ValueError):
+        raise LocalError(f"no terminal is running for {data}", code=ErrorCode.BAD_CONFIG,
+                         hint=f"start it with 'parley terminal run --data {data}'") from None
+    req = urllib.request.Request(
+        info["url"] + path, method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        err = json.loads(exc.read() or b"{}").get("error", {})
+        try:
+            code = ErrorCode(err.get("code"))
+        except ValueError:
+            code = ErrorCode.SERVER_ERROR
+        raise LocalError(err.get("message", str(exc)), code=code,
+                         hint=err.get("hint", "")) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise LocalError(f"the terminal for {data} does not answer: {exc}",
+                         code=ErrorCode.BAD_CONFIG, hint="is 'parley terminal run' running?"
+                         ) from None
+
+
+def _live_call(data: Path) -> dict[str, Any]:
+    status = control_request(data, "GET", "/api/status")
+    live = [c for c in status["calls"] if c["state"] != "ended"]
+    if not live:
+        raise LocalError("there is no call in progress", code=ErrorCode.NO_SUCH_CALL)
+    return dict(live[-1])
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    info = control_request(data, "POST", "/api/call",
+                           {"target": args.target, "media": "audio" if args.voice else "video"})
+    print(f"calling {info['peer']} ({info['media']}), call {info['call_id']}")
+    deadline = time.monotonic() + 60
+    last = None
+    while time.monotonic() < deadline:
+        info = control_request(data, "GET", f"/api/calls/{info['call_id']}")
+        if info["state"] != last:
+            last = info["state"]
+            extra = f"  SAS {info['sas']} -- read it aloud" if info["state"] == "active" else ""
+            print(f"  {info['state']}{extra}")
+        if info["state"] in ("active", "ended"):
+            break
+        time.sleep(0.2)
+    if info["state"] == "ended":
+        print(f"call ended: {info['end_reason']}" + (f" ({info['alarm']})" if info["alarm"]
+                                                      else ""))
+        return 1
+    return 0
+
+
+def cmd_hangup(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    call = _live_call(data)
+    control_request(data, "POST", f"/api/calls/{call['call_id']}/hangup")
+    print(f"hung up the call with {call['peer']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    status = control_request(data, "GET", "/api/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{status['device']}  server {status['server']}: "
+          f"{'connected' if status['connected'] else 'NOT CONNECTED'}")
+    for call in status["calls"][-5:]:
+        print(f"  call {call['direction']} {call['peer']}: {call['state']}"
+              + (f" ({call['end_reason']})" if call["end_reason"] else "")
+              + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
+    for alarm in status["alarms"][-5:]:
+        print(f"  ALARM {alarm['code']}: {alarm['message']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from parley.demo import run_demo
+
+    return run_demo(headless=args.headless, as_json=args.json, human=args.human,
+                    duration_s=args.duration, keep=args.keep)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parley", description="Parley: a verifiable, end-to-end encrypted line for direct"
+        " talks. Start with 'parley demo'.")
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(parent: Any, name: str, help_: str, fn: Callable[[argparse.Namespace], int],
+                options: Sequence[Option] = ()) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+        add_options(p, options)
+        p.set_defaults(fn=fn)
+        return p
+
+    # server
+    server = command(sub, "server", "run the line server, or administer it", cmd_server_run,
+                     SERVER_OPTIONS)
+    ssub = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
+    command(ssub, "run", "run the line server (the default)", cmd_server_run, SERVER_OPTIONS)
+    principal = ssub.add_parser("principal", help="parties: add or list",
+                                description="parties: add or list")
+    psub = principal.add_subparsers(dest="principal_command", metavar="ACTION", required=True)
+    p = command(psub, "add", "create a party (a head of state's office, a ministry)",
+                cmd_principal_add, SERVER_OPTIONS[:1])
+    p.add_argument("name", help="short name, e.g. washington")
+    p.add_argument("--display", help="full name, e.g. 'The White House'")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone, e.g. Europe/Moscow")
+    command(psub, "list", "list parties", cmd_principal_list, SERVER_OPTIONS[:1])
+    line = ssub.add_parser("line", help="lines between parties: add or list",
+                           description="lines between parties: add or list")
+    lsub = line.add_subparsers(dest="line_command", metavar="ACTION", required=True)
+    p = command(lsub, "add", "open a line: these two parties may talk", cmd_line_add,
+                SERVER_OPTIONS[:1])
+    p.add_argument("a")
+    p.add_argument("b")
+    command(lsub, "list", "list lines", cmd_line_list, SERVER_OPTIONS[:1])
+    p = command(ssub, "enroll-code", "make a one-time, expiring code that enrolls one device",
+                cmd_enroll_code, SERVER_OPTIONS[:1])
+    p.add_argument("party")
+    p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
+                   help="how long the code is valid (default 24h)")
+    p.add_argument("--quiet", action="store_true", help="print only the code")
+    command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
+            SERVER_OPTIONS[:1])
+
+    # terminal
+    terminal = command(sub, "terminal", "run this site's terminal, or set it up",
+                       cmd_terminal_run, TERMINAL_OPTIONS)
+    tsub = terminal.add_subparsers(dest="terminal_command", metavar="SUBCOMMAND")
+    command(tsub, "run", "run the terminal (the default)", cmd_terminal_run, TERMINAL_OPTIONS)
+    p = command(tsub, "init", "create this device's keys", cmd_terminal_init, DATA_OPTION)
+    p.add_argument("--name", required=True, help="device name, e.g. desk or robot")
+    p = command(tsub, "enroll", "register this device with a line server", cmd_terminal_enroll,
+                DATA_OPTION)
+    p.add_argument("--server", required=True, help="line server URL, e.g. http://127.0.0.1:8800")
+    p.add_argument("--code", required=True, help="the one-time enrollment code")
+
+    # keys
+    keys = command(sub, "keys", "show fingerprints and safety numbers; verify peers",
+                   cmd_keys_show, DATA_OPTION)
+    keys.add_argument("--json", action="store_true")
+    keys.set_defaults(peer=None)
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    p = command(ksub, "show", "this device's fingerprint, or the safety number with a peer",
+                cmd_keys_show, DATA_OPTION)
+    p.add_argument("peer", nargs="?", help="a party, e.g. moscow")
+    p.add_argument("--json", action="store_true")
+    p = command(ksub, "verify", "mark a peer verified after comparing the safety number",
+                cmd_keys_verify, DATA_OPTION)
+    p.add_argument("target", help="a party (if it has one device) or party/device")
+    p.add_argument("--safety-number", help="the 60 digits you compared, checked before pinning")
+    p.add_argument("--yes", action="store_true", help="pin without typing the number")
+    p = command(ksub, "forget", "remove a verified key", cmd_keys_forget, DATA_OPTION)
+    p.add_argument("target", help="party/device")
+
+    # calls on a running terminal
+    p = command(sub, "call", "place a call from the running terminal", cmd_call, DATA_OPTION)
+    p.add_argument("target", help="a party, or party/device")
+    p.add_argument("--voice", action="store_true", help="voice only, like a phone call")
+    command(sub, "hangup", "hang up the running terminal's call", cmd_hangup, DATA_OPTION)
+    p = command(sub, "status", "the running terminal's status", cmd_status, DATA_OPTION)
+    p.add_argument("--json", action="store_true")
+
+    # demo
+    p = command(sub, "demo", "the whole line on this machine: a server and two terminals",
+                cmd_demo)
+    p.add_argument("--headless", action="store_true",
+                   help="one 10-second robot-to-robot call, then stop")
+    p.add_argument("--json", action="store_true", help="with --headless: a JSON summary last")
+    p.add_argument("--human", action="append", default=[], choices=["washington", "moscow"],
+                   help="give this side a browser UI too (washington always has one)")
+    p.add_argument("--duration", type=float, default=10.0, help="headless call length (s)")
+    p.add_argument("--keep", action="store_true", help="keep the throwaway data directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "fn"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.fn(args))
+    except ParleyError as exc:
+        kind = "refused" if isinstance(exc, LocalError) else "error"
+        print(f"parley: {kind}: {exc.message} [{exc.code}]", file=sys.stderr)
+        if exc.hint:
+            print(f"  what to do: {exc.hint}", file=sys.stderr)
+        return 2 if isinstance(exc, LocalError) else 3
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main"]

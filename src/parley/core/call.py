@@ -1,0 +1,720 @@
+"""Calls: one state table and a book of calls driven by events and `now`.
+
+How it works
+------------
+A call is requested by one device and accepted by another. All signaling
+travels in envelopes (`envelope.py`); this module only decides *what* to send
+and *when*, and never touches a socket, a clock or a media stack. Like aioquic's
+connection, `CallBook` is driven by method calls that each take `now_ms` --
+`place`, `receive`, `local_description`, `accept`, `hangup`, `media_connected`,
+`handle_timer` -- and it answers with a list of `Action`s for the adapter to
+carry out (send this envelope, start media, stop media, raise this alarm).
+
+The wire, inside envelopes::
+
+    caller                                   callee
+      call.offer  {call_id, sdp, dtls, dtls_sig, media}  -->
+                          <--  call.ringing {call_id}
+                          <--  call.answer  {call_id, sdp, dtls, dtls_sig}
+      call.ice    {call_id, candidate...}   <->   (trickle, from browsers)
+      call.media  {call_id, audio, video}   <->   (mute / camera off)
+      call.end    {call_id, reason}         <->   (hang up, decline, busy...)
+
+Verification happens three times. (1) Every envelope is opened with the key
+pinned for its sender (`trust.py`); with `require_verified` (the default
+outside the demo) a call to or from an unverified device is refused. (2) Each
+side signs its own DTLS fingerprint with its identity key; the peer checks that
+signature and that the SDP names exactly that fingerprint. (3) Once DTLS is up,
+the adapter reports the certificate actually seen in the handshake; it must
+hash to the signed fingerprint, or the call is torn down as intercepted. The
+SAS is derived from the call id, both identity keys and both signed
+fingerprints (`safety.call_sas`), and shown on both sides.
+
+The states and what moves between them are the `TRANSITIONS` table below; an
+event that the table does not list for the current state is ignored (a late
+envelope for an ended call) or, for local API calls, refused with a
+`LocalError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from . import schema
+from .encoding import b64d, b64e, canonical_json, random_id
+from .errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
+from .keys import DeviceKeys, DevicePublicKeys
+from .safety import call_sas, normalize_fingerprint
+from .sdp import MAX_SDP, check_secure_sdp
+from .trust import Trust, verify_hint
+
+RING_TIMEOUT_MS = 45_000  # nobody answered
+REACH_TIMEOUT_MS = 10_000  # the callee's terminal never said it was ringing
+CONNECT_TIMEOUT_MS = 30_000  # answered, but ICE/DTLS never came up
+_DTLS_DOMAIN = b"parley-dtls-fingerprint-v1\x00"
+
+
+class CallState(StrEnum):
+    DIALING = "dialing"  # outgoing: offer sent, peer not yet ringing
+    RINGBACK = "ringback"  # outgoing: the peer's terminal is ringing
+    RINGING = "ringing"  # incoming: ringing here, waiting for accept/decline
+    CONNECTING = "connecting"  # answered; ICE and DTLS in progress
+    ACTIVE = "active"  # media up and the handshake certificate verified
+    ENDED = "ended"
+
+
+class CallEvent(StrEnum):
+    REMOTE_RINGING = "remote_ringing"
+    REMOTE_ANSWERED = "remote_answered"
+    LOCAL_ACCEPTED = "local_accepted"
+    MEDIA_VERIFIED = "media_verified"
+    LOCAL_HANGUP = "local_hangup"
+    REMOTE_HANGUP = "remote_hangup"
+    LOCAL_DECLINE = "local_decline"
+    REMOTE_DECLINE = "remote_decline"
+    REMOTE_BUSY = "remote_busy"
+    REMOTE_REFUSED = "remote_refused"  # the peer's policy refused us (not verified there)
+    REMOTE_CANCEL = "remote_cancel"  # the caller gave up before we answered
+    RING_TIMEOUT = "ring_timeout"
+    UNREACHABLE = "unreachable"
+    MEDIA_FAILED = "media_failed"
+    INTERCEPTED = "intercepted"
+
+
+class EndReason(StrEnum):
+    HUNG_UP = "hung_up"
+    REMOTE_HUNG_UP = "remote_hung_up"
+    DECLINED = "declined"  # the peer declined our call
+    REJECTED = "rejected"  # we declined theirs
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    MISSED = "missed"
+    UNREACHABLE = "unreachable"
+    NOT_VERIFIED = "not_verified"
+    FAILED = "failed"
+    INTERCEPTED = "intercepted"
+
+
+_ENDINGS = {
+    CallEvent.LOCAL_HANGUP: EndReason.HUNG_UP,
+    CallEvent.REMOTE_HANGUP: EndReason.REMOTE_HUNG_UP,
+    CallEvent.LOCAL_DECLINE: EndReason.REJECTED,
+    CallEvent.REMOTE_DECLINE: EndReason.DECLINED,
+    CallEvent.REMOTE_BUSY: EndReason.BUSY,
+    CallEvent.REMOTE_REFUSED: EndReason.NOT_VERIFIED,
+    CallEvent.REMOTE_CANCEL: EndReason.MISSED,
+    CallEvent.RING_TIMEOUT: EndReason.NO_ANSWER,
+    CallEvent.UNREACHABLE: EndReason.UNREACHABLE,
+    CallEvent.MEDIA_FAILED: EndReason.FAILED,
+    CallEvent.INTERCEPTED: EndReason.INTERCEPTED,
+}
+
+_E = CallEvent
+_S = CallState
+_ENDS_ANY = {_E.LOCAL_HANGUP, _E.REMOTE_HANGUP, _E.MEDIA_FAILED, _E.INTERCEPTED}
+_ENDS_OUTGOING = _ENDS_ANY | {
+    _E.REMOTE_DECLINE, _E.REMOTE_BUSY, _E.REMOTE_REFUSED, _E.RING_TIMEOUT, _E.UNREACHABLE,
+}
+
+# The one call-state table: state -> event -> next state.
+TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
+    _S.DIALING: {
+        _E.REMOTE_RINGING: _S.RINGBACK,
+        _E.REMOTE_ANSWERED: _S.CONNECTING,
+        **{e: _S.ENDED for e in _ENDS_OUTGOING},
+    },
+    _S.RINGBACK: {
+        _E.REMOTE_ANSWERED: _S.CONNECTING,
+        **{e: _S.ENDED for e in _ENDS_OUTGOING - {_E.UNREACHABLE}},
+    },
+    _S.RINGING: {
+        _E.LOCAL_ACCEPTED: _S.CONNECTING,
+        **{e: _S.ENDED for e in _ENDS_ANY | {_E.LOCAL_DECLINE, _E.REMOTE_CANCEL,
+                                             _E.RING_TIMEOUT}},
+    },
+    _S.CONNECTING: {
+        _E.MEDIA_VERIFIED: _S.ACTIVE,
+        **{e: _S.ENDED for e in _ENDS_ANY},
+    },
+    _S.ACTIVE: {e: _S.ENDED for e in _ENDS_ANY},
+    _S.ENDED: {},
+}
+
+# What the peer is told when a call ends here, by reason (None: tell nothing).
+_WIRE_REASON: dict[EndReason, str | None] = {
+    EndReason.HUNG_UP: "hangup",
+    EndReason.REJECTED: "declined",
+    EndReason.NO_ANSWER: "cancelled",
+    EndReason.MISSED: None,
+    EndReason.REMOTE_HUNG_UP: None,
+    EndReason.DECLINED: None,
+    EndReason.BUSY: None,
+    EndReason.NOT_VERIFIED: None,
+    EndReason.UNREACHABLE: "cancelled",
+    EndReason.FAILED: "failed",
+    EndReason.INTERCEPTED: "intercepted",
+}
+# ...and how a call.end from the peer is read, by the reason it gives.
+_REMOTE_END_EVENT = {
+    "hangup": _E.REMOTE_HANGUP,
+    "declined": _E.REMOTE_DECLINE,
+    "busy": _E.REMOTE_BUSY,
+    "not_verified": _E.REMOTE_REFUSED,
+    "cancelled": _E.REMOTE_CANCEL,
+    "failed": _E.MEDIA_FAILED,
+    "intercepted": _E.INTERCEPTED,
+}
+
+
+class MediaKind(StrEnum):
+    VIDEO = "video"  # voice and video
+    AUDIO = "audio"  # voice only, "like a phone call"
+
+
+# --- payloads -------------------------------------------------------------
+
+def _fp(value: Any) -> None:
+    parts = value.split(":")
+    if len(parts) != 32 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                   for p in parts):
+        raise RemoteError("dtls must be a sha-256 fingerprint like 'AB:CD:...'")
+
+
+_CALL_ID = schema.text(32)
+PAYLOADS: dict[str, dict[str, schema.Field]] = {
+    "call.offer": {
+        "call_id": _CALL_ID,
+        "sdp": schema.text(MAX_SDP),
+        "dtls": schema.Field(str, max_len=95, check=_fp),
+        "dtls_sig": schema.text(88),
+        "media": schema.text(8, choices=frozenset(MediaKind)),
+    },
+    "call.ringing": {"call_id": _CALL_ID},
+    "call.answer": {
+        "call_id": _CALL_ID,
+        "sdp": schema.text(MAX_SDP),
+        "dtls": schema.Field(str, max_len=95, check=_fp),
+        "dtls_sig": schema.text(88),
+    },
+    "call.ice": {
+        "call_id": _CALL_ID,
+        "candidate": schema.text(1024),  # "" means end of candidates
+        "mid": schema.text(32, required=False),
+        "mline": schema.integer(0, 64, required=False),
+    },
+    "call.media": {"call_id": _CALL_ID, "audio": schema.boolean(), "video": schema.boolean()},
+    "call.end": {"call_id": _CALL_ID, "reason": schema.text(16, choices=frozenset(_REMOTE_END_EVENT))},
+}
+
+
+def dtls_statement(call_id: str, role: str, device: str, fingerprint: str) -> bytes:
+    """What a device signs to vouch for its own DTLS certificate in one call."""
+    return _DTLS_DOMAIN + canonical_json(
+        [call_id, role, device, normalize_fingerprint(fingerprint)]
+    )
+
+
+# --- actions the adapter carries out --------------------------------------
+
+@dataclass(frozen=True)
+class SendEnvelope:
+    call_id: str
+    to: DevicePublicKeys
+    type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StartMedia:
+    """Create the local peer connection: an offer (remote_sdp None) or an answer."""
+
+    call_id: str
+    media: MediaKind
+    remote_sdp: str | None
+
+
+@dataclass(frozen=True)
+class ApplyAnswer:
+    call_id: str
+    sdp: str
+
+
+@dataclass(frozen=True)
+class AddRemoteIce:
+    call_id: str
+    candidate: str
+    mid: str | None
+    mline: int | None
+
+
+@dataclass(frozen=True)
+class StopMedia:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class SetLocalMedia:
+    call_id: str
+    audio: bool
+    video: bool
+
+
+@dataclass(frozen=True)
+class CallChanged:
+    """The call's public view changed: show it."""
+
+    call: CallInfo
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A security alarm: show it loudly and log it."""
+
+    call_id: str | None
+    code: ErrorCode
+    message: str
+    hint: str
+
+
+Action = SendEnvelope | StartMedia | ApplyAnswer | AddRemoteIce | StopMedia | SetLocalMedia | \
+    CallChanged | Alarm
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the UI, the CLI and the logs show of a call."""
+
+    call_id: str
+    direction: str  # "outgoing" | "incoming"
+    peer: str  # device id
+    peer_party: str
+    media: MediaKind
+    state: CallState
+    end_reason: EndReason | None
+    sas: str | None
+    verified: bool  # peer's key verified and handshake certificate checked
+    peer_trust: Trust
+    started_ms: int
+    answered_ms: int | None
+    active_ms: int | None
+    ended_ms: int | None
+    local_audio: bool
+    local_video: bool
+    remote_audio: bool
+    remote_video: bool
+    alarm: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Call:
+    call_id: str
+    direction: str
+    peer: DevicePublicKeys
+    peer_trust: Trust
+    media: MediaKind
+    state: CallState
+    started_ms: int
+    deadline_ms: int | None
+    end_reason: EndReason | None = None
+    local_dtls: str | None = None
+    remote_dtls: str | None = None
+    remote_sdp: str | None = None
+    answered_ms: int | None = None
+    active_ms: int | None = None
+    ended_ms: int | None = None
+    handshake_checked: bool = False
+    local_audio: bool = True
+    local_video: bool = True
+    remote_audio: bool = True
+    remote_video: bool = True
+    alarm: str | None = None
+    pending_ice: list[AddRemoteIce] = field(default_factory=list)
+    media_started: bool = False
+
+    @property
+    def role(self) -> str:
+        return "caller" if self.direction == "outgoing" else "callee"
+
+    def sas(self, me: DevicePublicKeys) -> str | None:
+        if not (self.local_dtls and self.remote_dtls):
+            return None
+        if self.direction == "outgoing":
+            return call_sas(self.call_id, me, self.local_dtls, self.peer, self.remote_dtls)
+        return call_sas(self.call_id, self.peer, self.remote_dtls, me, self.local_dtls)
+
+    def info(self, me: DevicePublicKeys) -> CallInfo:
+        return CallInfo(
+            call_id=self.call_id,
+            direction=self.direction,
+            peer=self.peer.device_id,
+            peer_party=self.peer.party,
+            media=self.media,
+            state=self.state,
+            end_reason=self.end_reason,
+            sas=self.sas(me),
+            verified=self.peer_trust is Trust.VERIFIED and self.handshake_checked,
+            peer_trust=self.peer_trust,
+            started_ms=self.started_ms,
+            answered_ms=self.answered_ms,
+            active_ms=self.active_ms,
+            ended_ms=self.ended_ms,
+            local_audio=self.local_audio,
+            local_video=self.local_video and self.media is MediaKind.VIDEO,
+            remote_audio=self.remote_audio,
+            remote_video=self.remote_video and self.media is MediaKind.VIDEO,
+            alarm=self.alarm,
+        )
+
+
+class CallBook:
+    """Every call of one device. Pure: give it events and `now`, act on what it returns."""
+
+    def __init__(self, keys: DeviceKeys, device_id: str, *, require_verified: bool = True) -> None:
+        self._keys = keys
+        self.device_id = device_id
+        self.me = keys.public(device_id)
+        self.require_verified = require_verified
+        self._calls: dict[str, Call] = {}
+
+    # -- queries -------------------------------------------------------------
+
+    def get(self, call_id: str) -> Call:
+        try:
+            return self._calls[call_id]
+        except KeyError:
+            raise LocalError(f"no call {call_id!r}", code=ErrorCode.NO_SUCH_CALL) from None
+
+    def info(self, call_id: str) -> CallInfo:
+        return self.get(call_id).info(self.me)
+
+    def calls(self) -> list[CallInfo]:
+        return [c.info(self.me) for c in self._calls.values()]
+
+    def live(self) -> list[Call]:
+        return [c for c in self._calls.values() if c.state is not CallState.ENDED]
+
+    def next_deadline(self) -> int | None:
+        deadlines = [c.deadline_ms for c in self.live() if c.deadline_ms is not None]
+        return min(deadlines) if deadlines else None
+
+    def forget_ended(self, keep: int = 50) -> None:
+        ended = [c for c in self._calls.values() if c.state is CallState.ENDED]
+        for call in ended[:-keep] if keep else ended:
+            del self._calls[call.call_id]
+
+    # -- local API -------------------------------------------------------------
+
+    def place(
+        self,
+        peer: DevicePublicKeys,
+        trust: Trust,
+        media: MediaKind,
+        now_ms: int,
+        call_id: str | None = None,
+    ) -> tuple[str, list[Action]]:
+        """Start an outgoing call. Raises LocalError if policy forbids it."""
+        self._check_policy(peer, trust, outgoing=True)
+        if self.live():
+            raise LocalError(
+                "a call is already in progress", code=ErrorCode.BUSY,
+                hint="hang up the current call first",
+            )
+        call = Call(
+            call_id=call_id or random_id(),
+            direction="outgoing",
+            peer=peer,
+            peer_trust=trust,
+            media=media,
+            state=CallState.DIALING,
+            started_ms=now_ms,
+            deadline_ms=now_ms + REACH_TIMEOUT_MS,
+        )
+        call.media_started = True
+        self._calls[call.call_id] = call
+        return call.call_id, [StartMedia(call.call_id, media, None), self._changed(call)]
+
+    def local_description(self, call_id: str, sdp: str, dtls: str, now_ms: int) -> list[Action]:
+        """The media stack produced our offer or answer: sign it and send it."""
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            return [StopMedia(call_id)]
+        call.local_dtls = normalize_fingerprint(dtls)
+        check_secure_sdp(sdp, call.local_dtls, who="this device's media stack")
+        payload = {
+            "call_id": call_id,
+            "sdp": sdp,
+            "dtls": call.local_dtls,
+            "dtls_sig": b64e(self._keys.sign(
+                dtls_statement(call_id, call.role, self.device_id, call.local_dtls))),
+        }
+        if call.direction == "outgoing":
+            payload["media"] = str(call.media)
+            return [SendEnvelope(call_id, call.peer, "call.offer", payload), self._changed(call)]
+        return [SendEnvelope(call_id, call.peer, "call.answer", payload), self._changed(call)]
+
+    def accept(self, call_id: str, now_ms: int) -> list[Action]:
+        call = self.get(call_id)
+        self._check_policy(call.peer, call.peer_trust, outgoing=False)
+        actions = self._fire(call, CallEvent.LOCAL_ACCEPTED, now_ms, local=True)
+        call.answered_ms = now_ms
+        call.deadline_ms = now_ms + CONNECT_TIMEOUT_MS
+        call.media_started = True
+        return [StartMedia(call_id, call.media, call.remote_sdp), *actions, *self._flush_ice(call)]
+
+    def decline(self, call_id: str, now_ms: int) -> list[Action]:
+        return self._fire(self.get(call_id), CallEvent.LOCAL_DECLINE, now_ms, local=True)
+
+    def hangup(self, call_id: str, now_ms: int) -> list[Action]:
+        return self._fire(self.get(call_id), CallEvent.LOCAL_HANGUP, now_ms, local=True)
+
+    def set_local_media(self, call_id: str, *, audio: bool, video: bool) -> list[Action]:
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            raise LocalError("the call has ended", code=ErrorCode.INVALID_STATE)
+        call.local_audio, call.local_video = audio, video
+        return [
+            SetLocalMedia(call_id, audio, video),
+            SendEnvelope(call_id, call.peer, "call.media",
+                         {"call_id": call_id, "audio": audio, "video": video}),
+            self._changed(call),
+        ]
+
+    def local_ice(self, call_id: str, candidate: str, mid: str | None,
+                  mline: int | None) -> list[Action]:
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            return []
+        payload: dict[str, Any] = {"call_id": call_id, "candidate": candidate}
+        if mid is not None:
+            payload["mid"] = mid
+        if mline is not None:
+            payload["mline"] = mline
+        return [SendEnvelope(call_id, call.peer, "call.ice", payload)]
+
+    # -- media stack reports ------------------------------------------------
+
+    def media_connected(self, call_id: str, handshake_dtls: str, now_ms: int) -> list[Action]:
+        """DTLS is up. `handshake_dtls` hashes the certificate the peer actually presented."""
+        call = self.get(call_id)
+        if call.state is not CallState.CONNECTING:
+            return []
+        if call.remote_dtls is None or normalize_fingerprint(handshake_dtls) != call.remote_dtls:
+            alarm = SecurityAlarm(
+                f"interception: {call.peer.device_id} signed DTLS fingerprint"
+                f" {call.remote_dtls}, but the handshake presented"
+                f" {normalize_fingerprint(handshake_dtls)}",
+                code=ErrorCode.FINGERPRINT_MISMATCH,
+                hint="someone is in the media path; the call was hung up. Report this.",
+            )
+            return self.intercepted(call_id, alarm, now_ms)
+        call.handshake_checked = True
+        call.active_ms = now_ms
+        call.deadline_ms = None
+        return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
+
+    def media_failed(self, call_id: str, reason: str, now_ms: int) -> list[Action]:
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            return []
+        call.alarm = call.alarm or reason
+        return self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
+
+    def intercepted(self, call_id: str, alarm: ParleyError, now_ms: int) -> list[Action]:
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            return []
+        call.alarm = alarm.message
+        return [Alarm(call_id, alarm.code, alarm.message, alarm.hint),
+                *self._fire(call, CallEvent.INTERCEPTED, now_ms, local=True)]
+
+    def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
+        """The server could not deliver one of our call envelopes."""
+        call = self._calls.get(call_id)
+        if call is None or call.state is CallState.ENDED:
+            return []
+        if code is ErrorCode.RECIPIENT_OFFLINE and call.state is CallState.DIALING:
+            return self._fire(call, CallEvent.UNREACHABLE, now_ms, local=True)
+        call.alarm = f"the server could not deliver to {call.peer.device_id}: {code}"
+        return self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
+
+    # -- from the peer ----------------------------------------------------------
+
+    def receive(
+        self, sender: DevicePublicKeys, trust: Trust, type_: str, payload: dict[str, Any],
+        now_ms: int,
+    ) -> list[Action]:
+        """A call.* payload, already opened with the sender's trusted key."""
+        fields = PAYLOADS.get(type_)
+        if fields is None:
+            raise RemoteError(f"unknown call message {type_!r}", code=ErrorCode.UNKNOWN_TYPE)
+        schema.validate(payload, fields, what=type_)
+        call_id = payload["call_id"]
+        if type_ == "call.offer":
+            return self._on_offer(sender, trust, payload, now_ms)
+        call = self._calls.get(call_id)
+        if call is None:
+            return []  # a late or stray message for a call we never had or forgot
+        if call.peer.device_id != sender.device_id:
+            raise SecurityAlarm(
+                f"{sender.device_id} sent {type_} for a call with {call.peer.device_id}",
+                code=ErrorCode.BAD_MESSAGE, hint="it was ignored",
+            )
+        if call.state is CallState.ENDED:
+            return []
+        if type_ == "call.ringing":
+            if call.state is CallState.DIALING:
+                call.deadline_ms = call.started_ms + RING_TIMEOUT_MS
+            return self._fire(call, CallEvent.REMOTE_RINGING, now_ms)
+        if type_ == "call.answer":
+            return self._on_answer(call, payload, now_ms)
+        if type_ == "call.ice":
+            ice = AddRemoteIce(call_id, payload["candidate"], payload.get("mid"),
+                               payload.get("mline"))
+            if call.state in (CallState.CONNECTING, CallState.ACTIVE) or (
+                    call.direction == "outgoing" and call.media_started):
+                return [ice]
+            call.pending_ice.append(ice)
+            return []
+        if type_ == "call.media":
+            call.remote_audio, call.remote_video = payload["audio"], payload["video"]
+            return [self._changed(call)]
+        # call.end
+        event = _REMOTE_END_EVENT[payload["reason"]]
+        if event is CallEvent.INTERCEPTED:
+            call.alarm = f"{call.peer.device_id} detected interception and hung up"
+            return [Alarm(call_id, ErrorCode.FINGERPRINT_MISMATCH, call.alarm,
+                          "the other side saw a certificate that its peer did not sign"),
+                    *self._fire(call, event, now_ms)]
+        return self._fire(call, event, now_ms)
+
+    def handle_timer(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        for call in self.live():
+            if call.deadline_ms is None or call.deadline_ms > now_ms:
+                continue
+            if call.state is CallState.DIALING:
+                actions += self._fire(call, CallEvent.UNREACHABLE, now_ms, local=True)
+            elif call.state in (CallState.RINGBACK, CallState.RINGING):
+                actions += self._fire(call, CallEvent.RING_TIMEOUT, now_ms, local=True)
+            else:
+                call.alarm = "the media connection did not come up in time"
+                actions += self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
+        return actions
+
+    # -- internals --------------------------------------------------------------
+
+    def _check_policy(self, peer: DevicePublicKeys, trust: Trust, *, outgoing: bool) -> None:
+        if trust is Trust.CHANGED:
+            raise LocalError(
+                f"the key of {peer.device_id} has changed since you verified it",
+                code=ErrorCode.KEY_CHANGED, hint=verify_hint(peer.party, changed=True),
+            )
+        if self.require_verified and trust is not Trust.VERIFIED:
+            raise LocalError(
+                f"{'calling' if outgoing else 'a call from'} {peer.device_id} is refused:"
+                " its key is not verified",
+                code=ErrorCode.NOT_VERIFIED, hint=verify_hint(peer.party),
+            )
+
+    def _on_offer(self, sender: DevicePublicKeys, trust: Trust, payload: dict[str, Any],
+                  now_ms: int) -> list[Action]:
+        call_id = payload["call_id"]
+        if call_id in self._calls:
+            return []  # duplicate offer: the replay guard already spoke
+        refusal = None
+        try:
+            self._check_policy(sender, trust, outgoing=False)
+        except LocalError as exc:
+            refusal = exc
+        reply = "not_verified" if refusal else "busy" if self.live() else None
+        self._verify_dtls(sender, call_id, "caller", payload)
+        call = Call(
+            call_id=call_id, direction="incoming", peer=sender, peer_trust=trust,
+            media=MediaKind(payload["media"]), state=CallState.RINGING, started_ms=now_ms,
+            deadline_ms=now_ms + RING_TIMEOUT_MS, remote_dtls=normalize_fingerprint(
+                payload["dtls"]), remote_sdp=payload["sdp"],
+        )
+        if reply is not None:
+            # Refused before ringing: keep a record of the attempt, ended.
+            call.state = CallState.ENDED
+            call.end_reason = EndReason.NOT_VERIFIED if refusal else EndReason.MISSED
+            call.ended_ms = now_ms
+            call.alarm = str(refusal) if refusal else "missed while busy on another call"
+            self._calls[call_id] = call
+            out: list[Action] = [
+                SendEnvelope(call_id, sender, "call.end", {"call_id": call_id, "reason": reply}),
+                self._changed(call),
+            ]
+            if refusal is not None:
+                out.insert(0, Alarm(call_id, refusal.code, str(refusal.message), refusal.hint))
+            return out
+        self._calls[call_id] = call
+        return [SendEnvelope(call_id, sender, "call.ringing", {"call_id": call_id}),
+                self._changed(call)]
+
+    def _on_answer(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
+        if call.direction != "outgoing" or call.state not in (CallState.DIALING,
+                                                              CallState.RINGBACK):
+            return []
+        try:
+            self._verify_dtls(call.peer, call.call_id, "callee", payload)
+        except SecurityAlarm as alarm:
+            return self.intercepted(call.call_id, alarm, now_ms)
+        call.remote_dtls = normalize_fingerprint(payload["dtls"])
+        call.answered_ms = now_ms
+        call.deadline_ms = now_ms + CONNECT_TIMEOUT_MS
+        actions = self._fire(call, CallEvent.REMOTE_ANSWERED, now_ms)
+        return [ApplyAnswer(call.call_id, payload["sdp"]), *actions]
+
+    def _verify_dtls(self, sender: DevicePublicKeys, call_id: str, role: str,
+                     payload: dict[str, Any]) -> None:
+        statement = dtls_statement(call_id, role, sender.device_id, payload["dtls"])
+        signature = b64d(payload["dtls_sig"], what="dtls_sig", max_bytes=64)
+        if not sender.verify(signature, statement):
+            raise SecurityAlarm(
+                f"the DTLS fingerprint from {sender.device_id} is not signed by its key",
+                code=ErrorCode.FINGERPRINT_MISMATCH,
+                hint="the call signaling was altered: possible interception; the call was refused",
+            )
+        check_secure_sdp(payload["sdp"], payload["dtls"], who=sender.device_id)
+
+    def _flush_ice(self, call: Call) -> list[Action]:
+        pending, call.pending_ice = call.pending_ice, []
+        return list(pending)
+
+    def _fire(self, call: Call, event: CallEvent, now_ms: int, *, local: bool = False) -> list[Action]:
+        allowed = TRANSITIONS[call.state]
+        if event not in allowed:
+            if local and event in (CallEvent.LOCAL_ACCEPTED, CallEvent.LOCAL_DECLINE,
+                                   CallEvent.LOCAL_HANGUP):
+                raise LocalError(
+                    f"cannot {event.value.removeprefix('local_')} a call that is {call.state}",
+                    code=ErrorCode.INVALID_STATE,
+                )
+            return []
+        call.state = allowed[event]
+        actions: list[Action] = []
+        if call.state is CallState.ENDED:
+            reason = _ENDINGS[event]
+            if event is CallEvent.RING_TIMEOUT and call.direction == "incoming":
+                reason = EndReason.MISSED
+            call.end_reason = reason
+            call.ended_ms = now_ms
+            call.deadline_ms = None
+            wire = _WIRE_REASON[reason]
+            if local and wire is not None:
+                actions.append(SendEnvelope(call.call_id, call.peer, "call.end",
+                                            {"call_id": call.call_id, "reason": wire}))
+            if call.media_started:
+                actions.append(StopMedia(call.call_id))
+        actions.append(self._changed(call))
+        return actions
+
+    def _changed(self, call: Call) -> CallChanged:
+        return CallChanged(call.info(self.me))
+

@@ -1,0 +1,93 @@
+"""Errors that say whose fault they are.
+
+Every failure Parley reports carries a stable `code` that the wire protocol, the
+logs and the UI all use, a human `message`, and a `hint` that tells the operator
+what to do about it. Errors split by fault, as in h11:
+
+* `LocalError` -- this side misused the API or is misconfigured (fix it here);
+* `RemoteError` -- the peer or the server sent something wrong (it is not our
+  bug; it may be an attack).
+
+`SecurityAlarm` is the loud kind of `RemoteError`: something that a hostile
+server or an interceptor would cause (a signature that does not verify, a key
+that changed, a DTLS certificate that does not match the signed fingerprint).
+Alarms are never silently retried.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # remote: malformed or unexpected input
+    BAD_MESSAGE = "bad_message"
+    TOO_LARGE = "too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTH_FAILED = "auth_failed"
+    ENROLL_CODE_INVALID = "enroll_code_invalid"
+    ENROLL_CODE_EXPIRED = "enroll_code_expired"
+    ENROLL_CODE_USED = "enroll_code_used"
+    UNKNOWN_DEVICE = "unknown_device"
+    UNKNOWN_PARTY = "unknown_party"
+    NO_LINE = "no_line"
+    RECIPIENT_OFFLINE = "recipient_offline"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    # security alarms
+    BAD_SIGNATURE = "bad_signature"
+    DECRYPT_FAILED = "decrypt_failed"
+    WRONG_RECIPIENT = "wrong_recipient"
+    REPLAY = "replay"
+    STALE = "stale"
+    KEY_CHANGED = "key_changed"
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+    INSECURE_MEDIA = "insecure_media"
+    # local: policy and misuse
+    NOT_VERIFIED = "not_verified"
+    NOT_ENROLLED = "not_enrolled"
+    NO_SUCH_CALL = "no_such_call"
+    INVALID_STATE = "invalid_state"
+    BAD_CONFIG = "bad_config"
+    BUSY = "busy"
+
+
+class ParleyError(Exception):
+    """Base of every error Parley raises on purpose."""
+
+    code: ErrorCode = ErrorCode.SERVER_ERROR
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.hint = hint
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"code": str(self.code), "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class LocalError(ParleyError):
+    """This side did something wrong: misuse, policy refusal, bad configuration."""
+
+    code = ErrorCode.INVALID_STATE
+
+
+class RemoteError(ParleyError):
+    """The other side (peer device or server) sent something wrong."""
+
+    code = ErrorCode.BAD_MESSAGE
+
+
+class SecurityAlarm(RemoteError):
+    """Evidence of tampering or interception. Shown loudly, never retried."""
+
+    code = ErrorCode.BAD_SIGNATURE

@@ -1,0 +1,82 @@
+"""Safety numbers and short authentication strings: what people compare.
+
+A *safety number* belongs to a pair of devices. Each device contributes 30
+digits derived from its identity (device id and both public keys) by a
+domain-separated SHA-512; the two halves are sorted so both sides compute the
+same 60 digits, shown as 12 groups of 5. Operators compare it once, out of band
+(read aloud on a known phone line, or from the QR code), and then each terminal
+pins the peer's keys locally. The server never learns that anyone verified.
+
+A *SAS* belongs to a single call. It is derived from the call id, both devices'
+identity keys and both DTLS fingerprints that the devices signed, so a man in
+the middle of the media (who must present his own DTLS certificate) or of the
+directory (who must present his own identity key) yields different codes on
+the two sides. Six digits, read aloud at the start of the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .encoding import canonical_json, group
+from .keys import DevicePublicKeys
+
+_SAFETY = b"parley-safety-number-v1\x00"
+_SAS = b"parley-call-sas-v1\x00"
+
+
+def _digits(data: bytes, chunks: int) -> str:
+    """Each 5-byte chunk becomes five decimal digits (as in Signal's numbers)."""
+    return "".join(
+        f"{int.from_bytes(data[i * 5 : i * 5 + 5], 'big') % 100000:05d}" for i in range(chunks)
+    )
+
+
+def _safety_half(keys: DevicePublicKeys) -> str:
+    digest = hashlib.sha512(
+        _SAFETY + canonical_json([keys.device_id]) + keys.sign + keys.kem
+    ).digest()
+    return _digits(digest, 6)
+
+
+def safety_number(a: DevicePublicKeys, b: DevicePublicKeys) -> str:
+    """60 digits in 12 groups of 5, the same whichever side computes it."""
+    halves = sorted([_safety_half(a), _safety_half(b)])
+    return group("".join(halves), 5)
+
+
+def normalize_safety_number(text: str) -> str:
+    """Accept what an operator types: spaces, dashes and line breaks ignored."""
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return group(digits, 5)
+
+
+def normalize_fingerprint(value: str) -> str:
+    """DTLS fingerprints as 'AB:CD:...' (Chromium reports lower case, SDP upper)."""
+    return value.strip().upper()
+
+
+def call_sas(
+    call_id: str,
+    caller: DevicePublicKeys,
+    caller_dtls: str,
+    callee: DevicePublicKeys,
+    callee_dtls: str,
+) -> str:
+    """The six-digit code both sides read aloud, as 'NNN NNN'."""
+    digest = hashlib.sha256(
+        _SAS
+        + canonical_json(
+            [
+                call_id,
+                caller.device_id,
+                caller.fingerprint_bytes.hex(),
+                normalize_fingerprint(caller_dtls),
+                callee.device_id,
+                callee.fingerprint_bytes.hex(),
+                normalize_fingerprint(callee_dtls),
+            ]
+        )
+    ).digest()
+    code = int.from_bytes(digest[:8], "big") % 1_000_000
+    return f"{code:06d}"[:3] + " " + f"{code:06d}"[3:]

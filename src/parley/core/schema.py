@@ -1,0 +1,118 @@
+"""A small declarative schema for JSON messages from the network.
+
+Every message that arrives from a socket is checked against a table of fields
+before any code looks at it: types, lengths, ranges and allowed values, with
+unknown fields refused. A failure is a `RemoteError` whose message names the
+field, so a peer that sends junk learns exactly what was wrong and the process
+that received it carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ErrorCode, RemoteError
+
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    required: bool = True
+    max_len: int | None = None  # str: characters; list: items
+    min_value: int | None = None
+    max_value: int | None = None
+    choices: frozenset[Any] | None = None
+    check: Callable[[Any], Any] | None = None  # raises RemoteError if bad
+
+
+def text(max_len: int, *, required: bool = True, choices: frozenset[str] | None = None) -> Field:
+    return Field(str, required=required, max_len=max_len, choices=choices)
+
+
+def integer(lo: int, hi: int, *, required: bool = True) -> Field:
+    return Field(int, required=required, min_value=lo, max_value=hi)
+
+
+def boolean(*, required: bool = True) -> Field:
+    return Field(bool, required=required)
+
+
+def obj(*, required: bool = True, check: Callable[[Any], Any] | None = None) -> Field:
+    return Field(dict, required=required, check=check)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object",
+             list: "a list"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def validate(data: Any, fields: Mapping[str, Field], *, what: str) -> dict[str, Any]:
+    """Check `data` against `fields`; return it (a dict) or raise RemoteError."""
+    if not isinstance(data, dict):
+        raise RemoteError(f"{what} must be a JSON object", code=ErrorCode.BAD_MESSAGE)
+    extra = set(data) - set(fields)
+    if extra:
+        raise RemoteError(
+            f"{what} has unknown field(s): {', '.join(sorted(map(str, extra))[:5])}",
+            code=ErrorCode.BAD_MESSAGE,
+        )
+    for name, spec in fields.items():
+        if name not in data or data[name] is None:
+            if spec.required:
+                raise RemoteError(f"{what} lacks the field {name!r}", code=ErrorCode.BAD_MESSAGE)
+            continue
+        value = data[name]
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        # bool is an int in Python; JSON keeps them apart, so do we.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise RemoteError(
+                f"{what}.{name} must be {_type_name(spec.kind)}", code=ErrorCode.BAD_MESSAGE
+            )
+        if spec.max_len is not None and isinstance(value, str | list) and len(value) > spec.max_len:
+            raise RemoteError(
+                f"{what}.{name} is longer than {spec.max_len}", code=ErrorCode.TOO_LARGE
+            )
+        if isinstance(value, int) and not isinstance(value, bool):
+            if spec.min_value is not None and value < spec.min_value:
+                raise RemoteError(f"{what}.{name} is below {spec.min_value}")
+            if spec.max_value is not None and value > spec.max_value:
+                raise RemoteError(f"{what}.{name} is above {spec.max_value}")
+        if spec.choices is not None and value not in spec.choices:
+            raise RemoteError(
+                f"{what}.{name} must be one of {', '.join(sorted(map(str, spec.choices)))}"
+            )
+        if spec.check is not None:
+            spec.check(value)
+    return data
+
+
+def parse_json(raw: str | bytes, *, max_bytes: int, what: str) -> Any:
+    """Parse JSON from the network with a size limit and a depth limit."""
+    if len(raw) > max_bytes:
+        raise RemoteError(
+            f"{what} is {len(raw)} bytes; the limit is {max_bytes}", code=ErrorCode.TOO_LARGE
+        )
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RemoteError(f"{what} is not valid JSON: {exc}", code=ErrorCode.BAD_MESSAGE) from exc
+    if _depth(value) > MAX_DEPTH:
+        raise RemoteError(f"{what} is nested too deeply", code=ErrorCode.BAD_MESSAGE)
+    return value
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level

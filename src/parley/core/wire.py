@@ -1,0 +1,117 @@
+"""The wire protocol between a terminal and the line server.
+
+JSON text frames over one WebSocket (``/v1/ws``), each an object whose ``t``
+names its type. The server learns who talks to whom and when; envelope
+payloads stay sealed.
+
+Session::
+
+    server -> {"t":"challenge","nonce":...,"server":...}
+    client -> {"t":"hello","device":"moscow/desk","sig":...,"receive":true}
+    server -> {"t":"welcome","device":...,"party":...,"peers":[...]}   (or error + close)
+
+then, in any order::
+
+    client -> {"t":"send","env":{...},"ephemeral":true}  server -> {"t":"sent","id":...,"status":...}
+    server -> {"t":"deliver","env":{...}}                client -> {"t":"ack","id":...}
+    client -> {"t":"directory","party":"moscow","ref":..} server -> {"t":"directory","ref":..,...}
+    client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}
+    server -> {"t":"presence","device":...,"online":...}
+    server -> {"t":"error","code":...,"message":...,"hint":...,"ref":...}
+
+``hello.sig`` is the device's Ed25519 signature over `auth_statement`: the
+nonce, the device id and the server's origin, so a signature made for one
+server or one session cannot be replayed at another. ``ephemeral`` envelopes
+(call signaling) are delivered now or refused with ``recipient_offline``;
+others are stored until the recipient acknowledges them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import schema
+from .encoding import canonical_json
+from .errors import ErrorCode, RemoteError
+from .keys import DEVICE_ID_MAX, NAME_MAX, split_device_id
+
+MAX_FRAME = 320 * 1024
+_AUTH_DOMAIN = b"parley-auth-v1\x00"
+
+
+def auth_statement(nonce: str, device: str, origin: str) -> bytes:
+    return _AUTH_DOMAIN + canonical_json([nonce, device, origin])
+
+
+def _device(value: Any) -> None:
+    split_device_id(value)
+
+
+_REF = schema.text(40, required=False)
+_DEVICE = schema.Field(str, max_len=DEVICE_ID_MAX, check=_device)
+
+CLIENT_MESSAGES: dict[str, dict[str, schema.Field]] = {
+    "hello": {"t": schema.text(16), "device": _DEVICE, "sig": schema.text(88),
+              "receive": schema.boolean(required=False)},
+    "send": {"t": schema.text(16), "env": schema.obj(), "ephemeral": schema.boolean(
+        required=False), "ref": _REF},
+    "ack": {"t": schema.text(16), "id": schema.text(32)},
+    "directory": {"t": schema.text(16), "party": schema.text(NAME_MAX), "ref": _REF},
+    "ping": {"t": schema.text(16), "ref": _REF},
+}
+
+SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
+    "challenge": {"t": schema.text(16), "nonce": schema.text(64), "server": schema.text(200)},
+    "welcome": {"t": schema.text(16), "device": _DEVICE, "party": schema.text(NAME_MAX),
+                "peers": schema.Field(list, max_len=1000)},
+    "sent": {"t": schema.text(16), "id": schema.text(32),
+             "status": schema.text(16, choices=frozenset({"delivered", "stored"})), "ref": _REF},
+    "deliver": {"t": schema.text(16), "env": schema.obj()},
+    "directory": {"t": schema.text(16), "party": schema.text(NAME_MAX),
+                  "devices": schema.Field(list, max_len=100), "online": schema.Field(
+                      list, max_len=100), "ref": _REF},
+    "presence": {"t": schema.text(16), "device": _DEVICE, "online": schema.boolean()},
+    "pong": {"t": schema.text(16), "ref": _REF, "time": schema.integer(0, 2**53,
+                                                                      required=False)},
+    "error": {"t": schema.text(16), "code": schema.text(40), "message": schema.text(2000),
+              "hint": schema.text(2000, required=False), "ref": _REF,
+              "id": schema.text(32, required=False)},
+}
+
+
+def parse_message(raw: str | bytes, table: dict[str, dict[str, schema.Field]],
+                  *, what: str) -> dict[str, Any]:
+    """Parse one frame and check it against its type's schema."""
+    data = schema.parse_json(raw, max_bytes=MAX_FRAME, what=what)
+    if not isinstance(data, dict):
+        raise RemoteError(f"{what} must be a JSON object", code=ErrorCode.BAD_MESSAGE)
+    kind = data.get("t")
+    if not isinstance(kind, str):
+        raise RemoteError(f"{what} lacks a string field 't' naming its type")
+    fields = table.get(kind)
+    if fields is None:
+        raise RemoteError(
+            f"unknown message type {kind[:40]!r}; expected one of {', '.join(sorted(table))}",
+            code=ErrorCode.UNKNOWN_TYPE,
+        )
+    return schema.validate(data, fields, what=f"{kind} message")
+
+
+def error_message(code: ErrorCode | str, message: str, hint: str = "",
+                  ref: str | None = None, envelope_id: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": "error", "code": str(code), "message": message}
+    if hint:
+        out["hint"] = hint
+    if ref is not None:
+        out["ref"] = ref
+    if envelope_id is not None:
+        out["id"] = envelope_id
+    return out
+
+
+# Enrollment travels over plain HTTP POST /v1/enroll before the device can log in.
+ENROLL_REQUEST = {
+    "code": schema.text(40),
+    "device": schema.text(NAME_MAX),
+    "keys": schema.obj(),
+}

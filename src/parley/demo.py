@@ -1,0 +1,318 @@
+"""`parley demo`: the whole line on one machine, in one command.
+
+It starts a line server and two terminals, "washington" and "moscow", each in
+its own process on 127.0.0.1 with a throwaway data directory; creates the two
+parties and the line between them; enrolls each terminal with a one-time code;
+has each side compute the safety number, checks that both computed the same
+digits (the out-of-band comparison two operators would do on a known phone
+line) and pins the keys; then hands over:
+
+* by default, washington gets a browser UI (the URL is printed on a line that
+  starts with ``ui: ``) and moscow is a robot that answers at once;
+  ``--human moscow`` gives moscow a UI too;
+* ``--headless`` places one robot-to-robot call, lets it run, hangs up, stops
+  everything and prints a summary (``--json``: one JSON object, last line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from parley.core.errors import ErrorCode, LocalError
+from parley.server.store import ServerStore
+from parley.terminal.enroll import enroll
+from parley.terminal.link import ServerLink
+from parley.terminal.peers import PeerBook
+from parley.terminal.store import TerminalStore
+
+SIDES = {"washington": ("The White House", "America/New_York"),
+         "moscow": ("The Kremlin", "Europe/Moscow")}
+DEVICE = "hotline"
+START_TIMEOUT_S = 30.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Child:
+    """A parley process whose stdout we read for its ready line; stderr goes to a log."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name, self.proc, self.log_path = name, proc, log_path
+
+    @classmethod
+    async def spawn(cls, name: str, args: list[str], root: Path) -> Child:
+        log_path = root / f"{name}.log"
+        with open(log_path, "wb") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "parley", *args, stdout=asyncio.subprocess.PIPE,
+                stderr=log_file, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True)
+        return cls(name, proc, log_path)
+
+    async def wait_line(self, prefix: str) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                raw = await asyncio.wait_for(self.proc.stdout.readline(),
+                                             deadline - time.monotonic())
+            except TimeoutError:
+                break
+            if not raw:
+                break
+            line = raw.decode().strip()
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise LocalError(f"{self.name} did not start", code=ErrorCode.SERVER_ERROR,
+                         hint=f"its log ({self.log_path}) ends with:\n{tail}")
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+class Control:
+    """A client for a running terminal's local API."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        base, _, token = url.partition("/?token=")
+        self.base, self.token, self.http = base, token, http
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        async with self.http.request(method, self.base + path, json=body, headers={
+                "Authorization": f"Bearer {self.token}"}) as resp:
+            data = await resp.json()
+            if resp.status != 200:
+                err = data.get("error", {})
+                raise LocalError(err.get("message", f"HTTP {resp.status}"),
+                                 hint=err.get("hint", ""))
+            return data
+
+    async def wait_state(self, call_id: str | None, states: set[str], timeout: float
+                         ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if call_id is None:
+                calls = (await self.call("GET", "/api/status"))["calls"]
+                call = calls[-1] if calls else None
+            else:
+                call = await self.call("GET", f"/api/calls/{call_id}")
+            if call is not None and call["state"] in states:
+                return dict(call)
+            if time.monotonic() > deadline:
+                raise LocalError(f"the call did not reach {'/'.join(sorted(states))} within"
+                                 f" {timeout:.0f} s", code=ErrorCode.INVALID_STATE,
+                                 hint="see the terminal logs in the demo directory")
+            await asyncio.sleep(0.1)
+
+
+async def _setup_line(root: Path, server_url: str, say: Any) -> None:
+    """Parties, line, enrollment and the safety-number comparison."""
+    admin = ServerStore(root / "server" / "server.db")
+    try:
+        for name, (display, tz) in SIDES.items():
+            admin.add_principal(name, display, tz, _now_ms())
+        admin.add_line("washington", "moscow", _now_ms())
+        codes = {name: admin.create_enroll_code(name, 10 * 60_000, _now_ms()) for name in SIDES}
+    finally:
+        admin.close()
+    say("parties washington and moscow created, line opened")
+    for name in SIDES:
+        store = TerminalStore.init(root / name, DEVICE)
+        public = await enroll(store, server_url, codes[name])
+        store.close()
+        say(f"{public.device_id} enrolled (code {codes[name]}), fingerprint {public.fingerprint}")
+
+    async def peer_view(name: str, peer: str) -> tuple[TerminalStore, ServerLink, PeerBook, str]:
+        store = TerminalStore(root / name)
+        keys = store.load_keys()
+        link = ServerLink(server_url, store.device_id, keys, receive=False)
+        await link.connect_once()
+        book = PeerBook(store, keys.public(store.device_id), link)
+        (device,) = await book.describe(peer)
+        return store, link, book, device["safety_number"]
+
+    views = {"washington": await peer_view("washington", "moscow"),
+             "moscow": await peer_view("moscow", "washington")}
+    try:
+        numbers = {name: view[3] for name, view in views.items()}
+        if numbers["washington"] != numbers["moscow"]:
+            raise LocalError("the two sides computed different safety numbers",
+                             code=ErrorCode.KEY_CHANGED, hint="the directory was tampered with")
+        say(f"safety number, the same on both sides: {numbers['washington']}")
+        for name, peer in (("washington", "moscow"), ("moscow", "washington")):
+            # Each side types in the number the other side read out.
+            other = numbers[peer]
+            await views[name][2].verify(peer, other, _now_ms())
+        say("each side verified and pinned the other's keys")
+    finally:
+        for store, link, _, _ in views.values():
+            await link.close()
+            store.close()
+
+
+async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: float,
+                root: Path, out: TextIO) -> int:
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    children: list[Child] = []
+    try:
+        server = await Child.spawn("server", ["server", "--data", str(root / "server"),
+                                              "--port", "0"], root)
+        children.append(server)
+        server_url = await server.wait_line("ready: ")
+        say(f"line server at {server_url} (data and logs in {root})")
+        await _setup_line(root, server_url, say)
+
+        robots = set(SIDES) if headless else set(SIDES) - {"washington", *humans}
+        urls = {}
+        for name in SIDES:
+            args = ["terminal", "--data", str(root / name), "--ui-port", "0",
+                    "--ice-host", "127.0.0.1"]
+            if name in robots:
+                args.append("--auto-answer")
+            else:
+                args.append("--media=browser")
+            child = await Child.spawn(name, args, root)
+            children.append(child)
+            urls[name] = await child.wait_line("ui: ")
+        async with aiohttp.ClientSession() as http:
+            controls = {name: Control(url, http) for name, url in urls.items()}
+            if headless:
+                return await _headless_call(controls, duration_s, as_json, say)
+            for name in SIDES:
+                if name not in robots:
+                    print(f"ui: {urls[name]}", flush=True)
+                    say(f"   ^ {name}'s terminal: open this in a browser on this machine")
+            if robots:
+                say(f"{', '.join(sorted(robots))} is a robot: it answers calls at once and sends"
+                    " a test pattern and a tone")
+            say("Ctrl-C stops the demo.")
+            await _follow(controls, say)
+            return 0
+    finally:
+        for child in reversed(children):
+            await child.stop()
+
+
+async def _headless_call(controls: dict[str, Control], duration_s: float, as_json: bool,
+                         say: Any) -> int:
+    wash, moscow = controls["washington"], controls["moscow"]
+    for side in (wash, moscow):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (await side.call("GET", "/api/status"))["connected"]:
+            if time.monotonic() > deadline:
+                raise LocalError("a terminal could not connect to the server")
+            await asyncio.sleep(0.05)
+    started = time.monotonic()
+    placed = await wash.call("POST", "/api/call", {"target": "moscow", "media": "video"})
+    say(f"washington calls moscow (call {placed['call_id']})")
+    active = await wash.wait_state(placed["call_id"], {"active", "ended"}, 30)
+    if active["state"] != "active":
+        say(f"the call did not connect: {active['end_reason']} {active.get('alarm') or ''}")
+        return 1
+    callee = await moscow.wait_state(None, {"active", "ended"}, 10)
+    say(f"call active; SAS washington {active['sas']} / moscow {callee['sas']}")
+    deadline = time.monotonic() + 10
+    setup_ms = None
+    while setup_ms is None and time.monotonic() < deadline:
+        stats = (await wash.call("GET", f"/api/calls/{placed['call_id']}"))["stats"]
+        firsts = [stats.get(k, {}).get("first_frame_ms") for k in ("audio", "video")]
+        if all(f is not None for f in firsts):
+            setup_ms = round(max(firsts), 1)
+        else:
+            await asyncio.sleep(0.02)
+    say(f"media flowing {setup_ms} ms after the call was placed")
+    await asyncio.sleep(max(0.0, duration_s - (time.monotonic() - started)))
+    await wash.call("POST", f"/api/calls/{placed['call_id']}/hangup")
+    ended = {"caller": await wash.wait_state(placed["call_id"], {"ended"}, 10),
+             "callee": await moscow.wait_state(callee["call_id"], {"ended"}, 10)}
+    stats = {"caller": (await wash.call("GET", f"/api/calls/{placed['call_id']}"))["stats"],
+             "callee": (await moscow.call("GET", f"/api/calls/{callee['call_id']}"))["stats"]}
+    summary = {
+        "verified": bool(active["verified"] and callee["verified"]),
+        "sas_caller": active["sas"],
+        "sas_callee": callee["sas"],
+        "setup_ms": setup_ms,
+        "video_frames": {k: v.get("video", {}).get("frames", 0) for k, v in stats.items()},
+        "audio_frames": {k: v.get("audio", {}).get("frames", 0) for k, v in stats.items()},
+    }
+    say(f"hung up: caller {ended['caller']['end_reason']}, callee {ended['callee']['end_reason']}")
+    ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
+          and all(n > 0 for n in summary["video_frames"].values())
+          and all(n > 0 for n in summary["audio_frames"].values()))
+    if as_json:
+        print(json.dumps(summary), flush=True)
+    else:
+        say(f"verified: {summary['verified']}; frames received -- video {summary['video_frames']},"
+            f" audio {summary['audio_frames']}")
+        say("demo call OK" if ok else "demo call FAILED")
+    return 0 if ok else 1
+
+
+async def _follow(controls: dict[str, Control], say: Any) -> None:
+    """Print each side's call events as they happen, until Ctrl-C."""
+
+    async def follow(name: str, control: Control) -> None:
+        url = control.base.replace("http://", "ws://") + f"/api/events?token={control.token}"
+        async with control.http.ws_connect(url) as ws:
+            seen: dict[str, str] = {}
+            async for msg in ws:
+                event = json.loads(msg.data)
+                if event.get("t") == "call":
+                    call = event["call"]
+                    if seen.get(call["call_id"]) == call["state"]:
+                        continue
+                    seen[call["call_id"]] = call["state"]
+                    extra = f", SAS {call['sas']}" if call["state"] == "active" else \
+                        f" ({call['end_reason']})" if call["state"] == "ended" else ""
+                    say(f"[{name}] call {call['direction']} {call['peer']}: {call['state']}{extra}")
+                elif event.get("t") == "alarm":
+                    say(f"[{name}] ALARM {event['alarm']['code']}: {event['alarm']['message']}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.ensure_future(follow(n, c)) for n, c in controls.items()]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    say("stopping")
+
+
+def run_demo(*, headless: bool, as_json: bool, human: list[str], duration_s: float,
+             keep: bool) -> int:
+    root = Path(tempfile.mkdtemp(prefix="parley-demo-"))
+    out = sys.stderr if as_json else sys.stdout
+    try:
+        return asyncio.run(_demo(headless, as_json, human, duration_s, root, out))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if keep:
+            print(f"demo data kept in {root}", file=out)
+        else:
+            shutil.rmtree(root, ignore_errors=True)

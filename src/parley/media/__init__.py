@@ -1,0 +1,1 @@
+"""Robot media: aiortc peers fed by synthetic tracks or files, with counting and recording."""

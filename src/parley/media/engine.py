@@ -1,0 +1,52 @@
+"""The seam between a terminal's calls and whatever does the media.
+
+A terminal's call logic (`core.call.CallBook`) asks for an offer or an answer and
+is told when DTLS is up; it does not care whether the peer connection lives in
+aiortc inside this process (`robot.RobotMedia`) or in the person's browser
+(the web UI's bridge). Both implement these protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from parley.core.call import MediaKind
+
+
+@dataclass(frozen=True)
+class LocalDescription:
+    sdp: str
+    dtls: str  # sha-256 fingerprint of our own DTLS certificate, "AB:CD:..."
+
+
+class MediaEvents(Protocol):
+    """What a media session reports back to the terminal."""
+
+    def media_connected(self, call_id: str, handshake_dtls: str) -> None:
+        """DTLS is up; `handshake_dtls` hashes the certificate the peer presented."""
+
+    def media_failed(self, call_id: str, reason: str) -> None: ...
+
+    def local_ice(self, call_id: str, candidate: str, mid: str | None,
+                  mline: int | None) -> None: ...
+
+
+class MediaSession(Protocol):
+    async def create_offer(self) -> LocalDescription: ...
+
+    async def create_answer(self, remote_sdp: str) -> LocalDescription: ...
+
+    async def apply_answer(self, sdp: str) -> None: ...
+
+    async def add_ice(self, candidate: str, mid: str | None, mline: int | None) -> None: ...
+
+    def set_local_media(self, audio: bool, video: bool) -> None: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class MediaEngine(Protocol):
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> MediaSession: ...

@@ -1,0 +1,239 @@
+"""Robot media: the terminal's own aiortc peer, for line tests, demos and bots.
+
+Each call gets one `RobotMediaSession`, an `RTCPeerConnection` configured with
+an explicit ICE server list (never aiortc's public default). It sends a
+synthetic test pattern and tone (or a media file), counts and optionally
+records what it receives, and reports to the terminal when DTLS is up -- with
+the fingerprint of the certificate the peer actually presented in the
+handshake, which the terminal checks against the fingerprint the peer signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport, certificate_digest
+from aiortc.sdp import candidate_from_sdp
+
+from parley.core.call import MediaKind
+from parley.core.errors import ErrorCode, LocalError
+from parley.media.engine import LocalDescription, MediaEvents
+from parley.media.ice import IceConfig
+from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
+
+log = logging.getLogger("parley.media")
+
+AudioTap = Callable[[str, int, np.ndarray], None]  # (call_id, monotonic ns, int16 samples)
+
+
+@dataclass
+class RobotOptions:
+    ice: IceConfig = field(default_factory=IceConfig)
+    play: Path | None = None  # a media file to send instead of the test pattern and tone
+    record_dir: Path | None = None  # write what we receive to <call_id>.webm here
+    width: int = 640
+    height: int = 360
+    fps: int = 30
+    audio_source: SampleSource | None = None  # programmatic audio (benchmarks)
+    on_remote_audio: AudioTap | None = None  # every decoded remote audio frame
+    on_local_audio: AudioTap | None = None  # every local audio frame, as it is sent
+
+
+def dtls_fingerprint(transport: RTCDtlsTransport) -> str:
+    """Our own certificate's sha-256 fingerprint."""
+    for fp in transport.getLocalParameters().fingerprints:
+        if fp.algorithm.lower() == "sha-256":
+            return fp.value.upper()
+    raise LocalError("the DTLS transport has no sha-256 fingerprint")
+
+
+def handshake_fingerprint(transport: RTCDtlsTransport) -> str:
+    """sha-256 of the certificate the peer presented in the DTLS handshake."""
+    ssl = getattr(transport, "_ssl", None)
+    cert = ssl.get_peer_certificate(as_cryptography=True) if ssl is not None else None
+    if cert is None:
+        raise LocalError("the DTLS handshake produced no peer certificate",
+                         code=ErrorCode.FINGERPRINT_MISMATCH)
+    return certificate_digest(cert, "sha-256")
+
+
+@dataclass
+class ReceivedStats:
+    frames: int = 0
+    first_ms: float | None = None  # since the session opened
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "first_frame_ms": self.first_ms}
+
+
+class RobotMediaSession:
+    def __init__(self, call_id: str, media: MediaKind, events: MediaEvents,
+                 options: RobotOptions) -> None:
+        self.call_id = call_id
+        self.media = media
+        self._events = events
+        self._options = options
+        self._opened = time.monotonic()
+        self.pc = RTCPeerConnection(options.ice.rtc_configuration())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._relay = MediaRelay()
+        self._recorder: MediaRecorder | None = None
+        self._player: MediaPlayer | None = None
+        self.received = {"audio": ReceivedStats(), "video": ReceivedStats()}
+        self._reported = False
+        self._closed = False
+        self.audio_track: MediaStreamTrack
+        self.video_track: MediaStreamTrack | None = None
+        if options.play is not None:
+            self._player = MediaPlayer(str(options.play))
+            if self._player.audio is None:
+                raise LocalError(f"{options.play} has no audio track", code=ErrorCode.BAD_CONFIG)
+            self.audio_track = self._player.audio
+            self.video_track = self._player.video if media is MediaKind.VIDEO else None
+        else:
+            call = call_id
+            tap = options.on_local_audio
+            self.audio_track = SynthAudioTrack(
+                options.audio_source,
+                on_frame=(lambda ns, s: tap(call, ns, s)) if tap else None)
+            if media is MediaKind.VIDEO:
+                self.video_track = TestPatternTrack(options.width, options.height, options.fps)
+        if options.record_dir is not None:
+            options.record_dir.mkdir(parents=True, exist_ok=True)
+            self._recorder = MediaRecorder(str(options.record_dir / f"{call_id}.webm"))
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _add_tracks(self) -> None:
+        self.pc.addTrack(self.audio_track)
+        if self.video_track is not None:
+            self.pc.addTrack(self.video_track)
+
+    def _transport(self) -> RTCDtlsTransport:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.transport is not None:
+                return transceiver.sender.transport
+        raise LocalError("no DTLS transport yet")
+
+    async def create_offer(self) -> LocalDescription:
+        self._add_tracks()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return LocalDescription(self.pc.localDescription.sdp, dtls_fingerprint(self._transport()))
+
+    async def create_answer(self, remote_sdp: str) -> LocalDescription:
+        await self.pc.setRemoteDescription(RTCSessionDescription(remote_sdp, "offer"))
+        self._add_tracks()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return LocalDescription(self.pc.localDescription.sdp, dtls_fingerprint(self._transport()))
+
+    async def apply_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+
+    async def add_ice(self, candidate: str, mid: str | None, mline: int | None) -> None:
+        if not candidate:
+            return  # end of candidates: aiortc gathers and checks without being told
+        parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
+        parsed.sdpMid, parsed.sdpMLineIndex = mid, mline
+        await self.pc.addIceCandidate(parsed)
+
+    def set_local_media(self, audio: bool, video: bool) -> None:
+        if isinstance(self.audio_track, SynthAudioTrack):
+            self.audio_track.enabled = audio
+        if isinstance(self.video_track, TestPatternTrack):
+            self.video_track.enabled = video
+
+    async def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v.as_dict() for k, v in self.received.items()}
+        out["state"] = self.pc.connectionState
+        with contextlib.suppress(Exception):
+            report = await self.pc.getStats()
+            for s in report.values():
+                if s.type == "remote-inbound-rtp" and getattr(s, "roundTripTime", None):
+                    out.setdefault("rtt_ms", round(s.roundTripTime * 1000, 1))
+                if s.type == "inbound-rtp":
+                    out.setdefault("inbound", {})[s.kind] = {
+                        "packets": s.packetsReceived, "lost": s.packetsLost,
+                        "jitter_ms": round(s.jitter * 1000, 1) if s.jitter else 0,
+                        "bytes": s.bytesReceived}
+        return out
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        if self._recorder is not None:
+            with contextlib.suppress(Exception):
+                await self._recorder.stop()
+        await self.pc.close()
+        for track in (self.audio_track, self.video_track):
+            if track is not None:
+                track.stop()
+
+    # -- events --------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind not in self.received:
+            return
+        if self._recorder is not None:
+            self._recorder.addTrack(self._relay.subscribe(track))
+            consumer = self._relay.subscribe(track)
+        else:
+            consumer = track
+        task = asyncio.ensure_future(self._consume(consumer, self.received[track.kind]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _consume(self, track: MediaStreamTrack, stats: ReceivedStats) -> None:
+        tap = self._options.on_remote_audio if track.kind == "audio" else None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if stats.first_ms is None:
+                stats.first_ms = (time.monotonic() - self._opened) * 1000
+            stats.frames += 1
+            if tap is not None:
+                tap(self.call_id, time.monotonic_ns(), frame.to_ndarray().reshape(-1))
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("call %s: peer connection %s", self.call_id, state)
+        if state == "connected" and not self._reported:
+            self._reported = True
+            try:
+                fingerprint = handshake_fingerprint(self._transport())
+            except LocalError as exc:
+                self._events.media_failed(self.call_id, exc.message)
+                return
+            if self._recorder is not None:
+                await self._recorder.start()
+            self._events.media_connected(self.call_id, fingerprint)
+        elif state == "failed" and not self._closed:
+            self._events.media_failed(self.call_id, "the media connection failed (ICE or DTLS)")
+
+
+class RobotMedia:
+    """The robot's MediaEngine: one aiortc peer connection per call."""
+
+    def __init__(self, options: RobotOptions | None = None) -> None:
+        self.options = options or RobotOptions()
+        self.sessions: dict[str, RobotMediaSession] = {}
+
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
+        session = RobotMediaSession(call_id, media, events, self.options)
+        self.sessions[call_id] = session
+        return session

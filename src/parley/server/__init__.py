@@ -1,0 +1,1 @@
+"""The line server: routes sealed envelopes, keeps the directory. Trusted with no secrets."""

@@ -1,0 +1,379 @@
+"""The line server's composition root: HTTP + WebSocket over aiohttp.
+
+The server authenticates devices (challenge-response with their Ed25519 key),
+keeps the directory of device public keys and which parties share a line, and
+relays envelopes: delivered at once when the recipient is online, otherwise
+stored (or, for call signaling, refused as ``recipient_offline``). It can read
+envelope headers, never payloads, and nothing a terminal relies on for security
+depends on it behaving.
+
+Every frame from the network is parsed and validated by `core.wire` before it is
+used; a bad frame gets an ``error`` reply naming what was wrong and the session
+carries on (or, for a failed login, is closed). One session's trouble never
+touches another's: each runs in its own task and every handler is wrapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from parley.core import wire
+from parley.core.encoding import b64d, b64e
+from parley.core.envelope import Envelope
+from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
+from parley.core.keys import split_device_id
+from parley.server.status import render_status
+from parley.server.store import ServerStore
+
+log = logging.getLogger("parley.server")
+
+AUTH_TIMEOUT_S = 10.0
+MAX_WS_MESSAGE = 1024 * 1024  # frames above this are cut off by aiohttp (close 1009)
+SEND_QUEUE_LIMIT = 1000
+RATE_PER_S = 500.0
+RATE_BURST = 1000.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8800
+    public_url: str | None = None  # the origin devices sign in their login; default http://host:port
+
+    @property
+    def origin(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass
+class Session:
+    ws: web.WebSocketResponse
+    peer: str
+    nonce: str = field(default_factory=lambda: b64e(secrets.token_bytes(24)))
+    device: str | None = None
+    party: str | None = None
+    receive: bool = True
+    tokens: float = RATE_BURST
+    refilled: float = field(default_factory=time.monotonic)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass
+class Counters:
+    relayed: int = 0
+    stored: int = 0
+    refused: int = 0
+    bad_input: int = 0
+    logins: int = 0
+    login_failures: int = 0
+
+
+class LineServer:
+    """Owns the store and the live sessions. One per process."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = ServerStore(config.data_dir / "server.db")
+        self.online: dict[str, list[Session]] = defaultdict(list)
+        self.counters = Counters()
+        self.started_ms = now_ms()
+        self.app = web.Application(client_max_size=64 * 1024)
+        self.app.add_routes([
+            web.get("/", self.status_page),
+            web.get("/healthz", self.healthz),
+            web.get("/metrics", self.metrics),
+            web.post("/v1/enroll", self.enroll),
+            web.get("/v1/ws", self.websocket),
+        ])
+        self.app.on_shutdown.append(self._close_sessions)
+        self.app.on_cleanup.append(lambda _app: self._close_store())
+
+    async def _close_store(self) -> None:
+        self.store.close()
+
+    async def _close_sessions(self, _app: web.Application) -> None:
+        for sessions in list(self.online.values()):
+            for s in list(sessions):
+                await s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "online": len(self.online)})
+
+    async def status_page(self, _request: web.Request) -> web.Response:
+        html = render_status(self.store, set(self.online), self.counters.__dict__,
+                             now_ms() - self.started_ms)
+        return web.Response(text=html, content_type="text/html")
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        lines = [
+            "# HELP parley_devices_online Devices with a receiving session.",
+            "# TYPE parley_devices_online gauge",
+            f"parley_devices_online {len(self.online)}",
+            "# HELP parley_mailbox_envelopes Envelopes stored awaiting delivery.",
+            "# TYPE parley_mailbox_envelopes gauge",
+            f"parley_mailbox_envelopes {self.store.mailbox_size()}",
+        ]
+        for name, value in self.counters.__dict__.items():
+            lines += [f"# TYPE parley_{name}_total counter", f"parley_{name}_total {value}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def enroll(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+            data = wire.schema.parse_json(raw, max_bytes=16 * 1024, what="enrollment request")
+            wire.schema.validate(data, wire.ENROLL_REQUEST, what="enrollment request")
+            try:
+                public = self.store.enroll(data["code"], data["device"], data["keys"], now_ms())
+            except LocalError as exc:  # a bad device name is the client's fault here
+                raise RemoteError(exc.message, code=ErrorCode.BAD_MESSAGE, hint=exc.hint) from exc
+        except ParleyError as exc:
+            log.warning("enrollment refused from %s: %s", request.remote, exc)
+            status = 413 if exc.code is ErrorCode.TOO_LARGE else 400
+            return web.json_response(exc.as_dict(), status=status)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"code": "too_large", "message": "request too large"},
+                                     status=413)
+        log.info("enrolled %s (fingerprint %s)", public.device_id, public.fingerprint)
+        return web.json_response({"device": public.device_id, "party": public.party,
+                                  "fingerprint": public.fingerprint})
+
+    # -- WebSocket ------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0)
+        await ws.prepare(request)
+        session = Session(ws=ws, peer=str(request.remote))
+        await self._send(session, {"t": "challenge", "nonce": session.nonce,
+                                   "server": self.config.origin})
+        timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout, session)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_frame(session, msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self._reply_error(session, RemoteError(
+                        "binary frames are not part of the protocol; send JSON text frames"))
+                elif msg.type == WSMsgType.ERROR:
+                    log.info("websocket from %s closed with error: %s", session.peer,
+                             ws.exception())
+        finally:
+            timer.cancel()
+            self._drop(session)
+        return ws
+
+    def _auth_timeout(self, session: Session) -> None:
+        if session.device is None and not session.ws.closed:
+            log.info("closing unauthenticated session from %s after %.0f s", session.peer,
+                     AUTH_TIMEOUT_S)
+            asyncio.ensure_future(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                                   message=b"not authenticated"))
+
+    async def _on_frame(self, session: Session, raw: str) -> None:
+        ref = None
+        try:
+            if not session.allow():
+                raise RemoteError("too many messages; slow down", code=ErrorCode.RATE_LIMITED)
+            msg = wire.parse_message(raw, wire.CLIENT_MESSAGES, what="message")
+            ref = msg.get("ref")
+            if msg["t"] == "hello":
+                await self._on_hello(session, msg)
+            elif session.device is None:
+                raise RemoteError(
+                    f"{msg['t']} before login", code=ErrorCode.NOT_AUTHENTICATED,
+                    hint="answer the challenge with a signed hello first")
+            elif msg["t"] == "send":
+                await self._on_send(session, msg)
+            elif msg["t"] == "ack":
+                self.store.delivered(session.device, msg["id"])
+            elif msg["t"] == "directory":
+                await self._on_directory(session, msg)
+            elif msg["t"] == "ping":
+                await self._send(session, {"t": "pong", "ref": ref, "time": now_ms()})
+        except RemoteError as exc:
+            self.counters.bad_input += 1
+            log.info("bad input from %s (%s): %s", session.device or session.peer, exc.code, exc)
+            await self._reply_error(session, exc, ref)
+        except Exception:
+            log.exception("internal error handling a message from %s",
+                          session.device or session.peer)
+            await self._reply_error(session, RemoteError(
+                "internal server error; the message was not processed",
+                code=ErrorCode.SERVER_ERROR), ref)
+
+    async def _on_hello(self, session: Session, msg: dict[str, Any]) -> None:
+        if session.device is not None:
+            raise RemoteError("already logged in")
+        device = msg["device"]
+        keys = self.store.device(device)
+        signature = b64d(msg["sig"], what="hello.sig", max_bytes=64)
+        ok = keys is not None and keys.verify(
+            signature, wire.auth_statement(session.nonce, device, self.config.origin))
+        if not ok:
+            self.counters.login_failures += 1
+            err = RemoteError(f"unknown device {device}", code=ErrorCode.UNKNOWN_DEVICE,
+                              hint="enroll it with 'parley terminal enroll'") if keys is None \
+                else RemoteError("the login signature does not verify",
+                                 code=ErrorCode.AUTH_FAILED,
+                                 hint="this device's key is not the one enrolled for "
+                                      f"{device}; re-enroll it")
+            log.warning("login refused for %s from %s: %s", device, session.peer, err.code)
+            await self._reply_error(session, err)
+            await session.ws.close(code=4001, message=str(err.code).encode())
+            return
+        party, _ = split_device_id(device)
+        session.device, session.party = device, party
+        session.receive = msg.get("receive", True)
+        self.counters.logins += 1
+        peers = self.store.line_peers(party)
+        await self._send(session, {"t": "welcome", "device": device, "party": party,
+                                   "peers": peers})
+        if session.receive:
+            first = not self.online.get(device)
+            self.online[device].append(session)
+            log.info("%s online from %s", device, session.peer)
+            if first:
+                await self._presence(device, True)
+            await self._flush_mailbox(session)
+
+    async def _on_send(self, session: Session, msg: dict[str, Any]) -> None:
+        env = Envelope.from_json(msg["env"])
+        assert session.device is not None and session.party is not None
+        if env.sender != session.device:
+            raise RemoteError(f"envelope sender {env.sender} is not you ({session.device})",
+                              hint="sign in as the device that sends")
+        recipient_party, _ = split_device_id(env.recipient)
+        if self.store.device(env.recipient) is None:
+            raise RemoteError(f"no device {env.recipient}", code=ErrorCode.UNKNOWN_DEVICE)
+        if not self.store.may_talk(session.party, recipient_party):
+            self.counters.refused += 1
+            raise RemoteError(f"there is no line between {session.party} and {recipient_party}",
+                              code=ErrorCode.NO_LINE,
+                              hint="the server operator creates lines with"
+                                   " 'parley server line add'")
+        body = json.dumps({"t": "deliver", "env": msg["env"]}, separators=(",", ":"))
+        targets = self.online.get(env.recipient, [])
+        if msg.get("ephemeral"):
+            if not targets:
+                self.counters.refused += 1
+                raise RemoteError(f"{env.recipient} is not online",
+                                  code=ErrorCode.RECIPIENT_OFFLINE,
+                                  hint="call again when the other terminal is connected")
+            await self._fanout(targets, body)
+            self.counters.relayed += 1
+            await self._send(session, {"t": "sent", "id": env.id, "status": "delivered",
+                                       "ref": msg.get("ref")})
+            return
+        self.store.store_envelope(env.id, env.sender, env.recipient, body, now_ms())
+        self.counters.stored += 1
+        await self._send(session, {"t": "sent", "id": env.id,
+                                   "status": "delivered" if targets else "stored",
+                                   "ref": msg.get("ref")})
+        if targets:
+            await self._fanout(targets, body)
+            self.counters.relayed += 1
+
+    async def _on_directory(self, session: Session, msg: dict[str, Any]) -> None:
+        party = msg["party"]
+        assert session.party is not None
+        if self.store.principal(party) is None:
+            raise RemoteError(f"no party named {party!r}", code=ErrorCode.UNKNOWN_PARTY)
+        if not self.store.may_talk(session.party, party):
+            raise RemoteError(f"there is no line between {session.party} and {party}",
+                              code=ErrorCode.NO_LINE)
+        devices = self.store.devices(party)
+        await self._send(session, {
+            "t": "directory", "party": party, "ref": msg.get("ref"),
+            "devices": [d.to_json() for d in devices],
+            "online": [d.device_id for d in devices if self.online.get(d.device_id)],
+        })
+
+    async def _flush_mailbox(self, session: Session) -> None:
+        assert session.device is not None
+        for _, body in self.store.pending(session.device):
+            await session.ws.send_str(body)
+
+    async def _presence(self, device: str, online: bool) -> None:
+        party, _ = split_device_id(device)
+        watchers = set(self.store.line_peers(party)) | {party}
+        frame = json.dumps({"t": "presence", "device": device, "online": online})
+        targets = [s for dev, sessions in self.online.items() if dev != device
+                   and dev.split("/", 1)[0] in watchers for s in sessions]
+        await self._fanout(targets, frame)
+
+    async def _fanout(self, targets: list[Session], body: str) -> None:
+        for target in list(targets):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await target.ws.send_str(body)
+
+    def _drop(self, session: Session) -> None:
+        if session.device and session.receive:
+            sessions = self.online.get(session.device, [])
+            if session in sessions:
+                sessions.remove(session)
+            if not sessions:
+                self.online.pop(session.device, None)
+                log.info("%s offline", session.device)
+                asyncio.ensure_future(self._presence(session.device, False))
+
+    async def _send(self, session: Session, message: dict[str, Any]) -> None:
+        if message.get("ref", "") is None:
+            del message["ref"]
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await session.ws.send_str(json.dumps(message, separators=(",", ":")))
+
+    async def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None
+                           ) -> None:
+        await self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref))
+
+
+async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]:
+    """Bind and start serving; with port 0, `config.port` is updated to the real port."""
+    server = LineServer(config)
+    runner = web.AppRunner(server.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    if sockets:
+        config.port = sockets[0].getsockname()[1]
+    log.info("line server listening on %s (data in %s)", config.origin, config.data_dir)
+    return server, runner
+
+
+async def run_server(config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
+                     ) -> None:
+    """Serve until cancelled."""
+    _server, runner = await start_server(config)
+    if on_ready is not None:
+        on_ready(f"http://{config.host}:{config.port}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,415 @@
+"""The terminal's composition root: keys, pins, server link, calls and media.
+
+`Terminal` is a thin asyncio adapter around the pure `CallBook`. Everything the
+book decides comes back as actions, which one worker task carries out in order
+(seal and send an envelope, open a peer connection, apply an answer, close).
+Inputs reach the book from three places: envelopes delivered by the server
+(opened here with the sender's *pinned* key, see `_open`), the media stack's
+reports (DTLS up, with the handshake certificate; failure), and the local API
+that the UI and the CLI use. A timer task wakes the book at its next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parley.core.call import (
+    Action,
+    AddRemoteIce,
+    Alarm,
+    ApplyAnswer,
+    CallBook,
+    CallChanged,
+    CallInfo,
+    CallState,
+    MediaKind,
+    SendEnvelope,
+    SetLocalMedia,
+    StartMedia,
+    StopMedia,
+)
+from parley.core.envelope import Envelope, open_envelope, seal_envelope
+from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
+from parley.core.keys import split_device_id
+from parley.core.replay import ReplayGuard
+from parley.core.trust import Trust, verify_hint
+from parley.media.engine import MediaEngine, MediaSession
+from parley.media.robot import RobotMedia, RobotOptions
+from parley.terminal.link import ServerLink
+from parley.terminal.peers import PeerBook
+from parley.terminal.store import TerminalStore
+
+log = logging.getLogger("parley.terminal")
+MAX_ALARMS = 50
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class TerminalConfig:
+    data_dir: Path
+    server_url: str | None = None  # default: the one recorded at enrollment
+    require_verified: bool = True
+    auto_answer: bool = False
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 0
+    media: str = "robot"  # "robot" (aiortc here) or "browser" (the person's web UI)
+    robot: RobotOptions = field(default_factory=RobotOptions)
+
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class Terminal:
+    def __init__(self, config: TerminalConfig, engine: MediaEngine | None = None) -> None:
+        self.config = config
+        self.store = TerminalStore(config.data_dir)
+        self.keys = self.store.load_keys()
+        self.device_id = self.store.device_id
+        server_url = config.server_url or self.store.server_url
+        if not server_url:
+            raise LocalError("no server URL", code=ErrorCode.BAD_CONFIG,
+                             hint="pass --server or enroll first")
+        self.me = self.keys.public(self.device_id)
+        self.party = self.me.party
+        self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
+        self.replay = ReplayGuard()
+        self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
+                               on_presence=self._on_presence, on_state=self._on_link_state)
+        self.peers = PeerBook(self.store, self.me, self.link)
+        self.engine: MediaEngine = engine or RobotMedia(config.robot)
+        self.sessions: dict[str, MediaSession] = {}
+        self.final_stats: dict[str, dict[str, Any]] = {}
+        self.alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
+        self._placed_at: dict[str, float] = {}
+        self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._listeners: set[Listener] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(coro) for coro in
+                       (self.link.run(), self._worker(), self._timers())]
+        log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
+                 self.me.fingerprint, self.link.origin)
+
+    async def stop(self) -> None:
+        for call in self.book.live():
+            with contextlib.suppress(ParleyError):
+                self._run(self.book.hangup(call.call_id, now_ms()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._actions.join(), 3.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.close()
+        await self.link.close()
+        self.store.close()
+
+    # -- the local API (UI, CLI, demo) -----------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.add(listener)
+        return lambda: self._listeners.discard(listener)
+
+    async def place_call(self, target: str, media: MediaKind = MediaKind.VIDEO) -> CallInfo:
+        device = await self.peers.resolve(target)
+        trust, keys, _ = await self.peers.trust(device.device_id, fresh=True)
+        call_id, actions = self.book.place(keys, trust, media, now_ms())
+        self._placed_at[call_id] = time.monotonic()
+        log.info("calling %s (%s, %s)", keys.device_id, media, trust)
+        self._run(actions)
+        return self.book.info(call_id)
+
+    def accept(self, call_id: str) -> CallInfo:
+        self._run(self.book.accept(call_id, now_ms()))
+        return self.book.info(call_id)
+
+    def decline(self, call_id: str) -> CallInfo:
+        self._run(self.book.decline(call_id, now_ms()))
+        return self.book.info(call_id)
+
+    def hangup(self, call_id: str) -> CallInfo:
+        self._run(self.book.hangup(call_id, now_ms()))
+        return self.book.info(call_id)
+
+    def set_media(self, call_id: str, *, audio: bool, video: bool) -> CallInfo:
+        self._run(self.book.set_local_media(call_id, audio=audio, video=video))
+        return self.book.info(call_id)
+
+    def notify_verified(self, device_id: str) -> None:
+        log.info("%s marked verified", device_id)
+        self._publish({"t": "verified", "device": device_id})
+
+    async def call_stats(self, call_id: str) -> dict[str, Any]:
+        session = self.sessions.get(call_id)
+        stats = await session.stats() if session is not None else \
+            self.final_stats.get(call_id, {})
+        return dict(stats)
+
+    async def wait_for_call(self, predicate: Callable[[CallInfo], bool], timeout: float
+                            ) -> CallInfo:
+        """Wait until some call satisfies `predicate` (for the demo and tests)."""
+        found: asyncio.Future[CallInfo] = asyncio.get_running_loop().create_future()
+
+        def listener(event: dict[str, Any]) -> None:
+            if event.get("t") == "call" and not found.done():
+                info = self.book.info(event["call"]["call_id"])
+                if predicate(info):
+                    found.set_result(info)
+
+        for info in self.book.calls():
+            if predicate(info):
+                return info
+        unsubscribe = self.subscribe(listener)
+        try:
+            return await asyncio.wait_for(found, timeout)
+        finally:
+            unsubscribe()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.device_id,
+            "party": self.party,
+            "fingerprint": self.me.fingerprint,
+            "server": self.link.origin,
+            "connected": self.link.connected.is_set(),
+            "server_error": str(self.link.last_error) if self.link.last_error else None,
+            "require_verified": self.book.require_verified,
+            "media": self.config.media,
+            "lines": self.link.peers,
+            "calls": [c.to_json() for c in self.book.calls()],
+            "alarms": list(self.alarms),
+        }
+
+    # -- media events (MediaEvents) ---------------------------------------------------------
+
+    def media_connected(self, call_id: str, handshake_dtls: str) -> None:
+        self._run(self.book.media_connected(call_id, handshake_dtls, now_ms()))
+
+    def media_failed(self, call_id: str, reason: str) -> None:
+        log.warning("call %s: %s", call_id, reason)
+        self._run(self.book.media_failed(call_id, reason, now_ms()))
+
+    def local_ice(self, call_id: str, candidate: str, mid: str | None, mline: int | None) -> None:
+        self._run(self.book.local_ice(call_id, candidate, mid, mline))
+
+    # -- from the server ----------------------------------------------------------------
+
+    async def _on_deliver(self, raw: dict[str, Any]) -> None:
+        try:
+            envelope = Envelope.from_json(raw)
+        except RemoteError as exc:
+            log.warning("dropped a malformed envelope: %s", exc)
+            return
+        now = now_ms()
+        try:
+            if envelope.recipient != self.device_id:
+                raise SecurityAlarm(
+                    f"the server delivered an envelope meant for {envelope.recipient}"
+                    f" (from {envelope.sender}) to this device",
+                    code=ErrorCode.WRONG_RECIPIENT,
+                    hint="it was dropped unread; the server is misrouting or tampering")
+            self.replay.check(envelope, now)
+            payload, keys, trust = await self._open(envelope)
+            self.replay.remember(envelope)
+        except SecurityAlarm as alarm:
+            self._alarm(None, alarm)
+            return
+        except ParleyError as exc:
+            log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
+            return
+        finally:
+            if not envelope.type.startswith("call."):
+                await self.link.ack(envelope.id)
+        if envelope.type.startswith("call."):
+            try:
+                actions = self.book.receive(keys, trust, envelope.type, payload, now)
+            except SecurityAlarm as alarm:
+                self._alarm(payload.get("call_id") if isinstance(payload.get("call_id"), str)
+                            else None, alarm)
+                return
+            except ParleyError as exc:
+                log.warning("bad %s from %s: %s", envelope.type, envelope.sender, exc)
+                return
+            self._run(actions)
+        else:
+            log.warning("dropped %s from %s: this terminal does not handle that type",
+                        envelope.type, envelope.sender)
+
+    async def _open(self, envelope: Envelope) -> tuple[dict[str, Any], Any, Trust]:
+        """Open with the key we trust for the sender; tell a changed key from a forgery."""
+        split_device_id(envelope.sender)
+        trust, keys, _ = await self.peers.trust(envelope.sender)
+        try:
+            return open_envelope(envelope, self.keys, self.device_id, keys), keys, trust
+        except SecurityAlarm as alarm:
+            if alarm.code is not ErrorCode.BAD_SIGNATURE:
+                raise
+            # Perhaps the directory changed since we looked: look again, once.
+            trust2, keys2, listed = await self.peers.trust(envelope.sender, fresh=True)
+            if listed is not None and listed.verify(envelope.signature, envelope.signed_bytes()):
+                if trust2 is Trust.CHANGED:
+                    raise SecurityAlarm(
+                        f"the key of {envelope.sender} has changed since you verified it;"
+                        f" its {envelope.type} was refused",
+                        code=ErrorCode.KEY_CHANGED,
+                        hint=verify_hint(listed.party, changed=True)) from alarm
+                return open_envelope(envelope, self.keys, self.device_id, keys2), keys2, trust2
+            raise
+
+    def _on_presence(self, device: str, online: bool) -> None:
+        self.peers.set_online(device, online)
+        self._publish({"t": "presence", "device": device, "online": online})
+
+    def _on_link_state(self, up: bool, why: str) -> None:
+        self._publish({"t": "link", "connected": up, "detail": why})
+
+    # -- carrying out actions -----------------------------------------------------------
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            self._actions.put_nowait(action)
+        self._wake.set()
+
+    async def _worker(self) -> None:
+        while True:
+            action = await self._actions.get()
+            try:
+                await self._execute(action)
+            except Exception:
+                log.exception("failed to carry out %s", type(action).__name__)
+            finally:
+                self._actions.task_done()
+
+    async def _execute(self, action: Action) -> None:
+        if isinstance(action, SendEnvelope):
+            await self._send(action)
+        elif isinstance(action, StartMedia):
+            await self._start_media(action)
+        elif isinstance(action, ApplyAnswer):
+            await self._with_session(action.call_id, lambda s: s.apply_answer(action.sdp))
+        elif isinstance(action, AddRemoteIce):
+            await self._with_session(action.call_id, lambda s: s.add_ice(
+                action.candidate, action.mid, action.mline))
+        elif isinstance(action, SetLocalMedia):
+            session = self.sessions.get(action.call_id)
+            if session is not None:
+                session.set_local_media(action.audio, action.video)
+        elif isinstance(action, StopMedia):
+            await self._stop_media(action.call_id)
+        elif isinstance(action, CallChanged):
+            self._call_changed(action.call)
+        elif isinstance(action, Alarm):
+            self._alarm(action.call_id, SecurityAlarm(action.message, code=action.code,
+                                                      hint=action.hint))
+
+    async def _send(self, action: SendEnvelope) -> None:
+        envelope = seal_envelope(self.keys, self.device_id, action.to, action.type,
+                                 action.payload, now_ms())
+        try:
+            await self.link.send_envelope(envelope, ephemeral=action.type.startswith("call."))
+        except RemoteError as exc:
+            log.warning("could not send %s to %s: %s", action.type, action.to.device_id, exc)
+            self._run(self.book.delivery_failed(action.call_id, exc.code, now_ms()))
+
+    async def _start_media(self, action: StartMedia) -> None:
+        session = self.engine.open(action.call_id, action.media, self)
+        self.sessions[action.call_id] = session
+        try:
+            if action.remote_sdp is None:
+                desc = await session.create_offer()
+            else:
+                desc = await session.create_answer(action.remote_sdp)
+            self._run(self.book.local_description(action.call_id, desc.sdp, desc.dtls, now_ms()))
+        except SecurityAlarm as alarm:
+            self._run(self.book.intercepted(action.call_id, alarm, now_ms()))
+        except Exception as exc:
+            log.exception("call %s: media setup failed", action.call_id)
+            self._run(self.book.media_failed(action.call_id, f"media setup failed: {exc}",
+                                             now_ms()))
+
+    async def _with_session(self, call_id: str,
+                            op: Callable[[MediaSession], Awaitable[None]]) -> None:
+        session = self.sessions.get(call_id)
+        if session is None:
+            return
+        try:
+            await op(session)
+        except Exception as exc:
+            log.warning("call %s: media error: %s", call_id, exc)
+            self._run(self.book.media_failed(call_id, f"media error: {exc}", now_ms()))
+
+    async def _stop_media(self, call_id: str) -> None:
+        session = self.sessions.pop(call_id, None)
+        if session is None:
+            return
+        with contextlib.suppress(Exception):
+            self.final_stats[call_id] = await session.stats()
+        await session.close()
+
+    def _call_changed(self, info: CallInfo) -> None:
+        data = info.to_json()
+        placed = self._placed_at.get(info.call_id)
+        if info.state is CallState.ACTIVE:
+            log.info("call %s with %s is ACTIVE and verified=%s; SAS %s", info.call_id,
+                     info.peer, info.verified, info.sas)
+        elif info.state is CallState.ENDED:
+            log.info("call %s with %s ended: %s%s", info.call_id, info.peer, info.end_reason,
+                     f" ({info.alarm})" if info.alarm else "")
+            self.store.log_call(data)
+            self._placed_at.pop(info.call_id, None)
+        else:
+            log.info("call %s with %s: %s", info.call_id, info.peer, info.state)
+        if placed is not None:
+            data["since_placed_ms"] = round((time.monotonic() - placed) * 1000, 1)
+        self._publish({"t": "call", "call": data})
+        if (info.state is CallState.RINGING and info.direction == "incoming"
+                and self.config.auto_answer):
+            try:
+                self.accept(info.call_id)
+            except LocalError as exc:
+                log.warning("auto-answer refused: %s", exc)
+
+    def _alarm(self, call_id: str | None, alarm: ParleyError) -> None:
+        entry = {"time_ms": now_ms(), "call_id": call_id, **alarm.as_dict()}
+        self.alarms.append(entry)
+        log.error("SECURITY ALARM [%s] %s -- %s", alarm.code, alarm.message, alarm.hint)
+        self._publish({"t": "alarm", "alarm": entry})
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("an event listener failed")
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = self.book.next_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        actions = self.book.handle_timer(now_ms())
+        for action in actions:
+            self._actions.put_nowait(action)

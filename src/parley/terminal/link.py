@@ -1,0 +1,285 @@
+"""The terminal's link to the line server: log in, stay connected, request, deliver.
+
+`ServerLink.run()` keeps one WebSocket up for as long as the terminal runs:
+it answers the server's challenge with a signature, then reads frames until the
+connection drops, and reconnects with exponential backoff (0.5 s doubling to
+30 s, with jitter so that many terminals do not return in lockstep after a
+server restart). Requests (`send`, `directory`, `ping`) carry a ``ref`` and
+wait for the reply that names it. Every frame from the server is validated by
+`core.wire` first; a bad one is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from parley.core import wire
+from parley.core.encoding import b64e, random_id
+from parley.core.envelope import Envelope
+from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
+from parley.core.keys import DeviceKeys, DevicePublicKeys
+
+log = logging.getLogger("parley.link")
+
+REQUEST_TIMEOUT_S = 10.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+def server_origin(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise LocalError(f"invalid server URL {url!r}", code=ErrorCode.BAD_CONFIG,
+                         hint="use http://HOST:PORT (or https://)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def websocket_url(url: str) -> str:
+    origin = server_origin(url)
+    return ("wss" if origin.startswith("https") else "ws") + origin[origin.index(":"):] + "/v1/ws"
+
+
+class ServerLink:
+    def __init__(
+        self,
+        server_url: str,
+        device_id: str,
+        keys: DeviceKeys,
+        *,
+        receive: bool = True,
+        on_deliver: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        on_presence: Callable[[str, bool], None] | None = None,
+        on_state: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        self.origin = server_origin(server_url)
+        self.device_id = device_id
+        self._keys = keys
+        self._receive = receive
+        self._on_deliver = on_deliver
+        self._on_presence = on_presence
+        self._on_state = on_state
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.connected = asyncio.Event()
+        self.peers: list[str] = []
+        self.last_error: ParleyError | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._inbox_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                await self._connect_and_serve()
+                delay = BACKOFF_FIRST_S  # a clean session resets the backoff
+            except asyncio.CancelledError:
+                raise
+            except ParleyError as exc:
+                self.last_error = exc
+                log.error("server refused the login: %s", exc)
+                delay = max(delay, 5.0)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.warning("cannot reach the line server at %s: %s", self.origin,
+                            exc or type(exc).__name__)
+            self._set_connected(False, "disconnected")
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("reconnecting in %.1f s", wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def connect_once(self) -> None:
+        """Connect and log in, then serve in the background (for one-shot tools)."""
+        ready = asyncio.get_running_loop().create_future()
+        self._ready_future = ready
+        task = asyncio.ensure_future(self._connect_and_serve())
+        self._serve_task = task
+        done, _ = await asyncio.wait({ready, task}, timeout=REQUEST_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the reason
+            raise RemoteError("the server closed the connection during login")
+        if not done:
+            task.cancel()
+            raise RemoteError(f"no answer from the line server at {self.origin}",
+                              hint="is 'parley server' running there?")
+
+    async def close(self) -> None:
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        task = getattr(self, "_serve_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _connect_and_serve(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.ws_connect(websocket_url(self.origin), heartbeat=20.0,
+                                            max_msg_size=2 * wire.MAX_FRAME) as ws:
+            self._ws = ws
+            try:
+                await self._login(ws)
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await self._on_frame(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.ERROR:
+                        break
+            finally:
+                self._ws = None
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(RemoteError("the connection to the server dropped"))
+                self._pending.clear()
+        if ws.close_code == 4001:
+            raise RemoteError("the server closed the session: login refused",
+                              code=ErrorCode.AUTH_FAILED)
+
+    async def _login(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        first = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT_S)
+        if first.type != aiohttp.WSMsgType.TEXT:
+            raise RemoteError("the server did not send a login challenge")
+        challenge = wire.parse_message(first.data, wire.SERVER_MESSAGES, what="server message")
+        if challenge["t"] != "challenge":
+            raise RemoteError(f"expected a challenge, got {challenge['t']}")
+        if challenge["server"].rstrip("/") != self.origin:
+            raise RemoteError(
+                f"the server calls itself {challenge['server']}, but we connected to"
+                f" {self.origin}", code=ErrorCode.AUTH_FAILED,
+                hint="set the server's --public-url to the URL terminals use")
+        sig = self._keys.sign(wire.auth_statement(challenge["nonce"], self.device_id,
+                                                  self.origin))
+        await ws.send_str(json.dumps({"t": "hello", "device": self.device_id, "sig": b64e(sig),
+                                      "receive": self._receive}))
+        reply = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT_S)
+        if reply.type != aiohttp.WSMsgType.TEXT:
+            raise RemoteError("the server closed the connection during login",
+                              code=ErrorCode.AUTH_FAILED)
+        welcome = wire.parse_message(reply.data, wire.SERVER_MESSAGES, what="server message")
+        if welcome["t"] == "error":
+            raise RemoteError(welcome["message"], code=_code(welcome["code"]),
+                              hint=welcome.get("hint", ""))
+        if welcome["t"] != "welcome":
+            raise RemoteError(f"expected welcome, got {welcome['t']}")
+        self.peers = [p for p in welcome["peers"] if isinstance(p, str)]
+        self.last_error = None
+        self._set_connected(True, "connected")
+        ready = getattr(self, "_ready_future", None)
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    def _set_connected(self, up: bool, why: str) -> None:
+        was = self.connected.is_set()
+        if up:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        if was != up:
+            log.info("line server %s: %s", self.origin, why)
+            if self._on_state is not None:
+                self._on_state(up, why)
+
+    # -- frames --------------------------------------------------------------------------
+
+    async def _on_frame(self, raw: str) -> None:
+        try:
+            msg = wire.parse_message(raw, wire.SERVER_MESSAGES, what="server message")
+        except RemoteError as exc:
+            log.warning("dropped a bad frame from the server: %s", exc)
+            return
+        kind = msg["t"]
+        ref = msg.get("ref")
+        if ref is not None and ref in self._pending:
+            fut = self._pending.pop(ref)
+            if not fut.done():
+                if kind == "error":
+                    fut.set_exception(RemoteError(msg["message"], code=_code(msg["code"]),
+                                                  hint=msg.get("hint", "")))
+                else:
+                    fut.set_result(msg)
+            return
+        if kind == "deliver" and self._on_deliver is not None:
+            # Processed by another task, in order: opening an envelope may need a
+            # directory request, whose reply this read loop must stay free to read.
+            self._inbox.put_nowait(msg["env"])
+            if self._inbox_task is None or self._inbox_task.done():
+                self._inbox_task = asyncio.ensure_future(self._drain_inbox())
+        elif kind == "presence" and self._on_presence is not None:
+            self._on_presence(msg["device"], msg["online"])
+        elif kind == "error":
+            log.warning("server error: %s (%s)", msg["message"], msg["code"])
+
+    async def _drain_inbox(self) -> None:
+        assert self._on_deliver is not None
+        while not self._inbox.empty():
+            envelope = self._inbox.get_nowait()
+            try:
+                await self._on_deliver(envelope)
+            except Exception:
+                log.exception("failed to process an envelope from the server")
+
+    async def request(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT_S
+                      ) -> dict[str, Any]:
+        ws = self._ws
+        if ws is None or not self.connected.is_set():
+            raise RemoteError("not connected to the line server", code=ErrorCode.SERVER_ERROR,
+                              hint=f"check that the server at {self.origin} is running")
+        ref = random_id(9)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = fut
+        try:
+            await ws.send_str(json.dumps({**message, "ref": ref}, separators=(",", ":")))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RemoteError(f"the line server did not answer within {timeout:.0f} s",
+                              code=ErrorCode.SERVER_ERROR) from None
+        finally:
+            self._pending.pop(ref, None)
+
+    async def send_envelope(self, envelope: Envelope, *, ephemeral: bool) -> str:
+        reply = await self.request({"t": "send", "env": envelope.to_json(),
+                                    "ephemeral": ephemeral})
+        return str(reply["status"])
+
+    async def ack(self, envelope_id: str) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._ws.send_str(json.dumps({"t": "ack", "id": envelope_id}))
+
+    async def directory(self, party: str) -> tuple[list[DevicePublicKeys], set[str]]:
+        reply = await self.request({"t": "directory", "party": party})
+        devices = []
+        for entry in reply["devices"]:
+            try:
+                keys = DevicePublicKeys.from_json(entry)
+            except ParleyError as exc:
+                log.warning("directory entry for %s rejected: %s", party, exc)
+                continue
+            if keys.party == party:
+                devices.append(keys)
+        return devices, {d for d in reply["online"] if isinstance(d, str)}
+
+
+def _code(value: str) -> ErrorCode:
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return ErrorCode.SERVER_ERROR

@@ -1,0 +1,130 @@
+"""Peers as this terminal sees them: directory listings weighed against local pins.
+
+The directory (fetched from the server) answers "which devices does party X
+have, and which are online". The pins (local) answer "which keys did our
+operator verify". `PeerBook` combines the two through `core.trust.assess` and
+is the one place where a peer is marked verified -- used alike by the running
+terminal (UI button), and by `parley keys verify` when no terminal is running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from parley.core.errors import ErrorCode, LocalError
+from parley.core.keys import DevicePublicKeys
+from parley.core.safety import normalize_safety_number, safety_number
+from parley.core.trust import Trust, assess, verify_hint
+from parley.terminal.link import ServerLink
+from parley.terminal.store import TerminalStore
+
+CACHE_MS = 60_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class PartyListing:
+    devices: dict[str, DevicePublicKeys]
+    online: set[str]
+    fetched_ms: int
+
+
+@dataclass
+class PeerBook:
+    store: TerminalStore
+    me: DevicePublicKeys
+    link: ServerLink
+    _parties: dict[str, PartyListing] = field(default_factory=dict)
+
+    async def refresh(self, party: str) -> PartyListing:
+        devices, online = await self.link.directory(party)
+        listing = PartyListing({d.device_id: d for d in devices}, online, _now_ms())
+        self._parties[party] = listing
+        return listing
+
+    async def listing(self, party: str, *, fresh: bool = False) -> PartyListing:
+        cached = self._parties.get(party)
+        if fresh or cached is None or _now_ms() - cached.fetched_ms > CACHE_MS:
+            return await self.refresh(party)
+        return cached
+
+    def set_online(self, device: str, online: bool) -> None:
+        listing = self._parties.get(device.split("/", 1)[0])
+        if listing is not None:
+            (listing.online.add if online else listing.online.discard)(device)
+
+    async def trust(self, device_id: str, *, fresh: bool = False
+                    ) -> tuple[Trust, DevicePublicKeys, DevicePublicKeys | None]:
+        """(trust, keys to check against, keys the directory lists now)."""
+        party = device_id.split("/", 1)[0]
+        listed = (await self.listing(party, fresh=fresh)).devices.get(device_id)
+        trust, keys = assess(self.store.pin(device_id), listed)
+        return trust, keys, listed
+
+    async def resolve(self, target: str) -> DevicePublicKeys:
+        """'party' or 'party/device' -> the device to call."""
+        party = target.split("/", 1)[0]
+        listing = await self.listing(party, fresh=True)
+        if "/" in target:
+            if target not in listing.devices:
+                raise LocalError(f"{party} has no device {target}", code=ErrorCode.UNKNOWN_DEVICE)
+            return listing.devices[target]
+        if not listing.devices:
+            raise LocalError(f"{party} has no enrolled device yet", code=ErrorCode.UNKNOWN_DEVICE,
+                             hint=f"ask {party}'s operator to enroll a terminal")
+
+        # Prefer a device that is online, then one we verified.
+        def rank(d: DevicePublicKeys) -> tuple[bool, bool, str]:
+            return (d.device_id not in listing.online, self.store.pin(d.device_id) is None,
+                    d.device_id)
+
+        return sorted(listing.devices.values(), key=rank)[0]
+
+    async def describe(self, party: str) -> list[dict[str, Any]]:
+        """What the verification screen and `parley keys show` display."""
+        listing = await self.listing(party, fresh=True)
+        out = []
+        for device in listing.devices.values():
+            pinned = self.store.pin(device.device_id)
+            trust, _ = assess(pinned, device)
+            out.append({
+                "device": device.device_id,
+                "party": party,
+                "fingerprint": device.fingerprint,
+                "safety_number": safety_number(self.me, device),
+                "trust": str(trust),
+                "online": device.device_id in listing.online,
+                "verified_fingerprint": pinned.fingerprint if pinned else None,
+            })
+        return out
+
+    async def verify(self, target: str, typed_number: str | None, now_ms: int
+                     ) -> DevicePublicKeys:
+        """Pin the keys the directory lists for `target` now, after the operator compared."""
+        party = target.split("/", 1)[0]
+        listing = await self.listing(party, fresh=True)
+        if "/" in target:
+            device = listing.devices.get(target)
+            if device is None:
+                raise LocalError(f"{party} has no device {target}", code=ErrorCode.UNKNOWN_DEVICE)
+        elif len(listing.devices) == 1:
+            device = next(iter(listing.devices.values()))
+        else:
+            names = ", ".join(sorted(listing.devices)) or "none"
+            raise LocalError(f"{party} has {len(listing.devices)} devices ({names})",
+                             code=ErrorCode.UNKNOWN_DEVICE, hint="name one as party/device")
+        number = safety_number(self.me, device)
+        if typed_number is not None and normalize_safety_number(typed_number) != number:
+            raise LocalError(
+                f"the safety number you entered does not match the one for {device.device_id}",
+                code=ErrorCode.KEY_CHANGED,
+                hint="do not mark it verified: the keys the server gave us differ from the keys"
+                     f" {party}'s operator sees. " + verify_hint(party),
+            )
+        self.store.set_pin(device, number, now_ms)
+        return device
