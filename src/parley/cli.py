@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -82,10 +83,8 @@ def cmd_server_run(args: argparse.Namespace) -> int:
         log.warning("listening on %s: reachable beyond this machine", cfg["host"])
     config = ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
                           public_url=cfg["public_url"])
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

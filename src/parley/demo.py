@@ -31,20 +31,10 @@ from typing import Any, TextIO
 import aiohttp
 
 from parley.core.errors import ErrorCode, LocalError
-from parley.server.store import ServerStore
-from parley.terminal.enroll import enroll
-from parley.terminal.link import ServerLink
-from parley.terminal.peers import PeerBook
-from parley.terminal.store import TerminalStore
+from parley.lab import PARTIES as SIDES
+from parley.lab import provision_line
 
-SIDES = {"washington": ("The White House", "America/New_York"),
-         "moscow": ("The Kremlin", "Europe/Moscow")}
-DEVICE = "hotline"
 START_TIMEOUT_S = 30.0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Child:
@@ -56,11 +46,14 @@ class Child:
     @classmethod
     async def spawn(cls, name: str, args: list[str], root: Path) -> Child:
         log_path = root / f"{name}.log"
-        with open(log_path, "wb") as log_file:
+        log_file = log_path.open("wb")
+        try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "parley", *args, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True)
+        finally:
+            log_file.close()
         return cls(name, proc, log_path)
 
     async def wait_line(self, prefix: str) -> str:
@@ -127,51 +120,6 @@ class Control:
             await asyncio.sleep(0.1)
 
 
-async def _setup_line(root: Path, server_url: str, say: Any) -> None:
-    """Parties, line, enrollment and the safety-number comparison."""
-    admin = ServerStore(root / "server" / "server.db")
-    try:
-        for name, (display, tz) in SIDES.items():
-            admin.add_principal(name, display, tz, _now_ms())
-        admin.add_line("washington", "moscow", _now_ms())
-        codes = {name: admin.create_enroll_code(name, 10 * 60_000, _now_ms()) for name in SIDES}
-    finally:
-        admin.close()
-    say("parties washington and moscow created, line opened")
-    for name in SIDES:
-        store = TerminalStore.init(root / name, DEVICE)
-        public = await enroll(store, server_url, codes[name])
-        store.close()
-        say(f"{public.device_id} enrolled (code {codes[name]}), fingerprint {public.fingerprint}")
-
-    async def peer_view(name: str, peer: str) -> tuple[TerminalStore, ServerLink, PeerBook, str]:
-        store = TerminalStore(root / name)
-        keys = store.load_keys()
-        link = ServerLink(server_url, store.device_id, keys, receive=False)
-        await link.connect_once()
-        book = PeerBook(store, keys.public(store.device_id), link)
-        (device,) = await book.describe(peer)
-        return store, link, book, device["safety_number"]
-
-    views = {"washington": await peer_view("washington", "moscow"),
-             "moscow": await peer_view("moscow", "washington")}
-    try:
-        numbers = {name: view[3] for name, view in views.items()}
-        if numbers["washington"] != numbers["moscow"]:
-            raise LocalError("the two sides computed different safety numbers",
-                             code=ErrorCode.KEY_CHANGED, hint="the directory was tampered with")
-        say(f"safety number, the same on both sides: {numbers['washington']}")
-        for name, peer in (("washington", "moscow"), ("moscow", "washington")):
-            # Each side types in the number the other side read out.
-            other = numbers[peer]
-            await views[name][2].verify(peer, other, _now_ms())
-        say("each side verified and pinned the other's keys")
-    finally:
-        for store, link, _, _ in views.values():
-            await link.close()
-            store.close()
-
-
 async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: float,
                 root: Path, out: TextIO) -> int:
     def say(text: str) -> None:
@@ -184,7 +132,7 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
         children.append(server)
         server_url = await server.wait_line("ready: ")
         say(f"line server at {server_url} (data and logs in {root})")
-        await _setup_line(root, server_url, say)
+        await provision_line(root / "server", server_url, root, say=say)
 
         robots = set(SIDES) if headless else set(SIDES) - {"washington", *humans}
         urls = {}

@@ -205,7 +205,8 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "mline": schema.integer(0, 64, required=False),
     },
     "call.media": {"call_id": _CALL_ID, "audio": schema.boolean(), "video": schema.boolean()},
-    "call.end": {"call_id": _CALL_ID, "reason": schema.text(16, choices=frozenset(_REMOTE_END_EVENT))},
+    "call.end": {"call_id": _CALL_ID,
+                 "reason": schema.text(16, choices=frozenset(_REMOTE_END_EVENT))},
 }
 
 
@@ -687,7 +688,8 @@ class CallBook:
         pending, call.pending_ice = call.pending_ice, []
         return list(pending)
 
-    def _fire(self, call: Call, event: CallEvent, now_ms: int, *, local: bool = False) -> list[Action]:
+    def _fire(self, call: Call, event: CallEvent, now_ms: int, *,
+              local: bool = False) -> list[Action]:
         allowed = TRANSITIONS[call.state]
         if event not in allowed:
             if local and event in (CallEvent.LOCAL_ACCEPTED, CallEvent.LOCAL_DECLINE,

@@ -12,7 +12,7 @@ Session::
 
 then, in any order::
 
-    client -> {"t":"send","env":{...},"ephemeral":true}  server -> {"t":"sent","id":...,"status":...}
+    client -> {"t":"send","env":{...},"ephemeral":true}  server -> {"t":"sent","id":..,"status":..}
     server -> {"t":"deliver","env":{...}}                client -> {"t":"ack","id":...}
     client -> {"t":"directory","party":"moscow","ref":..} server -> {"t":"directory","ref":..,...}
     client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}

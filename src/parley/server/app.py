@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,7 @@ class LineServer:
         self.store = ServerStore(config.data_dir / "server.db")
         self.online: dict[str, list[Session]] = defaultdict(list)
         self.counters = Counters()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.started_ms = now_ms()
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes([
@@ -192,8 +193,8 @@ class LineServer:
         if session.device is None and not session.ws.closed:
             log.info("closing unauthenticated session from %s after %.0f s", session.peer,
                      AUTH_TIMEOUT_S)
-            asyncio.ensure_future(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                                   message=b"not authenticated"))
+            self._background(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                              message=b"not authenticated"))
 
     async def _on_frame(self, session: Session, raw: str) -> None:
         ref = None
@@ -340,7 +341,12 @@ class LineServer:
             if not sessions:
                 self.online.pop(session.device, None)
                 log.info("%s offline", session.device)
-                asyncio.ensure_future(self._presence(session.device, False))
+                self._background(self._presence(session.device, False))
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send(self, session: Session, message: dict[str, Any]) -> None:
         if message.get("ref", "") is None:

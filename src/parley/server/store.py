@@ -21,7 +21,8 @@ from parley.core.keys import DevicePublicKeys, check_name, device_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS principals (
-    name TEXT PRIMARY KEY, display TEXT NOT NULL, timezone TEXT NOT NULL, created_ms INTEGER NOT NULL
+    name TEXT PRIMARY KEY, display TEXT NOT NULL, timezone TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lines (
     a TEXT NOT NULL REFERENCES principals(name), b TEXT NOT NULL REFERENCES principals(name),
