@@ -221,10 +221,11 @@ def dtls_statement(call_id: str, role: str, device: str, fingerprint: str) -> by
 
 @dataclass(frozen=True)
 class SendEnvelope:
-    call_id: str
+    call_id: str | None
     to: DevicePublicKeys
     type: str
     payload: dict[str, Any]
+    envelope_id: str = field(default_factory=random_id)  # so a tamper report can name it
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ class Call:
     remote_video: bool = True
     alarm: str | None = None
     pending_ice: list[AddRemoteIce] = field(default_factory=list)
+    sent_ids: set[str] = field(default_factory=set)
     media_started: bool = False
 
     @property
@@ -455,8 +457,8 @@ class CallBook:
         }
         if call.direction == "outgoing":
             payload["media"] = str(call.media)
-            return [SendEnvelope(call_id, call.peer, "call.offer", payload), self._changed(call)]
-        return [SendEnvelope(call_id, call.peer, "call.answer", payload), self._changed(call)]
+            return [self._send(call, "call.offer", payload), self._changed(call)]
+        return [self._send(call, "call.answer", payload), self._changed(call)]
 
     def accept(self, call_id: str, now_ms: int) -> list[Action]:
         call = self.get(call_id)
@@ -480,8 +482,7 @@ class CallBook:
         call.local_audio, call.local_video = audio, video
         return [
             SetLocalMedia(call_id, audio, video),
-            SendEnvelope(call_id, call.peer, "call.media",
-                         {"call_id": call_id, "audio": audio, "video": video}),
+            self._send(call, "call.media", {"call_id": call_id, "audio": audio, "video": video}),
             self._changed(call),
         ]
 
@@ -495,7 +496,7 @@ class CallBook:
             payload["mid"] = mid
         if mline is not None:
             payload["mline"] = mline
-        return [SendEnvelope(call_id, call.peer, "call.ice", payload)]
+        return [self._send(call, "call.ice", payload)]
 
     # -- media stack reports ------------------------------------------------
 
@@ -532,6 +533,31 @@ class CallBook:
         call.alarm = alarm.message
         return [Alarm(call_id, alarm.code, alarm.message, alarm.hint),
                 *self._fire(call, CallEvent.INTERCEPTED, now_ms, local=True)]
+
+    def signaling_tampered(self, sender: str, alarm: ParleyError, now_ms: int) -> list[Action]:
+        """An envelope claiming to come from `sender` failed its checks: end calls with it."""
+        actions: list[Action] = []
+        for call in self.live():
+            if call.peer.device_id == sender:
+                actions += self.intercepted(call.call_id, alarm, now_ms)
+        return actions
+
+    def tamper_reported(self, reporter: str, envelope_id: str, envelope_type: str,
+                        now_ms: int) -> list[Action]:
+        """`reporter` says an envelope in our name reached it altered or forged."""
+        for call in self._calls.values():
+            if envelope_id in call.sent_ids and call.peer.device_id == reporter:
+                alarm = SecurityAlarm(
+                    f"interception: {reporter} reports that our {envelope_type} reached it"
+                    " altered", code=ErrorCode.BAD_SIGNATURE,
+                    hint="someone between the two terminals is tampering with the line;"
+                         " the call was hung up. Report this.")
+                if call.state is CallState.ENDED:
+                    return [Alarm(call.call_id, alarm.code, alarm.message, alarm.hint)]
+                return self.intercepted(call.call_id, alarm, now_ms)
+        return [Alarm(None, ErrorCode.BAD_SIGNATURE,
+                      f"{reporter} reports receiving a forged {envelope_type} in this device's"
+                      " name", "someone is forging envelopes on the line; report this")]
 
     def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
         """The server could not deliver one of our call envelopes."""
@@ -648,14 +674,14 @@ class CallBook:
             call.alarm = str(refusal) if refusal else "missed while busy on another call"
             self._calls[call_id] = call
             out: list[Action] = [
-                SendEnvelope(call_id, sender, "call.end", {"call_id": call_id, "reason": reply}),
+                self._send(call, "call.end", {"call_id": call_id, "reason": reply}),
                 self._changed(call),
             ]
             if refusal is not None:
                 out.insert(0, Alarm(call_id, refusal.code, str(refusal.message), refusal.hint))
             return out
         self._calls[call_id] = call
-        return [SendEnvelope(call_id, sender, "call.ringing", {"call_id": call_id}),
+        return [self._send(call, "call.ringing", {"call_id": call_id}),
                 self._changed(call)]
 
     def _on_answer(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
@@ -710,12 +736,17 @@ class CallBook:
             call.deadline_ms = None
             wire = _WIRE_REASON[reason]
             if local and wire is not None:
-                actions.append(SendEnvelope(call.call_id, call.peer, "call.end",
-                                            {"call_id": call.call_id, "reason": wire}))
+                actions.append(self._send(call, "call.end",
+                                          {"call_id": call.call_id, "reason": wire}))
             if call.media_started:
                 actions.append(StopMedia(call.call_id))
         actions.append(self._changed(call))
         return actions
+
+    def _send(self, call: Call, type_: str, payload: dict[str, Any]) -> SendEnvelope:
+        action = SendEnvelope(call.call_id, call.peer, type_, payload)
+        call.sent_ids.add(action.envelope_id)
+        return action
 
     def _changed(self, call: Call) -> CallChanged:
         return CallChanged(call.info(self.me))

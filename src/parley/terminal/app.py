@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parley.core import notice, schema
 from parley.core.call import (
     Action,
     AddRemoteIce,
@@ -84,6 +85,7 @@ class Terminal:
         self.party = self.me.party
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
         self.replay = ReplayGuard()
+        self._notices = notice.NoticeLimiter()
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state)
         self.peers = PeerBook(self.store, self.me, self.link)
@@ -231,6 +233,7 @@ class Terminal:
             self.replay.remember(envelope)
         except SecurityAlarm as alarm:
             self._alarm(None, alarm)
+            self._tampered(envelope, alarm)
             return
         except ParleyError as exc:
             log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
@@ -238,7 +241,15 @@ class Terminal:
         finally:
             if not envelope.type.startswith("call."):
                 await self.link.ack(envelope.id)
-        if envelope.type.startswith("call."):
+        if envelope.type == notice.TAMPER:
+            try:
+                schema.validate(payload, notice.TAMPER_FIELDS, what=notice.TAMPER)
+            except RemoteError as exc:
+                log.warning("bad tamper notice from %s: %s", envelope.sender, exc)
+                return
+            self._run(self.book.tamper_reported(envelope.sender, payload["envelope_id"],
+                                                payload["envelope_type"], now))
+        elif envelope.type.startswith("call."):
             try:
                 actions = self.book.receive(keys, trust, envelope.type, payload, now)
             except SecurityAlarm as alarm:
@@ -273,6 +284,18 @@ class Terminal:
                         hint=verify_hint(listed.party, changed=True)) from alarm
                 return open_envelope(envelope, self.keys, self.device_id, keys2), keys2, trust2
             raise
+
+    def _tampered(self, envelope: Envelope, alarm: SecurityAlarm) -> None:
+        """End calls with the claimed sender and tell its genuine device, if we pinned it."""
+        now = now_ms()
+        self._run(self.book.signaling_tampered(envelope.sender, alarm, now))
+        pinned = self.store.pin(envelope.sender)
+        if pinned is None or not self._notices.should_notify(envelope.sender, envelope.type,
+                                                             alarm.code, now):
+            return
+        self._run([SendEnvelope(None, pinned, notice.TAMPER, {
+            "envelope_id": envelope.id, "envelope_type": envelope.type,
+            "code": str(alarm.code)})])
 
     def _on_presence(self, device: str, online: bool) -> None:
         self.peers.set_online(device, online)
@@ -322,12 +345,13 @@ class Terminal:
 
     async def _send(self, action: SendEnvelope) -> None:
         envelope = seal_envelope(self.keys, self.device_id, action.to, action.type,
-                                 action.payload, now_ms())
+                                 action.payload, now_ms(), action.envelope_id)
         try:
             await self.link.send_envelope(envelope, ephemeral=action.type.startswith("call."))
         except RemoteError as exc:
             log.warning("could not send %s to %s: %s", action.type, action.to.device_id, exc)
-            self._run(self.book.delivery_failed(action.call_id, exc.code, now_ms()))
+            if action.call_id is not None:
+                self._run(self.book.delivery_failed(action.call_id, exc.code, now_ms()))
 
     async def _start_media(self, action: StartMedia) -> None:
         session = self.engine.open(action.call_id, action.media, self)
