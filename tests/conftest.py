@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from parley.media.ice import use_host_addresses
+from tests.harness import LocalLine
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_ice() -> None:
+    # aioice offers no 127.0.0.1 candidate by default; tests talk over loopback only.
+    use_host_addresses(["127.0.0.1"])
+
+
+@pytest.fixture
+async def line(tmp_path: Path) -> AsyncIterator[LocalLine]:
+    local = LocalLine(tmp_path)
+    await local.start()
+    try:
+        yield local
+    finally:
+        await local.stop()

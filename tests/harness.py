@@ -1,0 +1,173 @@
+"""A real line in the test's own event loop: server on 127.0.0.1:0, terminals, relay.
+
+Nothing here is a stand-in: the server is the real `LineServer` with its SQLite
+store, terminals are real `Terminal`s with real aiortc media, and the relay is a
+real WebSocket man-in-the-middle that the tests make hostile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from parley.core.call import CallInfo, CallState
+from parley.lab import PARTIES, provision_line
+from parley.media.robot import RobotOptions
+from parley.server.app import LineServer, ServerConfig, start_server
+from parley.terminal.app import Terminal, TerminalConfig
+
+# (direction, device or None, frame) -> frame to forward, or None to drop it
+Tamper = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class LocalLine:
+    """A line server and its terminals, all in this process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.server: LineServer | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.terminals: list[Terminal] = []
+
+    async def start(self, public_url: str | None = None) -> None:
+        config = ServerConfig(data_dir=self.root / "server", port=0, public_url=public_url)
+        self.server, self._runner = await start_server(config)
+        self.url = f"http://127.0.0.1:{config.port}"
+
+    async def provision(self, *, verify: bool = True, via: str | None = None
+                        ) -> dict[str, Path]:
+        return await provision_line(self.root / "server", via or self.url, self.root,
+                                    verify=verify)
+
+    async def terminal(self, name: str, *, server_url: str | None = None,
+                       connect: bool = True, **options: Any) -> Terminal:
+        robot = options.pop("robot", RobotOptions())
+        config = TerminalConfig(data_dir=self.root / name, server_url=server_url, robot=robot,
+                                **options)
+        terminal = Terminal(config)
+        await terminal.start()
+        self.terminals.append(terminal)
+        if connect:
+            await asyncio.wait_for(terminal.link.connected.wait(), 10)
+        return terminal
+
+    async def stop(self) -> None:
+        for terminal in self.terminals:
+            with contextlib.suppress(Exception):
+                await terminal.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def active_call(caller: Terminal, callee: Terminal, target: str = "moscow",
+                      timeout: float = 20.0) -> tuple[CallInfo, CallInfo]:
+    """Place a call and wait until both sides are ACTIVE (or fail loudly)."""
+    placed = await caller.place_call(target)
+    info = await caller.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state in (CallState.ACTIVE, CallState.ENDED),
+        timeout)
+    assert info.state is CallState.ACTIVE, f"call ended: {info.end_reason} {info.alarm}"
+    other = await callee.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ACTIVE, timeout)
+    return info, other
+
+
+async def frames(terminal: Terminal, call_id: str) -> dict[str, int]:
+    stats = await terminal.call_stats(call_id)
+    return {kind: stats.get(kind, {}).get("frames", 0) for kind in ("audio", "video")}
+
+
+class HostileRelay:
+    """A man in the middle between terminals and the real server, rewriting what it likes.
+
+    It fronts the server completely: terminals enroll through it and log in
+    through it (the server is configured with the relay's URL as its public
+    URL, as a hostile operator would). Each frame passes through `tamper`.
+    """
+
+    def __init__(self) -> None:
+        self.upstream = ""
+        self.url = ""
+        self.tamper: Tamper | None = None
+        self.clients: dict[str, web.WebSocketResponse] = {}  # device -> its socket to us
+        self.log: list[tuple[str, str | None, dict[str, Any]]] = []
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def bind(self) -> str:
+        app = web.Application()
+        app.add_routes([web.get("/v1/ws", self._ws), web.post("/v1/enroll", self._enroll)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        self._http = aiohttp.ClientSession()
+        return self.url
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def inject(self, device: str, frame: dict[str, Any]) -> None:
+        """Send a frame of our choosing to a device, as if from the server."""
+        await self.clients[device].send_str(json.dumps(frame))
+
+    async def _enroll(self, request: web.Request) -> web.Response:
+        assert self._http is not None
+        async with self._http.post(self.upstream + "/v1/enroll", data=await request.read(),
+                                   headers={"Content-Type": "application/json"}) as resp:
+            return web.Response(body=await resp.read(), status=resp.status,
+                                content_type="application/json")
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        assert self._http is not None
+        client = web.WebSocketResponse()
+        await client.prepare(request)
+        device: list[str | None] = [None]
+        async with self._http.ws_connect(self.upstream.replace("http", "ws") + "/v1/ws") as up:
+
+            async def pump(src: Any, dst: Any, direction: str) -> None:
+                async for msg in src:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    frame = json.loads(msg.data)
+                    if direction == "up" and frame.get("t") == "hello":
+                        device[0] = frame["device"]
+                        self.clients[frame["device"]] = client
+                    self.log.append((direction, device[0], frame))
+                    if self.tamper is not None:
+                        frame = await self.tamper(direction, device[0], frame)
+                    if frame is not None:
+                        await dst.send_str(json.dumps(frame))
+                await dst.close()
+
+            tasks = [asyncio.ensure_future(pump(client, up, "up")),
+                     asyncio.ensure_future(pump(up, client, "down"))]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
+        return client
+
+
+__all__ = ["PARTIES", "HostileRelay", "LocalLine", "active_call", "frames", "wait_until"]
