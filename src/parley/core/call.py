@@ -725,7 +725,7 @@ class CallBook:
                     code=ErrorCode.INVALID_STATE,
                 )
             return []
-        call.state = allowed[event]
+        previous, call.state = call.state, allowed[event]
         actions: list[Action] = []
         if call.state is CallState.ENDED:
             reason = _ENDINGS[event]
@@ -735,6 +735,8 @@ class CallBook:
             call.ended_ms = now_ms
             call.deadline_ms = None
             wire = _WIRE_REASON[reason]
+            if reason is EndReason.HUNG_UP and previous in (CallState.DIALING, CallState.RINGBACK):
+                wire = "cancelled"  # the callee missed it rather than hung up
             if local and wire is not None:
                 actions.append(self._send(call, "call.end",
                                           {"call_id": call.call_id, "reason": wire}))

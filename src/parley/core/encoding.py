@@ -28,7 +28,7 @@ def b64d(text: str, *, what: str = "value", max_bytes: int | None = None) -> byt
     if max_bytes is not None and len(text) > (max_bytes * 4) // 3 + 4:
         raise RemoteError(f"{what} is too long", code=ErrorCode.TOO_LARGE)
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RemoteError(f"{what} is not valid base64", code=ErrorCode.BAD_MESSAGE) from exc
 

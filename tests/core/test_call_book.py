@@ -1,0 +1,289 @@
+"""The call state machine, driven the way the terminal drives it, with no I/O at all.
+
+Two CallBooks talk through real sealed envelopes; `Wire` plays the server and the
+media stack's part only as far as the pure core sees them: it carries envelopes
+and reports DTLS fingerprints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from parley.core.call import (
+    RING_TIMEOUT_MS,
+    Action,
+    Alarm,
+    ApplyAnswer,
+    CallBook,
+    CallChanged,
+    CallState,
+    EndReason,
+    MediaKind,
+    SendEnvelope,
+    StartMedia,
+    StopMedia,
+)
+from parley.core.envelope import open_envelope, seal_envelope
+from parley.core.errors import ErrorCode, LocalError, SecurityAlarm
+from parley.core.trust import Trust
+from tests.core.keys_fixture import device
+
+W, M = "washington/desk", "moscow/desk"
+NOW = 1_800_000_000_000
+FP = {W: "AA:" * 31 + "01", M: "BB:" * 31 + "02", "attacker": "EE:" * 31 + "99"}
+
+
+def sdp(fingerprint: str, proto: str = "UDP/TLS/RTP/SAVPF") -> str:
+    return ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+            f"m=audio 9 {proto} 111\r\nc=IN IP4 0.0.0.0\r\n"
+            f"a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\n")
+
+
+class Wire:
+    """Carries actions between two books: seals, opens, reports media."""
+
+    def __init__(self, *, trust_w: Trust = Trust.VERIFIED, trust_m: Trust = Trust.VERIFIED,
+                 require_verified: bool = True) -> None:
+        self.books = {W: CallBook(device("w"), W, require_verified=require_verified),
+                      M: CallBook(device("m"), M, require_verified=require_verified)}
+        self.trust_of = {W: trust_w, M: trust_m}  # how far the other side trusts this device
+        self.now = NOW
+        self.sent: list[tuple[str, SendEnvelope]] = []
+        self.alarms: dict[str, list[Alarm]] = {W: [], M: []}
+        self.started: dict[str, list[StartMedia]] = {W: [], M: []}
+        self.stopped: dict[str, list[str]] = {W: [], M: []}
+        self.answers: list[ApplyAnswer] = []
+        self.drop: set[str] = set()  # envelope types the "server" loses
+
+    def other(self, side: str) -> str:
+        return M if side == W else W
+
+    def run(self, side: str, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendEnvelope):
+                self.sent.append((side, action))
+                if action.type in self.drop:
+                    continue
+                env = seal_envelope(device("w" if side == W else "m"), side, action.to,
+                                    action.type, action.payload, self.now, action.envelope_id)
+                peer = self.other(side)
+                payload = open_envelope(env, device("w" if peer == W else "m"), peer,
+                                        self.books[side].me)
+                self.run(peer, self.books[peer].receive(self.books[side].me, self.trust_of[side],
+                                                        env.type, payload, self.now))
+            elif isinstance(action, StartMedia):
+                self.started[side].append(action)
+                self.run(side, self.books[side].local_description(
+                    action.call_id, sdp(FP[side]), FP[side], self.now))
+            elif isinstance(action, ApplyAnswer):
+                self.answers.append(action)
+            elif isinstance(action, StopMedia):
+                self.stopped[side].append(action.call_id)
+            elif isinstance(action, Alarm):
+                self.alarms[side].append(action)
+
+    def place(self, **kwargs: Any) -> str:
+        book = self.books[W]
+        call_id, actions = book.place(self.books[M].me, self.trust_of[M], MediaKind.VIDEO,
+                                      self.now, **kwargs)
+        self.run(W, actions)
+        return call_id
+
+    def state(self, side: str, call_id: str) -> tuple[CallState, EndReason | None]:
+        info = self.books[side].info(call_id)
+        return info.state, info.end_reason
+
+    def connect(self, call_id: str, *, seen_by_w: str = FP[M], seen_by_m: str = FP[W]) -> None:
+        self.run(W, self.books[W].media_connected(call_id, seen_by_w, self.now))
+        self.run(M, self.books[M].media_connected(call_id, seen_by_m, self.now))
+
+
+def test_verified_call_from_request_to_hangup() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    assert wire.state(W, call_id)[0] is CallState.RINGBACK
+    assert wire.state(M, call_id)[0] is CallState.RINGING
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    assert [s.remote_sdp is not None for s in wire.started[M]] == [True]
+    assert wire.state(W, call_id)[0] is CallState.CONNECTING and len(wire.answers) == 1
+    wire.connect(call_id)
+    w, m = wire.books[W].info(call_id), wire.books[M].info(call_id)
+    assert w.state is m.state is CallState.ACTIVE
+    assert w.verified and m.verified and w.sas == m.sas and w.sas is not None
+    wire.run(W, wire.books[W].hangup(call_id, wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.HUNG_UP)
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.REMOTE_HUNG_UP)
+    assert wire.stopped == {W: [call_id], M: [call_id]}
+
+
+def test_handshake_certificate_not_the_signed_one_hangs_up_as_intercepted() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    wire.connect(call_id, seen_by_w=FP["attacker"])
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+    assert wire.alarms[W][0].code is ErrorCode.FINGERPRINT_MISMATCH
+    assert FP["attacker"] in wire.alarms[W][0].message
+    assert wire.alarms[M], "the other side is told and alarms too"
+    assert call_id in wire.stopped[W] and call_id in wire.stopped[M]
+    assert not wire.books[W].info(call_id).verified
+
+
+def test_lower_case_handshake_fingerprint_from_a_browser_matches() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    wire.connect(call_id, seen_by_w=FP[M].lower())
+    assert wire.state(W, call_id)[0] is CallState.ACTIVE
+
+
+@pytest.mark.parametrize("op,caller_end,callee_end", [
+    ("decline", EndReason.DECLINED, EndReason.REJECTED),
+    ("cancel", EndReason.HUNG_UP, EndReason.MISSED),
+])
+def test_decline_and_cancel(op: str, caller_end: EndReason, callee_end: EndReason) -> None:
+    wire = Wire()
+    call_id = wire.place()
+    if op == "decline":
+        wire.run(M, wire.books[M].decline(call_id, wire.now))
+    else:
+        wire.run(W, wire.books[W].hangup(call_id, wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, caller_end)
+    assert wire.state(M, call_id) == (CallState.ENDED, callee_end)
+
+
+def test_busy_callee_refuses_a_second_call() -> None:
+    wire = Wire()
+    first = wire.place()
+    wire.run(M, wire.books[M].accept(first, wire.now))
+    # A second caller device: reuse washington's keys under the book of a third device.
+    third = CallBook(device("x"), "london/desk")
+    call_id, actions = third.place(wire.books[M].me, Trust.VERIFIED, MediaKind.AUDIO, wire.now)
+    offer = next(a for a in actions if isinstance(a, StartMedia))
+    sent = third.local_description(offer.call_id, sdp(FP[W]), FP[W], wire.now)
+    env = next(a for a in sent if isinstance(a, SendEnvelope))
+    reply = wire.books[M].receive(third.me, Trust.VERIFIED, env.type, env.payload, wire.now)
+    end = next(a for a in reply if isinstance(a, SendEnvelope))
+    assert end.type == "call.end" and end.payload["reason"] == "busy"
+    third.receive(wire.books[M].me, Trust.VERIFIED, end.type, end.payload, wire.now)
+    assert third.info(call_id).end_reason is EndReason.BUSY
+    assert wire.state(M, first)[0] is CallState.CONNECTING  # the first call is untouched
+
+
+def test_no_answer_times_out_on_both_sides() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    deadline = wire.books[W].next_deadline()
+    assert deadline is not None and deadline <= NOW + RING_TIMEOUT_MS
+    wire.now = NOW + RING_TIMEOUT_MS + 1
+    wire.run(W, wire.books[W].handle_timer(wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.NO_ANSWER)
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.MISSED)
+
+
+def test_unreachable_when_the_server_cannot_deliver_or_nobody_rings() -> None:
+    wire = Wire()
+    wire.drop = {"call.offer"}
+    call_id = wire.place()
+    wire.run(W, wire.books[W].delivery_failed(call_id, ErrorCode.RECIPIENT_OFFLINE, wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.UNREACHABLE)
+    wire2 = Wire()
+    wire2.drop = {"call.offer"}
+    call_id = wire2.place()
+    wire2.now += 10_001
+    wire2.run(W, wire2.books[W].handle_timer(wire2.now))
+    assert wire2.state(W, call_id) == (CallState.ENDED, EndReason.UNREACHABLE)
+
+
+def test_media_that_never_connects_fails_the_call() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    wire.now += 30_001
+    wire.run(W, wire.books[W].handle_timer(wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.FAILED)
+    assert wire.state(M, call_id)[1] is EndReason.FAILED
+
+
+def test_placing_a_call_to_an_unverified_peer_is_refused_with_the_fix() -> None:
+    wire = Wire(trust_m=Trust.UNVERIFIED)
+    with pytest.raises(LocalError) as err:
+        wire.place()
+    assert err.value.code is ErrorCode.NOT_VERIFIED
+    assert "parley keys verify moscow" in err.value.hint
+    assert "parley keys show moscow" in err.value.hint
+
+
+def test_changed_key_is_refused_even_without_require_verified() -> None:
+    wire = Wire(trust_m=Trust.CHANGED, require_verified=False)
+    with pytest.raises(LocalError) as err:
+        wire.place()
+    assert err.value.code is ErrorCode.KEY_CHANGED
+
+
+def test_incoming_call_from_unverified_peer_is_refused_and_caller_told() -> None:
+    wire = Wire(trust_w=Trust.UNVERIFIED)
+    # Washington trusts moscow; moscow never verified washington.
+    call_id = wire.place()
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.NOT_VERIFIED)
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.NOT_VERIFIED)
+    assert wire.alarms[M][0].code is ErrorCode.NOT_VERIFIED
+    assert not wire.started[M], "no media for a refused call"
+
+
+def test_without_require_verified_unverified_calls_connect_but_are_not_marked_verified() -> None:
+    wire = Wire(trust_w=Trust.UNVERIFIED, trust_m=Trust.UNVERIFIED, require_verified=False)
+    call_id = wire.place()
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    wire.connect(call_id)
+    info = wire.books[W].info(call_id)
+    assert info.state is CallState.ACTIVE and not info.verified and info.sas is not None
+
+
+def _offer_payload(fingerprint_in_sdp: str, signed: str, proto: str = "UDP/TLS/RTP/SAVPF",
+                   signer: str = "w") -> dict[str, Any]:
+    from parley.core.call import dtls_statement
+    from parley.core.encoding import b64e
+
+    return {"call_id": "c-1", "sdp": sdp(fingerprint_in_sdp, proto), "dtls": signed,
+            "media": "video", "dtls_sig": b64e(device(signer).sign(
+                dtls_statement("c-1", "caller", W, signed)))}
+
+
+@pytest.mark.parametrize("payload,code", [
+    (_offer_payload(FP["attacker"], FP[W]), ErrorCode.FINGERPRINT_MISMATCH),
+    (_offer_payload(FP[W], FP[W], signer="attacker"), ErrorCode.FINGERPRINT_MISMATCH),
+    (_offer_payload(FP[W], FP[W], proto="RTP/AVP"), ErrorCode.INSECURE_MEDIA),
+])
+def test_offers_with_unsigned_or_unencrypted_media_are_refused(payload: dict[str, Any],
+                                                               code: ErrorCode) -> None:
+    moscow = CallBook(device("m"), M)
+    with pytest.raises(SecurityAlarm) as err:
+        moscow.receive(device("w").public(W), Trust.VERIFIED, "call.offer", payload, NOW)
+    assert err.value.code is code
+    assert moscow.calls() == []
+
+
+def test_tamper_report_naming_our_envelope_ends_the_call() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    offer = next(a for side, a in wire.sent if side == W and a.type == "call.offer")
+    actions = wire.books[W].tamper_reported(M, offer.envelope_id, "call.offer", wire.now)
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+    assert any(isinstance(a, Alarm) for a in actions)
+    unknown = wire.books[W].tamper_reported(M, "not-ours", "call.offer", wire.now)
+    assert [type(a) for a in unknown] == [Alarm]
+
+
+def test_every_state_change_is_published() -> None:
+    wire = Wire()
+    seen: list[CallState] = []
+    book = wire.books[W]
+    call_id, actions = book.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
+    seen += [a.call.state for a in actions if isinstance(a, CallChanged)]
+    assert seen == [CallState.DIALING]
+    with pytest.raises(LocalError):
+        book.accept(call_id, NOW)  # cannot accept our own outgoing call

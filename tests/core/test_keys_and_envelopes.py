@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from parley.core.encoding import b64d, b64e
+from parley.core.envelope import Envelope, open_envelope, seal_envelope
+from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm
+from parley.core.keys import DeviceKeys, DevicePublicKeys
+from parley.core.replay import CALL_MAX_AGE_MS, ReplayGuard
+from parley.core.safety import call_sas, normalize_safety_number, safety_number
+from parley.core.trust import Trust, assess
+from tests.core.keys_fixture import device
+
+W, M, X = "washington/desk", "moscow/desk", "moscow/spare"
+NOW = 1_800_000_000_000
+
+
+def pub(name: str, ident: str) -> DevicePublicKeys:
+    return device(name).public(ident)
+
+
+def test_key_file_round_trip_and_public_bundle_validation() -> None:
+    keys = device("w")
+    again = DeviceKeys.from_private_bytes(keys.to_private_bytes())
+    assert again.public(W) == keys.public(W)
+    bundle = keys.public(W).to_json()
+    assert DevicePublicKeys.from_json(json.loads(json.dumps(bundle))) == keys.public(W)
+
+
+def test_sealing_key_not_signed_by_signing_key_is_an_alarm() -> None:
+    forged = dataclasses.replace(pub("w", W), sign=pub("m", M).sign)
+    with pytest.raises(SecurityAlarm) as err:
+        DevicePublicKeys.from_json(forged.to_json())
+    assert err.value.code is ErrorCode.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize("bad", [{"id": W}, {"id": "no-slash", "sign": "", "kem": "",
+                                              "kem_sig": ""}, "text", {"id": W, "sign": "!!"}])
+def test_malformed_public_bundles_are_remote_errors(bad: object) -> None:
+    with pytest.raises(RemoteError):
+        DevicePublicKeys.from_json(bad)
+
+
+def test_unreadable_key_file_says_how_to_recover() -> None:
+    with pytest.raises(LocalError) as err:
+        DeviceKeys.from_private_bytes(b'{"format": "something else"}')
+    assert "parley terminal init" in err.value.hint
+
+
+def test_envelope_round_trip() -> None:
+    env = seal_envelope(device("w"), W, pub("m", M), "call.ringing", {"call_id": "c1"}, NOW)
+    wire = Envelope.from_json(json.loads(json.dumps(env.to_json())))
+    assert open_envelope(wire, device("m"), M, pub("w", W)) == {"call_id": "c1"}
+    assert b"c1" not in wire.ciphertext  # sealed
+
+
+def _tampered(env: Envelope, **changes: object) -> Envelope:
+    return dataclasses.replace(env, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"ciphertext": b"x"}, ErrorCode.BAD_SIGNATURE),
+    ({"time_ms": NOW + 1}, ErrorCode.BAD_SIGNATURE),
+    ({"type": "call.answer"}, ErrorCode.BAD_SIGNATURE),
+    ({"id": "another-id"}, ErrorCode.BAD_SIGNATURE),
+    ({"recipient": X}, ErrorCode.WRONG_RECIPIENT),
+])
+def test_any_change_to_an_envelope_is_an_alarm(change: dict[str, object],
+                                               code: ErrorCode) -> None:
+    env = seal_envelope(device("w"), W, pub("m", M), "call.ringing", {"call_id": "c1"}, NOW)
+    with pytest.raises(SecurityAlarm) as err:
+        open_envelope(_tampered(env, **change), device("m"), M, pub("w", W))
+    assert err.value.code is code
+
+
+def test_envelope_signed_by_another_key_does_not_verify_against_the_pin() -> None:
+    forged = seal_envelope(device("attacker"), W, pub("m", M), "call.ringing",
+                           {"call_id": "c1"}, NOW)
+    with pytest.raises(SecurityAlarm) as err:
+        open_envelope(forged, device("m"), M, pub("w", W))
+    assert err.value.code is ErrorCode.BAD_SIGNATURE
+
+
+def test_envelope_sealed_to_another_device_cannot_be_opened() -> None:
+    env = seal_envelope(device("w"), W, pub("x", M), "call.ringing", {"call_id": "c1"}, NOW)
+    with pytest.raises(SecurityAlarm) as err:
+        open_envelope(env, device("m"), M, pub("w", W))
+    assert err.value.code is ErrorCode.DECRYPT_FAILED
+
+
+@pytest.mark.parametrize("field,value", [("v", 2), ("sig", "short"), ("time", -1),
+                                         ("type", "Bad Type"), ("from", "nobody"),
+                                         ("extra", 1), ("ct", 5)])
+def test_malformed_envelopes_are_rejected_with_the_field_named(field: str,
+                                                               value: object) -> None:
+    env = seal_envelope(device("w"), W, pub("m", M), "call.ringing", {"call_id": "c1"},
+                        NOW).to_json()
+    env[field] = value
+    with pytest.raises(RemoteError):
+        Envelope.from_json(env)
+
+
+def test_replay_guard_drops_repeats_and_stale_and_future_envelopes() -> None:
+    guard = ReplayGuard()
+    env = seal_envelope(device("w"), W, pub("m", M), "call.offer", {"x": 1}, NOW)
+    guard.check(env, NOW + 10)
+    guard.remember(env)
+    with pytest.raises(SecurityAlarm) as err:
+        guard.check(env, NOW + 20)
+    assert err.value.code is ErrorCode.REPLAY
+    old = seal_envelope(device("w"), W, pub("m", M), "call.offer", {"x": 1}, NOW)
+    with pytest.raises(SecurityAlarm) as err:
+        guard.check(old, NOW + CALL_MAX_AGE_MS + 1)
+    assert err.value.code is ErrorCode.STALE
+    future = seal_envelope(device("w"), W, pub("m", M), "call.offer", {"x": 1}, NOW + 3_600_000)
+    with pytest.raises(SecurityAlarm) as err:
+        guard.check(future, NOW)
+    assert err.value.code is ErrorCode.STALE
+    # Stored kinds (messages) have no age limit: delivered late is still delivered.
+    late = seal_envelope(device("w"), W, pub("m", M), "msg.text", {"x": 1}, NOW)
+    guard.check(late, NOW + 7 * 86_400_000)
+
+
+def test_safety_number_is_symmetric_60_digits_and_changes_with_any_key() -> None:
+    a, b = pub("w", W), pub("m", M)
+    number = safety_number(a, b)
+    assert number == safety_number(b, a)
+    assert len(number.split()) == 12 and all(len(g) == 5 and g.isdigit() for g in number.split())
+    assert safety_number(a, pub("x", M)) != number
+    assert normalize_safety_number(number.replace(" ", "-")) == number
+
+
+def test_sas_depends_on_call_fingerprints_and_identities() -> None:
+    a, b = pub("w", W), pub("m", M)
+    fp1, fp2 = "AB:" * 31 + "CD", "12:" * 31 + "34"
+    sas = call_sas("call-1", a, fp1, b, fp2)
+    assert len(sas) == 7 and sas[3] == " "
+    assert call_sas("call-1", a, fp1.lower(), b, fp2) == sas  # Chromium's lower case
+    assert call_sas("call-2", a, fp1, b, fp2) != sas
+    assert call_sas("call-1", a, fp2, b, fp1) != sas
+    assert call_sas("call-1", a, fp1, pub("x", M), fp2) != sas
+
+
+def test_trust_assessment() -> None:
+    pinned, listed = pub("m", M), pub("m", M)
+    assert assess(pinned, listed) == (Trust.VERIFIED, pinned)
+    assert assess(pinned, None) == (Trust.VERIFIED, pinned)
+    assert assess(None, listed) == (Trust.UNVERIFIED, listed)
+    swapped = pub("x", M)
+    trust, keys = assess(pinned, swapped)
+    assert trust is Trust.CHANGED and keys == pinned  # keep checking against the pin
+    with pytest.raises(RemoteError):
+        assess(None, None)
+
+
+def test_b64_helpers_reject_junk() -> None:
+    assert b64d(b64e(b"\x00\xff")) == b"\x00\xff"
+    for junk in ("*&^", 5):
+        with pytest.raises(RemoteError):
+            b64d(junk)  # type: ignore[arg-type]

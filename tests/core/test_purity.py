@@ -1,0 +1,25 @@
+"""The core imports no I/O framework: asyncio, aiortc, aiohttp, sqlite3, socket."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import parley.core
+
+FORBIDDEN = ("asyncio", "aiortc", "aioice", "aiohttp", "av", "sqlite3", "socket", "ssl")
+
+
+def test_core_modules_import_no_io_frameworks() -> None:
+    modules = [f"parley.core.{m.name}" for m in pkgutil.iter_modules(parley.core.__path__)]
+    assert "parley.core.call" in modules and "parley.core.envelope" in modules
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        + "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "", f"the core pulled in: {result.stdout.strip()}"
