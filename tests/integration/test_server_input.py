@@ -1,0 +1,228 @@
+"""Bad input to the line server: each gets a clear error and nobody else notices.
+
+Real server, real WebSocket clients, real enrolled devices. A healthy terminal
+pair stays connected and keeps working throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from parley.core import wire
+from parley.core.encoding import b64e
+from parley.core.envelope import seal_envelope
+from parley.core.keys import DeviceKeys
+from parley.lab import create_parties
+from parley.terminal.store import TerminalStore
+from tests.harness import LocalLine, active_call
+
+
+class Client:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, challenge: dict[str, Any]) -> None:
+        self.ws, self.challenge = ws, challenge
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self) -> dict[str, Any]:
+        msg = await asyncio.wait_for(self.ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
+        return dict(json.loads(msg.data))
+
+    async def login(self, device: str, keys: DeviceKeys, origin: str) -> dict[str, Any]:
+        sig = keys.sign(wire.auth_statement(self.challenge["nonce"], device, origin))
+        await self.send({"t": "hello", "device": device, "sig": b64e(sig)})
+        return await self.recv()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def connect(line: LocalLine, http: aiohttp.ClientSession) -> Client:
+    ws = await http.ws_connect(line.url.replace("http", "ws") + "/v1/ws",
+                               max_msg_size=8 * 1024 * 1024)
+    first = json.loads((await ws.receive()).data)
+    assert first["t"] == "challenge" and first["server"] == line.url
+    return Client(ws, first)
+
+
+def keys_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
+    store = TerminalStore(dirs[name])
+    try:
+        return store.device_id, store.load_keys()
+    finally:
+        store.close()
+
+
+async def test_bad_input_gets_clear_errors_while_others_keep_talking(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+    pings_ok = 0
+
+    async def keep_pinging() -> None:
+        nonlocal pings_ok
+        while True:
+            reply = await washington.link.request({"t": "ping"})
+            assert reply["t"] == "pong"
+            pings_ok += 1
+            await asyncio.sleep(0.02)
+
+    pinger = asyncio.ensure_future(keep_pinging())
+    try:
+        # Unauthenticated: anything but hello is refused, and the socket stays usable.
+        c = await connect(line, http)
+        await c.send({"t": "directory", "party": "moscow"})
+        err = await c.recv()
+        assert (err["t"], err["code"]) == ("error", "not_authenticated")
+        assert "hello" in err["hint"]
+        await c.send({"t": "ping"})
+        assert (await c.recv())["code"] == "not_authenticated"
+
+        # Wrong signature on the challenge: refused and closed.
+        device, _ = keys_of(dirs, "washington")
+        c = await connect(line, http)
+        reply = await c.login(device, DeviceKeys.generate(), line.url)
+        assert (reply["t"], reply["code"]) == ("error", "auth_failed")
+        closing = await asyncio.wait_for(c.ws.receive(), 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert c.ws.close_code == 4001
+
+        # A login signed for another server (or replayed from another session): refused.
+        device, keys = keys_of(dirs, "moscow")
+        c = await connect(line, http)
+        reply = await c.login(device, keys, "http://127.0.0.1:1")
+        assert reply["code"] == "auth_failed"
+
+        # Unknown device.
+        c = await connect(line, http)
+        reply = await c.login("nobody/desk", DeviceKeys.generate(), line.url)
+        assert reply["code"] == "unknown_device" and "enroll" in reply["hint"]
+
+        # A logged-in client sending junk of every kind keeps its session.
+        c = await connect(line, http)
+        device, keys = keys_of(dirs, "moscow")
+        assert (await c.login(device, keys, line.url))["t"] == "welcome"
+        cases: list[tuple[str, str]] = [
+            ("{not json", "bad_message"),
+            ("[1, 2, 3]", "bad_message"),
+            (json.dumps({"no": "type"}), "bad_message"),
+            (json.dumps({"t": "launch_missiles"}), "unknown_type"),
+            (json.dumps({"t": "directory"}), "bad_message"),
+            (json.dumps({"t": "directory", "party": 5}), "bad_message"),
+            (json.dumps({"t": "ping", "extra": True}), "bad_message"),
+            (json.dumps({"t": "send", "env": {"v": 1}}), "bad_message"),
+            ("[" * 5000 + "]" * 5000, "bad_message"),
+            (json.dumps({"t": "ping", "ref": "x" * 400_000}), "too_large"),
+        ]
+        for frame, code in cases:
+            await c.send(frame)
+            reply = await c.recv()
+            assert (reply["t"], reply["code"]) == ("error", code), frame[:60]
+            assert reply["message"]
+        await c.send({"t": "ping", "ref": "still-here"})
+        assert (await c.recv()) == {"t": "pong", "ref": "still-here",
+                                    "time": pytest.approx(0, abs=10**14)}
+
+        # Envelopes that lie about their sender, or go where there is no line.
+        env = seal_envelope(keys, device, washington.me, "call.ringing", {"call_id": "x"}, 1)
+        forged = {**env.to_json(), "from": "washington/hotline"}
+        await c.send({"t": "send", "env": forged, "ref": "r1"})
+        reply = await c.recv()
+        assert reply["code"] == "bad_message" and "is not you" in reply["message"]
+
+        # Far too large: the server closes that one connection (1009) and lives on.
+        c2 = await connect(line, http)
+        await c2.send("x" * (2 * 1024 * 1024))
+        closing = await asyncio.wait_for(c2.ws.receive(), 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert c2.ws.close_code == 1009
+
+        # Binary frames are refused politely.
+        await c.ws.send_bytes(b"\x00\x01")
+        assert (await c.recv())["code"] == "bad_message"
+    finally:
+        healthy = not pinger.done()  # it loops forever unless a ping failed
+        pinger.cancel()
+
+    assert healthy and pings_ok > 0
+    assert (await washington.link.request({"t": "ping"}))["t"] == "pong"
+    # And after all that, the healthy pair still makes a verified call.
+    caller, callee = await active_call(washington, moscow)
+    assert caller.verified and caller.sas == callee.sas
+
+
+async def test_enrollment_codes_are_one_time_and_expire(line: LocalLine,
+                                                        http: aiohttp.ClientSession) -> None:
+    codes = create_parties(line.root / "server", {"washington": ("W", "UTC")}, [])
+    keys = DeviceKeys.generate().public("x/x").to_json()
+    body = {"device": "desk", "keys": {k: keys[k] for k in ("sign", "kem", "kem_sig")}}
+
+    async def enroll(payload: Any) -> tuple[int, dict[str, Any]]:
+        async with http.post(line.url + "/v1/enroll", data=json.dumps(payload)) as resp:
+            return resp.status, await resp.json()
+
+    status, reply = await enroll({**body, "code": codes["washington"]})
+    assert status == 200 and reply["device"] == "washington/desk"
+    status, reply = await enroll({**body, "code": codes["washington"]})
+    assert (status, reply["code"]) == (400, "enroll_code_used")
+    assert "new one" in reply["hint"]
+
+    from parley.server.store import ServerStore
+
+    admin = ServerStore(line.root / "server" / "server.db")
+    expired = admin.create_enroll_code("washington", ttl_ms=-1, now_ms=0)
+    admin.close()
+    status, reply = await enroll({**body, "code": expired})
+    assert (status, reply["code"]) == (400, "enroll_code_expired")
+    status, reply = await enroll({**body, "code": "AAAA-BBBB-CCCC"})
+    assert (status, reply["code"]) == (400, "enroll_code_invalid")
+    status, reply = await enroll({"code": 5})
+    assert (status, reply["code"]) == (400, "bad_message")
+    status, reply = await enroll({**body, "device": "Bad Name!", "code": "AAAA-BBBB-CCCC"})
+    assert status == 400
+    forged_keys = {**body["keys"], "sign": DeviceKeys.generate().public("x/x").to_json()["sign"]}
+    codes = create_parties(line.root / "server", {"washington": ("W", "UTC")}, [])
+    status, reply = await enroll({**body, "keys": forged_keys, "code": codes["washington"]})
+    assert (status, reply["code"]) == (400, "bad_signature")
+    async with http.post(line.url + "/v1/enroll", data=b"x" * 100_000) as resp:
+        assert resp.status == 413
+
+
+async def test_calls_to_offline_or_unlined_parties_are_refused_clearly(line: LocalLine) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    placed = await washington.place_call("moscow")  # moscow's terminal is not running
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state == "ended", 10)
+    assert ended.end_reason == "unreachable"
+    from parley.core.errors import RemoteError
+
+    with pytest.raises(RemoteError) as err:
+        await washington.peers.resolve("london")
+    assert err.value.code in ("unknown_party", "no_line")
+
+
+async def test_status_page_health_and_metrics(line: LocalLine,
+                                              http: aiohttp.ClientSession) -> None:
+    await line.provision()
+    await line.terminal("washington")
+    async with http.get(line.url + "/") as resp:
+        page = await resp.text()
+        assert resp.status == 200 and "washington/hotline" in page and "online" in page
+    async with http.get(line.url + "/healthz") as resp:
+        assert (await resp.json())["ok"] is True
+    async with http.get(line.url + "/metrics") as resp:
+        text = await resp.text()
+        assert "parley_devices_online 1" in text
