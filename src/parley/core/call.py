@@ -555,9 +555,18 @@ class CallBook:
                 if call.state is CallState.ENDED:
                     return [Alarm(call.call_id, alarm.code, alarm.message, alarm.hint)]
                 return self.intercepted(call.call_id, alarm, now_ms)
-        return [Alarm(None, ErrorCode.BAD_SIGNATURE,
-                      f"{reporter} reports receiving a forged {envelope_type} in this device's"
-                      " name", "someone is forging envelopes on the line; report this")]
+        alarm = SecurityAlarm(
+            f"{reporter} reports receiving a forged {envelope_type} in this device's name",
+            code=ErrorCode.BAD_SIGNATURE,
+            hint="someone is forging envelopes on the line; report this")
+        # A forgery of call signaling while we are calling that very peer: our own
+        # envelopes were most likely replaced on the way, so that call is compromised.
+        actions: list[Action] = []
+        if envelope_type.startswith("call."):
+            for call in self.live():
+                if call.peer.device_id == reporter:
+                    actions += self.intercepted(call.call_id, alarm, now_ms)
+        return actions or [Alarm(None, alarm.code, alarm.message, alarm.hint)]
 
     def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
         """The server could not deliver one of our call envelopes."""
@@ -614,8 +623,9 @@ class CallBook:
         event = _REMOTE_END_EVENT[payload["reason"]]
         if event is CallEvent.INTERCEPTED:
             call.alarm = f"{call.peer.device_id} detected interception and hung up"
-            return [Alarm(call_id, ErrorCode.FINGERPRINT_MISMATCH, call.alarm,
-                          "the other side saw a certificate that its peer did not sign"),
+            return [Alarm(call_id, ErrorCode.INTERCEPTED, call.alarm,
+                          "the other side's checks failed (a forged envelope or a DTLS"
+                          " certificate nobody signed); the call was hung up. Report this."),
                     *self._fire(call, event, now_ms)]
         return self._fire(call, event, now_ms)
 

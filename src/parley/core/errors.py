@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     KEY_CHANGED = "key_changed"
     FINGERPRINT_MISMATCH = "fingerprint_mismatch"
     INSECURE_MEDIA = "insecure_media"
+    INTERCEPTED = "intercepted"  # the peer reports that it detected interception
     # local: policy and misuse
     NOT_VERIFIED = "not_verified"
     NOT_ENROLLED = "not_enrolled"

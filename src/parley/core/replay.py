@@ -8,12 +8,12 @@ Call signaling is only meaningful for a short while, so ``call.*`` envelopes
 older than two minutes are stale; the ids of live envelopes are remembered for
 as long as they could still be accepted, which bounds memory. Kinds that are
 stored and forwarded (messages) have no age limit; their ids are remembered by
-the terminal's store instead (see `seen_ids`).
+the terminal's store, which also keeps the live ids across a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from .envelope import Envelope
 from .errors import ErrorCode, SecurityAlarm
@@ -28,12 +28,13 @@ class ReplayGuard:
         self,
         max_age: Mapping[str, int | None] = DEFAULT_MAX_AGE,
         max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
-        seen_ids: Iterable[str] = (),
+        seen: Mapping[str, int | None] | None = None,
     ) -> None:
         self._max_age = dict(max_age)
         self._skew = max_future_skew_ms
-        # id -> time after which it may be forgotten (None: never)
-        self._seen: dict[str, int | None] = {i: None for i in seen_ids}
+        # id -> time after which it may be forgotten (None: never). The terminal
+        # persists this, so a replay is caught across a restart too.
+        self._seen: dict[str, int | None] = dict(seen or {})
 
     def max_age_ms(self, type_: str) -> int | None:
         for prefix, age in self._max_age.items():
@@ -67,9 +68,12 @@ class ReplayGuard:
                 hint="a delayed or replayed envelope was dropped; check the clocks if this repeats",
             )
 
-    def remember(self, envelope: Envelope) -> None:
+    def remember(self, envelope: Envelope) -> int | None:
+        """Remember the id; return until when it must be kept (None: for good)."""
         age = self.max_age_ms(envelope.type)
-        self._seen[envelope.id] = None if age is None else envelope.time_ms + age + self._skew
+        until = None if age is None else envelope.time_ms + age + self._skew
+        self._seen[envelope.id] = until
+        return until
 
     def _expire(self, now_ms: int) -> None:
         if len(self._seen) < 1024:

@@ -57,6 +57,7 @@ class TestPatternTrack(MediaStreamTrack):
     """Colour bars, a sweeping bar and a frame counter, at `fps`."""
 
     kind = "video"
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, width: int = 640, height: int = 360, fps: int = 30) -> None:
         super().__init__()

@@ -84,7 +84,7 @@ class Terminal:
         self.me = self.keys.public(self.device_id)
         self.party = self.me.party
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
-        self.replay = ReplayGuard()
+        self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self._notices = notice.NoticeLimiter()
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state)
@@ -230,9 +230,8 @@ class Terminal:
                     hint="it was dropped unread; the server is misrouting or tampering")
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
-            self.replay.remember(envelope)
+            self.store.remember_envelope(envelope.id, self.replay.remember(envelope))
         except SecurityAlarm as alarm:
-            self._alarm(None, alarm)
             self._tampered(envelope, alarm)
             return
         except ParleyError as exc:
@@ -286,16 +285,19 @@ class Terminal:
             raise
 
     def _tampered(self, envelope: Envelope, alarm: SecurityAlarm) -> None:
-        """End calls with the claimed sender and tell its genuine device, if we pinned it."""
+        """Alarm; tell the claimed sender's genuine device; end our calls with it."""
         now = now_ms()
-        self._run(self.book.signaling_tampered(envelope.sender, alarm, now))
         pinned = self.store.pin(envelope.sender)
-        if pinned is None or not self._notices.should_notify(envelope.sender, envelope.type,
-                                                             alarm.code, now):
-            return
-        self._run([SendEnvelope(None, pinned, notice.TAMPER, {
-            "envelope_id": envelope.id, "envelope_type": envelope.type,
-            "code": str(alarm.code)})])
+        if pinned is not None and self._notices.should_notify(envelope.sender, envelope.type,
+                                                              alarm.code, now):
+            # First, so the peer learns the precise reason before any hang-up.
+            self._run([SendEnvelope(None, pinned, notice.TAMPER, {
+                "envelope_id": envelope.id, "envelope_type": envelope.type,
+                "code": str(alarm.code)})])
+        ended = self.book.signaling_tampered(envelope.sender, alarm, now)
+        if not ended:
+            self._alarm(None, alarm)  # otherwise the ended call carries the alarm
+        self._run(ended)
 
     def _on_presence(self, device: str, online: bool) -> None:
         self.peers.set_online(device, online)

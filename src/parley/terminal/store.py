@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS pins (
     device_id TEXT PRIMARY KEY, sign BLOB NOT NULL, kem BLOB NOT NULL, kem_sig BLOB NOT NULL,
     safety_number TEXT NOT NULL, verified_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen_envelopes (id TEXT PRIMARY KEY, until_ms INTEGER);
 CREATE TABLE IF NOT EXISTS call_log (
     call_id TEXT PRIMARY KEY, info TEXT NOT NULL, ended_ms INTEGER
 );
@@ -151,6 +152,17 @@ class TerminalStore:
 
     def remove_pin(self, device_id: str) -> bool:
         return self.db.execute("DELETE FROM pins WHERE device_id=?", (device_id,)).rowcount == 1
+
+    # -- replay protection across restarts -------------------------------------------
+
+    def seen_envelopes(self, now_ms: int) -> dict[str, int | None]:
+        self.db.execute("DELETE FROM seen_envelopes WHERE until_ms IS NOT NULL AND until_ms < ?",
+                        (now_ms,))
+        return dict(self.db.execute("SELECT id, until_ms FROM seen_envelopes"))
+
+    def remember_envelope(self, envelope_id: str, until_ms: int | None) -> None:
+        self.db.execute("INSERT OR IGNORE INTO seen_envelopes VALUES (?,?)",
+                        (envelope_id, until_ms))
 
     # -- call log ------------------------------------------------------------------
 

@@ -1,0 +1,259 @@
+"""A hostile server: a relay in front of the real one that rewrites what passes through.
+
+The relay fronts the server completely (the server's public URL is the relay's,
+as a hostile operator would set it up): terminals enroll, verify and log in
+through it. Each attack must be refused by the terminal with a clear alarm, and
+no media may flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from parley.core.call import CallState, EndReason, dtls_statement
+from parley.core.encoding import b64e, random_id
+from parley.core.envelope import Envelope, seal_envelope
+from parley.core.errors import ErrorCode, LocalError
+from parley.core.keys import DeviceKeys
+from parley.lab import create_parties, enroll_terminal
+from parley.media.robot import dtls_fingerprint
+from parley.media.tracks import SynthAudioTrack, TestPatternTrack
+from parley.terminal.app import Terminal
+from tests.harness import HostileRelay, LocalLine, wait_until
+
+W, M = "washington/hotline", "moscow/hotline"
+
+
+class Hostile:
+    def __init__(self, line: LocalLine, relay: HostileRelay, dirs: dict[str, Path]) -> None:
+        self.line, self.relay, self.dirs = line, relay, dirs
+        self.attacker = DeviceKeys.generate()
+        self.peers: list[RTCPeerConnection] = []
+
+    def public(self, device: str) -> Any:
+        assert self.line.server is not None
+        return self.line.server.store.device(device)  # the server's directory, as the relay has it
+
+    async def attacker_offer(self, claimed_sender: str, call_id: str) -> dict[str, Any]:
+        """A genuine offer from the attacker's own aiortc peer, in someone else's name."""
+        pc = RTCPeerConnection()  # never started towards anyone: no ICE servers used
+        self.peers.append(pc)
+        pc.addTrack(SynthAudioTrack())
+        pc.addTrack(TestPatternTrack(160, 120))
+        await pc.setLocalDescription(await pc.createOffer())
+        fingerprint = dtls_fingerprint(pc.getTransceivers()[0].sender.transport)
+        return {"call_id": call_id, "sdp": pc.localDescription.sdp, "dtls": fingerprint,
+                "media": "video", "dtls_sig": b64e(self.attacker.sign(
+                    dtls_statement(call_id, "caller", claimed_sender, fingerprint)))}
+
+    def forge(self, sender: str, recipient: str, type_: str, payload: dict[str, Any],
+              envelope_id: str | None = None) -> Envelope:
+        """Sealed properly to the recipient (its key is public), signed by the attacker."""
+        return seal_envelope(self.attacker, sender, self.public(recipient), type_, payload,
+                             time.time_ns() // 1_000_000, envelope_id)
+
+    async def close(self) -> None:
+        for pc in self.peers:
+            await pc.close()
+
+
+@pytest.fixture
+async def hostile(tmp_path: Path) -> AsyncIterator[Hostile]:
+    relay = HostileRelay()
+    await relay.bind()
+    line = LocalLine(tmp_path)
+    await line.start(public_url=relay.url)
+    relay.upstream = line.url
+    dirs = await line.provision(via=relay.url)
+    h = Hostile(line, relay, dirs)
+    try:
+        yield h
+    finally:
+        await h.close()
+        await line.stop()
+        await relay.stop()
+
+
+async def media_frames(terminal: Terminal) -> int:
+    """Every frame any media session of this terminal ever received."""
+    total = 0
+    for call_id in set(terminal.sessions) | set(terminal.final_stats):
+        stats = await terminal.call_stats(call_id)
+        total += sum(stats.get(k, {}).get("frames", 0) for k in ("audio", "video"))
+    return total
+
+
+def alarm_codes(terminal: Terminal) -> list[str]:
+    return [a["code"] for a in terminal.alarms]
+
+
+async def assert_no_media(*terminals: Terminal) -> None:
+    await asyncio.sleep(1.0)  # long enough for frames to arrive if any media had connected
+    for t in terminals:
+        assert await media_frames(t) == 0, f"{t.device_id} received media"
+        assert all(c.state is not CallState.ACTIVE for c in t.book.calls())
+
+
+async def test_swapped_dtls_fingerprint_is_refused(hostile: Hostile) -> None:
+    async def swap_offer(direction: str, device: str | None,
+                         frame: dict[str, Any]) -> dict[str, Any] | None:
+        if direction == "up" and frame.get("t") == "send" and frame["env"]["type"] == "call.offer":
+            original = frame["env"]
+            payload = await hostile.attacker_offer(original["from"], random_id())
+            forged = hostile.forge(original["from"], original["to"], "call.offer", payload,
+                                   envelope_id=original["id"])
+            return {**frame, "env": forged.to_json()}
+        return frame
+
+    hostile.relay.tamper = swap_offer
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    placed = await washington.place_call("moscow")
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 15)
+    assert ended.end_reason is EndReason.INTERCEPTED
+    assert "interception" in (ended.alarm or "")
+    assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)
+    assert "does not verify" in moscow.alarms[0]["message"]
+    assert moscow.book.calls() == [], "the forged offer never rang"
+    await assert_no_media(washington, moscow)
+    assert all(pc.connectionState != "connected" for pc in hostile.peers)
+
+
+async def test_swapped_device_key_in_the_directory_is_refused(hostile: Hostile) -> None:
+    attacker_bundle = hostile.attacker.public(W).to_json()
+
+    async def swap_directory(direction: str, device: str | None,
+                             frame: dict[str, Any]) -> dict[str, Any] | None:
+        if direction == "down" and device == M and frame.get("t") == "directory" \
+                and frame["party"] == "washington":
+            return {**frame, "devices": [attacker_bundle]}
+        return frame
+
+    hostile.relay.tamper = swap_directory
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    # The attacker now calls moscow in washington's name, with the swapped key.
+    payload = await hostile.attacker_offer(W, random_id())
+    forged = hostile.forge(W, M, "call.offer", payload)
+    await hostile.relay.inject(M, {"t": "deliver", "env": forged.to_json()})
+    await wait_until(lambda: ErrorCode.KEY_CHANGED in alarm_codes(moscow), 10, "key alarm")
+    alarm = next(a for a in moscow.alarms if a["code"] == ErrorCode.KEY_CHANGED)
+    assert "has changed since you verified it" in alarm["message"]
+    assert "parley keys verify washington" in alarm["hint"]
+    assert moscow.book.calls() == []
+    # Calling out to the "changed" device is refused too, with the way out.
+    with pytest.raises(LocalError) as err:
+        await moscow.place_call("washington")
+    assert err.value.code is ErrorCode.KEY_CHANGED
+    described = await moscow.peers.describe("washington")
+    assert described[0]["trust"] == "changed"
+    await assert_no_media(washington, moscow)
+
+
+async def test_replayed_offer_is_dropped_even_after_a_restart(hostile: Hostile) -> None:
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    placed = await washington.place_call("moscow")
+    await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ACTIVE, 20)
+    washington.hangup(placed.call_id)
+    await moscow.wait_for_call(lambda c: c.state is CallState.ENDED, 10)
+    offer = next(f for d, dev, f in hostile.relay.log
+                 if d == "down" and dev == M and f.get("t") == "deliver"
+                 and f["env"]["type"] == "call.offer")
+    calls_before = len(moscow.book.calls())
+
+    await hostile.relay.inject(M, offer)
+    await wait_until(lambda: ErrorCode.REPLAY in alarm_codes(moscow), 10, "replay alarm")
+    assert len(moscow.book.calls()) == calls_before
+
+    # A restarted terminal still remembers what it has seen.
+    await moscow.stop()
+    hostile.line.terminals.remove(moscow)
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    await wait_until(lambda: M in hostile.relay.clients, 10, "moscow back online")
+    await hostile.relay.inject(M, offer)
+    await wait_until(lambda: ErrorCode.REPLAY in alarm_codes(moscow), 10, "replay alarm")
+    assert moscow.book.calls() == []
+    assert not moscow.sessions
+
+
+async def test_envelope_whose_signature_does_not_verify_is_refused(hostile: Hostile) -> None:
+    async def corrupt_answer(direction: str, device: str | None,
+                             frame: dict[str, Any]) -> dict[str, Any] | None:
+        if direction == "up" and device == M and frame.get("t") == "send" \
+                and frame["env"]["type"] == "call.answer":
+            sig = frame["env"]["sig"]
+            flipped = ("B" if sig[10] != "B" else "C")
+            return {**frame, "env": {**frame["env"], "sig": sig[:10] + flipped + sig[11:]}}
+        return frame
+
+    hostile.relay.tamper = corrupt_answer
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    placed = await washington.place_call("moscow")
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 15)
+    assert ended.end_reason is EndReason.INTERCEPTED
+    assert ErrorCode.BAD_SIGNATURE in alarm_codes(washington)
+    # Moscow is told, recognises its own answer, and hangs up as intercepted too.
+    other = await moscow.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 10)
+    assert other.end_reason is EndReason.INTERCEPTED
+    assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)
+    await assert_no_media(washington, moscow)
+
+
+async def test_envelope_meant_for_another_device_is_refused(hostile: Hostile) -> None:
+    spare = "moscow/spare"
+    codes = create_parties(hostile.line.root / "server", {"moscow": ("The Kremlin", "UTC")}, [])
+    await enroll_terminal(hostile.line.root / "moscow-spare", "spare", hostile.relay.url,
+                          codes["moscow"])
+
+    async def misroute(direction: str, device: str | None,
+                       frame: dict[str, Any]) -> dict[str, Any] | None:
+        if direction == "down" and device == M and frame.get("t") == "deliver" \
+                and frame["env"]["type"] == "call.offer":
+            await hostile.relay.inject(spare, frame)
+            return None
+        return frame
+
+    hostile.relay.tamper = misroute
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    backup = await hostile.line.terminal("moscow-spare", auto_answer=True)
+    await washington.place_call(M)
+    await wait_until(lambda: ErrorCode.WRONG_RECIPIENT in alarm_codes(backup), 10,
+                     "wrong-recipient alarm")
+    assert "meant for moscow/hotline" in backup.alarms[0]["message"]
+    assert backup.book.calls() == [] and moscow.book.calls() == []
+    ended = await washington.wait_for_call(lambda c: c.state is CallState.ENDED, 15)
+    assert ended.end_reason is EndReason.UNREACHABLE
+    await assert_no_media(washington, moscow, backup)
+
+
+async def test_unverified_peer_is_refused_with_how_to_verify(line: LocalLine) -> None:
+    await line.provision(verify=False)
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+    with pytest.raises(LocalError) as err:
+        await washington.place_call("moscow")
+    assert err.value.code is ErrorCode.NOT_VERIFIED
+    assert "parley keys verify moscow" in err.value.hint
+    # With the policy off on the caller only, the callee (policy on) still refuses.
+    washington.book.require_verified = False
+    placed = await washington.place_call("moscow")
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 10)
+    assert ended.end_reason is EndReason.NOT_VERIFIED
+    refused = next(a for a in moscow.alarms if a["code"] == ErrorCode.NOT_VERIFIED)
+    assert "parley keys verify washington" in refused["hint"]
+    await assert_no_media(washington, moscow)
