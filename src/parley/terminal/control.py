@@ -134,7 +134,10 @@ class ControlServer:
     # -- API -----------------------------------------------------------------------------
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        data = parse_json(await request.read(), max_bytes=64 * 1024, what="request body")
+        try:
+            data = parse_json(await request.read(), max_bytes=64 * 1024, what="request body")
+        except RemoteError as exc:  # the caller of this API is at fault, not a peer
+            raise LocalError(exc.message, code=exc.code) from None
         if not isinstance(data, dict):
             raise LocalError("the request body must be a JSON object", code=ErrorCode.BAD_MESSAGE)
         return data

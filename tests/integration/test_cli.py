@@ -1,0 +1,194 @@
+"""The `parley` command as an operator uses it: real processes, real files, loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parley.cli import build_parser
+
+PARLEY = [sys.executable, "-m", "parley"]
+
+
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*PARLEY, *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"parley {' '.join(args)} -> {result.returncode}\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def all_commands() -> list[list[str]]:
+    """Every command and subcommand path, read from the parser itself."""
+    import argparse
+
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        found.append(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+
+    walk(build_parser(), [])
+    return found
+
+
+@pytest.mark.parametrize("path", all_commands(), ids=lambda p: " ".join(p) or "parley")
+def test_every_command_has_help(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*path, "--help"])
+    assert done.value.code == 0
+    assert "usage: parley" in capsys.readouterr().out
+
+
+class Proc:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*PARLEY, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def line(self, prefix: str, timeout: float = 30) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.proc.stdout.readline()
+            if not text:
+                break
+            if text.startswith(prefix):
+                return text[len(prefix):].strip()
+        self.proc.kill()
+        raise AssertionError(f"no {prefix!r} line; stderr: {self.proc.communicate()[1][-3000:]}")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=20)
+        return err
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.communicate()
+
+
+def test_an_operator_sets_up_a_line_verifies_and_calls(tmp_path: Path,
+                                                       procs: list[Proc]) -> None:
+    srv = ["--data", str(tmp_path / "srv")]
+    run("server", "principal", "add", "washington", "--display", "The White House",
+        "--timezone", "America/New_York", *srv)
+    run("server", "principal", "add", "moscow", "--timezone", "Europe/Moscow", *srv)
+    assert "already exists" in run("server", "principal", "add", "moscow", *srv,
+                                   check=False).stderr
+    run("server", "line", "add", "washington", "moscow", *srv)
+    assert "washington <-> moscow" in run("server", "line", "list", *srv).stdout or \
+        "moscow <-> washington" in run("server", "line", "list", *srv).stdout
+    server = Proc("server", "--port", "0", *srv)
+    procs.append(server)
+    url = server.line("ready: ")
+
+    dirs = {name: ["--data", str(tmp_path / name)] for name in ("washington", "moscow")}
+    for name in dirs:
+        code = run("server", "enroll-code", name, "--quiet", *srv).stdout.strip()
+        run("terminal", "init", "--name", "desk", *dirs[name])
+        key_file = tmp_path / name / "device.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert "enrolled as" in run("terminal", "enroll", "--server", url, "--code", code,
+                                    *dirs[name]).stdout
+        reused = run("terminal", "enroll", "--server", url, "--code", code, *dirs[name],
+                     check=False)
+        assert reused.returncode != 0 and "already been used" in reused.stderr
+
+    shown = json.loads(run("keys", "show", "moscow", "--json", *dirs["washington"]).stdout)
+    number = shown["peers"][0]["safety_number"]
+    assert shown["peers"][0]["trust"] == "unverified"
+    seen_by_moscow = json.loads(run("keys", "show", "washington", "--json",
+                                    *dirs["moscow"]).stdout)["peers"][0]["safety_number"]
+    assert seen_by_moscow == number
+
+    # The terminal refuses an unverified call and says exactly how to fix it.
+    term_w = Proc("terminal", "--ui-port", "0", "--ice-host", "127.0.0.1", *dirs["washington"])
+    term_m = Proc("terminal", "--ui-port", "0", "--ice-host", "127.0.0.1", "--auto-answer",
+                  *dirs["moscow"])
+    procs += [term_w, term_m]
+    term_w.line("ui: ")
+    term_m.line("ui: ")
+    refused = run("call", "moscow", *dirs["washington"], check=False)
+    assert refused.returncode != 0
+    assert "not verified" in refused.stderr and "parley keys verify moscow" in refused.stderr
+
+    wrong = run("keys", "verify", "moscow", "--safety-number", "1" * 60, *dirs["washington"],
+                check=False)
+    assert wrong.returncode != 0 and "does not match" in wrong.stderr
+    run("keys", "verify", "moscow", "--safety-number", number.replace(" ", ""),
+        *dirs["washington"])
+    run("keys", "verify", "washington", "--safety-number", number, *dirs["moscow"])
+
+    placed = run("call", "moscow", *dirs["washington"])
+    assert "active" in placed.stdout and "SAS" in placed.stdout
+    status = json.loads(run("status", "--json", *dirs["washington"]).stdout)
+    live = [c for c in status["calls"] if c["state"] == "active"]
+    assert live and live[0]["verified"] is True
+    assert "hung up" in run("hangup", *dirs["washington"]).stdout
+    assert "call ended" not in term_w.stop()
+    term_m.stop()
+    assert not (tmp_path / "washington" / "control.json").exists()
+
+
+def test_settings_come_from_flags_then_environment_then_toml(tmp_path: Path) -> None:
+    from parley.cli import SERVER_OPTIONS
+    from parley.config import resolve
+
+    (tmp_path / "parley.toml").write_text('[server]\nport = 9000\nhost = "127.0.0.1"\n')
+    parser = build_parser()
+    args = parser.parse_args(["server", "--data", str(tmp_path)])
+    assert resolve(args, SERVER_OPTIONS, "server", tmp_path)["port"] == 9000
+    os.environ["PARLEY_PORT"] = "9100"
+    try:
+        assert resolve(args, SERVER_OPTIONS, "server", tmp_path)["port"] == 9100
+        args = parser.parse_args(["server", "--data", str(tmp_path), "--port", "9200"])
+        assert resolve(args, SERVER_OPTIONS, "server", tmp_path)["port"] == 9200
+    finally:
+        del os.environ["PARLEY_PORT"]
+    (tmp_path / "parley.toml").write_text('[server]\nprot = 1\n')
+    result = run("server", "--data", str(tmp_path), check=False)
+    assert result.returncode == 2 and "unknown setting" in result.stderr
+
+
+def test_errors_name_the_fix(tmp_path: Path) -> None:
+    result = run("keys", "--data", str(tmp_path / "none"), check=False)
+    assert result.returncode == 2 and "parley terminal init" in result.stderr
+    run("terminal", "init", "--name", "desk", "--data", str(tmp_path / "t"))
+    again = run("terminal", "init", "--name", "desk", "--data", str(tmp_path / "t"), check=False)
+    assert again.returncode == 2 and "already holds a terminal" in again.stderr
+    os.chmod(tmp_path / "t" / "device.key", 0o644)
+    loose = run("keys", "--data", str(tmp_path / "t"), check=False)
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr
+    bad_name = run("terminal", "init", "--name", "Bad Name", "--data", str(tmp_path / "u"),
+                   check=False)
+    assert bad_name.returncode == 2 and "a-z" in bad_name.stderr
+
+
+def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
+    result = run("demo", "--headless", "--json", "--duration", "4", timeout=120)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["verified"] is True
+    assert summary["sas_caller"] == summary["sas_callee"]
+    assert all(n > 0 for n in summary["video_frames"].values())
+    assert all(n > 0 for n in summary["audio_frames"].values())
+    assert summary["setup_ms"] > 0
