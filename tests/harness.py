@@ -46,10 +46,18 @@ class LocalLine:
         self.url = ""
         self.terminals: list[Terminal] = []
 
-    async def start(self, public_url: str | None = None) -> None:
-        config = ServerConfig(data_dir=self.root / "server", port=0, public_url=public_url)
+    async def start(self, public_url: str | None = None, port: int = 0) -> None:
+        config = ServerConfig(data_dir=self.root / "server", port=port, public_url=public_url)
         self.server, self._runner = await start_server(config)
         self.url = f"http://127.0.0.1:{config.port}"
+        self._public_url = public_url
+
+    async def restart_server(self) -> None:
+        """Stop the server (dropping every session) and start it again on the same port."""
+        assert self._runner is not None
+        port = int(self.url.rsplit(":", 1)[1])
+        await self._runner.cleanup()
+        await self.start(self._public_url, port)
 
     async def provision(self, *, verify: bool = True, via: str | None = None
                         ) -> dict[str, Path]:
