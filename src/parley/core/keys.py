@@ -129,13 +129,19 @@ class DevicePublicKeys:
         """Parse and check a bundle from the network: sizes and the KEM binding."""
         if not isinstance(data, dict):
             raise RemoteError("device keys must be an object", code=ErrorCode.BAD_MESSAGE)
-        ident = data.get("id")
-        split_device_id(ident)
+        fields: dict[str, str] = {}
+        for name in ("id", "sign", "kem", "kem_sig"):
+            value = data.get(name)
+            if not isinstance(value, str):
+                raise RemoteError(f"device keys need {name} as a string",
+                                  code=ErrorCode.BAD_MESSAGE)
+            fields[name] = value
+        split_device_id(fields["id"])
         keys = cls(
-            device_id=ident,
-            sign=b64d(data.get("sign"), what="signing key", max_bytes=ED25519_LEN),
-            kem=b64d(data.get("kem"), what="sealing key", max_bytes=KEM_PUBLIC_LEN),
-            kem_sig=b64d(data.get("kem_sig"), what="sealing key signature", max_bytes=64),
+            device_id=fields["id"],
+            sign=b64d(fields["sign"], what="signing key", max_bytes=ED25519_LEN),
+            kem=b64d(fields["kem"], what="sealing key", max_bytes=KEM_PUBLIC_LEN),
+            kem_sig=b64d(fields["kem_sig"], what="sealing key signature", max_bytes=64),
         )
         keys.check()
         return keys

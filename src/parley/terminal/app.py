@@ -50,6 +50,7 @@ from parley.terminal.store import TerminalStore
 
 log = logging.getLogger("parley.terminal")
 MAX_ALARMS = 50
+MAX_ENDED_CALLS = 50
 
 
 def now_ms() -> int:
@@ -401,6 +402,12 @@ class Terminal:
                      f" ({info.alarm})" if info.alarm else "")
             self.store.log_call(data)
             self._placed_at.pop(info.call_id, None)
+            # A line runs for years: keep a bounded window of ended calls in memory
+            # (the call log on disk has them all).
+            self.book.forget_ended(keep=MAX_ENDED_CALLS)
+            known = {c.call_id for c in self.book.calls()}
+            for stale in set(self.final_stats) - known:
+                del self.final_stats[stale]
         else:
             log.info("call %s with %s: %s", info.call_id, info.peer, info.state)
         if placed is not None:
