@@ -111,6 +111,15 @@ _ENDINGS = {
     CallEvent.INTERCEPTED: EndReason.INTERCEPTED,
 }
 
+# Where the same event means something else in one state (a ring timeout here is
+# a call we missed, at the caller it is one nobody answered).
+_ENDINGS_IN_STATE = {(CallState.RINGING, CallEvent.RING_TIMEOUT): EndReason.MISSED}
+
+
+def end_reason(state: CallState, event: CallEvent) -> EndReason:
+    return _ENDINGS_IN_STATE.get((state, event)) or _ENDINGS[event]
+
+
 _E = CallEvent
 _S = CallState
 _ENDS_ANY = {_E.LOCAL_HANGUP, _E.REMOTE_HANGUP, _E.MEDIA_FAILED, _E.INTERCEPTED}
@@ -738,9 +747,7 @@ class CallBook:
         previous, call.state = call.state, allowed[event]
         actions: list[Action] = []
         if call.state is CallState.ENDED:
-            reason = _ENDINGS[event]
-            if event is CallEvent.RING_TIMEOUT and call.direction == "incoming":
-                reason = EndReason.MISSED
+            reason = end_reason(previous, event)
             call.end_reason = reason
             call.ended_ms = now_ms
             call.deadline_ms = None
@@ -763,3 +770,34 @@ class CallBook:
     def _changed(self, call: Call) -> CallChanged:
         return CallChanged(call.info(self.me))
 
+
+
+def transition_table_markdown() -> str:
+    """docs/call-states.md, generated from TRANSITIONS so the two cannot drift apart."""
+    lines = [
+        "# Call states",
+        "",
+        "Generated from `TRANSITIONS` in `src/parley/core/call.py` by `scripts/gen-docs`;",
+        "a test fails when this file and the table disagree.",
+        "",
+        "```mermaid",
+        "stateDiagram-v2",
+        "    [*] --> dialing: place (caller)",
+        "    [*] --> ringing: offer received (callee)",
+    ]
+    for state, moves in TRANSITIONS.items():
+        targets: dict[CallState, list[str]] = {}
+        for event, target in moves.items():
+            targets.setdefault(target, []).append(event.value)
+        for target, events in targets.items():
+            label = ", ".join(sorted(events)) if target is not CallState.ENDED else \
+                f"{len(events)} ways (see below)"
+            lines.append(f"    {state.value} --> {target.value}: {label}")
+    lines += ["    ended --> [*]", "```", "", "| state | event | next state | end reason |",
+              "|---|---|---|---|"]
+    for state, moves in TRANSITIONS.items():
+        for event, target in sorted(moves.items(), key=lambda kv: kv[0].value):
+            reason = end_reason(state, event) if target is CallState.ENDED else None
+            lines.append(f"| {state.value} | {event.value} | {target.value} |"
+                         f" {reason.value if reason else ''} |")
+    return "\n".join(lines) + "\n"
