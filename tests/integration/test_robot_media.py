@@ -81,3 +81,25 @@ async def test_mute_and_camera_off_reach_the_other_side(line: LocalLine) -> None
     heard.clear()
     await wait_until(lambda: len(heard) > 40, 10, "audio after unmute")
     assert max(heard[-10:]) > 500
+
+
+async def test_robot_offers_only_configured_ice_never_a_public_stun_server() -> None:
+    from parley.core.call import MediaKind
+    from parley.media.robot import RobotMedia
+
+    class Quiet:
+        def media_connected(self, call_id: str, handshake_dtls: str) -> None: ...
+        def media_failed(self, call_id: str, reason: str) -> None: ...
+        def local_ice(self, call_id: str, candidate: str, mid: str | None,
+                      mline: int | None) -> None: ...
+
+    session = RobotMedia().open("c1", MediaKind.VIDEO, Quiet())
+    try:
+        desc = await session.create_offer()
+        gatherer = session.pc.getTransceivers()[0].sender.transport.transport.iceGatherer
+        assert gatherer._connection.stun_server is None
+        assert gatherer._connection.turn_server is None
+        candidates = [line for line in desc.sdp.splitlines() if line.startswith("a=candidate")]
+        assert candidates and all(" 127.0.0.1 " in c and " typ host" in c for c in candidates)
+    finally:
+        await session.close()
