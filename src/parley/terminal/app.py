@@ -332,8 +332,9 @@ class Terminal:
         elif isinstance(action, ApplyAnswer):
             await self._with_session(action.call_id, lambda s: s.apply_answer(action.sdp))
         elif isinstance(action, AddRemoteIce):
+            # One unusable candidate is not worth the call: the others may work.
             await self._with_session(action.call_id, lambda s: s.add_ice(
-                action.candidate, action.mid, action.mline))
+                action.candidate, action.mid, action.mline), fatal=False)
         elif isinstance(action, SetLocalMedia):
             session = self.sessions.get(action.call_id)
             if session is not None:
@@ -373,7 +374,8 @@ class Terminal:
                                              now_ms()))
 
     async def _with_session(self, call_id: str,
-                            op: Callable[[MediaSession], Awaitable[None]]) -> None:
+                            op: Callable[[MediaSession], Awaitable[None]], *,
+                            fatal: bool = True) -> None:
         session = self.sessions.get(call_id)
         if session is None:
             return
@@ -381,7 +383,8 @@ class Terminal:
             await op(session)
         except Exception as exc:
             log.warning("call %s: media error: %s", call_id, exc)
-            self._run(self.book.media_failed(call_id, f"media error: {exc}", now_ms()))
+            if fatal:
+                self._run(self.book.media_failed(call_id, f"media error: {exc}", now_ms()))
 
     async def _stop_media(self, call_id: str) -> None:
         session = self.sessions.pop(call_id, None)
