@@ -81,6 +81,28 @@ async def hostile(tmp_path: Path) -> AsyncIterator[Hostile]:
         await relay.stop()
 
 
+def on_send(type_: str, rewrite: Any, sender: str | None = None) -> Any:
+    """A tamper hook that rewrites the envelope of each `send` of one type, on its way up."""
+
+    async def tamper(direction: str, device: str | None,
+                     frame: dict[str, Any]) -> dict[str, Any] | None:
+        if direction == "up" and frame.get("t") == "send" and frame["env"]["type"] == type_ \
+                and sender in (None, device):
+            return {**frame, "env": await rewrite(frame["env"])}
+        return frame
+
+    return tamper
+
+
+async def call_until_ended(hostile: Hostile) -> tuple[Terminal, Terminal, Any]:
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    placed = await washington.place_call("moscow")
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 15)
+    return washington, moscow, ended
+
+
 async def media_frames(terminal: Terminal) -> int:
     """Every frame any media session of this terminal ever received."""
     total = 0
@@ -102,22 +124,13 @@ async def assert_no_media(*terminals: Terminal) -> None:
 
 
 async def test_swapped_dtls_fingerprint_is_refused(hostile: Hostile) -> None:
-    async def swap_offer(direction: str, device: str | None,
-                         frame: dict[str, Any]) -> dict[str, Any] | None:
-        if direction == "up" and frame.get("t") == "send" and frame["env"]["type"] == "call.offer":
-            original = frame["env"]
-            payload = await hostile.attacker_offer(original["from"], random_id())
-            forged = hostile.forge(original["from"], original["to"], "call.offer", payload,
-                                   envelope_id=original["id"])
-            return {**frame, "env": forged.to_json()}
-        return frame
+    async def swap_fingerprint(original: dict[str, Any]) -> dict[str, Any]:
+        payload = await hostile.attacker_offer(original["from"], random_id())
+        return hostile.forge(original["from"], original["to"], "call.offer", payload,
+                             envelope_id=original["id"]).to_json()
 
-    hostile.relay.tamper = swap_offer
-    washington = await hostile.line.terminal("washington")
-    moscow = await hostile.line.terminal("moscow", auto_answer=True)
-    placed = await washington.place_call("moscow")
-    ended = await washington.wait_for_call(
-        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 15)
+    hostile.relay.tamper = on_send("call.offer", swap_fingerprint)
+    washington, moscow, ended = await call_until_ended(hostile)
     assert ended.end_reason is EndReason.INTERCEPTED
     assert "interception" in (ended.alarm or "")
     assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)
@@ -187,21 +200,13 @@ async def test_replayed_offer_is_dropped_even_after_a_restart(hostile: Hostile) 
 
 
 async def test_envelope_whose_signature_does_not_verify_is_refused(hostile: Hostile) -> None:
-    async def corrupt_answer(direction: str, device: str | None,
-                             frame: dict[str, Any]) -> dict[str, Any] | None:
-        if direction == "up" and device == M and frame.get("t") == "send" \
-                and frame["env"]["type"] == "call.answer":
-            sig = frame["env"]["sig"]
-            flipped = ("B" if sig[10] != "B" else "C")
-            return {**frame, "env": {**frame["env"], "sig": sig[:10] + flipped + sig[11:]}}
-        return frame
+    async def flip_a_signature_bit(env: dict[str, Any]) -> dict[str, Any]:
+        sig = env["sig"]
+        return {**env, "sig": sig[:10] + ("B" if sig[10] != "B" else "C") + sig[11:]}
 
-    hostile.relay.tamper = corrupt_answer
-    washington = await hostile.line.terminal("washington")
-    moscow = await hostile.line.terminal("moscow", auto_answer=True)
-    placed = await washington.place_call("moscow")
-    ended = await washington.wait_for_call(
-        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 15)
+    hostile.relay.tamper = on_send("call.answer", flip_a_signature_bit, sender=M)
+    washington, moscow, ended = await call_until_ended(hostile)
+    placed = ended
     assert ended.end_reason is EndReason.INTERCEPTED
     assert ErrorCode.BAD_SIGNATURE in alarm_codes(washington)
     # Moscow is told, recognises its own answer, and hangs up as intercepted too.
