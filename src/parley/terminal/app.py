@@ -387,11 +387,14 @@ class Terminal:
                 self._run(self.book.media_failed(call_id, f"media error: {exc}", now_ms()))
 
     async def _stop_media(self, call_id: str) -> None:
-        session = self.sessions.pop(call_id, None)
+        session = self.sessions.get(call_id)
         if session is None:
             return
+        # Keep the session listed until its last stats are recorded, so that
+        # call_stats never falls between the two and finds nothing.
         with contextlib.suppress(Exception):
             self.final_stats[call_id] = await session.stats()
+        self.sessions.pop(call_id, None)
         await session.close()
 
     def _call_changed(self, info: CallInfo) -> None:
