@@ -11,20 +11,26 @@ page) and guarded three ways:
 * the Host header must name this loopback address (defeats DNS rebinding);
 * a browser's Origin header, when present, must be this very origin (defeats
   other web pages on the same machine).
+
+Each open ``/api/events`` WebSocket is a `Page`: it receives every terminal
+event, and may send typed messages back (``{"t": ...}``) to handlers that other
+parts register in `page_handlers` -- browser media (terminal/browser.py) does
+its signaling with the page this way, and learns through `page_closed` when
+the page that holds a call's peer connection goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
@@ -33,6 +39,8 @@ from parley.terminal.app import Terminal, now_ms
 
 log = logging.getLogger("parley.control")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_PAGE_MESSAGE = 128 * 1024  # an SDP (32 KiB at most) with room to spare
+PAGE_QUEUE = 1000
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
                 ".svg": "image/svg+xml", ".png": "image/png"}
 
@@ -41,13 +49,57 @@ def _error(exc: ParleyError, status: int = 400) -> web.Response:
     return web.json_response({"error": exc.as_dict()}, status=status)
 
 
+def safety_qr(me: str, peer: str, number: str) -> str:
+    """The safety number as a QR code (an SVG data URI), drawn here: the page has no QR code.
+
+    It names both devices, so a code scanned at the wrong pair of terminals
+    does not look like a match.
+    """
+    import segno
+
+    first, second = sorted((me, peer))
+    text = f"parley-safety:v1:{first}:{second}:{number.replace(' ', '')}"
+    return str(segno.make(text, error="m").svg_data_uri(scale=6, border=4, dark="#000",
+                                                       light="#fff"))
+
+
+class Page:
+    """One open events WebSocket: a browser tab, or the demo and CLI following events."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.closed = False
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=PAGE_QUEUE)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if self._queue.full():
+            # A page this far behind is stuck; the status snapshot it gets when it
+            # reconnects repairs its view.
+            self._queue.get_nowait()
+        self._queue.put_nowait(message)
+
+    async def next(self) -> dict[str, Any]:
+        return await self._queue.get()
+
+    def __repr__(self) -> str:
+        return f"<page {self.number}>"
+
+
+PageHandler = Callable[[Page, dict[str, Any]], Awaitable[None]]
+
+
 class ControlServer:
     def __init__(self, terminal: Terminal, host: str = "127.0.0.1", port: int = 0) -> None:
         self.terminal = terminal
         self.host, self.port = host, port
         self.token = secrets.token_urlsafe(24)
         self.app = web.Application(middlewares=[self._guard], client_max_size=256 * 1024)
-        self.extra_ws_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
+        self.page_handlers: dict[str, PageHandler] = {}
+        self.page_closed: list[Callable[[Page], None]] = []
+        self._page_numbers = itertools.count(1)
+        self._sockets: set[web.WebSocketResponse] = set()
         self.app.add_routes([
             web.get("/", self.index),
             web.get("/static/{name}", self.static),
@@ -81,6 +133,9 @@ class ControlServer:
 
     async def stop(self) -> None:
         self.terminal.store.remove_control()
+        # Open pages would otherwise hold the shutdown until the server gives up on them.
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"terminal stopping")
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -147,8 +202,11 @@ class ControlServer:
 
     async def peer(self, request: web.Request) -> web.Response:
         party = request.match_info["party"]
-        return web.json_response({"party": party,
-                                  "devices": await self.terminal.peers.describe(party)})
+        devices = await self.terminal.peers.describe(party)
+        for device in devices:
+            device["safety_qr"] = safety_qr(self.terminal.device_id, device["device"],
+                                            device["safety_number"])
+        return web.json_response({"party": party, "devices": devices})
 
     async def verify(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -198,37 +256,43 @@ class ControlServer:
         return web.json_response(info.to_json())
 
     async def events(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_PAGE_MESSAGE)
         await ws.prepare(request)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-
-        def listener(event: dict[str, Any]) -> None:
-            if queue.full():
-                queue.get_nowait()  # drop the oldest; the snapshot below repairs the view
-            queue.put_nowait(event)
-
-        unsubscribe = self.terminal.subscribe(listener)
+        self._sockets.add(ws)
+        page = Page(next(self._page_numbers))
+        unsubscribe = self.terminal.subscribe(page.send)
         await ws.send_json({"t": "status", "status": self.terminal.status()})
 
         async def pump() -> None:
             while True:
-                await ws.send_json(await queue.get())
+                await ws.send_json(await page.next())
 
         pump_task = asyncio.ensure_future(pump())
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
-                try:
-                    data = json.loads(msg.data)
-                    handler = self.extra_ws_handlers.get(data.get("t")) \
-                        if isinstance(data, dict) else None
-                    if handler is None:
-                        raise LocalError("unknown message", code=ErrorCode.UNKNOWN_TYPE)
-                    await handler(data)
-                except (ValueError, ParleyError) as exc:
-                    await ws.send_json({"t": "error", "message": str(exc)})
+                await self._page_message(page, msg.data)
         finally:
+            self._sockets.discard(ws)
+            page.closed = True
             pump_task.cancel()
             unsubscribe()
+            for hook in list(self.page_closed):
+                try:
+                    hook(page)
+                except Exception:
+                    log.exception("a page-closed hook failed")
         return ws
+
+    async def _page_message(self, page: Page, raw: str) -> None:
+        try:
+            data = parse_json(raw, max_bytes=MAX_PAGE_MESSAGE, what="page message")
+            kind = data.get("t") if isinstance(data, dict) else None
+            handler = self.page_handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise RemoteError(f"unknown page message {kind!r}", code=ErrorCode.UNKNOWN_TYPE)
+            await handler(page, data)
+        except ParleyError as exc:
+            log.warning("%r sent a bad message: %s", page, exc)
+            page.send({"t": "error", "error": exc.as_dict()})

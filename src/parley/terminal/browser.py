@@ -1,0 +1,353 @@
+"""Browser media: the person's page does the WebRTC; the terminal keeps the protocol.
+
+How it works
+------------
+A terminal run with ``--media browser`` has no media stack of its own. Its
+`BrowserMedia` engine implements the same seam as robot media
+(`media.engine.MediaEngine` / `MediaSession`), but each call's peer connection
+lives in the person's web page, reached over the local events WebSocket
+(`terminal.control`). The page is a thin view plus WebRTC: it never signs,
+seals, verifies or decides. The terminal tells it what to create and checks
+what it reports. The messages (mirrored in ``web/protocol.js``)::
+
+    terminal -> page                          page -> terminal
+    page.role       {media}                   page.hello        {}
+    media.open      {call_id, media, ice,     media.description {call_id, sdp}
+                     offer?}                  media.candidate   {call_id, candidate, mid?, mline?}
+    media.answer    {call_id, sdp}            media.connected   {call_id, certificates}
+    media.remote_candidate                    media.failed      {call_id, reason}
+                    {call_id, candidate, ...} media.stats       {call_id, stats}
+    media.local     {call_id, audio, video}
+    media.close     {call_id, reason}
+
+A call's media runs like this. `media.open` asks the page for an offer (no
+``offer``) or for an answer to ``offer``; the page gets the camera and
+microphone, builds an `RTCPeerConnection` with exactly the ICE servers given
+(never a public default) and replies with its SDP. The DTLS fingerprint that
+the terminal then signs is read *by the terminal* from that SDP, which must
+name exactly one. Candidates trickle both ways (`call.ice` between
+terminals). When the connection is up, the page reports the certificate the
+peer presented in the handshake (getStats: transport ``remoteCertificateId``
+-> certificate ``fingerprint``) and the terminal hands it to
+`CallBook.media_connected`, exactly as robot media does: a certificate that
+is not the one the peer signed hangs up as intercepted. The page attaches
+remote audio and video to the screen only once the terminal says the call is
+active and verified, so an interceptor's media is never played.
+
+Which page: the most recent page that said `page.hello` does the media for new
+calls (older tabs are told they are not the media page; the CLI and the demo
+follow events without saying hello). With no such page, a call fails at once
+with a reason that says to open the UI; if the page holding a call's peer
+connection closes or reloads, that call fails -- nothing hangs waiting.
+
+ICE: with ``--ice-host`` the terminal forwards only host candidates on those
+addresses (robot media offers only those, too), so a terminal told to use
+loopback keeps its browser on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from ipaddress import ip_address
+from typing import TYPE_CHECKING, Any
+
+from parley.core import schema
+from parley.core.call import MediaKind
+from parley.core.errors import ErrorCode, LocalError, RemoteError
+from parley.core.safety import normalize_fingerprint
+from parley.core.sdp import MAX_SDP, dtls_fingerprints
+from parley.media.engine import LocalDescription, MediaEvents
+from parley.media.ice import IceConfig
+
+if TYPE_CHECKING:
+    from parley.terminal.control import ControlServer, Page
+
+log = logging.getLogger("parley.browser")
+
+DESCRIBE_TIMEOUT_S = 20.0  # camera permission, getUserMedia and createOffer/Answer
+MAX_STATS_KEYS = 40
+MAX_CERTIFICATES = 4
+
+_CALL_ID = schema.text(32)
+
+
+def _fingerprint(value: Any) -> None:
+    parts = value.split(":")
+    if len(parts) != 32 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                   for p in parts):
+        raise RemoteError("fingerprint must be a sha-256 fingerprint like 'ab:cd:...'")
+
+
+def _certificates(value: Any) -> None:
+    if not isinstance(value, list) or len(value) > MAX_CERTIFICATES:
+        raise RemoteError(f"certificates must be a list of at most {MAX_CERTIFICATES}")
+    for cert in value:
+        schema.validate(cert, {"algorithm": schema.text(16),
+                               "fingerprint": schema.Field(str, max_len=200)},
+                        what="media.connected certificate")
+
+
+def _stats(value: Any, depth: int = 0) -> None:
+    """A flat report of numbers, with one level of nesting (per kind of media)."""
+    if not isinstance(value, dict) or len(value) > MAX_STATS_KEYS:
+        raise RemoteError(f"stats must be an object of at most {MAX_STATS_KEYS} entries")
+    for key, item in value.items():
+        if len(key) > 40:
+            raise RemoteError("stats keys are at most 40 characters")
+        if isinstance(item, dict) and depth == 0:
+            _stats(item, depth + 1)
+        elif not (item is None or isinstance(item, int | float | bool)
+                  or (isinstance(item, str) and len(item) <= 64)):
+            raise RemoteError(f"stats.{key} must be a number, a short string or null")
+
+
+# What the page may send, checked before anything looks at it.
+PAGE_MESSAGES: dict[str, dict[str, schema.Field]] = {
+    "page.hello": {"t": schema.text(16)},
+    "media.description": {"t": schema.text(32), "call_id": _CALL_ID,
+                          "sdp": schema.text(MAX_SDP)},
+    "media.candidate": {"t": schema.text(32), "call_id": _CALL_ID,
+                        "candidate": schema.text(1024),  # "" means end of candidates
+                        "mid": schema.text(32, required=False),
+                        "mline": schema.integer(0, 64, required=False)},
+    "media.connected": {"t": schema.text(32), "call_id": _CALL_ID,
+                        "certificates": schema.Field(list, check=_certificates)},
+    "media.failed": {"t": schema.text(32), "call_id": _CALL_ID, "reason": schema.text(300)},
+    "media.stats": {"t": schema.text(32), "call_id": _CALL_ID,
+                    "stats": schema.obj(check=_stats)},
+}
+
+
+def host_candidate_allowed(candidate: str, host_addresses: tuple[str, ...] | None) -> bool:
+    """Whether to forward a browser's ICE candidate, given the --ice-host list.
+
+    Host candidates (and mDNS names standing for them) must be on a listed
+    address; server-reflexive and relay candidates come from the configured
+    ICE servers and pass. With no list, everything passes.
+    """
+    if host_addresses is None or not candidate:
+        return True
+    fields = candidate.removeprefix("a=").removeprefix("candidate:").split()
+    if len(fields) < 8 or fields[6] != "typ":
+        return False
+    address, kind = fields[4], fields[7]
+    if kind != "host":
+        return True
+    try:
+        return str(ip_address(address)) in host_addresses
+    except ValueError:
+        return False  # an mDNS name: we cannot tell which interface it stands for
+
+
+class BrowserSession:
+    """One call's media, done by one page."""
+
+    def __init__(self, engine: BrowserMedia, call_id: str, media: MediaKind,
+                 events: MediaEvents) -> None:
+        self.engine = engine
+        self.call_id = call_id
+        self.media = media
+        self.events = events
+        self.page: Page | None = None
+        self.stats_report: dict[str, Any] = {}
+        self.state = "new"  # new -> describing -> described -> connected -> closed
+        self._description: asyncio.Future[str] | None = None
+        # Candidates the page reports before the terminal has sent our offer or
+        # answer are held: sent earlier, the peer would drop them as belonging
+        # to a call it has not heard of.
+        self._held: list[tuple[str, str | None, int | None]] | None = []
+
+    # -- MediaSession ------------------------------------------------------------------
+
+    async def create_offer(self) -> LocalDescription:
+        return await self._describe(None)
+
+    async def create_answer(self, remote_sdp: str) -> LocalDescription:
+        return await self._describe(remote_sdp)
+
+    async def apply_answer(self, sdp: str) -> None:
+        self._send({"t": "media.answer", "call_id": self.call_id, "sdp": sdp})
+
+    async def add_ice(self, candidate: str, mid: str | None, mline: int | None) -> None:
+        self._send({"t": "media.remote_candidate", "call_id": self.call_id,
+                    "candidate": candidate, "mid": mid, "mline": mline})
+
+    def set_local_media(self, audio: bool, video: bool) -> None:
+        self._send({"t": "media.local", "call_id": self.call_id, "audio": audio,
+                    "video": video})
+
+    async def stats(self) -> dict[str, Any]:
+        return {**self.stats_report, "state": self.state,
+                "page": self.page.number if self.page is not None else None}
+
+    async def close(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        if self._description is not None and not self._description.done():
+            self._description.set_exception(LocalError("the call ended before its media was"
+                                                       " set up", code=ErrorCode.INVALID_STATE))
+        self._send({"t": "media.close", "call_id": self.call_id})
+        self.engine.forget(self)
+
+    # -- from the page -------------------------------------------------------------------
+
+    def on_description(self, sdp: str) -> None:
+        if self._description is not None and not self._description.done():
+            self._description.set_result(sdp)
+
+    def on_candidate(self, candidate: str, mid: str | None, mline: int | None) -> None:
+        if not host_candidate_allowed(candidate, self.engine.ice.host_addresses):
+            log.debug("call %s: not forwarding candidate %s", self.call_id, candidate)
+            return
+        if self._held is not None:
+            self._held.append((candidate, mid, mline))
+        else:
+            self.events.local_ice(self.call_id, candidate, mid, mline)
+
+    def on_connected(self, certificates: list[dict[str, str]]) -> None:
+        if self.state != "described":
+            return
+        prints = {normalize_fingerprint(c["fingerprint"]) for c in certificates}
+        algorithms = {c["algorithm"].lower() for c in certificates}
+        if not prints:
+            self.fail("the browser's connection came up without a peer certificate")
+        elif algorithms != {"sha-256"}:
+            self.fail(f"the browser hashed the peer certificate with {sorted(algorithms)},"
+                      " not sha-256")
+        elif len(prints) > 1:
+            self.fail("the browser's connection presented several different peer certificates")
+        else:
+            self.state = "connected"
+            self.events.media_connected(self.call_id, prints.pop())
+
+    def fail(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        if self._description is not None and not self._description.done():
+            self._description.set_exception(LocalError(reason, code=ErrorCode.BAD_CONFIG))
+            return
+        self.events.media_failed(self.call_id, reason)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _describe(self, offer: str | None) -> LocalDescription:
+        self.page = self.engine.media_page()
+        self.state = "describing"
+        self._description = asyncio.get_running_loop().create_future()
+        message: dict[str, Any] = {"t": "media.open", "call_id": self.call_id,
+                                   "media": str(self.media),
+                                   "ice": self.engine.ice.browser_configuration()}
+        if offer is not None:
+            message["offer"] = offer
+        self._send(message)
+        try:
+            sdp = await asyncio.wait_for(self._description, DESCRIBE_TIMEOUT_S)
+        except TimeoutError:
+            raise LocalError(
+                f"the browser page did not set up the call's media within"
+                f" {DESCRIBE_TIMEOUT_S:.0f} s", code=ErrorCode.BAD_CONFIG,
+                hint="allow the page to use the camera and microphone") from None
+        prints = dtls_fingerprints(sdp)
+        if len(prints) != 1:
+            raise LocalError(f"the browser's session description names {len(prints)} sha-256"
+                             " DTLS fingerprints; exactly one is needed",
+                             code=ErrorCode.INSECURE_MEDIA)
+        self.state = "described"
+        # The terminal signs and queues our offer/answer as soon as this returns,
+        # in the same step of its worker; candidates go out on the next step, after it.
+        asyncio.get_running_loop().call_soon(self._release_candidates)
+        return LocalDescription(sdp, prints.pop())
+
+    def _release_candidates(self) -> None:
+        held, self._held = self._held or [], None
+        if self.state == "closed":
+            return
+        for candidate, mid, mline in held:
+            self.events.local_ice(self.call_id, candidate, mid, mline)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.page is not None:
+            self.page.send(message)
+
+
+class BrowserMedia:
+    """The MediaEngine of a person's terminal: peer connections live in its web page."""
+
+    def __init__(self, ice: IceConfig | None = None) -> None:
+        self.ice = ice or IceConfig()
+        self.sessions: dict[str, BrowserSession] = {}
+        self._pages: list[Page] = []  # pages that said hello, oldest first
+
+    def attach(self, control: ControlServer) -> None:
+        """Take the page's media messages from the terminal's local API server."""
+        for kind in PAGE_MESSAGES:
+            control.page_handlers[kind] = self._on_page_message
+        control.page_closed.append(self._on_page_closed)
+
+    # -- MediaEngine ---------------------------------------------------------------------
+
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> BrowserSession:
+        session = BrowserSession(self, call_id, media, events)
+        self.sessions[call_id] = session
+        return session
+
+    def media_page(self) -> Page:
+        if not self._pages:
+            raise LocalError(
+                "no browser page is open to do this call's media",
+                code=ErrorCode.BAD_CONFIG,
+                hint="open the UI address this terminal printed (the line that starts with"
+                     " 'ui: ') in a browser on this machine, then call again")
+        return self._pages[-1]
+
+    def forget(self, session: BrowserSession) -> None:
+        if self.sessions.get(session.call_id) is session:
+            del self.sessions[session.call_id]
+
+    # -- pages ---------------------------------------------------------------------------
+
+    async def _on_page_message(self, page: Page, data: dict[str, Any]) -> None:
+        kind = data["t"]
+        schema.validate(data, PAGE_MESSAGES[kind], what=kind)
+        if kind == "page.hello":
+            self._hello(page)
+            return
+        session = self.sessions.get(data["call_id"])
+        if session is None or session.page is not page:
+            log.debug("%r: %s for a call it does not hold", page, kind)
+            return
+        if kind == "media.description":
+            session.on_description(data["sdp"])
+        elif kind == "media.candidate":
+            session.on_candidate(data["candidate"], data.get("mid"), data.get("mline"))
+        elif kind == "media.connected":
+            session.on_connected(data["certificates"])
+        elif kind == "media.failed":
+            session.fail(f"the browser reported: {data['reason']}")
+        elif kind == "media.stats":
+            session.stats_report = data["stats"]
+
+    def _hello(self, page: Page) -> None:
+        if page in self._pages:
+            self._pages.remove(page)
+        for older in self._pages:
+            older.send({"t": "page.role", "media": False})
+        self._pages.append(page)
+        page.send({"t": "page.role", "media": True})
+        log.info("%r is now the page that does this terminal's media", page)
+
+    def _on_page_closed(self, page: Page) -> None:
+        if page not in self._pages:
+            return
+        was_current = self._pages[-1] is page
+        self._pages.remove(page)
+        if was_current and self._pages:
+            self._pages[-1].send({"t": "page.role", "media": True})
+        for session in list(self.sessions.values()):
+            if session.page is page:
+                session.fail("the browser page doing this call's media was closed or reloaded")
+
+
+__all__ = ["PAGE_MESSAGES", "BrowserMedia", "BrowserSession", "host_candidate_allowed"]

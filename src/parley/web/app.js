@@ -1,0 +1,349 @@
+// The person's page: one App object holds the state the terminal told us and
+// the calls' media, and renders the view from them.
+//
+// The terminal is the authority on everything: lines, keys and trust, calls
+// and their states, the SAS, alarms. The page shows what it is told, sends
+// what the person does to the terminal's API, and does the WebRTC the
+// terminal asks for (media.js). It never decides that a call is verified.
+
+import { CallMedia } from "./media.js";
+import { CallState, Incoming, Outgoing, TerminalApi } from "./protocol.js";
+import { Ringer } from "./ring.js";
+import { View } from "./view.js";
+
+const RECONNECT_MS = 2000;
+const SAMPLE_MS = 1000;
+
+class App {
+  constructor(doc, token) {
+    this.token = token;
+    this.api = new TerminalApi(token);
+    this.view = new View(doc, this.#actions());
+    this.ringer = new Ringer();
+    this.events = null;
+    this.status = null;
+    this.terminalUp = false;
+    this.isMediaPage = true;
+    this.parties = new Map(); // party -> {party, devices, error}
+    this.calls = new Map(); // call_id -> the terminal's CallInfo
+    this.media = new Map(); // call_id -> CallMedia
+    this.stats = new Map(); // call_id -> last quality sample
+    this.alarms = [];
+    this.pendingAlarm = null;
+    this.pane = "home";
+    this.shownPane = null;
+    this.focusCallId = null;
+    this.verifyParty = null;
+    this.verifyErrors = new Map(); // device -> message
+    this.sasCompact = new Set(); // call ids whose SAS the person confirmed
+    this.notice = "";
+  }
+
+  start() {
+    if (!this.token) {
+      this.view.showPageError("This address lacks its access token. Open the exact address the terminal printed (the line that starts with 'ui: ').");
+      return;
+    }
+    this.#connect();
+    setInterval(() => this.#tick(), SAMPLE_MS);
+  }
+
+  // -- the events socket ----------------------------------------------------------------
+
+  #connect() {
+    this.events = this.api.openEvents({
+      onOpen: () => {
+        this.terminalUp = true;
+        this.notice = "";
+        this.render();
+      },
+      onMessage: (message) => this.#onMessage(message),
+      onClose: () => {
+        const wasUp = this.terminalUp;
+        this.terminalUp = false;
+        // The terminal fails the calls whose media this page held; let go of them here too.
+        for (const media of this.media.values()) media.close();
+        this.media.clear();
+        this.notice = wasUp
+          ? "Lost the connection to the terminal. Retrying…"
+          : "Cannot reach the terminal. If it was restarted, open the new address it printed.";
+        this.render();
+        setTimeout(() => this.#connect(), RECONNECT_MS);
+      },
+    });
+  }
+
+  #send(message) {
+    if (this.events) this.events.send(message);
+  }
+
+  #onMessage(message) {
+    switch (message.t) {
+      case Incoming.STATUS: return this.#onStatus(message.status);
+      case Incoming.CALL: return this.#onCall(message.call);
+      case Incoming.PRESENCE: return this.#onPresence(message.device, message.online);
+      case Incoming.LINK: return this.#onLink(message.connected);
+      case Incoming.ALARM: return this.#onAlarm(message.alarm);
+      case Incoming.VERIFIED: return this.#refreshParty(message.device.split("/")[0]);
+      case Incoming.ERROR:
+        this.notice = `The terminal refused a message from this page: ${message.error.message}`;
+        return this.render();
+      case Incoming.PAGE_ROLE:
+        this.isMediaPage = message.media;
+        return this.render();
+      case Incoming.MEDIA_OPEN: return this.#mediaOpen(message);
+      case Incoming.MEDIA_ANSWER: return this.#withMedia(message, (m) => m.applyAnswer(message.sdp));
+      case Incoming.MEDIA_REMOTE_CANDIDATE:
+        return this.#withMedia(message, (m) => m.addRemoteCandidate(message.candidate, message.mid, message.mline));
+      case Incoming.MEDIA_LOCAL: return this.#withMedia(message, (m) => m.setLocal(message.audio, message.video));
+      case Incoming.MEDIA_CLOSE: return this.#mediaClose(message.call_id);
+      default: return undefined;
+    }
+  }
+
+  #onStatus(status) {
+    this.status = status;
+    this.alarms = status.alarms || [];
+    this.calls = new Map(status.calls.map((call) => [call.call_id, call]));
+    const live = status.calls.filter((call) => call.state !== CallState.ENDED && !this.#ringingHere(call));
+    if (live.length) this.#focusCall(live[live.length - 1].call_id);
+    // Only a terminal whose media is the browser's takes this page as its media page.
+    if (status.media === "browser") this.#send(Outgoing.hello());
+    else this.isMediaPage = true;
+    this.render();
+    this.#refreshParties();
+  }
+
+  #onCall(call) {
+    this.calls.set(call.call_id, call);
+    if (call.state !== CallState.ENDED && !this.#ringingHere(call)) this.#focusCall(call.call_id);
+    this.render();
+  }
+
+  #onPresence(device, online) {
+    const entry = this.parties.get(device.split("/")[0]);
+    const known = entry && entry.devices.find((d) => d.device === device);
+    if (known) known.online = online;
+    else if (entry) this.#refreshParty(entry.party);
+    this.render();
+  }
+
+  async #onLink(connected) {
+    if (this.status) this.status.connected = connected;
+    this.render();
+    if (connected) {
+      try {
+        this.status = { ...this.status, ...(await this.api.status()) };
+      } catch {
+        // the events socket will tell us if the terminal went away
+      }
+      this.#refreshParties();
+    }
+  }
+
+  #onAlarm(alarm) {
+    this.alarms.push(alarm);
+    this.pendingAlarm = alarm;
+    this.render();
+    this.#refreshParties(); // a changed key shows in the list at once
+  }
+
+  // -- parties ---------------------------------------------------------------------------
+
+  #refreshParties() {
+    for (const party of this.status?.lines || []) this.#refreshParty(party);
+  }
+
+  async #refreshParty(party) {
+    const previous = this.parties.get(party);
+    try {
+      const listing = await this.api.peers(party);
+      this.parties.set(party, { party, devices: listing.devices, error: "" });
+    } catch (err) {
+      this.parties.set(party, { party, devices: previous?.devices || [], error: err.message });
+    }
+    this.render();
+  }
+
+  // -- media -----------------------------------------------------------------------------
+
+  async #mediaOpen(message) {
+    const callId = message.call_id;
+    const media = new CallMedia(message, {
+      onCandidate: (candidate) => this.#send(Outgoing.candidate(callId, candidate)),
+      onConnected: (certificates) => this.#send(Outgoing.connected(callId, certificates)),
+      onFailed: (reason) => this.#send(Outgoing.failed(callId, reason)),
+      onTrack: () => this.render(),
+    });
+    this.media.get(callId)?.close();
+    this.media.set(callId, media);
+    try {
+      const sdp = await media.open(message.offer);
+      if (!media.closed) this.#send(Outgoing.description(callId, sdp));
+    } catch (err) {
+      if (!media.closed) this.#send(Outgoing.failed(callId, err.message));
+    }
+    this.render();
+  }
+
+  #withMedia(message, operation) {
+    const media = this.media.get(message.call_id);
+    if (media) operation(media);
+  }
+
+  #mediaClose(callId) {
+    const media = this.media.get(callId);
+    if (media) media.close();
+    this.media.delete(callId);
+    this.render();
+  }
+
+  async #tick() {
+    for (const [callId, media] of this.media) {
+      try {
+        const sample = await media.sample();
+        if (!sample) continue;
+        this.stats.set(callId, sample);
+        this.#send(Outgoing.stats(callId, sample));
+      } catch {
+        // a peer connection closing under us; the next tick has nothing to sample
+      }
+    }
+    this.render();
+  }
+
+  // -- what the person does --------------------------------------------------------------
+
+  #actions() {
+    return {
+      call: (party, kind) => this.#attempt(async () => {
+        const call = await this.api.placeCall(party, kind);
+        this.calls.set(call.call_id, call);
+        this.#focusCall(call.call_id);
+      }),
+      accept: () => this.#attempt(async () => {
+        const callId = this.view.shownIncoming;
+        if (!callId) return;
+        const call = await this.api.accept(callId);
+        this.calls.set(call.call_id, call);
+        this.#focusCall(call.call_id);
+      }),
+      decline: () => this.#attempt(async () => {
+        const callId = this.view.shownIncoming;
+        if (callId) this.calls.set(callId, await this.api.decline(callId));
+      }),
+      hangup: () => this.#attempt(async () => {
+        if (this.focusCallId) this.calls.set(this.focusCallId, await this.api.hangup(this.focusCallId));
+      }),
+      toggleMute: () => this.#attempt(async () => {
+        const call = this.#focusedLiveCall();
+        if (call) this.calls.set(call.call_id, await this.api.setMedia(call.call_id, !call.local_audio, call.local_video));
+      }),
+      toggleCamera: () => this.#attempt(async () => {
+        const call = this.#focusedLiveCall();
+        if (call && call.media === "video") {
+          this.calls.set(call.call_id, await this.api.setMedia(call.call_id, call.local_audio, !call.local_video));
+        }
+      }),
+      closeCall: () => {
+        this.focusCallId = null;
+        this.pane = this.verifyParty ? "verify" : "home";
+        this.render();
+      },
+      sasConfirmed: () => {
+        if (this.focusCallId) this.sasCompact.add(this.focusCallId);
+        this.render();
+      },
+      openVerify: (party) => {
+        this.verifyParty = party;
+        this.pane = "verify";
+        this.render();
+        this.#refreshParty(party);
+      },
+      closeVerify: () => {
+        this.verifyParty = null;
+        this.pane = this.#focusedLiveCall() ? "call" : "home";
+        this.render();
+      },
+      markVerified: (device, typed) => this.#attempt(async () => {
+        try {
+          await this.api.verify(device, typed);
+          this.verifyErrors.delete(device);
+        } catch (err) {
+          this.verifyErrors.set(device, err.hint ? `${err.message}. ${err.hint}` : err.message);
+        }
+        await this.#refreshParty(device.split("/")[0]);
+      }),
+      acknowledgeAlarm: () => {
+        this.pendingAlarm = null;
+        this.render();
+      },
+    };
+  }
+
+  async #attempt(operation) {
+    try {
+      this.notice = "";
+      await operation();
+    } catch (err) {
+      this.notice = err.hint ? `${err.message}. What to do: ${err.hint}` : err.message;
+    }
+    this.render();
+  }
+
+  #focusCall(callId) {
+    this.focusCallId = callId;
+    this.pane = "call";
+  }
+
+  #focusedLiveCall() {
+    const call = this.calls.get(this.focusCallId);
+    return call && call.state !== CallState.ENDED ? call : null;
+  }
+
+  #ringingHere(call) {
+    return call.direction === "incoming" && call.state === CallState.RINGING;
+  }
+
+  // -- rendering -------------------------------------------------------------------------
+
+  render() {
+    const { view, status } = this;
+    if (status) view.showIdentity(status);
+    if (!this.terminalUp) view.showLink("terminal not reachable", false);
+    else if (status && !status.connected) view.showLink("line server: NOT CONNECTED", false);
+    else view.showLink("line server: connected", true);
+    view.showMediaRole(this.isMediaPage);
+    view.showPageError(this.notice);
+    const order = status?.lines || [];
+    view.showParties(order.map((party) => this.parties.get(party) || { party, devices: [], error: "" }));
+    view.showAlarmList(this.alarms);
+
+    const call = this.calls.get(this.focusCallId);
+    const pane = this.pane === "call" && !call ? "home" : this.pane;
+    view.showPane(pane);
+    if (pane === "verify" && this.verifyParty) {
+      view.showVerification(this.verifyParty, this.parties.get(this.verifyParty)?.devices || [], this.verifyErrors);
+    }
+    if (call) {
+      view.showCall(call, this.media.get(call.call_id) || null, {
+        sasCompact: this.sasCompact.has(call.call_id), now: Date.now(),
+      });
+      view.showQuality(this.stats.get(call.call_id) || null);
+    }
+    if (pane !== this.shownPane) {
+      this.shownPane = pane;
+      if (pane === "call") view.focusCall();
+      if (pane === "verify") view.focusVerification();
+    }
+
+    const ringing = [...this.calls.values()].find((c) => this.#ringingHere(c)) || null;
+    view.showIncoming(ringing);
+    if (ringing) this.ringer.start();
+    else this.ringer.stop();
+    view.showAlarm(this.pendingAlarm);
+  }
+}
+
+const app = new App(document, new URLSearchParams(location.search).get("token"));
+app.start();

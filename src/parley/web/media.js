@@ -1,0 +1,179 @@
+// One call's WebRTC in the page: camera and microphone, the peer connection,
+// candidates, the handshake certificate and the quality figures.
+//
+// It decides nothing. The terminal says what to create (media.open) and
+// judges what this reports: it signs the DTLS fingerprint it reads from our
+// SDP, and checks the certificate the peer presented in the handshake against
+// the one the peer signed. Remote media is kept in `remoteStream` and only
+// shown once the terminal says the call is active (see app.js).
+
+export class CallMedia {
+  // open: {call_id, media, ice}; hooks: onCandidate(candidate|null),
+  // onConnected(certificates), onFailed(reason), onTrack().
+  constructor(open, hooks) {
+    this.callId = open.call_id;
+    this.kind = open.media;
+    this.ice = open.ice;
+    this.hooks = hooks;
+    this.pc = null;
+    this.localStream = null;
+    this.remoteStream = new MediaStream();
+    this.closed = false;
+    this.connectedReported = false;
+    this.previousSample = null;
+    // Peer-connection operations run one after another, in the order the
+    // terminal sent them (an answer, then candidates).
+    this.queue = Promise.resolve();
+  }
+
+  // Make an offer (offerSdp undefined) or answer one; resolves with our SDP.
+  async open(offerSdp) {
+    const video = this.kind === "video";
+    try {
+      this.localStream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true },
+        video: video ? { width: { ideal: 1280 }, height: { ideal: 720 } } : false,
+      });
+    } catch (err) {
+      throw new Error(`the ${video ? "camera or microphone" : "microphone"} is not available: ${err.name}`);
+    }
+    if (this.closed) throw new Error("the call ended");
+    // Only the ICE servers the terminal gave (never a public default), one
+    // transport for all media, so there is one handshake certificate to check.
+    const pc = new RTCPeerConnection({ ...this.ice, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    this.pc = pc;
+    pc.addEventListener("icecandidate", (event) => this.hooks.onCandidate(event.candidate));
+    pc.addEventListener("track", (event) => {
+      this.remoteStream.addTrack(event.track);
+      this.hooks.onTrack();
+    });
+    pc.addEventListener("connectionstatechange", () => this.#connectionChanged());
+    if (offerSdp !== undefined) await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
+    for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+    await pc.setLocalDescription(offerSdp !== undefined ? await pc.createAnswer() : await pc.createOffer());
+    return pc.localDescription.sdp;
+  }
+
+  applyAnswer(sdp) {
+    return this.#enqueue(() => this.pc.setRemoteDescription({ type: "answer", sdp }));
+  }
+
+  addRemoteCandidate(candidate, mid, mline) {
+    return this.#enqueue(async () => {
+      if (!candidate) {
+        // End of candidates: a hint only, so a browser that refuses it loses nothing.
+        await this.pc.addIceCandidate({ candidate: "", sdpMid: mid, sdpMLineIndex: mline }).catch(() => {});
+        return;
+      }
+      await this.pc.addIceCandidate({ candidate, sdpMid: mid, sdpMLineIndex: mline });
+    });
+  }
+
+  setLocal(audio, video) {
+    if (!this.localStream) return;
+    for (const track of this.localStream.getAudioTracks()) track.enabled = audio;
+    for (const track of this.localStream.getVideoTracks()) track.enabled = video;
+  }
+
+  close() {
+    this.closed = true;
+    if (this.pc) this.pc.close();
+    // Stopping the tracks turns the camera light off.
+    if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
+    for (const track of this.remoteStream.getTracks()) track.stop();
+  }
+
+  // The certificates the peer presented in the DTLS handshake, as getStats reports them.
+  async handshakeCertificates() {
+    const report = await this.pc.getStats();
+    const certificates = [];
+    for (const stat of report.values()) {
+      if (stat.type !== "transport" || !stat.remoteCertificateId) continue;
+      const certificate = report.get(stat.remoteCertificateId);
+      if (certificate) {
+        certificates.push({ algorithm: certificate.fingerprintAlgorithm, fingerprint: certificate.fingerprint });
+      }
+    }
+    return certificates;
+  }
+
+  // Quality figures from getStats, as the terminal records them and the page shows them.
+  async sample() {
+    if (!this.pc || this.closed) return null;
+    const report = await this.pc.getStats();
+    const now = performance.now();
+    const out = { rtt_ms: null, loss_pct: null, bitrate_in_kbps: null, bitrate_out_kbps: null, audio: {}, video: {} };
+    let bytesIn = 0;
+    let bytesOut = 0;
+    let received = 0;
+    let lost = 0;
+    for (const stat of report.values()) {
+      if (stat.type === "transport" && stat.selectedCandidatePairId) {
+        const pair = report.get(stat.selectedCandidatePairId);
+        if (pair && pair.currentRoundTripTime !== undefined) out.rtt_ms = round(pair.currentRoundTripTime * 1000);
+      } else if (stat.type === "inbound-rtp" && (stat.kind === "audio" || stat.kind === "video")) {
+        const kind = out[stat.kind];
+        kind.packets_received = stat.packetsReceived ?? 0;
+        kind.packets_lost = stat.packetsLost ?? 0;
+        kind.jitter_ms = stat.jitter !== undefined ? round(stat.jitter * 1000) : null;
+        kind.bytes_received = stat.bytesReceived ?? 0;
+        received += kind.packets_received;
+        lost += Math.max(0, kind.packets_lost);
+        bytesIn += kind.bytes_received;
+        if (stat.kind === "video") {
+          kind.frames_decoded = stat.framesDecoded ?? 0;
+          kind.frame_width = stat.frameWidth ?? null;
+          kind.frame_height = stat.frameHeight ?? null;
+          kind.fps = stat.framesPerSecond ?? null;
+        } else {
+          kind.samples_received = stat.totalSamplesReceived ?? 0;
+          kind.concealed_samples = stat.concealedSamples ?? 0;
+          kind.audio_level = stat.audioLevel ?? null;
+        }
+      } else if (stat.type === "outbound-rtp") {
+        bytesOut += stat.bytesSent ?? 0;
+      }
+    }
+    if (received + lost > 0) out.loss_pct = round((100 * lost) / (received + lost));
+    const previous = this.previousSample;
+    if (previous && now > previous.time) {
+      const seconds = (now - previous.time) / 1000;
+      out.bitrate_in_kbps = round(((bytesIn - previous.bytesIn) * 8) / 1000 / seconds);
+      out.bitrate_out_kbps = round(((bytesOut - previous.bytesOut) * 8) / 1000 / seconds);
+    }
+    this.previousSample = { time: now, bytesIn, bytesOut };
+    return out;
+  }
+
+  #enqueue(operation) {
+    const next = this.queue.then(() => (this.closed || !this.pc ? undefined : operation()));
+    // A failed step is reported, and does not stop the ones after it.
+    this.queue = next.catch((err) => this.#fail(`the browser refused a step of the call setup: ${err.message}`));
+    return this.queue;
+  }
+
+  async #connectionChanged() {
+    if (this.closed) return;
+    const state = this.pc.connectionState;
+    if (state === "connected" && !this.connectedReported) {
+      this.connectedReported = true;
+      let certificates = await this.handshakeCertificates();
+      // The certificate stats can trail the state change by a moment.
+      for (let tries = 0; certificates.length === 0 && tries < 10 && !this.closed; tries += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        certificates = await this.handshakeCertificates();
+      }
+      if (!this.closed) this.hooks.onConnected(certificates);
+    } else if (state === "failed") {
+      this.#fail("the media connection failed (ICE or DTLS)");
+    }
+  }
+
+  #fail(reason) {
+    if (!this.closed) this.hooks.onFailed(reason);
+  }
+}
+
+function round(value) {
+  return Math.round(value * 10) / 10;
+}

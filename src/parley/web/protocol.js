@@ -1,0 +1,132 @@
+// The terminal's local wire, mirrored in one place.
+//
+// The page talks to its own terminal only: an HTTP API for what the person
+// does (call, accept, verify...) and one WebSocket (/api/events) on which the
+// terminal pushes its events and drives the page's WebRTC. Every message the
+// page sends is built here, and every name it receives is listed here, so the
+// rest of the page never writes JSON by hand. The Python side of the media
+// messages is terminal/browser.py (it validates each one); the HTTP API and
+// the events are terminal/control.py.
+
+// Terminal -> page, on the events socket.
+export const Incoming = Object.freeze({
+  STATUS: "status", // {status}: a snapshot, first on every connection
+  CALL: "call", // {call}: a call's public view changed
+  PRESENCE: "presence", // {device, online}
+  LINK: "link", // {connected, detail}: the terminal's link to the line server
+  ALARM: "alarm", // {alarm: {time_ms, call_id, code, message, hint}}
+  VERIFIED: "verified", // {device}: a peer was marked verified
+  ERROR: "error", // {error: {code, message}}: the terminal refused our message
+  PAGE_ROLE: "page.role", // {media}: whether this page does the terminal's media
+  MEDIA_OPEN: "media.open", // {call_id, media, ice, offer?}: make an offer, or answer `offer`
+  MEDIA_ANSWER: "media.answer", // {call_id, sdp}: the peer's answer to our offer
+  MEDIA_REMOTE_CANDIDATE: "media.remote_candidate", // {call_id, candidate, mid, mline}
+  MEDIA_LOCAL: "media.local", // {call_id, audio, video}: mute / camera off
+  MEDIA_CLOSE: "media.close", // {call_id}: the call ended: release everything
+});
+
+// Page -> terminal, on the events socket.
+export const Outgoing = Object.freeze({
+  hello: () => ({ t: "page.hello" }),
+  description: (callId, sdp) => ({ t: "media.description", call_id: callId, sdp }),
+  // An RTCIceCandidate, or null at the end of candidates.
+  candidate: (callId, candidate) => ({
+    t: "media.candidate",
+    call_id: callId,
+    candidate: candidate ? candidate.candidate : "",
+    mid: candidate?.sdpMid ?? null,
+    mline: candidate?.sdpMLineIndex ?? null,
+  }),
+  // [{algorithm, fingerprint}]: the certificates the peer presented in the DTLS handshake.
+  connected: (callId, certificates) => ({ t: "media.connected", call_id: callId, certificates }),
+  failed: (callId, reason) => ({ t: "media.failed", call_id: callId, reason: String(reason).slice(0, 300) }),
+  stats: (callId, stats) => ({ t: "media.stats", call_id: callId, stats }),
+});
+
+// core/call.py: CallState, EndReason, MediaKind.
+export const CallState = Object.freeze({
+  DIALING: "dialing", RINGBACK: "ringback", RINGING: "ringing",
+  CONNECTING: "connecting", ACTIVE: "active", ENDED: "ended",
+});
+export const EndReason = Object.freeze({
+  HUNG_UP: "hung_up", REMOTE_HUNG_UP: "remote_hung_up", DECLINED: "declined",
+  REJECTED: "rejected", BUSY: "busy", NO_ANSWER: "no_answer", MISSED: "missed",
+  UNREACHABLE: "unreachable", NOT_VERIFIED: "not_verified", FAILED: "failed",
+  INTERCEPTED: "intercepted",
+});
+export const MediaKind = Object.freeze({ VIDEO: "video", AUDIO: "audio" });
+// core/trust.py: Trust.
+export const Trust = Object.freeze({ VERIFIED: "verified", UNVERIFIED: "unverified", CHANGED: "changed" });
+
+export class ApiError extends Error {
+  constructor(error) {
+    super(error.message || "the terminal refused the request");
+    this.code = error.code || "unknown";
+    this.hint = error.hint || "";
+  }
+}
+
+// The terminal's HTTP API. The token comes from the URL the terminal printed.
+export class TerminalApi {
+  constructor(token) {
+    this.token = token;
+  }
+
+  async #request(method, path, body) {
+    const headers = { Authorization: `Bearer ${this.token}` };
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError({ code: "terminal_unreachable", message: "the terminal does not answer",
+        hint: "is 'parley terminal' still running?" });
+    }
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new ApiError(data.error || { code: `http_${response.status}`, message: `HTTP ${response.status}` });
+    }
+    return data;
+  }
+
+  status() { return this.#request("GET", "/api/status"); }
+  peers(party) { return this.#request("GET", `/api/peers/${encodeURIComponent(party)}`); }
+  verify(target, safetyNumber) {
+    return this.#request("POST", "/api/verify", { target, safety_number: safetyNumber || null });
+  }
+  placeCall(target, media) { return this.#request("POST", "/api/call", { target, media }); }
+  accept(callId) { return this.#callOp(callId, "accept"); }
+  decline(callId) { return this.#callOp(callId, "decline"); }
+  hangup(callId) { return this.#callOp(callId, "hangup"); }
+  setMedia(callId, audio, video) { return this.#callOp(callId, "media", { audio, video }); }
+  #callOp(callId, op, body) {
+    return this.#request("POST", `/api/calls/${encodeURIComponent(callId)}/${op}`, body);
+  }
+
+  // The events socket: onMessage(message) for each parsed message, onClose() once.
+  openEvents({ onOpen, onMessage, onClose }) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(`${scheme}//${location.host}/api/events?token=${encodeURIComponent(this.token)}`);
+    socket.addEventListener("open", () => onOpen());
+    socket.addEventListener("message", (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (message && typeof message.t === "string") onMessage(message);
+    });
+    socket.addEventListener("close", () => onClose());
+    return {
+      send(message) {
+        if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+      },
+      close() { socket.close(); },
+    };
+  }
+}

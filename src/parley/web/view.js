@@ -1,0 +1,417 @@
+// The page's DOM: finds the elements once and updates them in place from the
+// app's state. Text goes in through textContent only; nothing here talks to
+// the terminal or to WebRTC.
+
+import { CallState, EndReason, MediaKind, Trust } from "./protocol.js";
+
+const STATE_TEXT = {
+  [CallState.DIALING]: "Calling…",
+  [CallState.RINGBACK]: "Ringing…",
+  [CallState.RINGING]: "Incoming call",
+  [CallState.CONNECTING]: "Connecting and checking the encryption…",
+  [CallState.ACTIVE]: "In call",
+  [CallState.ENDED]: "Call ended",
+};
+
+const END_TEXT = {
+  [EndReason.HUNG_UP]: "you hung up",
+  [EndReason.REMOTE_HUNG_UP]: "the other side hung up",
+  [EndReason.DECLINED]: "the other side declined",
+  [EndReason.REJECTED]: "you declined",
+  [EndReason.BUSY]: "the other side is busy",
+  [EndReason.NO_ANSWER]: "no answer",
+  [EndReason.MISSED]: "missed",
+  [EndReason.UNREACHABLE]: "the other side's terminal is not reachable",
+  [EndReason.NOT_VERIFIED]: "refused: a key is not verified",
+  [EndReason.FAILED]: "the connection failed",
+  [EndReason.INTERCEPTED]: "INTERCEPTED",
+};
+
+const TRUST_TEXT = {
+  [Trust.VERIFIED]: "verified",
+  [Trust.UNVERIFIED]: "not verified",
+  [Trust.CHANGED]: "KEY CHANGED",
+};
+
+const ALARM_TITLES = {
+  fingerprint_mismatch: "Call intercepted",
+  bad_signature: "Forged or altered message",
+  decrypt_failed: "Forged or altered message",
+  key_changed: "A peer's key has changed",
+  wrong_recipient: "Misrouted message",
+  insecure_media: "Unencrypted media refused",
+};
+
+function byId(root, testid) {
+  const element = root.querySelector(`[data-testid="${testid}"]`);
+  if (!element) throw new Error(`the page has no ${testid}`);
+  return element;
+}
+
+export function formatDuration(ms) {
+  const total = Math.max(0, Math.floor(ms / 1000));
+  const hours = Math.floor(total / 3600);
+  const minutes = String(Math.floor((total % 3600) / 60)).padStart(2, "0");
+  const seconds = String(total % 60).padStart(2, "0");
+  return hours > 0 ? `${hours}:${minutes}:${seconds}` : `${minutes}:${seconds}`;
+}
+
+export function endText(reason) {
+  return END_TEXT[reason] || reason || "";
+}
+
+export class View {
+  // actions: callbacks into the app, named after what the person does.
+  constructor(doc, actions) {
+    this.doc = doc;
+    this.actions = actions;
+    const $ = (testid) => byId(doc, testid);
+    this.el = {
+      me: $("me"), myFingerprint: $("my-fingerprint"), link: $("link-state"),
+      mediaRole: $("media-role"), pageError: $("page-error"),
+      parties: $("parties"), noLines: $("no-lines"),
+      alarmsPanel: $("alarms-panel"), alarmList: $("alarm-list"),
+      home: $("home-pane"), verify: $("verify-pane"), call: $("call-pane"),
+      verifyParty: $("verify-party"), verifyPartyAgain: $("verify-party-again"),
+      verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
+      callDirection: $("call-direction"), callPeer: $("call-peer"), callState: $("call-state"),
+      verifiedBadge: $("verified-badge"), unverifiedBadge: $("unverified-badge"), timer: $("call-timer"),
+      sasPanel: $("sas-panel"), sas: $("sas"), sasCompact: $("sas-compact"),
+      callFailed: $("call-failed"), callFailedTitle: $("call-failed-title"), callFailedDetail: $("call-failed-detail"),
+      stage: $("stage"), remoteVideo: $("remote-video"), localVideo: $("local-video"),
+      voiceOnly: $("voice-only"), stageWaiting: $("stage-waiting"), remoteMedia: $("remote-media"),
+      mute: $("mute"), camera: $("camera"), hangup: $("hangup"), callClose: $("call-close"),
+      qRtt: $("q-rtt"), qJitter: $("q-jitter"), qLoss: $("q-loss"), qBitrate: $("q-bitrate"),
+      qResolution: $("q-resolution"), qFrames: $("q-frames"),
+      incoming: $("incoming"), incomingPeer: $("incoming-peer"), incomingDetail: $("incoming-detail"),
+      incomingAccept: $("incoming-accept"), incomingDecline: $("incoming-decline"),
+      alarm: $("alarm"), alarmTitle: $("alarm-title"), alarmMessage: $("alarm-message"),
+      alarmHint: $("alarm-hint"), alarmCode: $("alarm-code"), alarmAck: $("alarm-ack"),
+    };
+    this.partyTemplate = doc.getElementById("party-template");
+    this.deviceTemplate = doc.getElementById("device-template");
+    this.partyItems = new Map(); // party -> <li>
+    this.shownIncoming = null;
+    this.shownAlarm = null;
+    this.remoteAttached = null;
+    this.localAttached = null;
+    this.#wire();
+  }
+
+  #wire() {
+    const { el, actions } = this;
+    el.verifyClose.addEventListener("click", () => actions.closeVerify());
+    el.mute.addEventListener("click", () => actions.toggleMute());
+    el.camera.addEventListener("click", () => actions.toggleCamera());
+    el.hangup.addEventListener("click", () => actions.hangup());
+    el.callClose.addEventListener("click", () => actions.closeCall());
+    el.sasCompact.addEventListener("click", () => actions.sasConfirmed());
+    el.incomingAccept.addEventListener("click", () => actions.accept());
+    el.incomingDecline.addEventListener("click", () => actions.decline());
+    el.alarmAck.addEventListener("click", () => actions.acknowledgeAlarm());
+    this.doc.addEventListener("keydown", (event) => {
+      if (!el.alarm.hidden) {
+        if (event.key === "Escape") actions.acknowledgeAlarm();
+        return;
+      }
+      if (!el.incoming.hidden) {
+        if (event.key === "Escape") actions.decline();
+        return;
+      }
+      const typing = event.target instanceof HTMLInputElement;
+      if (typing || event.ctrlKey || event.metaKey || event.altKey || el.call.hidden) return;
+      if (event.key === "m" || event.key === "M") actions.toggleMute();
+      if (event.key === "v" || event.key === "V") actions.toggleCamera();
+    });
+  }
+
+  // -- the frame ------------------------------------------------------------------------
+
+  showIdentity(status) {
+    this.el.me.textContent = status.device;
+    this.el.myFingerprint.textContent = `key ${status.fingerprint}`;
+  }
+
+  showLink(text, up) {
+    this.el.link.textContent = text;
+    this.el.link.dataset.up = String(up);
+  }
+
+  showMediaRole(isMediaPage) {
+    this.el.mediaRole.hidden = isMediaPage;
+  }
+
+  showPageError(text) {
+    this.el.pageError.textContent = text || "";
+    this.el.pageError.hidden = !text;
+  }
+
+  showPane(name) {
+    this.el.home.hidden = name !== "home";
+    this.el.verify.hidden = name !== "verify";
+    this.el.call.hidden = name !== "call";
+  }
+
+  // -- lines and parties ----------------------------------------------------------------
+
+  // parties: [{party, devices: [...], error}] in display order.
+  showParties(parties) {
+    this.el.noLines.hidden = parties.length > 0;
+    const keep = new Set(parties.map((p) => p.party));
+    for (const [party, item] of this.partyItems) {
+      if (!keep.has(party)) {
+        item.remove();
+        this.partyItems.delete(party);
+      }
+    }
+    for (const entry of parties) {
+      let item = this.partyItems.get(entry.party);
+      if (!item) {
+        item = this.#newPartyItem(entry.party);
+        this.partyItems.set(entry.party, item);
+      }
+      this.el.parties.append(item); // keeps the order given
+      this.#fillParty(item, entry);
+    }
+  }
+
+  #newPartyItem(party) {
+    const item = this.partyTemplate.content.firstElementChild.cloneNode(true);
+    item.dataset.party = party;
+    byId(item, "party-name").textContent = party;
+    for (const [testid, action] of [["call-button", () => this.actions.call(party, MediaKind.VIDEO)],
+      ["voice-call-button", () => this.actions.call(party, MediaKind.AUDIO)],
+      ["verify-button", () => this.actions.openVerify(party)]]) {
+      const button = byId(item, testid);
+      button.dataset.party = party;
+      button.addEventListener("click", action);
+    }
+    byId(item, "call-button").setAttribute("aria-label", `Video call ${party}`);
+    byId(item, "voice-call-button").setAttribute("aria-label", `Voice call ${party}`);
+    byId(item, "verify-button").setAttribute("aria-label", `Safety number of ${party}`);
+    return item;
+  }
+
+  #fillParty(item, entry) {
+    const devices = entry.devices || [];
+    const online = devices.some((d) => d.online);
+    const trust = devices.some((d) => d.trust === Trust.CHANGED) ? Trust.CHANGED
+      : devices.length > 0 && devices.every((d) => d.trust === Trust.VERIFIED) ? Trust.VERIFIED
+        : Trust.UNVERIFIED;
+    const presence = byId(item, "presence");
+    presence.dataset.online = String(online);
+    presence.textContent = online ? "online" : "offline";
+    const trustEl = byId(item, "trust");
+    trustEl.dataset.trust = devices.length ? trust : "none";
+    trustEl.textContent = devices.length ? TRUST_TEXT[trust] : "no device";
+    item.dataset.trust = trust;
+    const warning = byId(item, "party-warning");
+    if (trust === Trust.CHANGED) {
+      warning.textContent = "Key changed since you verified it: calls are refused until you verify again.";
+    } else if (entry.error) {
+      warning.textContent = entry.error;
+    }
+    warning.hidden = !(trust === Trust.CHANGED || entry.error);
+  }
+
+  // -- verification ---------------------------------------------------------------------
+
+  showVerification(party, devices, errors) {
+    this.el.verifyParty.textContent = party;
+    this.el.verifyPartyAgain.textContent = party;
+    const container = this.el.verifyDevices;
+    const existing = new Map([...container.children].map((node) => [node.dataset.device, node]));
+    const keep = new Set(devices.map((d) => d.device));
+    for (const [device, node] of existing) if (!keep.has(device)) node.remove();
+    if (devices.length === 0) {
+      container.textContent = `${party} has no enrolled device yet.`;
+      return;
+    }
+    for (const node of [...container.childNodes]) if (node.nodeType === Node.TEXT_NODE) node.remove();
+    for (const device of devices) {
+      let node = existing.get(device.device);
+      if (!node) {
+        node = this.deviceTemplate.content.firstElementChild.cloneNode(true);
+        node.dataset.device = device.device;
+        const form = byId(node, "verify-form");
+        form.addEventListener("submit", (event) => {
+          event.preventDefault();
+          this.actions.markVerified(device.device, byId(node, "typed-number").value.trim());
+        });
+        container.append(node);
+      }
+      byId(node, "device-id").textContent = device.device;
+      const trust = byId(node, "device-trust");
+      trust.dataset.trust = device.trust;
+      trust.textContent = TRUST_TEXT[device.trust] || device.trust;
+      byId(node, "device-online").textContent = device.online ? "online" : "offline";
+      byId(node, "key-changed-warning").hidden = device.trust !== Trust.CHANGED;
+      node.dataset.trust = device.trust;
+      // Twelve groups of five, in three rows of four: easy to read aloud.
+      const number = byId(node, "safety-number");
+      number.replaceChildren(...device.safety_number.split(" ").map((group) => {
+        const span = this.doc.createElement("span");
+        span.textContent = group;
+        return span;
+      }));
+      number.setAttribute("aria-label", `safety number ${device.safety_number}`);
+      const qr = byId(node, "safety-qr");
+      if (qr.getAttribute("src") !== device.safety_qr) qr.setAttribute("src", device.safety_qr);
+      byId(node, "device-fingerprint").textContent = device.fingerprint;
+      const button = byId(node, "mark-verified");
+      button.textContent = device.trust === Trust.VERIFIED ? "Verified ✓ (verify again)" : "Mark verified";
+      const error = byId(node, "verify-error");
+      const message = errors.get(device.device);
+      error.textContent = message || "";
+      error.hidden = !message;
+    }
+  }
+
+  focusVerification() {
+    const first = this.el.verifyDevices.querySelector('[data-testid="mark-verified"]');
+    (first || this.el.verifyClose).focus();
+  }
+
+  // -- the call -------------------------------------------------------------------------
+
+  // call: the terminal's CallInfo; media: the CallMedia or null; ui: {sasCompact, now}.
+  showCall(call, media, ui) {
+    const { el } = this;
+    const ended = call.state === CallState.ENDED;
+    const intercepted = ended && call.end_reason === EndReason.INTERCEPTED;
+    el.call.dataset.state = call.state;
+    el.call.dataset.reason = call.end_reason || "";
+    el.callDirection.textContent = call.direction === "outgoing" ? "Call with" : "Call from";
+    el.callPeer.textContent = call.peer;
+    el.callState.dataset.state = call.state;
+    el.callState.dataset.reason = call.end_reason || "";
+    el.callState.textContent = ended ? `${STATE_TEXT[call.state]}: ${endText(call.end_reason)}` : STATE_TEXT[call.state];
+    el.verifiedBadge.hidden = !(call.verified && !ended);
+    el.unverifiedBadge.hidden = !(call.state === CallState.ACTIVE && !call.verified);
+    el.timer.textContent = this.#timerText(call, ui.now);
+
+    const showSas = Boolean(call.sas) && !ended;
+    el.sasPanel.hidden = !showSas;
+    el.sasPanel.classList.toggle("compact", ui.sasCompact);
+    el.sas.textContent = call.sas || "";
+
+    el.callFailed.hidden = !(intercepted || (ended && call.alarm));
+    el.callFailed.classList.toggle("danger", intercepted);
+    el.callFailedTitle.textContent = intercepted
+      ? "INTERCEPTED: someone tampered with this call. It was hung up and no media was played."
+      : `The call ended: ${endText(call.end_reason)}`;
+    el.callFailedDetail.textContent = call.alarm || "";
+
+    const video = call.media === MediaKind.VIDEO;
+    el.stage.dataset.media = call.media;
+    el.voiceOnly.hidden = video || ended;
+    el.stageWaiting.textContent = ended ? "" : call.state === CallState.ACTIVE ? "" : STATE_TEXT[call.state];
+    // Remote media plays only once the terminal has checked the handshake (state active).
+    this.#attach(el.remoteVideo, call.state === CallState.ACTIVE && media ? media.remoteStream : null, "remoteAttached");
+    this.#attach(el.localVideo, !ended && video && media && media.localStream ? media.localStream : null, "localAttached");
+    el.localVideo.hidden = !video || ended || !call.local_video;
+    el.remoteVideo.classList.toggle("off", !video || !call.remote_video);
+
+    el.mute.setAttribute("aria-pressed", String(!call.local_audio));
+    el.mute.textContent = call.local_audio ? "Mute" : "Unmute";
+    el.camera.setAttribute("aria-pressed", String(!call.local_video));
+    el.camera.textContent = call.local_video ? "Camera off" : "Camera on";
+    el.camera.hidden = !video;
+    el.mute.disabled = ended;
+    el.camera.disabled = ended;
+    el.hangup.hidden = ended;
+    el.callClose.hidden = !ended;
+    const remote = [];
+    if (!ended && call.state === CallState.ACTIVE) {
+      if (!call.remote_audio) remote.push(`${call.peer_party} has muted the microphone`);
+      if (video && !call.remote_video) remote.push(`${call.peer_party} has turned the camera off`);
+    }
+    el.remoteMedia.textContent = remote.join(" · ");
+  }
+
+  #timerText(call, now) {
+    if (call.state === CallState.ACTIVE && call.active_ms) return formatDuration(now - call.active_ms);
+    if (call.state === CallState.ENDED && call.active_ms && call.ended_ms) return formatDuration(call.ended_ms - call.active_ms);
+    return "";
+  }
+
+  #attach(video, stream, slot) {
+    if (this[slot] === stream) return;
+    this[slot] = stream;
+    video.srcObject = stream;
+    if (stream) video.play().catch(() => {});
+  }
+
+  focusCall() {
+    if (!this.el.hangup.hidden) this.el.mute.focus();
+    else this.el.callClose.focus();
+  }
+
+  showQuality(stats) {
+    const { el } = this;
+    const dash = "–";
+    if (!stats) {
+      for (const node of [el.qRtt, el.qJitter, el.qLoss, el.qBitrate, el.qResolution, el.qFrames]) node.textContent = dash;
+      return;
+    }
+    const video = stats.video || {};
+    const audio = stats.audio || {};
+    const jitter = video.jitter_ms ?? audio.jitter_ms;
+    el.qRtt.textContent = stats.rtt_ms != null ? `${stats.rtt_ms} ms` : dash;
+    el.qJitter.textContent = jitter != null ? `${jitter} ms` : dash;
+    el.qLoss.textContent = stats.loss_pct != null ? `${stats.loss_pct} %` : dash;
+    el.qBitrate.textContent = stats.bitrate_in_kbps != null ? `${Math.round(stats.bitrate_in_kbps)} / ${Math.round(stats.bitrate_out_kbps)} kbit/s` : dash;
+    el.qResolution.textContent = video.frame_width ? `${video.frame_width}×${video.frame_height}${video.fps ? ` @ ${Math.round(video.fps)} fps` : ""}` : dash;
+    el.qFrames.textContent = video.frames_decoded != null ? String(video.frames_decoded) : dash;
+  }
+
+  // -- incoming calls and alarms ----------------------------------------------------------
+
+  showIncoming(call) {
+    const { el } = this;
+    if (!call) {
+      el.incoming.hidden = true;
+      this.shownIncoming = null;
+      return;
+    }
+    el.incomingPeer.textContent = call.peer;
+    el.incomingDetail.textContent = `${call.media === MediaKind.AUDIO ? "Voice call" : "Video call"}, ${call.verified || call.peer_trust === Trust.VERIFIED ? "key verified" : "KEY NOT VERIFIED"}`;
+    el.incoming.dataset.callId = call.call_id;
+    if (this.shownIncoming !== call.call_id) {
+      this.shownIncoming = call.call_id;
+      el.incoming.hidden = false;
+      el.incomingAccept.focus();
+    }
+  }
+
+  showAlarm(alarm) {
+    const { el } = this;
+    if (!alarm) {
+      el.alarm.hidden = true;
+      this.shownAlarm = null;
+      return;
+    }
+    el.alarm.dataset.code = alarm.code;
+    // Tampering with a call's signaling or media is an interception, whatever step caught it.
+    const aboutCall = alarm.call_id && ["bad_signature", "decrypt_failed", "fingerprint_mismatch"].includes(alarm.code);
+    el.alarmTitle.textContent = aboutCall ? "Call intercepted" : ALARM_TITLES[alarm.code] || "Security alarm";
+    el.alarmMessage.textContent = alarm.message;
+    el.alarmHint.textContent = alarm.hint || "";
+    el.alarmCode.textContent = alarm.code;
+    if (this.shownAlarm !== alarm) {
+      this.shownAlarm = alarm;
+      el.alarm.hidden = false;
+      el.alarmAck.focus();
+    }
+  }
+
+  showAlarmList(alarms) {
+    this.el.alarmsPanel.hidden = alarms.length === 0;
+    this.el.alarmList.replaceChildren(...alarms.slice(-5).reverse().map((alarm) => {
+      const item = this.doc.createElement("li");
+      const when = new Date(alarm.time_ms).toLocaleTimeString();
+      item.textContent = `${when} · ${alarm.code}: ${alarm.message}`;
+      return item;
+    }));
+  }
+}
