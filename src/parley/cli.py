@@ -49,6 +49,8 @@ SERVER_OPTIONS = [
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
+    Option("rate-limit", "messages per second each connection may send, in bursts of twice"
+           " that; more are refused with rate_limited", 500.0, type=float),
     Option("log-level", "debug, info, warning or error", "info"),
 ]
 TERMINAL_OPTIONS = [
@@ -81,8 +83,11 @@ def cmd_server_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s: reachable beyond this machine", cfg["host"])
+    if not cfg["rate_limit"] > 0:
+        raise LocalError("--rate-limit must be a positive number of messages per second",
+                         code=ErrorCode.BAD_CONFIG)
     config = ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
-                          public_url=cfg["public_url"])
+                          public_url=cfg["public_url"], rate_per_s=cfg["rate_limit"])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
     return 0

@@ -50,12 +50,18 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# One compact encoder for every frame sent (json.dumps with options builds a new one
+# per call). Frames come from json.loads or from this module, so they have no cycles.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
 @dataclass
 class ServerConfig:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8800
     public_url: str | None = None  # the origin devices sign in their login; default http://host:port
+    rate_per_s: float = RATE_PER_S  # frames each session may send per second, in bursts of 2x
 
     @property
     def origin(self) -> str:
@@ -70,12 +76,14 @@ class Session:
     device: str | None = None
     party: str | None = None
     receive: bool = True
+    rate: float = RATE_PER_S
+    burst: float = RATE_BURST
     tokens: float = RATE_BURST
     refilled: float = field(default_factory=time.monotonic)
 
     def allow(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(RATE_BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
         if self.tokens < 1:
             return False
@@ -170,7 +178,9 @@ class LineServer:
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0)
         await ws.prepare(request)
-        session = Session(ws=ws, peer=str(request.remote))
+        rate = self.config.rate_per_s
+        session = Session(ws=ws, peer=str(request.remote), rate=rate, burst=2 * rate,
+                          tokens=2 * rate)
         await self._send(session, {"t": "challenge", "nonce": session.nonce,
                                    "server": self.config.origin})
         timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout, session)
@@ -269,16 +279,16 @@ class LineServer:
         if env.sender != session.device:
             raise RemoteError(f"envelope sender {env.sender} is not you ({session.device})",
                               hint="sign in as the device that sends")
-        recipient_party, _ = split_device_id(env.recipient)
-        if self.store.device(env.recipient) is None:
-            raise RemoteError(f"no device {env.recipient}", code=ErrorCode.UNKNOWN_DEVICE)
-        if not self.store.may_talk(session.party, recipient_party):
+        if not self.store.may_deliver(session.party, env.recipient):
+            recipient_party, _ = split_device_id(env.recipient)
+            if self.store.device(env.recipient) is None:
+                raise RemoteError(f"no device {env.recipient}", code=ErrorCode.UNKNOWN_DEVICE)
             self.counters.refused += 1
             raise RemoteError(f"there is no line between {session.party} and {recipient_party}",
                               code=ErrorCode.NO_LINE,
                               hint="the server operator creates lines with"
                                    " 'parley server line add'")
-        body = json.dumps({"t": "deliver", "env": msg["env"]}, separators=(",", ":"))
+        body = _encode({"t": "deliver", "env": msg["env"]})
         targets = self.online.get(env.recipient, [])
         if msg.get("ephemeral"):
             if not targets:
@@ -352,7 +362,7 @@ class LineServer:
         if message.get("ref", "") is None:
             del message["ref"]
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await session.ws.send_str(json.dumps(message, separators=(",", ":")))
+            await session.ws.send_str(_encode(message))
 
     async def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None
                            ) -> None:

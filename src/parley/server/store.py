@@ -68,6 +68,8 @@ class ServerStore:
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crash
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._routes: set[tuple[str, str]] = set()  # (party, device) pairs may_deliver allowed
+        self._routes_version = -1
 
     def close(self) -> None:
         self.db.close()
@@ -119,6 +121,26 @@ class ServerStore:
         lo, hi = sorted((a, b))
         return self.db.execute("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
             is not None
+
+    def may_deliver(self, party: str, recipient: str) -> bool:
+        """Is `recipient` an enrolled device of `party` or of a party on a line with it?
+
+        Asked for every envelope relayed, so a yes is remembered. A commit by any
+        other connection to the database (the admin CLI adds lines and parties while
+        the server runs) changes SQLite's ``data_version`` and forgets every answer;
+        this connection only adds devices, which cannot turn a yes into a no.
+        """
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._routes_version:
+            self._routes.clear()
+            self._routes_version = version
+        if (party, recipient) in self._routes:
+            return True
+        row = self.db.execute("SELECT party FROM devices WHERE id=?", (recipient,)).fetchone()
+        if row is None or not self.may_talk(party, row[0]):
+            return False
+        self._routes.add((party, recipient))
+        return True
 
     # -- enrollment ---------------------------------------------------------------
 
