@@ -55,31 +55,36 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 def validate(data: Any, fields: Mapping[str, Field], *, what: str) -> dict[str, Any]:
     """Check `data` against `fields`; return it (a dict) or raise RemoteError."""
+    # Runs for every frame and envelope a server relays: kept lean (no sets or
+    # unions built per call), with the same checks in the same order.
     if not isinstance(data, dict):
         raise RemoteError(f"{what} must be a JSON object", code=ErrorCode.BAD_MESSAGE)
-    extra = set(data) - set(fields)
-    if extra:
+    if not data.keys() <= fields.keys():
+        extra = set(data) - set(fields)
         raise RemoteError(
             f"{what} has unknown field(s): {', '.join(sorted(map(str, extra))[:5])}",
             code=ErrorCode.BAD_MESSAGE,
         )
     for name, spec in fields.items():
-        if name not in data or data[name] is None:
+        value = data.get(name)
+        if value is None:
             if spec.required:
                 raise RemoteError(f"{what} lacks the field {name!r}", code=ErrorCode.BAD_MESSAGE)
             continue
-        value = data[name]
-        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        kind = spec.kind
         # bool is an int in Python; JSON keeps them apart, so do we.
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        if not isinstance(value, kind) or (
+                value.__class__ is bool and bool is not kind
+                and not (isinstance(kind, tuple) and bool in kind)):
             raise RemoteError(
                 f"{what}.{name} must be {_type_name(spec.kind)}", code=ErrorCode.BAD_MESSAGE
             )
-        if spec.max_len is not None and isinstance(value, str | list) and len(value) > spec.max_len:
+        if spec.max_len is not None and isinstance(value, _SIZED) and len(value) > spec.max_len:
             raise RemoteError(
                 f"{what}.{name} is longer than {spec.max_len}", code=ErrorCode.TOO_LARGE
             )
-        if isinstance(value, int) and not isinstance(value, bool):
+        if (spec.min_value is not None or spec.max_value is not None) \
+                and isinstance(value, int) and value.__class__ is not bool:
             if spec.min_value is not None and value < spec.min_value:
                 raise RemoteError(f"{what}.{name} is below {spec.min_value}")
             if spec.max_value is not None and value > spec.max_value:
@@ -91,6 +96,9 @@ def validate(data: Any, fields: Mapping[str, Field], *, what: str) -> dict[str, 
         if spec.check is not None:
             spec.check(value)
     return data
+
+
+_SIZED = (str, list)
 
 
 def parse_json(raw: str | bytes, *, max_bytes: int, what: str) -> Any:
@@ -112,7 +120,17 @@ def _depth(value: Any, level: int = 1) -> int:
     if level > MAX_DEPTH:
         return level
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return level
+    # A scalar child is one level down; only containers need a recursive look.
+    deepest = level + 1 if children else level
+    for child in children:
+        if isinstance(child, _CONTAINERS):
+            deepest = max(deepest, _depth(child, level + 1))
+    return deepest
+
+
+_CONTAINERS = (dict, list)
