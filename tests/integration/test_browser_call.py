@@ -268,3 +268,34 @@ async def test_relay_swapping_the_browsers_fingerprint_raises_the_alarm(
             await person.stop()
         await line.stop()
         await relay.stop()
+
+
+# -- which page does the media ---------------------------------------------------------
+
+
+async def test_the_newest_tab_does_the_media_and_a_closed_one_fails_its_call(
+        line: LocalLine, people: PersonFactory, chromium: Browser) -> None:
+    await line.provision()
+    washington = await people("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+    first = await open_ui(chromium, washington)
+    second = await open_ui(chromium, washington)
+    await expect(first.get_by_test_id("media-role")).to_be_visible()
+    await expect(second.get_by_test_id("media-role")).to_be_hidden()
+
+    # A call placed from the older tab runs its media in the newer one.
+    await call_button(first, "moscow").click()
+    for page in (first, second):
+        await expect(page.get_by_test_id("call-state")).to_have_attribute("data-state", "active")
+    await wait_remote_video_plays(second)
+    assert await remote_video_frames(first) == 0
+
+    # Closing the tab that holds the media ends the call at once, with the reason.
+    await second.close()
+    await expect(first.get_by_test_id("call-state")).to_have_attribute("data-reason", "failed")
+    await expect(first.get_by_test_id("call-failed-detail")).to_contain_text("closed or reloaded")
+    await expect(first.get_by_test_id("media-role")).to_be_hidden()  # the media page again
+    robot = moscow.book.calls()[-1]
+    await moscow.wait_for_call(lambda c: c.call_id == robot.call_id
+                               and c.state is CallState.ENDED, 10)
+    assert moscow.book.info(robot.call_id).end_reason is EndReason.FAILED

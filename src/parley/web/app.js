@@ -246,6 +246,7 @@ class App {
         }
       }),
       closeCall: () => {
+        this.notice = "";
         this.focusCallId = null;
         this.pane = this.verifyParty ? "verify" : "home";
         this.render();
@@ -255,12 +256,14 @@ class App {
         this.render();
       },
       openVerify: (party) => {
+        this.notice = "";
         this.verifyParty = party;
         this.pane = "verify";
         this.render();
         this.#refreshParty(party);
       },
       closeVerify: () => {
+        this.notice = "";
         this.verifyParty = null;
         this.pane = this.#focusedLiveCall() ? "call" : "home";
         this.render();

@@ -65,7 +65,8 @@ export class CallMedia {
         await this.pc.addIceCandidate({ candidate: "", sdpMid: mid, sdpMLineIndex: mline }).catch(() => {});
         return;
       }
-      await this.pc.addIceCandidate({ candidate, sdpMid: mid, sdpMLineIndex: mline });
+      // A candidate that names no media section belongs to the first: all media is bundled.
+      await this.pc.addIceCandidate({ candidate, sdpMid: mid, sdpMLineIndex: mline ?? (mid == null ? 0 : null) });
     });
   }
 
@@ -99,7 +100,10 @@ export class CallMedia {
 
   // Quality figures from getStats, as the terminal records them and the page shows them.
   async sample() {
-    if (!this.pc || this.closed) return null;
+    // Not before the handshake: Chromium caches certificate stats at the first
+    // getStats() after a negotiation, and one taken before DTLS is up would
+    // hide the peer's certificate (remoteCertificateId) for the whole call.
+    if (!this.pc || this.closed || !this.connectedReported) return null;
     const report = await this.pc.getStats();
     const now = performance.now();
     const out = { rtt_ms: null, loss_pct: null, bitrate_in_kbps: null, bitrate_out_kbps: null, audio: {}, video: {} };
@@ -159,14 +163,27 @@ export class CallMedia {
       this.connectedReported = true;
       let certificates = await this.handshakeCertificates();
       // The certificate stats can trail the state change by a moment.
-      for (let tries = 0; certificates.length === 0 && tries < 10 && !this.closed; tries += 1) {
+      for (let tries = 0; certificates.length === 0 && tries < 30 && !this.closed; tries += 1) {
         await new Promise((resolve) => setTimeout(resolve, 100));
         certificates = await this.handshakeCertificates();
       }
-      if (!this.closed) this.hooks.onConnected(certificates);
+      if (this.closed) return;
+      if (certificates.length === 0) {
+        this.#fail(`connected, but the browser reports no peer certificate (${await this.#transportStates()})`);
+        return;
+      }
+      this.hooks.onConnected(certificates);
     } else if (state === "failed") {
       this.#fail("the media connection failed (ICE or DTLS)");
     }
+  }
+
+  async #transportStates() {
+    const states = [];
+    for (const stat of (await this.pc.getStats()).values()) {
+      if (stat.type === "transport") states.push(`transport ${stat.id}: dtls ${stat.dtlsState}, ice ${stat.iceState}`);
+    }
+    return states.join("; ") || "no transport";
   }
 
   #fail(reason) {

@@ -246,6 +246,7 @@ export class View {
       trust.textContent = TRUST_TEXT[device.trust] || device.trust;
       byId(node, "device-online").textContent = device.online ? "online" : "offline";
       byId(node, "key-changed-warning").hidden = device.trust !== Trust.CHANGED;
+      byId(node, "pinned-fingerprint").textContent = device.verified_fingerprint || "";
       node.dataset.trust = device.trust;
       // Twelve groups of five, in three rows of four: easy to read aloud.
       const number = byId(node, "safety-number");
