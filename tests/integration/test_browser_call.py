@@ -64,6 +64,9 @@ async def test_browser_calls_robot(line: LocalLine, people: PersonFactory,
     await expect(page.get_by_test_id("sas")).to_have_text(robot.sas or "-")
     await expect(page.get_by_test_id("verified-badge")).to_be_visible()
     await wait_remote_video_plays(page)
+    await expect(page.get_by_test_id("local-video")).to_be_visible()
+    assert await page.get_by_test_id("local-video").evaluate(
+        "v => v.srcObject !== null && v.srcObject.getVideoTracks().length === 1")
     stats = await wait_stats(washington, robot.call_id,
                              lambda s: video_decoded(s) and audio_decoded(s))
     assert stats["video"]["frame_width"] > 0
@@ -171,12 +174,20 @@ async def test_declining_an_incoming_call(line: LocalLine, people: PersonFactory
 
     placed = await moscow.place_call("washington")
     await expect(page.get_by_test_id("incoming")).to_be_visible()
-    await page.keyboard.press("Escape")  # the keyboard way to decline
+    await page.get_by_test_id("incoming-decline").click()
     ended = await moscow.wait_for_call(
         lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 10)
     assert ended.end_reason is EndReason.DECLINED
     await expect(page.get_by_test_id("incoming")).to_be_hidden()
     assert not washington.terminal.sessions
+
+    # From the keyboard: the ring takes the focus; Escape declines.
+    again = await moscow.place_call("washington")
+    await expect(page.get_by_test_id("incoming-accept")).to_be_focused()
+    await page.keyboard.press("Escape")
+    ended = await moscow.wait_for_call(
+        lambda c: c.call_id == again.call_id and c.state is CallState.ENDED, 10)
+    assert ended.end_reason is EndReason.DECLINED
 
 
 async def test_without_a_page_a_call_fails_with_the_reason(line: LocalLine,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 
@@ -72,6 +73,27 @@ async def test_demo_gives_each_human_side_a_ui(chromium: Browser) -> None:
         await washington.get_by_test_id("hangup").click()
         await expect(moscow.get_by_test_id("call-state")).to_have_attribute("data-reason",
                                                                             "remote_hung_up")
+    finally:
+        code = await stop_demo(proc)
+    assert code == 0
+
+
+async def test_demo_leaves_the_call_to_washington_with_a_robot_moscow(
+        chromium: Browser) -> None:
+    proc, urls = await start_demo()
+    try:
+        assert len(urls) == 1, urls
+        page = await (await chromium.new_context(viewport=VIEWPORT)).new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        await page.goto(urls[0])
+        await expect(page.get_by_test_id("me")).to_have_text("washington/hotline")
+        await call_button(page, "moscow").click()  # the robot answers at once
+        await expect(page.get_by_test_id("call-state")).to_have_attribute("data-state", "active")
+        await expect(page.get_by_test_id("verified-badge")).to_be_visible()
+        await expect(page.get_by_test_id("sas")).to_have_text(re.compile(r"^\d{3} \d{3}$"))
+        await page.get_by_test_id("hangup").click()
+        await expect(page.get_by_test_id("call-state")).to_have_attribute("data-reason",
+                                                                          "hung_up")
     finally:
         code = await stop_demo(proc)
     assert code == 0

@@ -306,7 +306,9 @@ export class View {
     const video = call.media === MediaKind.VIDEO;
     el.stage.dataset.media = call.media;
     el.voiceOnly.hidden = video || ended;
-    el.stageWaiting.textContent = ended ? "" : call.state === CallState.ACTIVE ? "" : STATE_TEXT[call.state];
+    el.stageWaiting.textContent = ended ? `Call ended: ${endText(call.end_reason)}`
+      : call.state !== CallState.ACTIVE ? STATE_TEXT[call.state]
+        : media ? "" : "This call's audio and video are in another tab of this terminal.";
     // Remote media plays only once the terminal has checked the handshake (state active).
     this.#attach(el.remoteVideo, call.state === CallState.ACTIVE && media ? media.remoteStream : null, "remoteAttached");
     this.#attach(el.localVideo, !ended && video && media && media.localStream ? media.localStream : null, "localAttached");
@@ -317,9 +319,8 @@ export class View {
     el.mute.textContent = call.local_audio ? "Mute" : "Unmute";
     el.camera.setAttribute("aria-pressed", String(!call.local_video));
     el.camera.textContent = call.local_video ? "Camera off" : "Camera on";
-    el.camera.hidden = !video;
-    el.mute.disabled = ended;
-    el.camera.disabled = ended;
+    el.mute.hidden = ended;
+    el.camera.hidden = !video || ended;
     el.hangup.hidden = ended;
     el.callClose.hidden = !ended;
     const remote = [];

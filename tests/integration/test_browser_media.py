@@ -1,0 +1,105 @@
+"""Browser media without a browser: the page socket's input checks and the ICE filter.
+
+These talk to a real terminal's real local API over a WebSocket, as a page
+would, to show that what the page sends is checked and that bad input is
+answered, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from parley.terminal.browser import host_candidate_allowed
+from tests.browser import PersonFactory, PersonTerminal, people
+from tests.harness import LocalLine
+
+__all__ = ["people"]  # fixture used below
+
+LOOPBACK = ("127.0.0.1",)
+
+
+@pytest.mark.parametrize(("candidate", "allowed"), [
+    ("candidate:1 1 udp 2122194687 127.0.0.1 43330 typ host generation 0", True),
+    ("candidate:2 1 udp 2122063615 192.0.2.2 57222 typ host generation 0", False),
+    ("candidate:3 1 udp 2122267903 ::1 57882 typ host generation 0", False),
+    ("candidate:4 1 udp 2122260223 4b1c5d0e-8a3f.local 50000 typ host", False),  # mDNS
+    ("candidate:5 1 udp 1686052607 203.0.113.7 40000 typ srflx raddr 0.0.0.0 rport 0", True),
+    ("candidate:6 1 udp 41885439 198.51.100.9 3478 typ relay raddr 0.0.0.0 rport 0", True),
+    ("", True),  # end of candidates
+    ("candidate:7 1 udp", False),  # not a candidate line
+])
+def test_only_listed_host_addresses_leave_the_terminal(candidate: str, allowed: bool) -> None:
+    assert host_candidate_allowed(candidate, LOOPBACK) is allowed
+    assert host_candidate_allowed(candidate, None) is True
+
+
+async def page_socket(http: aiohttp.ClientSession, person: PersonTerminal
+                      ) -> aiohttp.ClientWebSocketResponse:
+    origin = person.control.origin
+    ws = await http.ws_connect(f"{origin.replace('http', 'ws')}/api/events"
+                               f"?token={person.control.token}", headers={"Origin": origin})
+    first = await ws.receive_json(timeout=5)
+    assert first["t"] == "status" and first["status"]["media"] == "browser"
+    return ws
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        message = await ws.receive_json(timeout=5)
+        if message["t"] == kind:
+            return dict(message)
+
+
+async def test_bad_page_messages_are_answered_and_the_socket_stays(
+        line: LocalLine, people: PersonFactory) -> None:
+    await line.provision()
+    person = await people("washington")
+    async with aiohttp.ClientSession() as http:
+        ws = await page_socket(http, person)
+        for bad in ("not json", json.dumps([1, 2]), json.dumps({"t": "media.launch"}),
+                    json.dumps({"t": "media.description", "call_id": "x"}),
+                    json.dumps({"t": "media.connected", "call_id": "x",
+                                "certificates": [{"algorithm": "sha-256"}]}),
+                    json.dumps({"t": "media.stats", "call_id": "x",
+                                "stats": {"a": {"b": {"c": 1}}}})):
+            await ws.send_str(bad)
+            error = await next_of(ws, "error")
+            assert error["error"]["code"] in ("bad_message", "unknown_type")
+        # A message for a call this page does not hold is ignored; the socket still works.
+        await ws.send_json({"t": "media.failed", "call_id": "nosuchcall", "reason": "x"})
+        await ws.send_json({"t": "page.hello"})
+        assert (await next_of(ws, "page.role"))["media"] is True
+        await ws.close()
+
+
+async def test_the_newest_page_that_says_hello_does_the_media(
+        line: LocalLine, people: PersonFactory) -> None:
+    await line.provision()
+    person = await people("washington")
+    async with aiohttp.ClientSession() as http:
+        first = await page_socket(http, person)
+        await first.send_json({"t": "page.hello"})
+        assert (await next_of(first, "page.role"))["media"] is True
+        second = await page_socket(http, person)
+        await second.send_json({"t": "page.hello"})
+        assert (await next_of(second, "page.role"))["media"] is True
+        assert (await next_of(first, "page.role"))["media"] is False
+        await second.close()
+        assert (await next_of(first, "page.role"))["media"] is True
+        await first.close()
+
+
+async def test_a_page_from_another_origin_is_refused(line: LocalLine,
+                                                     people: PersonFactory) -> None:
+    await line.provision()
+    person = await people("washington")
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(
+                f"{person.control.origin.replace('http', 'ws')}/api/events"
+                f"?token={person.control.token}", headers={"Origin": "http://evil.example"})
+        assert refused.value.status == 403
