@@ -28,6 +28,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError
+from parley.media import audio_loss
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
 from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
@@ -165,7 +166,7 @@ class RobotMediaSession:
                     out.setdefault("inbound", {})[s.kind] = {
                         "packets": s.packetsReceived, "lost": s.packetsLost,
                         "jitter_ms": round(s.jitter * 1000, 1) if s.jitter else 0,
-                        "bytes": s.bytesReceived}
+                        "bytes": getattr(s, "bytesReceived", None)}  # not in aiortc 1.16
         return out
 
     async def close(self) -> None:
@@ -232,6 +233,7 @@ class RobotMedia:
     def __init__(self, options: RobotOptions | None = None) -> None:
         self.options = options or RobotOptions()
         self.sessions: dict[str, RobotMediaSession] = {}
+        audio_loss.install()  # aiortc loses more audio than the network does: see audio_loss
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
         session = RobotMediaSession(call_id, media, events, self.options)
