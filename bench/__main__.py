@@ -1,0 +1,117 @@
+"""bench/run: Parley's benchmarks, each figure beside a baseline measured in the same run.
+
+    bench/run [--quick] [--json] [--out DIR] [--no-browser] [--profile] [BENCH ...]
+
+BENCH is any of setup, latency, quality, relay (default: all four). Each
+prints a table as it finishes; with --json the last line of stdout is one JSON
+object with every figure. Every run writes report.md, results.json and PNG
+plots to a folder it prints (default bench/out/<time>/). --quick runs all four
+in under five minutes; the full run measures longer and more often and, with
+--profile (on by default in a full run), records a py-spy profile of the line
+server relaying at saturation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, Result, machine, print_table, say
+
+BENCHES = ("setup", "latency", "quality", "relay")
+REQUIRED = ("setup_ratio", "setup_ms_median", "mouth_to_ear_ms_p95", "pesq_clean",
+            "pesq_opus_only", "pesq_loss5", "relay_ratio", "idle_2000_mib")
+
+
+async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
+    if name == "setup":
+        from bench import setup
+        return await setup.run(root, calls=20 if args.quick else 40)
+    if name == "latency":
+        from bench import latency
+        return await latency.run(root, seconds=15.0 if args.quick else 60.0)
+    if name == "quality":
+        from bench import quality
+        return await quality.run(root, quick=args.quick, browser=args.browser)
+    from bench import relay
+    return await relay.run(root, quick=args.quick, profile=args.profile)
+
+
+async def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], list[str]]:
+    results, failures = [], []
+    for name in args.benches:
+        say(f"-- {name}")
+        try:
+            result = await run_one(name, out / "work", args)
+        except Exception as exc:
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            say(f"{name} FAILED:\n{traceback.format_exc()}")
+            continue
+        print_table(result)
+        results.append(result)
+    return results, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("benches", nargs="*", metavar="BENCH",
+                        help=f"any of {', '.join(BENCHES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="all of it in under five minutes")
+    parser.add_argument("--json", action="store_true", help="one JSON object, last line")
+    parser.add_argument("--out", type=Path, help="where to write the report (default:"
+                        " bench/out/<time>)")
+    parser.add_argument("--no-browser", dest="browser", action="store_false",
+                        help="skip the browser-to-robot quality figure")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                        help="py-spy profile of the server relaying (default: on in a full run)")
+    args = parser.parse_args(argv)
+    unknown = [b for b in args.benches if b not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    args.benches = [b for b in BENCHES if b in args.benches] or list(BENCHES)
+    if args.profile is None:
+        args.profile = not args.quick
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = (args.out or REPO / "bench" / "out" / (stamp + ("-quick" if args.quick else ""))
+           ).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    host = machine()
+    say(f"bench: {', '.join(args.benches)}{' (quick)' if args.quick else ''}; output in {out}")
+    results, failures = asyncio.run(run_all(args, out))
+    seconds = time.monotonic() - started
+    figures: dict[str, Any] = {}
+    for result in results:
+        figures.update(result.figures)
+    command = "bench/run" + (" --quick" if args.quick else "") + \
+        ("" if args.benches == list(BENCHES) else " " + " ".join(args.benches))
+    summary = {**figures, "seconds": round(seconds, 1), "command": command,
+               "machine": host, "failures": failures, "report": str(out / "report.md")}
+    (out / "results.json").write_text(json.dumps(
+        {**summary, "series": {r.bench: r.series for r in results}}, indent=2))
+    try:
+        from bench.report import write_report
+        write_report(out, results, summary)
+    except Exception:
+        say(f"the report could not be written:\n{traceback.format_exc()}")
+    absent = [k for k in REQUIRED if args.benches == list(BENCHES) and figures.get(k) is None]
+    print(f"\nreport: {out / 'report.md'} ({seconds:.0f} s)", flush=True)
+    if failures:
+        print("FAILED: " + "; ".join(failures), flush=True)
+    if absent:
+        print(f"missing figures: {', '.join(absent)}", flush=True)
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    return 1 if failures or absent else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

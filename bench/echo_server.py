@@ -1,0 +1,45 @@
+"""The relay benchmark's baseline: a bare aiohttp WebSocket server that echoes each frame.
+
+Same framework, same WebSocket settings (message size limit, heartbeat) and
+same path as the line server, and nothing else: no login, no parsing, no
+validation, no routing. Run as its own process; prints ``ready: URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+from aiohttp import WSMsgType, web
+
+from parley.server.app import MAX_WS_MESSAGE
+
+
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+    return ws
+
+
+async def main(host: str) -> None:
+    app = web.Application()
+    app.add_routes([web.get("/v1/ws", echo)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"ready: http://{host}:{port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))

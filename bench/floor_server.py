@@ -1,0 +1,69 @@
+"""A diagnostic for the relay benchmark: the least a relay with Parley's protocol must do.
+
+Speaks just enough of the line server's protocol for the load client: a
+challenge, any hello accepted, then for each ``send``: parse the JSON, forward
+the envelope as ``deliver`` to its recipient and answer ``sent``. No
+signature, schema, sender, line or rate check, no store. Same framework and
+WebSocket settings as the line server. Its throughput is the ceiling for any
+relay that parses, re-encodes and sends two frames per envelope in Python on
+aiohttp -- what separates the line server from the echo server that is not
+Parley's checks. Never a server to run: it checks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from aiohttp import WSMsgType, web
+
+from parley.server.app import MAX_WS_MESSAGE
+
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+class Floor:
+    def __init__(self) -> None:
+        self.online: dict[str, web.WebSocketResponse] = {}
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0)
+        await ws.prepare(request)
+        await ws.send_str(_encode({"t": "challenge", "nonce": "-", "server": "-"}))
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            if frame.get("t") == "send":
+                env = frame["env"]
+                target = self.online.get(env["to"])
+                if target is not None:
+                    await target.send_str(_encode({"t": "deliver", "env": env}))
+                await ws.send_str(_encode({"t": "sent", "id": env["id"], "status": "delivered",
+                                           "ref": frame.get("ref")}))
+            elif frame.get("t") == "hello":
+                self.online[frame["device"]] = ws
+                await ws.send_str(_encode({"t": "welcome", "device": frame["device"],
+                                           "party": "-", "peers": []}))
+        return ws
+
+
+async def main() -> None:
+    app = web.Application()
+    app.add_routes([web.get("/v1/ws", Floor().ws)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"ready: http://127.0.0.1:{port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,164 @@
+"""Mouth-to-ear audio latency through a verified call on loopback.
+
+The caller's robot sends short clicks (5 ms chirps, one every 0.6 s) as its
+microphone signal; the callee's robot records every decoded frame with the
+time it was delivered. Each click is found in the recording by
+cross-correlation with the click itself, and its latency is the time between
+the sample leaving the caller's "microphone" (the moment the frame is handed
+to the encoder) and the same sample reaching the callee's "ear" (the moment the
+decoded frame is handed to the application). That covers Opus encoding,
+packetisation, SRTP, the network, aiortc's jitter buffer and decoding. A
+robot has no capture or playout device, so their buffers (typically 10-40 ms
+in a browser) are not included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import correlate
+
+from bench.common import Result, median, percentile, r, say
+from bench.line import BenchLine, active_call, hang_up
+from parley.core.call import MediaKind
+from parley.media.ice import use_host_addresses
+from parley.media.robot import RobotOptions
+from parley.media.tracks import AUDIO_RATE, AUDIO_SAMPLES, SampleSource
+
+TARGET_P95_MS = 150.0
+CLICK_PERIOD_S = 0.6
+SEARCH_S = 0.55  # a click is looked for this long after it was sent
+FIRST_CLICK_S = 1.0
+
+
+def click(rate: int = AUDIO_RATE) -> np.ndarray:
+    """5 ms linear chirp from 1 to 6 kHz under a Hann window, at -6 dBFS."""
+    n = int(0.005 * rate)
+    t = np.arange(n) / rate
+    phase = 2 * np.pi * (1000 * t + (5000 / (2 * 0.005)) * t ** 2)
+    return 0.5 * np.hanning(n) * np.sin(phase)
+
+
+def click_source(period_s: float = CLICK_PERIOD_S, first_s: float = FIRST_CLICK_S
+                 ) -> tuple[SampleSource, list[int]]:
+    """A SampleSource of clicks; the list fills with each click's sample position."""
+    template = (click() * 32767).astype(np.int16)
+    onsets: list[int] = []
+    position = 0
+    period = int(period_s * AUDIO_RATE)
+    next_onset = int(first_s * AUDIO_RATE)
+
+    def next_samples(n: int) -> np.ndarray:
+        nonlocal position, next_onset
+        out = np.zeros(n, dtype=np.int16)
+        end = position + n
+        # Onsets are placed so that a whole click fits in one call (simple, exact).
+        while next_onset < end:
+            if next_onset >= position and next_onset + len(template) <= end:
+                start = next_onset - position
+                out[start:start + len(template)] = template
+                onsets.append(next_onset)
+                next_onset += period
+            else:
+                next_onset = end  # starts beyond this block's room: move to the next block
+        position = end
+        return out
+
+    return next_samples, onsets
+
+
+class Recorder:
+    """Keeps (delivery time, samples) of every frame a tap sees."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, np.ndarray]] = []
+
+    def __call__(self, _call_id: str, ns: int, samples: np.ndarray) -> None:
+        self.frames.append((ns, samples.copy()))
+
+    def mono(self, frame_samples: int = AUDIO_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+        """(samples as float in -1..1, each sample's time in s); the first channel only."""
+        chunks, times = [], []
+        for ns, samples in self.frames:
+            channels = max(1, len(samples) // frame_samples)
+            mono = samples.reshape(-1, channels)[:, 0] if channels > 1 else samples
+            chunks.append(mono.astype(np.float64) / 32768)
+            times.append(ns / 1e9 + np.arange(len(mono)) / AUDIO_RATE)
+        if not chunks:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(chunks), np.concatenate(times)
+
+
+def find_clicks(onsets: list[int], sent_ns: list[int], received: Recorder
+                ) -> tuple[list[float], int]:
+    """Latency of each click in ms, and how many clicks were not found."""
+    template = click()
+    energy = float(np.sqrt(np.sum(template ** 2)))
+    signal, times = received.mono()
+    latencies: list[float] = []
+    missing = 0
+    for onset in onsets:
+        frame, offset = divmod(onset, AUDIO_SAMPLES)
+        if frame >= len(sent_ns):
+            continue
+        sent_at = sent_ns[frame] / 1e9 + offset / AUDIO_RATE
+        if not len(times) or sent_at + SEARCH_S > times[-1]:
+            continue  # sent too late to be heard before the call ended
+        lo, hi = np.searchsorted(times, [sent_at, sent_at + SEARCH_S])
+        segment = signal[lo:hi]
+        if len(segment) < len(template):
+            missing += 1
+            continue
+        score = correlate(segment, template, mode="valid")
+        peak = int(np.argmax(np.abs(score)))
+        local = segment[peak:peak + len(template)]
+        norm = energy * float(np.sqrt(np.sum(local ** 2))) or 1.0
+        if abs(score[peak]) / norm < 0.6:  # not the click: silence or something else
+            missing += 1
+            continue
+        latencies.append(float(times[lo + peak] - sent_at) * 1000)
+    return latencies, missing
+
+
+async def run(root: Path, *, seconds: float = 20.0) -> Result:
+    use_host_addresses(["127.0.0.1"])
+    result = Result("latency")
+    started = time.monotonic()
+    source, onsets = click_source()
+    sent_ns: list[int] = []
+    received = Recorder()
+    line = BenchLine(root / "latency")
+    await line.start()
+    try:
+        caller = await line.terminal("washington", RobotOptions(
+            audio_source=source, on_local_audio=lambda _c, ns, _s: sent_ns.append(ns)))
+        callee = await line.terminal("moscow", RobotOptions(on_remote_audio=received),
+                                     auto_answer=True)
+        say(f"latency: clicks through one verified voice call for {seconds:.0f} s")
+        info = await active_call(caller, callee, media=MediaKind.AUDIO)
+        await asyncio.sleep(seconds)
+        stats = await caller.call_stats(info.call_id)
+        await hang_up(caller, callee, info.call_id)
+    finally:
+        await line.stop()
+    latencies, missing = find_clicks(onsets, sent_ns, received)
+    if not latencies:
+        raise RuntimeError("no click was found in the recording")
+    med, p95 = median(latencies), percentile(latencies, 95)
+    met = p95 <= TARGET_P95_MS
+    result.figures.update({
+        "mouth_to_ear_ms_median": r(med), "mouth_to_ear_ms_p95": r(p95),
+        "mouth_to_ear_ms_max": r(max(latencies)), "mouth_to_ear_clicks": len(latencies),
+        "mouth_to_ear_clicks_missing": missing, "mouth_to_ear_target_ms": TARGET_P95_MS,
+        "mouth_to_ear_met": met, "latency_rtt_ms": stats.get("rtt_ms"),
+    })
+    result.row("mouth-to-ear median", med, "ms")
+    result.row("mouth-to-ear p95", p95, "ms", None, None, f"<= {TARGET_P95_MS:.0f} ms", met)
+    result.notes.append(f"{len(latencies)} clicks found, {missing} not found;"
+                        " no capture/playout device buffers (robot to robot)")
+    result.series = {"latency_ms": latencies}
+    result.seconds = time.monotonic() - started
+    return result

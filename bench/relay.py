@@ -1,0 +1,330 @@
+"""Server capacity: envelope relay throughput and latency, and memory per idle terminal.
+
+Three processes: the server under test, the load (`bench.relay_client`, a
+separate process so that the server has a core of its own on a two-core
+machine) and this orchestrator, which mostly sleeps. The server under test is
+either the real line server (``python -m parley server``) or the baseline, a
+bare aiohttp WebSocket echo server (`bench.echo_server`); the load sends both
+the very same frames through the very same client loop.
+
+* Throughput: devices enrolled through the server's admin store, logged in with
+  the real challenge-response, each keeping a window of real envelopes --
+  sealed to its partner with HPKE and signed by the sender -- in flight to its
+  partner on a line. The line server validates each frame, checks the sender,
+  the recipient and the line, relays the envelope and acknowledges it; the
+  echo server sends the frame back. Figures are replies per second at
+  saturation, alongside the server's CPU use (so that a load-bound run shows).
+  Ephemeral envelopes (call signaling) are the headline; stored ones
+  (messages: written to SQLite before the ``sent``, deleted on ``ack``) are
+  reported too.
+* Relay latency at a fixed, moderate rate: from sending an envelope to its
+  partner receiving it (echo: to receiving the echo).
+* Memory: the server's resident set (VmRSS) idle, then with 2,000 logged-in
+  devices connected and idle; the echo server with 2,000 idle connections.
+
+The per-connection rate limit (500 messages/s by default) exists to stop one
+device flooding the line; with two terminals it, not the server, would set
+the throughput. The capacity runs therefore start the server with
+``--rate-limit 1000000``; one run at the default shows the limit at work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PYTHON,
+    Child,
+    Result,
+    median,
+    percentile,
+    r,
+    raise_fd_limit,
+    rss_mib,
+    say,
+    start_server_process,
+)
+from bench.profile import record as record_profile
+from bench.profile import summarise
+from parley.core.keys import DeviceKeys
+from parley.server.store import ServerStore
+
+TARGET_RATIO = 0.5
+TARGET_IDLE_MIB = 150.0
+CAPACITY_RATE_LIMIT = 1_000_000
+IDLE_TERMINALS = 2000
+PARTY_SIZE = 10  # idle devices per party; parties are paired into lines
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def enroll_devices(data: Path, parties: dict[str, list[str]], lines: list[tuple[str, str]]
+                   ) -> list[dict[str, str]]:
+    """Enroll devices with one-time codes through the server's admin store."""
+    store = ServerStore(data / "server.db")
+    out = []
+    try:
+        for party in parties:
+            if store.principal(party) is None:
+                store.add_principal(party, party, "UTC", now_ms())
+        for a, b in lines:
+            store.add_line(a, b, now_ms())
+        for party, names in parties.items():
+            for name in names:
+                keys = DeviceKeys.generate()
+                public = keys.public("x/x").to_json()
+                code = store.create_enroll_code(party, 60_000, now_ms())
+                enrolled = store.enroll(code, name, {k: public[k] for k in
+                                                     ("sign", "kem", "kem_sig")}, now_ms())
+                out.append({"id": enrolled.device_id, "key": keys.to_private_bytes().decode()})
+    finally:
+        store.close()
+    return out
+
+
+class Bench:
+    def __init__(self, root: Path, quick: bool) -> None:
+        self.root = root
+        self.quick = quick
+        self.logs = root / "logs"
+        self.job_n = 0
+
+    async def load(self, job: dict[str, Any], server_pid: int, profile_to: Path | None = None
+                   ) -> dict[str, Any]:
+        """Run one load job; for throughput, note the server's CPU over the window."""
+        self.job_n += 1
+        path = self.root / f"job{self.job_n}.json"
+        path.write_text(json.dumps(job))
+        path.chmod(0o600)  # private keys inside
+        client = await Child.spawn(f"load{self.job_n}", [PYTHON, "-m", "bench.relay_client",
+                                                         str(path)], self.logs)
+        try:
+            if job["job"] == "throughput":
+                await client.line("mark: start", 120)
+                cpu0, client0, t0 = cpu_seconds(server_pid), cpu_seconds(client.pid), \
+                    time.monotonic()
+                spy = None if profile_to is None else asyncio.ensure_future(
+                    record_profile(server_pid, job["seconds"] - 1, profile_to))
+                await client.line("mark: end", job["seconds"] + 30)
+                if spy is not None:
+                    await spy
+                cpu1, client1, t1 = cpu_seconds(server_pid), cpu_seconds(client.pid), \
+                    time.monotonic()
+                out = await client.json_line(30)
+                out["server_cpu"] = (cpu1 - cpu0) / (t1 - t0)
+                out["load_cpu"] = (client1 - client0) / (t1 - t0)
+                return out
+            return await client.json_line(120)
+        finally:
+            await client.stop()
+
+    async def servers(self, data: Path, rate_limit: float | None = CAPACITY_RATE_LIMIT
+                      ) -> tuple[Child, str, Child, str]:
+        extra = ["--rate-limit", str(rate_limit)] if rate_limit else []
+        parley = await Child.spawn(f"server-{data.name}", [
+            PYTHON, "-m", "parley", "server", "--data", str(data), "--port", "0",
+            "--log-level", "warning", *extra], self.logs)
+        parley_url = await parley.line("ready: ")
+        echo = await Child.spawn(f"echo-{data.name}", [PYTHON, "-m", "bench.echo_server"],
+                                 self.logs)
+        echo_url = await echo.line("ready: ")
+        return parley, parley_url, echo, echo_url
+
+
+async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Result:
+    raise_fd_limit(4 * IDLE_TERMINALS + 1000)
+    result = Result("relay")
+    started = time.monotonic()
+    bench = Bench(root / "relay", quick)
+    seconds = 3.0 if quick else 8.0
+    rounds = 1 if quick else 3
+    f = result.figures
+
+    # -- throughput and latency ----------------------------------------------------------
+    data = bench.root / "line"
+    names = [f"t{i:02d}" for i in range(25)]
+    devices = enroll_devices(data, {"washington": names, "moscow": names},
+                             [("washington", "moscow")])
+    by_id = {d["id"]: d for d in devices}
+    parley, parley_url, echo, echo_url = await bench.servers(data)
+    floor = await Child.spawn("floor", [PYTHON, "-m", "bench.floor_server"], bench.logs)
+    floor_url = await floor.line("ready: ")
+    urls = {"echo": echo_url, "parley": parley_url, "stored": parley_url, "floor": floor_url}
+    pids = {"echo": echo.pid, "parley": parley.pid, "stored": parley.pid, "floor": floor.pid}
+    try:
+        for terminals in (2, 50):
+            chosen = [by_id[f"{p}/{n}"] for n in names[:terminals // 2]
+                      for p in ("washington", "moscow")]
+            pairs = [[i, i + 1] for i in range(0, terminals, 2)] + \
+                [[i + 1, i] for i in range(0, terminals, 2)]
+            window = 64 if terminals == 2 else 8
+            samples: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
+            for _ in range(rounds):
+                for kind in urls:
+                    job = {"job": "throughput", "mode": "echo" if kind == "echo" else "parley",
+                           "url": urls[kind], "devices": chosen, "pairs": pairs,
+                           "window": window, "seconds": seconds, "warmup_s": 1.0,
+                           "ephemeral": kind != "stored"}
+                    out = await bench.load(job, pids[kind])
+                    if out["errors"]:
+                        raise RuntimeError(f"{kind} relay run had {out['errors']} errors:"
+                                           f" {out['last_error']}")
+                    samples[kind].append(out)
+                    say(f"relay: {terminals} terminals, {kind}: {out['per_s']:,.0f}/s"
+                        f" (server CPU {out['server_cpu']:.0%}, load CPU {out['load_cpu']:.0%})")
+            rate = {k: median([s["per_s"] for s in v]) for k, v in samples.items()}
+            cpu = {k: median([s["server_cpu"] for s in v]) for k, v in samples.items()}
+            load_cpu = {k: median([s["load_cpu"] for s in v]) for k, v in samples.items()}
+            per_cpu = {k: rate[k] / cpu[k] if cpu[k] else float("nan") for k in rate}
+            ratio = rate["parley"] / rate["echo"]
+            f[f"relay_{terminals}_per_s"] = r(rate["parley"], 0)
+            f[f"relay_{terminals}_stored_per_s"] = r(rate["stored"], 0)
+            f[f"relay_{terminals}_echo_per_s"] = r(rate["echo"], 0)
+            f[f"relay_{terminals}_ratio"] = r(ratio, 2)
+            f[f"relay_{terminals}_stored_ratio"] = r(rate["stored"] / rate["echo"], 2)
+            f[f"relay_{terminals}_server_cpu"] = {k: r(v, 2) for k, v in cpu.items()}
+            f[f"relay_{terminals}_load_cpu"] = {k: r(v, 2) for k, v in load_cpu.items()}
+            f[f"relay_{terminals}_ratio_per_cpu_s"] = r(per_cpu["parley"] / per_cpu["echo"], 2)
+            result.row(f"relay, {terminals} terminals (ephemeral)", rate["parley"], "/s",
+                       rate["echo"], ratio, f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
+            result.row(f"relay, {terminals} terminals (stored)", rate["stored"], "/s",
+                       rate["echo"], rate["stored"] / rate["echo"])
+            f[f"relay_{terminals}_floor_per_s"] = r(rate["floor"], 0)
+            f[f"relay_{terminals}_floor_ratio"] = r(rate["floor"] / rate["echo"], 2)
+            result.row(f"  minimal relay, no checks ({terminals})", rate["floor"], "/s",
+                       rate["echo"], rate["floor"] / rate["echo"])
+        f["relay_ratio"] = min(f["relay_2_ratio"], f["relay_50_ratio"])
+        f["relay_target_ratio"] = TARGET_RATIO
+        f["relay_met"] = f["relay_ratio"] >= TARGET_RATIO
+
+        if profile:
+            # Not counted: py-spy itself takes CPU. Where does the server's time go?
+            chosen = [by_id[f"{p}/{n}"] for n in names for p in ("washington", "moscow")]
+            raw = bench.root / "relay-server-profile.txt"
+            await bench.load({"job": "throughput", "mode": "parley", "url": parley_url,
+                              "devices": chosen, "window": 8, "seconds": 8.0, "warmup_s": 1.0,
+                              "pairs": [[i, i + 1] for i in range(0, 50, 2)]
+                              + [[i + 1, i] for i in range(0, 50, 2)]},
+                             parley.pid, profile_to=raw)
+            if raw.exists():
+                result.series["relay_profile"] = summary = summarise(raw)
+                f["relay_profile"] = str(raw)
+                top = ", ".join(f"{name} {pct}%" for name, pct in summary["self"][:6])
+                result.notes.append(f"py-spy, line server relaying at saturation (self time):"
+                                    f" {top}")
+
+        rate_per_s = 500
+        lat: dict[str, list[float]] = {}
+        pair = [by_id["washington/t00"], by_id["moscow/t00"]]
+        for kind in ("echo", "parley"):
+            out = await bench.load({
+                "job": "latency", "mode": kind, "url": echo_url if kind == "echo" else parley_url,
+                "devices": pair, "pairs": [[0, 1], [1, 0]], "rate": rate_per_s,
+                "seconds": seconds * 2, "warmup_s": 0.5}, parley.pid)
+            lat[kind] = out["latencies_ms"]
+        for q in (50, 99):
+            p, e = percentile(lat["parley"], q), percentile(lat["echo"], q)
+            f[f"relay_latency_ms_p{q}"] = r(p, 2)
+            f[f"relay_latency_echo_ms_p{q}"] = r(e, 2)
+            result.row(f"relay latency p{q} at {rate_per_s}/s", p, "ms", e, p / e)
+        f["relay_latency_rate_per_s"] = rate_per_s
+        result.series["relay_latency_ms"] = lat
+    finally:
+        await parley.stop()
+        await echo.stop()
+        await floor.stop()
+
+    # -- the default per-connection limit, shown at work ------------------------------------
+    limited, limited_url = await start_server_process(data, bench.logs, name="server-default")
+    try:
+        pair2 = [by_id["washington/t00"], by_id["moscow/t00"]]
+        out = await bench.load({"job": "throughput", "mode": "parley", "url": limited_url,
+                                "devices": pair2, "pairs": [[0, 1], [1, 0]], "window": 64,
+                                "seconds": seconds, "warmup_s": 3.0}, limited.pid)
+        f["relay_2_default_limit_per_s"] = r(out["per_s"], 0)
+        f["relay_2_default_limit_refused_per_s"] = r(
+            out["errors"] / (seconds + 3.5), 0)
+        result.notes.append(
+            f"with the default per-connection limit (500/s each), 2 terminals get"
+            f" {out['per_s']:,.0f} envelopes/s through and the rest are refused with"
+            " rate_limited: the limit, not the server, binds; the rows above use"
+            f" --rate-limit {CAPACITY_RATE_LIMIT}")
+    finally:
+        await limited.stop()
+
+    # -- memory with 2,000 idle terminals -------------------------------------------------------
+    idle_data = bench.root / "idle"
+    parties = {f"p{i:03d}": [f"d{j}" for j in range(PARTY_SIZE)]
+               for i in range(IDLE_TERMINALS // PARTY_SIZE)}
+    party_names = list(parties)
+    idle_devices = enroll_devices(idle_data, parties, [
+        (party_names[i], party_names[i + 1]) for i in range(0, len(party_names), 2)])
+    memory: dict[str, dict[str, float]] = {}
+    for kind in ("parley", "echo"):
+        if kind == "parley":
+            server, url = await start_server_process(idle_data, bench.logs, name="server-idle")
+        else:
+            server = await Child.spawn("echo-idle", [PYTHON, "-m", "bench.echo_server"],
+                                       bench.logs)
+            url = await server.line("ready: ")
+        try:
+            await asyncio.sleep(1.0)
+            base = rss_mib(server.pid)
+            path = bench.root / f"idle-{kind}.json"
+            path.write_text(json.dumps({"job": "idle", "mode": kind, "url": url,
+                                        "devices": idle_devices}))
+            path.chmod(0o600)
+            client = await Child.spawn(f"idle-{kind}", [PYTHON, "-m", "bench.relay_client",
+                                                        str(path)], bench.logs, stdin=True)
+            try:
+                out = await client.json_line(300)
+                await asyncio.sleep(3.0)  # let presence fan-out and buffers settle
+                loaded = rss_mib(server.pid)
+            finally:
+                assert client.proc.stdin is not None
+                client.proc.stdin.close()
+                await client.stop()
+            memory[kind] = {"idle": base, "loaded": loaded, "connected": out["connected"],
+                            "connect_s": out["seconds"]}
+            say(f"relay: {kind} server RSS {base:.1f} MiB idle, {loaded:.1f} MiB with"
+                f" {out['connected']} idle connections ({out['seconds']:.1f} s to connect)")
+        finally:
+            await server.stop()
+    p, e = memory["parley"], memory["echo"]
+    f["idle_2000_mib"] = r(p["loaded"])
+    f["idle_2000_server_idle_mib"] = r(p["idle"])
+    f["idle_2000_above_idle_mib"] = r(p["loaded"] - p["idle"])
+    f["idle_2000_kib_per_terminal"] = r((p["loaded"] - p["idle"]) * 1024 / p["connected"])
+    f["idle_2000_echo_mib"] = r(e["loaded"])
+    f["idle_2000_echo_above_idle_mib"] = r(e["loaded"] - e["idle"])
+    f["idle_2000_login_s"] = r(p["connect_s"], 1)
+    f["idle_2000_target_mib"] = TARGET_IDLE_MIB
+    f["idle_2000_met"] = p["loaded"] < TARGET_IDLE_MIB
+    result.row(f"server RSS, {IDLE_TERMINALS} idle terminals", p["loaded"], "MiB", e["loaded"],
+               p["loaded"] / e["loaded"], f"< {TARGET_IDLE_MIB:.0f} MiB",
+               p["loaded"] < TARGET_IDLE_MIB)
+    result.row("  of which above the idle server", p["loaded"] - p["idle"], "MiB",
+               e["loaded"] - e["idle"], (p["loaded"] - p["idle"]) / (e["loaded"] - e["idle"]))
+    result.notes.append(
+        "minimal relay: bench/floor_server.py, the least a relay speaking this protocol does"
+        " (parse, forward as deliver, answer sent; no checks, no store) on the same framework:"
+        " the part of the gap to the echo that is not Parley's checks")
+    result.notes.append(
+        f"{IDLE_TERMINALS} devices logged in with the real challenge-response, in parties of"
+        f" {PARTY_SIZE} paired into lines; baseline: the echo server with as many idle"
+        " WebSocket connections (no login)")
+    result.seconds = time.monotonic() - started
+    return result

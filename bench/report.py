@@ -1,0 +1,162 @@
+"""The Markdown report of a run, with PNG plots beside it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import Result, markdown_table
+
+TARGETS = [
+    ("setup", "setup_met", "call setup median <= 1.5x bare aiortc",
+     lambda f: f"{f['setup_ratio']}x ({f['setup_ms_median']} ms vs"
+               f" {f['setup_baseline_ms_median']} ms)"),
+    ("latency", "mouth_to_ear_met", "mouth-to-ear p95 <= 150 ms",
+     lambda f: f"{f['mouth_to_ear_ms_p95']} ms"),
+    ("quality", "pesq_clean_met", "PESQ clean within 0.3 of Opus alone",
+     lambda f: f"{f['pesq_clean']} vs {f['pesq_opus_only']} (gap {f['pesq_clean_gap']})"),
+    ("quality", "pesq_loss5_met", "PESQ at 5% loss >= 0.75x clean",
+     lambda f: f"{f.get('pesq_loss5')} = {f.get('pesq_loss5_share_of_clean')}x clean"),
+    ("relay", "relay_met", "relay >= 0.5x bare echo",
+     lambda f: f"{f['relay_ratio']}x (2 terminals {f['relay_2_ratio']}x,"
+               f" 50 terminals {f['relay_50_ratio']}x)"),
+    ("relay", "idle_2000_met", "2,000 idle terminals < 150 MiB",
+     lambda f: f"{f['idle_2000_mib']} MiB ({f['idle_2000_above_idle_mib']} MiB above idle)"),
+]
+
+
+def _plot_setup(result: Result, out: Path) -> str:
+    s = result.series
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.boxplot([s["bare_ms"], s["parley_ms"]], vert=False, widths=0.5)
+    ax.set_yticks([1, 2], ["bare aiortc", "Parley (verified,\nserver-relayed)"])
+    ax.set_xlabel("ms from 'call' to first audio+video frame on both sides")
+    ax.set_title("Call setup")
+    return _save(fig, out / "setup.png")
+
+
+def _plot_latency(result: Result, out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(result.series["latency_ms"], bins=30, color="tab:blue")
+    ax.axvline(150, color="tab:red", linestyle="--", label="target p95 150 ms")
+    ax.set_xlabel("mouth-to-ear latency per click (ms)")
+    ax.set_ylabel("clicks")
+    ax.legend()
+    ax.set_title("Audio latency through a call (loopback)")
+    return _save(fig, out / "latency.png")
+
+
+def _plot_quality(result: Result, out: Path) -> str:
+    f = result.figures
+    names = ["Opus alone", "call, clean"] + [f"{n}% loss" for n in (1, 5, 10)
+                                              if f.get(f"pesq_loss{n}") is not None]
+    values = [f["pesq_opus_only"], f["pesq_clean"]] + [f[f"pesq_loss{n}"] for n in (1, 5, 10)
+                                                        if f.get(f"pesq_loss{n}") is not None]
+    if f.get("pesq_browser_to_robot") is not None:
+        names.append("browser to robot")
+        values.append(f["pesq_browser_to_robot"])
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.bar(names, values, color="tab:green")
+    ax.axhline(0.75 * f["pesq_clean"], color="tab:red", linestyle="--",
+               label="target at 5% loss (0.75x clean)")
+    ax.set_ylim(1, 4.7)
+    ax.set_ylabel("PESQ wide-band (MOS-LQO)")
+    ax.legend(fontsize=8)
+    ax.set_title("Speech quality")
+    plt.setp(ax.get_xticklabels(), rotation=15)
+    return _save(fig, out / "quality.png")
+
+
+def _plot_relay(result: Result, out: Path) -> str:
+    f = result.figures
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    groups = ["2 terminals", "50 terminals"]
+    x = range(len(groups))
+    a.bar([i - 0.27 for i in x], [f["relay_2_echo_per_s"], f["relay_50_echo_per_s"]], 0.27,
+          label="bare echo")
+    a.bar(list(x), [f["relay_2_per_s"], f["relay_50_per_s"]], 0.27, label="Parley, ephemeral")
+    a.bar([i + 0.27 for i in x], [f["relay_2_stored_per_s"], f["relay_50_stored_per_s"]], 0.27,
+          label="Parley, stored")
+    a.set_xticks(list(x), groups)
+    a.set_ylabel("messages per second")
+    a.legend(fontsize=8)
+    a.set_title("Relay throughput")
+    b.bar(["bare echo", "Parley"], [f["idle_2000_echo_mib"], f["idle_2000_mib"]],
+          color="tab:purple")
+    b.axhline(150, color="tab:red", linestyle="--", label="target 150 MiB")
+    b.set_ylabel("server RSS (MiB)")
+    b.legend(fontsize=8)
+    b.set_title("2,000 idle connections")
+    return _save(fig, out / "relay.png")
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+PLOTS = {"setup": _plot_setup, "latency": _plot_latency, "quality": _plot_quality,
+         "relay": _plot_relay}
+
+
+def write_report(out: Path, results: list[Result], summary: dict[str, Any]) -> Path:
+    host = summary["machine"]
+    lines = [
+        "# Parley benchmarks",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M %Z')} with `{summary['command']}`"
+        f" ({summary['seconds']:.0f} s).",
+        "",
+        f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB;"
+        f" {host['os']}, kernel {host['kernel']}; Python {host['python']}, aiortc"
+        f" {host['aiortc']}, aiohttp {host['aiohttp']}; load average at start"
+        f" {host['load_avg_at_start']}.",
+        "",
+        "Every figure is beside a baseline measured in the same run; on a shared, noisy"
+        " machine the ratios mean more than the absolute times.",
+        "",
+        "## Targets",
+        "",
+        "| target | result | met |",
+        "|---|---|---|",
+    ]
+    have = {r.bench for r in results}
+    for bench, key, text, show in TARGETS:
+        if bench not in have or key not in summary:
+            continue
+        try:
+            shown = show(summary)
+        except KeyError:
+            shown = "-"
+        lines.append(f"| {text} | {shown} | {'yes' if summary[key] else '**no**'} |")
+    for result in results:
+        lines += ["", f"## {result.bench} ({result.seconds:.0f} s)", "",
+                  markdown_table(result.rows), ""]
+        lines += [f"- {note}" for note in result.notes]
+        plot = PLOTS.get(result.bench)
+        if plot is not None:
+            try:
+                lines += ["", f"![{result.bench}]({plot(result, out)})"]
+            except (KeyError, TypeError, ValueError) as exc:
+                lines += ["", f"(no plot: {exc})"]
+        prof = result.series.get("relay_profile")
+        if prof:
+            lines += ["", f"py-spy, line server relaying at saturation ({prof['samples']}"
+                      " samples), self time:", "", "| function | % |", "|---|---|"]
+            lines += [f"| `{name}` | {pct} |" for name, pct in prof["self"]]
+            lines += ["", "Inclusive, Parley's own functions:", "", "| function | % |",
+                      "|---|---|"]
+            lines += [f"| `{name}` | {pct} |" for name, pct in prof["inclusive_parley"]]
+    if summary.get("failures"):
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in summary["failures"]]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
