@@ -287,3 +287,22 @@ def test_every_state_change_is_published() -> None:
     assert seen == [CallState.DIALING]
     with pytest.raises(LocalError):
         book.accept(call_id, NOW)  # cannot accept our own outgoing call
+
+
+def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() -> None:
+    wire = Wire()
+    book = wire.books[W]
+    call_id, _ = book.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
+    # The media stack (a browser waiting for camera permission) is slow; the peer's
+    # reach timeout must not run meanwhile, and early candidates must wait.
+    assert book.local_ice(call_id, "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "0", 0) == []
+    assert book.handle_timer(NOW + 30_000) == []
+    out = book.local_description(call_id, sdp(FP[W]), FP[W], NOW + 30_000)
+    types = [a.type for a in out if isinstance(a, SendEnvelope)]
+    assert types == ["call.offer", "call.ice"]
+    assert book.next_deadline() == NOW + 30_000 + 10_000
+    other = CallBook(device("x"), "london/desk")
+    call2, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
+    other.handle_timer(NOW + 60_001)
+    info = other.info(call2)
+    assert info.end_reason is EndReason.FAILED and "media" in (info.alarm or "")

@@ -51,7 +51,8 @@ from .sdp import MAX_SDP, check_secure_sdp
 from .trust import Trust, verify_hint
 
 RING_TIMEOUT_MS = 45_000  # nobody answered
-REACH_TIMEOUT_MS = 10_000  # the callee's terminal never said it was ringing
+MEDIA_SETUP_TIMEOUT_MS = 60_000  # our media stack never produced an offer (camera prompt?)
+REACH_TIMEOUT_MS = 10_000  # after our offer left, the callee's terminal never said it rang
 CONNECT_TIMEOUT_MS = 30_000  # answered, but ICE/DTLS never came up
 _DTLS_DOMAIN = b"parley-dtls-fingerprint-v1\x00"
 
@@ -346,6 +347,7 @@ class Call:
     alarm: str | None = None
     pending_ice: list[AddRemoteIce] = field(default_factory=list)
     sent_ids: set[str] = field(default_factory=set)
+    pending_local_ice: list[dict[str, Any]] = field(default_factory=list)
     media_started: bool = False
 
     @property
@@ -444,7 +446,7 @@ class CallBook:
             media=media,
             state=CallState.DIALING,
             started_ms=now_ms,
-            deadline_ms=now_ms + REACH_TIMEOUT_MS,
+            deadline_ms=now_ms + MEDIA_SETUP_TIMEOUT_MS,
         )
         call.media_started = True
         self._calls[call.call_id] = call
@@ -455,8 +457,13 @@ class CallBook:
         call = self.get(call_id)
         if call.state is CallState.ENDED:
             return [StopMedia(call_id)]
+        check_secure_sdp(sdp, dtls, who="this device's media stack")
         call.local_dtls = normalize_fingerprint(dtls)
-        check_secure_sdp(sdp, call.local_dtls, who="this device's media stack")
+        # The clocks for the peer start now: a person may have taken a while to let the
+        # browser use the camera, and that is not the peer's delay.
+        call.deadline_ms = now_ms + (REACH_TIMEOUT_MS if call.direction == "outgoing"
+                                     else CONNECT_TIMEOUT_MS)
+        held, call.pending_local_ice = call.pending_local_ice, []
         payload = {
             "call_id": call_id,
             "sdp": sdp,
@@ -466,8 +473,11 @@ class CallBook:
         }
         if call.direction == "outgoing":
             payload["media"] = str(call.media)
-            return [self._send(call, "call.offer", payload), self._changed(call)]
-        return [self._send(call, "call.answer", payload), self._changed(call)]
+        description = self._send(
+            call, "call.offer" if call.direction == "outgoing" else "call.answer", payload)
+        # Candidates the stack found before its description was ready follow it.
+        return [description, *(self._send(call, "call.ice", ice) for ice in held),
+                self._changed(call)]
 
     def accept(self, call_id: str, now_ms: int) -> list[Action]:
         call = self.get(call_id)
@@ -505,6 +515,9 @@ class CallBook:
             payload["mid"] = mid
         if mline is not None:
             payload["mline"] = mline
+        if call.local_dtls is None:  # our offer/answer has not gone out: the peer has no call
+            call.pending_local_ice.append(payload)
+            return []
         return [self._send(call, "call.ice", payload)]
 
     # -- media stack reports ------------------------------------------------
@@ -643,7 +656,10 @@ class CallBook:
         for call in self.live():
             if call.deadline_ms is None or call.deadline_ms > now_ms:
                 continue
-            if call.state is CallState.DIALING:
+            if call.state is CallState.DIALING and call.local_dtls is None:
+                call.alarm = "this terminal's media could not be prepared in time"
+                actions += self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
+            elif call.state is CallState.DIALING:
                 actions += self._fire(call, CallEvent.UNREACHABLE, now_ms, local=True)
             elif call.state in (CallState.RINGBACK, CallState.RINGING):
                 actions += self._fire(call, CallEvent.RING_TIMEOUT, now_ms, local=True)

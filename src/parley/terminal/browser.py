@@ -153,10 +153,6 @@ class BrowserSession:
         self.stats_report: dict[str, Any] = {}
         self.state = "new"  # new -> describing -> described -> connected -> closed
         self._description: asyncio.Future[str] | None = None
-        # Candidates the page reports before the terminal has sent our offer or
-        # answer are held: sent earlier, the peer would drop them as belonging
-        # to a call it has not heard of.
-        self._held: list[tuple[str, str | None, int | None]] | None = []
 
     # -- MediaSession ------------------------------------------------------------------
 
@@ -201,10 +197,8 @@ class BrowserSession:
         if not host_candidate_allowed(candidate, self.engine.ice.host_addresses):
             log.debug("call %s: not forwarding candidate %s", self.call_id, candidate)
             return
-        if self._held is not None:
-            self._held.append((candidate, mid, mline))
-        else:
-            self.events.local_ice(self.call_id, candidate, mid, mline)
+        # The call book holds candidates that come before our offer/answer has gone.
+        self.events.local_ice(self.call_id, candidate, mid, mline)
 
     def on_connected(self, certificates: list[dict[str, str]]) -> None:
         if self.state != "described":
@@ -255,17 +249,7 @@ class BrowserSession:
                              " DTLS fingerprints; exactly one is needed",
                              code=ErrorCode.INSECURE_MEDIA)
         self.state = "described"
-        # The terminal signs and queues our offer/answer as soon as this returns,
-        # in the same step of its worker; candidates go out on the next step, after it.
-        asyncio.get_running_loop().call_soon(self._release_candidates)
         return LocalDescription(sdp, prints.pop())
-
-    def _release_candidates(self) -> None:
-        held, self._held = self._held or [], None
-        if self.state == "closed":
-            return
-        for candidate, mid, mline in held:
-            self.events.local_ice(self.call_id, candidate, mid, mline)
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.page is not None:
