@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 VIEWPORT = {"width": 1366, "height": 800}  # a laptop screen
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"  # every run, not committed
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's: refreshed on request
 UI_TIMEOUT_MS = 20_000  # call setup, ICE and DTLS on loopback take well under this
 
 
@@ -164,9 +167,16 @@ def video_decoded(stats: dict[str, Any]) -> bool:
 
 
 async def screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    """Every run writes test-artifacts/screenshots/; the README's copies in docs/screenshots/
+    are written when missing or with PARLEY_UPDATE_SCREENSHOTS=1 (each run has new keys and
+    a new SAS, so rewriting them always would leave every checkout modified)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path))
+    readme_copy = SCREENSHOTS / f"{name}.png"
+    if os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1" or not readme_copy.exists():
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, readme_copy)
     return path
 
 
