@@ -84,8 +84,14 @@ export class CallMedia {
     for (const track of this.remoteStream.getTracks()) track.stop();
   }
 
-  // The certificates the peer presented in the DTLS handshake, as getStats reports them.
+  // The certificates the peer presented in the DTLS handshake. First from the DTLS
+  // transport itself, hashed here with SubtleCrypto: Chromium's certificate stats are
+  // cached at the first getStats() after a negotiation and can miss the peer's
+  // certificate for the whole call. getStats is the fallback for browsers without
+  // RTCDtlsTransport.getRemoteCertificates().
   async handshakeCertificates() {
+    const fromTransport = await this.#transportCertificates();
+    if (fromTransport.length > 0) return fromTransport;
     const report = await this.pc.getStats();
     const certificates = [];
     for (const stat of report.values()) {
@@ -94,6 +100,21 @@ export class CallMedia {
       if (certificate) {
         certificates.push({ algorithm: certificate.fingerprintAlgorithm, fingerprint: certificate.fingerprint });
       }
+    }
+    return certificates;
+  }
+
+  async #transportCertificates() {
+    const transport = this.pc.getSenders().map((s) => s.transport).find(Boolean)
+      ?? this.pc.getReceivers().map((r) => r.transport).find(Boolean);
+    if (!transport || typeof transport.getRemoteCertificates !== "function" || !crypto.subtle) {
+      return [];
+    }
+    const certificates = [];
+    for (const der of transport.getRemoteCertificates()) {
+      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
+      const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0").toUpperCase());
+      certificates.push({ algorithm: "sha-256", fingerprint: hex.join(":") });
     }
     return certificates;
   }
