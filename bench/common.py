@@ -204,7 +204,7 @@ class Child:
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file,
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                cwd=REPO, start_new_session=True)
+                cwd=REPO, start_new_session=True, limit=64 * 1024 * 1024)  # long JSON lines
         finally:
             log_file.close()
         return cls(name, proc, log_path)

@@ -103,6 +103,47 @@ def _save(fig: Any, path: Path) -> str:
     return path.name
 
 
+def misses(f: dict[str, Any]) -> list[str]:
+    """For each missed target: by how much, what limits it, what would close it."""
+    out = []
+    if f.get("pesq_loss5_met") is False:
+        short = 0.75 * f["pesq_clean"] - f["pesq_loss5"]
+        out.append(
+            f"**PESQ at 5% loss**: {f['pesq_loss5']} is {f['pesq_loss5_share_of_clean']}x the"
+            f" clean call, {short:.2f} PESQ short of 0.75x. Not CPU: packets lost are the"
+            f" network's ({f.get('pesq_loss5_packets_lost_percent')}% at 5%; aiortc's own"
+            " jitter buffer used to multiply that about five-fold, which robot media now"
+            " replaces), and each lost 20 ms of CELT-mode Opus is gone: libopus concealment"
+            " (now on) only extrapolates, and PESQ-WB marks it down. Closing it needs"
+            " redundancy, not concealment: Opus in-band FEC (SILK or hybrid mode at a lower"
+            " bitrate, and a decoder that decodes the next packet with decode_fec -- FFmpeg's"
+            " libopus wrapper, which aiortc decodes through, never does: a direct libopus"
+            " binding), RED (RFC 2198; Chrome offers audio/red, aiortc lacks it), or NACK and"
+            " retransmission for audio (aiortc NACKs only video; on a link whose round trip is"
+            " well under the 80 ms jitter buffer, a retransmission arrives in time).")
+    if f.get("relay_met") is False:
+        floor = min(f.get("relay_2_floor_ratio") or 1, f.get("relay_50_floor_ratio") or 1)
+        out.append(
+            f"**Relay throughput**: {f['relay_ratio']}x the bare echo, {0.5 - f['relay_ratio']:.2f}"
+            f" short of 0.5x. A relay that parses, forwards and acknowledges with no checks at"
+            f" all (bench/floor_server.py) reaches only {floor}x in the same run: each envelope"
+            " is one frame in and two out (deliver, sent), each a send() of its own, plus a JSON"
+            " parse and re-encode, where the echo does one frame in and one out. py-spy on the"
+            " line server at saturation (table above) puts socket writes first, then encoding"
+            " the deliver frame, the route check and the envelope's validation (which"
+            " base64-decodes the ciphertext). What would close it: coalescing frames per socket"
+            " per event-loop turn (one send for many, below aiohttp's WebSocketResponse);"
+            " forwarding the envelope's JSON text as received instead of re-encoding it (a wire"
+            " change: env as a string) and a compiled JSON codec; a regular-expression check of"
+            " the ciphertext's base64 instead of decoding it; and, beyond one core, several"
+            " server processes (SO_REUSEPORT) with a broker, as PRODUCT.md plans for growth."
+            f" Stored envelopes ({f.get('relay_2_stored_ratio')}x) wait on SQLite: one committed"
+            " transaction per envelope and per ack, in the event loop (the server is not even"
+            " CPU-bound); committing a loop turn's envelopes together before their `sent`"
+            " replies would close most of that.")
+    return out
+
+
 PLOTS = {"setup": _plot_setup, "latency": _plot_latency, "quality": _plot_quality,
          "relay": _plot_relay}
 
@@ -137,6 +178,10 @@ def write_report(out: Path, results: list[Result], summary: dict[str, Any]) -> P
         except KeyError:
             shown = "-"
         lines.append(f"| {text} | {shown} | {'yes' if summary[key] else '**no**'} |")
+    missed = misses(summary)
+    if missed:
+        lines += ["", "### Missed: by how much, what limits it, what would close it", ""]
+        lines += [f"- {text}" for text in missed]
     for result in results:
         lines += ["", f"## {result.bench} ({result.seconds:.0f} s)", "",
                   markdown_table(result.rows), ""]
