@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay
+from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, certificate_digest
 from aiortc.sdp import candidate_from_sdp
@@ -31,6 +31,7 @@ from parley.core.errors import ErrorCode, LocalError
 from parley.media import audio_loss
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
+from parley.media.recorder import Recorder
 from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
 
 log = logging.getLogger("parley.media")
@@ -42,7 +43,7 @@ AudioTap = Callable[[str, int, np.ndarray], None]  # (call_id, monotonic ns, int
 class RobotOptions:
     ice: IceConfig = field(default_factory=IceConfig)
     play: Path | None = None  # a media file to send instead of the test pattern and tone
-    record_dir: Path | None = None  # write what we receive to <call_id>.webm here
+    record_dir: Path | None = None  # write what we receive to <call_id>.webm here (recorder.py)
     width: int = 640
     height: int = 360
     fps: int = 30
@@ -88,8 +89,7 @@ class RobotMediaSession:
         self._opened = time.monotonic()
         self.pc = RTCPeerConnection(options.ice.rtc_configuration())
         self._tasks: set[asyncio.Task[None]] = set()
-        self._relay = MediaRelay()
-        self._recorder: MediaRecorder | None = None
+        self._recorder: Recorder | None = None
         self._player: MediaPlayer | None = None
         self.received = {"audio": ReceivedStats(), "video": ReceivedStats()}
         self._reported = False
@@ -112,7 +112,9 @@ class RobotMediaSession:
                 self.video_track = TestPatternTrack(options.width, options.height, options.fps)
         if options.record_dir is not None:
             options.record_dir.mkdir(parents=True, exist_ok=True)
-            self._recorder = MediaRecorder(str(options.record_dir / f"{call_id}.webm"))
+            self._recorder = Recorder(options.record_dir / f"{call_id}.webm",
+                                      {"audio", "video"} if media is MediaKind.VIDEO
+                                      else {"audio"})
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
@@ -175,10 +177,9 @@ class RobotMediaSession:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        if self._recorder is not None:
-            with contextlib.suppress(Exception):
-                await self._recorder.stop()
         await self.pc.close()
+        if self._recorder is not None:
+            await self._recorder.close()
         for track in (self.audio_track, self.video_track):
             if track is not None:
                 track.stop()
@@ -188,12 +189,7 @@ class RobotMediaSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind not in self.received:
             return
-        if self._recorder is not None:
-            self._recorder.addTrack(self._relay.subscribe(track))
-            consumer = self._relay.subscribe(track)
-        else:
-            consumer = track
-        task = asyncio.ensure_future(self._consume(consumer, self.received[track.kind]))
+        task = asyncio.ensure_future(self._consume(track, self.received[track.kind]))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -207,6 +203,8 @@ class RobotMediaSession:
             if stats.first_ms is None:
                 stats.first_ms = (time.monotonic() - self._opened) * 1000
             stats.frames += 1
+            if self._recorder is not None:
+                self._recorder.add(track.kind, frame)
             if tap is not None:
                 tap(self.call_id, time.monotonic_ns(), frame.to_ndarray().reshape(-1))
 
@@ -220,8 +218,6 @@ class RobotMediaSession:
             except LocalError as exc:
                 self._events.media_failed(self.call_id, exc.message)
                 return
-            if self._recorder is not None:
-                await self._recorder.start()
             self._events.media_connected(self.call_id, fingerprint)
         elif state == "failed" and not self._closed:
             self._events.media_failed(self.call_id, "the media connection failed (ICE or DTLS)")

@@ -390,12 +390,12 @@ class Terminal:
         session = self.sessions.get(call_id)
         if session is None:
             return
-        # Keep the session listed until its last stats are recorded, so that
-        # call_stats never falls between the two and finds nothing.
+        # Keep the session listed until it is closed (its recording finished) and its
+        # last stats are recorded, so call_stats never falls between the two.
+        await session.close()
         with contextlib.suppress(Exception):
             self.final_stats[call_id] = await session.stats()
         self.sessions.pop(call_id, None)
-        await session.close()
 
     def _call_changed(self, info: CallInfo) -> None:
         data = info.to_json()
