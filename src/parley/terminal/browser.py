@@ -27,8 +27,8 @@ microphone, builds an `RTCPeerConnection` with exactly the ICE servers given
 the terminal then signs is read *by the terminal* from that SDP, which must
 name exactly one. Candidates trickle both ways (`call.ice` between
 terminals). When the connection is up, the page reports the certificate the
-peer presented in the handshake (getStats: transport ``remoteCertificateId``
--> certificate ``fingerprint``) and the terminal hands it to
+peer presented in the handshake (from its DTLS transport's remote certificates,
+hashed with SubtleCrypto; getStats as a fallback) and the terminal hands it to
 `CallBook.media_connected`, exactly as robot media does: a certificate that
 is not the one the peer signed hangs up as intercepted. The page attaches
 remote audio and video to the screen only once the terminal says the call is
@@ -65,7 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parley.browser")
 
-DESCRIBE_TIMEOUT_S = 20.0  # camera permission, getUserMedia and createOffer/Answer
+# A person may first have to allow the camera; the call book's own media-setup
+# deadline (60 s) is the backstop, this one gives the clearer reason first.
+DESCRIBE_TIMEOUT_S = 55.0
 MAX_STATS_KEYS = 40
 MAX_CERTIFICATES = 4
 
