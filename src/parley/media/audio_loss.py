@@ -1,8 +1,8 @@
-"""Lost audio packets: lose only what the network lost, and conceal it.
+"""Lost audio packets: lose only what the network lost, recover it from FEC, conceal the rest.
 
-aiortc (1.16) handles a lost audio packet badly in two places, and robot media
-overrides both for the whole process (`install`, as `ice.use_host_addresses`
-does for aioice):
+aiortc (1.16) handles a lost audio packet badly, and robot media overrides its
+parts for the whole process (`install`, as `ice.use_host_addresses` does for
+aioice):
 
 * Its audio jitter buffer (16 slots, 4 packets prefetched) counts a hole as
   occupied: while one sits in the buffer, each packet that arrives pushes a
@@ -12,31 +12,78 @@ does for aioice):
   latency (a frame leaves when the packet `prefetch` places after it has
   arrived) but, when that moment comes and the frame is missing, it gives it
   up and releases the next one: only what the network lost is lost.
-* Its Opus decoder does nothing for a frame that never came: silence, and a
-  click at each edge. `ConcealingOpusDecoder` asks libopus to conceal each
-  missing frame (up to `MAX_CONCEALED`): a packet of one byte, its TOC, is
-  decoded by libopus as a lost frame of that duration (RFC 6716, section
-  4.4: "the decoder SHOULD ... perform packet loss concealment"), which is
-  the one way through FFmpeg's libopus wrapper that aiortc decodes with.
+* It sends Opus with no redundancy: CELT-only at 96 kbit/s, so a lost packet
+  is 20 ms gone. `FecOpusEncoder` turns on Opus in-band FEC (RFC 6716,
+  section 2.1.7; FFmpeg's libopus options ``fec`` and ``packet_loss``): each
+  packet also carries a coarser copy (LBRR) of the speech band of the packet
+  before it. libopus then codes speech in hybrid mode (SILK up to 8 kHz, CELT
+  above), the clean-link cost measured by ``bench/run quality``
+  (``pesq_opus_fec_only`` beside ``pesq_opus_only``). Our SDP says
+  ``useinbandfec=1`` (RFC 7587), so browsers send it to robots too.
+* Its Opus decoder (FFmpeg's libopus wrapper) never decodes FEC and does
+  nothing for a frame that never came. `FecOpusDecoder` decodes with the
+  system's libopus directly (`parley.media.libopus`): when a packet arrives
+  after a gap, libopus first rebuilds the frame just before it from that
+  packet's FEC, and conceals the rest of the gap (up to `MAX_CONCEALED`
+  frames; a longer gap stays silent but for the recovered frame).
 
-Opus in-band FEC is not used: the robots send CELT-only Opus at 96 kbit/s,
-which carries none, and FFmpeg's wrapper never asks libopus to decode it.
+Without a system libopus (Debian: ``libopus0``) robots still send FEC but
+decode through FFmpeg, concealing each missing frame (`ConcealingOpusDecoder`:
+a one-byte packet, its TOC, is decoded by libopus as a lost frame of that
+duration, RFC 6716 section 4.4), and say so in the log.
 """
 
 from __future__ import annotations
 
+import fractions
+import logging
+from dataclasses import dataclass
 from typing import Any
 
+import aiortc.codecs
 import aiortc.rtcrtpreceiver
-from aiortc.codecs.opus import OpusDecoder
+import aiortc.rtcrtpsender
+import numpy as np
+from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add, uint16_gt
+from av import AudioFrame
+
+from parley.core.errors import ErrorCode, LocalError
+from parley.media import libopus
+
+log = logging.getLogger("parley.media")
 
 MAX_CONCEALED = 5  # 100 ms at 20 ms a frame; a longer gap is left silent
-_original_jitter_buffer = aiortc.rtcrtpreceiver.JitterBuffer
-_original_get_decoder = aiortc.rtcrtpreceiver.get_decoder
+_TIME_BASE = fractions.Fraction(1, libopus.RATE)
+_receiver: Any = aiortc.rtcrtpreceiver
+_sender: Any = aiortc.rtcrtpsender
+_original_jitter_buffer = _receiver.JitterBuffer
+_original_get_decoder = _receiver.get_decoder
+_original_get_encoder = _sender.get_encoder
+
+
+@dataclass(frozen=True)
+class OpusOptions:
+    """How robot media sends Opus (`RobotOptions.opus`).
+
+    fec: send Opus in-band FEC, each packet carrying a coarse copy of the one
+      before, so that a receiver that decodes it (robots, browsers) loses only
+      what is lost twice in a row; costs some clean-link quality, which
+      ``bench/run quality`` measures.
+    expected_loss: the packet loss, in percent, that libopus sizes the FEC
+      for (its ``OPUS_SET_PACKET_LOSS_PERC``); 1 to 100.
+    """
+
+    fec: bool = True
+    expected_loss: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.expected_loss <= 100:
+            raise LocalError(f"expected Opus packet loss {self.expected_loss} % is out of range",
+                             code=ErrorCode.BAD_CONFIG, hint="use 1 to 100 (percent)")
 
 
 class AudioJitterBuffer:
@@ -104,9 +151,69 @@ class ConcealingOpusDecoder(OpusDecoder):
                     frames += super().decode(JitterFrame(data=toc, timestamp=lost))
         decoded = super().decode(encoded_frame)
         if decoded:
-            self._duration = max(1, sum(f.samples for f in decoded))
+            self._duration = max(1, sum(getattr(f, "samples", 0) for f in decoded))
             self._expected = (timestamp + self._duration) % 2**32
         return frames + decoded
+
+
+class FecOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder (libopus via FFmpeg, 96 kbit/s, 20 ms), with in-band FEC on."""
+
+    def __init__(self, expected_loss: int = OpusOptions.expected_loss) -> None:
+        super().__init__()
+        self.codec.options = {"application": "voip", "fec": "1",
+                              "packet_loss": str(expected_loss)}
+
+
+class FecOpusDecoder:
+    """An aiortc Opus decoder on the system's libopus: FEC first, then concealment.
+
+    Frames come out as aiortc's do (48 kHz, interleaved int16 stereo, pts = RTP
+    timestamp); a frame rebuilt for a lost packet has that packet's timestamp.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = libopus.Decoder(channels=2)
+        self._expected: int | None = None  # RTP timestamp of the audio after the last packet
+        self.recovered = 0  # samples rebuilt for lost packets (FEC, or concealment)
+
+    def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+        data, timestamp = encoded_frame.data, encoded_frame.timestamp
+        frames: list[AudioFrame] = []
+        try:
+            duration = libopus.packet_samples(data)
+            if self._expected is not None:
+                gap = (timestamp - self._expected) % 2**32
+                if 0 < gap < 2**31:
+                    # A long gap stays silent, but for the frame this packet's FEC rebuilds.
+                    missing = gap if gap <= MAX_CONCEALED * duration else duration
+                    pcm = self._decoder.recover(data, missing)
+                    self.recovered += len(pcm)
+                    frames += _frames(pcm, timestamp - len(pcm), duration)
+            pcm = self._decoder.decode(data)
+        except libopus.OpusError as exc:
+            log.debug("an Opus packet that libopus cannot decode (%s): treated as lost", exc)
+            return frames
+        self._expected = (timestamp + len(pcm)) % 2**32
+        return frames + _frames(pcm, timestamp, len(pcm))
+
+
+def _frames(pcm: np.ndarray, timestamp: int, size: int) -> list[AudioFrame]:
+    """(samples, 2) int16 as aiortc-style stereo frames of `size` samples from `timestamp`."""
+    out = []
+    for start in range(0, len(pcm), max(1, size)):
+        chunk = pcm[start:start + size]
+        frame = AudioFrame.from_ndarray(np.ascontiguousarray(chunk).reshape(1, -1),
+                                        format="s16", layout="stereo")
+        frame.sample_rate = libopus.RATE
+        frame.pts = (timestamp + start) % 2**32
+        frame.time_base = _TIME_BASE
+        out.append(frame)
+    return out
+
+
+def _opus_codec() -> RTCRtpCodecParameters:
+    return next(c for c in aiortc.codecs.CODECS["audio"] if c.mimeType.lower() == "audio/opus")
 
 
 def _jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
@@ -117,13 +224,35 @@ def _jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> 
 
 def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
     if codec.mimeType.lower() == "audio/opus":
-        return ConcealingOpusDecoder()
+        return FecOpusDecoder() if libopus.available() else ConcealingOpusDecoder()
     return _original_get_decoder(codec)
 
 
-def install(enabled: bool = True) -> None:
-    """Use these for every aiortc receiver made from now on in this process (or not)."""
-    receiver: Any = aiortc.rtcrtpreceiver
-    receiver.JitterBuffer = _jitter_buffer if enabled else _original_jitter_buffer
-    receiver.get_decoder = _get_decoder if enabled else _original_get_decoder
+_options = OpusOptions()
 
+
+def _get_encoder(codec: RTCRtpCodecParameters) -> Any:
+    if codec.mimeType.lower() == "audio/opus" and _options.fec:
+        return FecOpusEncoder(_options.expected_loss)
+    return _original_get_encoder(codec)
+
+
+def install(enabled: bool = True, options: OpusOptions | None = None) -> None:
+    """Use these for every aiortc sender and receiver made from now on in this process (or not).
+
+    Process-wide, like aiortc's own defaults: the last call's `options` hold for
+    every robot session in the process.
+    """
+    global _options
+    _receiver.JitterBuffer = _jitter_buffer if enabled else _original_jitter_buffer
+    _receiver.get_decoder = _get_decoder if enabled else _original_get_decoder
+    _sender.get_encoder = _get_encoder if enabled else _original_get_encoder
+    _options = options or OpusOptions()
+    parameters = _opus_codec().parameters
+    if enabled and libopus.available():
+        parameters["useinbandfec"] = 1  # RFC 7587: we decode in-band FEC; please send it
+    else:
+        parameters.pop("useinbandfec", None)
+        if enabled:
+            log.warning("robot media: %s to recover lost audio from Opus FEC;"
+                        " concealing lost packets instead", libopus.INSTALL_HINT)

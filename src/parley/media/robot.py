@@ -50,6 +50,7 @@ class RobotOptions:
     audio_source: SampleSource | None = None  # programmatic audio (benchmarks)
     on_remote_audio: AudioTap | None = None  # every decoded remote audio frame
     on_local_audio: AudioTap | None = None  # every local audio frame, as it is sent
+    opus: audio_loss.OpusOptions = field(default_factory=audio_loss.OpusOptions)  # FEC sent
 
 
 def dtls_fingerprint(transport: RTCDtlsTransport) -> str:
@@ -229,7 +230,8 @@ class RobotMedia:
     def __init__(self, options: RobotOptions | None = None) -> None:
         self.options = options or RobotOptions()
         self.sessions: dict[str, RobotMediaSession] = {}
-        audio_loss.install()  # aiortc loses more audio than the network does: see audio_loss
+        # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
+        audio_loss.install(options=self.options.opus)
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
         session = RobotMediaSession(call_id, media, events, self.options)
