@@ -7,8 +7,11 @@ server side, so this one is stripped to the bone: frames to send are built
 once in advance (RFC 6455 client frames, masked with an all-zero key, which
 every server must accept and unmask like any other), frames received are cut
 out of the byte stream and handed over as bytes, and replies are sent from
-the protocol callback without a task switch. It speaks to both servers under
-test -- Parley's line server and the bare echo server -- identically.
+the protocol callback without a task switch: whatever is sent while one read
+is handled goes out in one socket write, still as separate WebSocket frames.
+It speaks to both servers under test -- Parley's line server and the bare
+echo server -- identically; only the subprotocol it offers (`protocols`)
+differs, and the echo server never chooses one.
 """
 
 from __future__ import annotations
@@ -41,20 +44,24 @@ class RawWebSocket(asyncio.Protocol):
         self.on_text = on_text or (lambda _payload: None)
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._corked: list[bytes] | None = None  # frames sent while a read is handled
+        self.protocol = ""  # the subprotocol the server chose, if any
         self._upgraded = False
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str = "/v1/ws",
-                      on_text: Callable[[bytes], None] | None = None) -> RawWebSocket:
+                      on_text: Callable[[bytes], None] | None = None,
+                      protocols: tuple[str, ...] = ()) -> RawWebSocket:
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_connection(lambda: cls(on_text), host, port)
         assert proto.transport is not None
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n" if protocols else ""
         proto.transport.write(
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
             f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
         await asyncio.wait_for(proto._ready, 30)
         return proto
@@ -70,7 +77,10 @@ class RawWebSocket(asyncio.Protocol):
             self.closed.set_result(None)
 
     def send(self, frame: bytes) -> None:
-        """Send a frame made by `client_frame`."""
+        """Send a frame made by `client_frame` (with the read's others, if handling one)."""
+        if self._corked is not None:
+            self._corked.append(frame)
+            return
         assert self.transport is not None
         self.transport.write(frame)
 
@@ -83,17 +93,30 @@ class RawWebSocket(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self._corked = []
+        try:
+            self._frames_received(data)
+        finally:
+            corked, self._corked = self._corked, None
+            if corked and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(corked))
+
+    def _frames_received(self, data: bytes) -> None:
         buf = self._buffer
         buf += data
         if not self._upgraded:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status = bytes(buf[:buf.find(b"\r\n")])
+            head = bytes(buf[:end]).decode(errors="replace").split("\r\n")
             del buf[:end + 4]
-            if b" 101 " not in status:
-                self._ready.set_exception(ConnectionError(status.decode(errors="replace")))
+            if " 101 " not in head[0]:
+                self._ready.set_exception(ConnectionError(head[0]))
                 return
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "sec-websocket-protocol":
+                    self.protocol = value.strip()
             self._upgraded = True
             self._ready.set_result(None)
         pos = 0

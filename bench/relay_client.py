@@ -6,6 +6,9 @@ connection logs in as an enrolled device -- the real challenge-response of
 `core.wire`, signed with the device's own key -- and sends envelopes sealed
 (HPKE) and signed by that device to its partner on a line. Against the echo
 server the same connections send the very same frames, without the login.
+Both get one WebSocket message per frame from the client; the line server is
+offered batches (`wire.BATCH_SUBPROTOCOL`), so its replies may come several
+to a message, and the client reads them like a terminal's link does.
 
 Jobs (one per process run), results printed as ``json: {...}``:
 
@@ -38,6 +41,16 @@ ID_MARK = b'"id":"'
 
 def emit(obj: dict[str, Any]) -> None:
     print("json: " + json.dumps(obj), flush=True)
+
+
+def split_batches(handler: Any) -> Any:
+    """Hand each frame of a message to `handler`, as if it had come alone."""
+
+    def on_message(payload: bytes) -> None:
+        for frame in payload.split(b"\n"):
+            handler(frame)
+
+    return on_message
 
 
 def envelope_id(payload: bytes) -> bytes:
@@ -85,17 +98,22 @@ class Load:
             device.ws = await RawWebSocket.connect(self.host, self.port, on_text=handler)
             return
         login: asyncio.Queue[bytes] = asyncio.Queue()
-        ws = await RawWebSocket.connect(self.host, self.port, on_text=login.put_nowait)
+        ws = await RawWebSocket.connect(self.host, self.port, on_text=login.put_nowait,
+                                        protocols=(wire.BATCH_SUBPROTOCOL,))
+        batched = ws.protocol == wire.BATCH_SUBPROTOCOL
         challenge = json.loads(await asyncio.wait_for(login.get(), 30))
         sig = device.keys.sign(wire.auth_statement(challenge["nonce"], device.ident,
                                                    self.origin))
         ws.send_text(json.dumps({"t": "hello", "device": device.ident, "sig": b64e(sig),
                                  "receive": True}))
-        welcome = json.loads(await asyncio.wait_for(login.get(), 30))
-        if welcome.get("t") != "welcome":
-            raise RuntimeError(f"login refused for {device.ident}: {welcome}")
-        ws.on_text = handler
+        welcome, *rest = (await asyncio.wait_for(login.get(), 30)).split(b"\n") if batched \
+            else [await asyncio.wait_for(login.get(), 30)]
+        if json.loads(welcome).get("t") != "welcome":
+            raise RuntimeError(f"login refused for {device.ident}: {welcome!r}")
         device.ws = ws
+        ws.on_text = split_batches(handler) if batched else handler
+        for frame in rest:  # what came with the welcome (the mailbox)
+            handler(frame)
 
     async def connect_all(self, make_handler: Any, concurrency: int = 64) -> None:
         gate = asyncio.Semaphore(concurrency)

@@ -24,6 +24,23 @@ nonce, the device id and the server's origin, so a signature made for one
 server or one session cannot be replayed at another. ``ephemeral`` envelopes
 (call signaling) are delivered now or refused with ``recipient_offline``;
 others are stored until the recipient acknowledges them.
+
+Batches. Each WebSocket message carries one frame, unless the connection
+negotiated the subprotocol `BATCH_SUBPROTOCOL` (the client offers it in
+``Sec-WebSocket-Protocol``, the server chooses it). Then either side may put
+several frames in one message, one per line: frames separated by ``\n``, each
+a JSON object without raw line breaks (as ``json.dumps`` writes them; JSON
+strings escape theirs). A batch is packaging only. Each frame in it is parsed,
+checked, rate-limited and answered exactly as if it had come alone, in order;
+a bad one gets its own error and its neighbours carry on. `MAX_FRAME` bounds
+each frame, `MAX_BATCH` the frames of a message, and `pack_batches` keeps a
+message of several frames within `MAX_FRAME` too, so a reader's message limit
+never changes. Senders batch whatever they have ready within one event-loop
+turn: under load one message and one socket write carry what would otherwise
+be dozens (a relayed envelope is one frame in, two out), and a lone frame goes
+out as soon as before. The choice is per connection, not in ``hello``, so that
+anything relaying frames one message at a time between a terminal and the
+server (a proxy, a test's man in the middle) simply does not offer it.
 """
 
 from __future__ import annotations
@@ -36,6 +53,8 @@ from .errors import ErrorCode, RemoteError
 from .keys import DEVICE_ID_MAX, NAME_MAX, split_device_id
 
 MAX_FRAME = 320 * 1024
+MAX_BATCH = 100  # frames in one message, so that one message cannot ask for too many replies
+BATCH_SUBPROTOCOL = "parley.batch.v1"
 _AUTH_DOMAIN = b"parley-auth-v1\x00"
 
 
@@ -95,6 +114,34 @@ def parse_message(raw: str | bytes, table: dict[str, dict[str, schema.Field]],
             code=ErrorCode.UNKNOWN_TYPE,
         )
     return schema.validate(data, fields, what=f"{kind} message")
+
+
+def split_batch(raw: str) -> list[str]:
+    """The frames of one message on a connection that negotiated batches."""
+    frames = raw.split("\n")
+    if len(frames) > MAX_BATCH:
+        raise RemoteError(f"a message carries at most {MAX_BATCH} frames; none were processed",
+                          code=ErrorCode.TOO_LARGE, hint="send the rest in another message")
+    return frames
+
+
+def pack_batches(frames: list[str]) -> list[str]:
+    """Join frames, in order, into as few messages as `MAX_FRAME` and `MAX_BATCH` allow.
+
+    A frame larger than `MAX_FRAME` by itself (a deliver frame is a few bytes
+    longer than the send frame it came in) travels alone, as it would unbatched.
+    """
+    if len(frames) == 1:
+        return frames
+    messages: list[str] = []
+    start, size = 0, -1
+    for i, frame in enumerate(frames):
+        if i > start and (size + 1 + len(frame) > MAX_FRAME or i - start == MAX_BATCH):
+            messages.append("\n".join(frames[start:i]))
+            start, size = i, -1
+        size += 1 + len(frame)
+    messages.append("\n".join(frames[start:]))
+    return messages
 
 
 def error_message(code: ErrorCode | str, message: str, hint: str = "",

@@ -11,12 +11,15 @@ Every frame from the network is parsed and validated by `core.wire` before it is
 used; a bad frame gets an ``error`` reply naming what was wrong and the session
 carries on (or, for a failed login, is closed). One session's trouble never
 touches another's: each runs in its own task and every handler is wrapped.
+
+Nothing is written to a socket directly: frames go to the session's `Outbox`,
+which writes what a turn of the event loop produced for that socket together
+(in batches, where the connection negotiated them; see `core.wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -34,14 +37,14 @@ from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import split_device_id
+from parley.server.outbox import Outbox
 from parley.server.status import render_status
 from parley.server.store import ServerStore
 
 log = logging.getLogger("parley.server")
 
 AUTH_TIMEOUT_S = 10.0
-MAX_WS_MESSAGE = 1024 * 1024  # frames above this are cut off by aiohttp (close 1009)
-SEND_QUEUE_LIMIT = 1000
+MAX_WS_MESSAGE = 1024 * 1024  # messages above this are cut off by aiohttp (close 1009)
 RATE_PER_S = 500.0
 RATE_BURST = 1000.0
 
@@ -71,6 +74,7 @@ class ServerConfig:
 @dataclass
 class Session:
     ws: web.WebSocketResponse
+    outbox: Outbox
     peer: str
     nonce: str = field(default_factory=lambda: b64e(secrets.token_bytes(24)))
     device: str | None = None
@@ -110,6 +114,7 @@ class LineServer:
         self.online: dict[str, list[Session]] = defaultdict(list)
         self.counters = Counters()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._routes_fresh = False  # store.forget_stale_routes asked this event-loop turn
         self.started_ms = now_ms()
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes([
@@ -176,24 +181,28 @@ class LineServer:
     # -- WebSocket ------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0)
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
+                                   protocols=(wire.BATCH_SUBPROTOCOL,))
         await ws.prepare(request)
+        batched = ws.ws_protocol == wire.BATCH_SUBPROTOCOL
         rate = self.config.rate_per_s
-        session = Session(ws=ws, peer=str(request.remote), rate=rate, burst=2 * rate,
-                          tokens=2 * rate)
-        await self._send(session, {"t": "challenge", "nonce": session.nonce,
-                                   "server": self.config.origin})
+        session = Session(ws=ws, outbox=Outbox(ws.send_str, batched=batched),
+                          peer=str(request.remote), rate=rate, burst=2 * rate, tokens=2 * rate)
+        self._send(session, {"t": "challenge", "nonce": session.nonce,
+                             "server": self.config.origin})
         timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout, session)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_frame(session, msg.data)
+                    await self._on_message(session, msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    await self._reply_error(session, RemoteError(
+                    self._reply_error(session, RemoteError(
                         "binary frames are not part of the protocol; send JSON text frames"))
                 elif msg.type == WSMsgType.ERROR:
                     log.info("websocket from %s closed with error: %s", session.peer,
                              ws.exception())
+                if session.outbox.full:  # a client that does not read its replies waits
+                    await session.outbox.room()
         finally:
             timer.cancel()
             self._drop(session)
@@ -205,6 +214,22 @@ class LineServer:
                      AUTH_TIMEOUT_S)
             self._background(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
                                               message=b"not authenticated"))
+
+    async def _on_message(self, session: Session, raw: str) -> None:
+        if not session.outbox.batched:
+            await self._on_frame(session, raw)
+            return
+        try:
+            frames = wire.split_batch(raw)
+        except RemoteError as exc:
+            self.counters.bad_input += 1
+            log.info("bad input from %s (%s): %s", session.device or session.peer, exc.code, exc)
+            self._reply_error(session, exc)
+            return
+        for frame in frames:
+            if session.ws.closed:  # a refused login closes the session mid-batch
+                break
+            await self._on_frame(session, frame)
 
     async def _on_frame(self, session: Session, raw: str) -> None:
         ref = None
@@ -224,17 +249,17 @@ class LineServer:
             elif msg["t"] == "ack":
                 self.store.delivered(session.device, msg["id"])
             elif msg["t"] == "directory":
-                await self._on_directory(session, msg)
+                self._on_directory(session, msg)
             elif msg["t"] == "ping":
-                await self._send(session, {"t": "pong", "ref": ref, "time": now_ms()})
+                self._send(session, {"t": "pong", "ref": ref, "time": now_ms()})
         except RemoteError as exc:
             self.counters.bad_input += 1
             log.info("bad input from %s (%s): %s", session.device or session.peer, exc.code, exc)
-            await self._reply_error(session, exc, ref)
+            self._reply_error(session, exc, ref)
         except Exception:
             log.exception("internal error handling a message from %s",
                           session.device or session.peer)
-            await self._reply_error(session, RemoteError(
+            self._reply_error(session, RemoteError(
                 "internal server error; the message was not processed",
                 code=ErrorCode.SERVER_ERROR), ref)
 
@@ -255,7 +280,8 @@ class LineServer:
                                  hint="this device's key is not the one enrolled for "
                                       f"{device}; re-enroll it")
             log.warning("login refused for %s from %s: %s", device, session.peer, err.code)
-            await self._reply_error(session, err)
+            self._reply_error(session, err)
+            await session.outbox.flush()
             await session.ws.close(code=4001, message=str(err.code).encode())
             return
         party, _ = split_device_id(device)
@@ -263,15 +289,14 @@ class LineServer:
         session.receive = msg.get("receive", True)
         self.counters.logins += 1
         peers = self.store.line_peers(party)
-        await self._send(session, {"t": "welcome", "device": device, "party": party,
-                                   "peers": peers})
+        self._send(session, {"t": "welcome", "device": device, "party": party, "peers": peers})
         if session.receive:
             first = not self.online.get(device)
             self.online[device].append(session)
             log.info("%s online from %s", device, session.peer)
             if first:
-                await self._presence(device, True)
-            await self._flush_mailbox(session)
+                self._presence(device, True)
+            self._flush_mailbox(session)
 
     async def _on_send(self, session: Session, msg: dict[str, Any]) -> None:
         env = Envelope.from_json(msg["env"])
@@ -279,7 +304,7 @@ class LineServer:
         if env.sender != session.device:
             raise RemoteError(f"envelope sender {env.sender} is not you ({session.device})",
                               hint="sign in as the device that sends")
-        if not self.store.may_deliver(session.party, env.recipient):
+        if not self._may_deliver(session.party, env.recipient):
             recipient_party, _ = split_device_id(env.recipient)
             if self.store.device(env.recipient) is None:
                 raise RemoteError(f"no device {env.recipient}", code=ErrorCode.UNKNOWN_DEVICE)
@@ -298,19 +323,29 @@ class LineServer:
                                   hint="call again when the other terminal is connected")
             await self._fanout(targets, body)
             self.counters.relayed += 1
-            await self._send(session, {"t": "sent", "id": env.id, "status": "delivered",
-                                       "ref": msg.get("ref")})
+            self._send(session, {"t": "sent", "id": env.id, "status": "delivered",
+                                 "ref": msg.get("ref")})
             return
         self.store.store_envelope(env.id, env.sender, env.recipient, body, now_ms())
         self.counters.stored += 1
-        await self._send(session, {"t": "sent", "id": env.id,
-                                   "status": "delivered" if targets else "stored",
-                                   "ref": msg.get("ref")})
+        self._send(session, {"t": "sent", "id": env.id,
+                             "status": "delivered" if targets else "stored",
+                             "ref": msg.get("ref")})
         if targets:
-            await self._fanout(targets, body)
             self.counters.relayed += 1
+            await self._fanout(targets, body)
 
-    async def _on_directory(self, session: Session, msg: dict[str, Any]) -> None:
+    def _may_deliver(self, party: str, recipient: str) -> bool:
+        if not self._routes_fresh:
+            self.store.forget_stale_routes()
+            self._routes_fresh = True
+            asyncio.get_running_loop().call_soon(self._routes_go_stale)
+        return self.store.may_deliver(party, recipient)
+
+    def _routes_go_stale(self) -> None:
+        self._routes_fresh = False
+
+    def _on_directory(self, session: Session, msg: dict[str, Any]) -> None:
         party = msg["party"]
         assert session.party is not None
         if self.store.principal(party) is None:
@@ -319,31 +354,35 @@ class LineServer:
             raise RemoteError(f"there is no line between {session.party} and {party}",
                               code=ErrorCode.NO_LINE)
         devices = self.store.devices(party)
-        await self._send(session, {
+        self._send(session, {
             "t": "directory", "party": party, "ref": msg.get("ref"),
             "devices": [d.to_json() for d in devices],
             "online": [d.device_id for d in devices if self.online.get(d.device_id)],
         })
 
-    async def _flush_mailbox(self, session: Session) -> None:
+    def _flush_mailbox(self, session: Session) -> None:
         assert session.device is not None
         for _, body in self.store.pending(session.device):
-            await session.ws.send_str(body)
+            session.outbox.put(body)
 
-    async def _presence(self, device: str, online: bool) -> None:
+    def _presence(self, device: str, online: bool) -> None:
         party, _ = split_device_id(device)
         watchers = set(self.store.line_peers(party)) | {party}
-        frame = json.dumps({"t": "presence", "device": device, "online": online})
-        targets = [s for dev, sessions in self.online.items() if dev != device
-                   and dev.split("/", 1)[0] in watchers for s in sessions]
-        await self._fanout(targets, frame)
+        frame = _encode({"t": "presence", "device": device, "online": online})
+        for dev, sessions in self.online.items():
+            if dev != device and dev.split("/", 1)[0] in watchers:
+                for target in sessions:
+                    target.outbox.put(frame)
 
     async def _fanout(self, targets: list[Session], body: str) -> None:
+        for target in targets:
+            target.outbox.put(body)
         for target in list(targets):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await target.ws.send_str(body)
+            if target.outbox.full:  # a recipient that does not keep up slows its senders
+                await target.outbox.room()
 
     def _drop(self, session: Session) -> None:
+        session.outbox.close()
         if session.device and session.receive:
             sessions = self.online.get(session.device, [])
             if session in sessions:
@@ -351,22 +390,20 @@ class LineServer:
             if not sessions:
                 self.online.pop(session.device, None)
                 log.info("%s offline", session.device)
-                self._background(self._presence(session.device, False))
+                self._presence(session.device, False)
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, session: Session, message: dict[str, Any]) -> None:
+    def _send(self, session: Session, message: dict[str, Any]) -> None:
         if message.get("ref", "") is None:
             del message["ref"]
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await session.ws.send_str(_encode(message))
+        session.outbox.put(_encode(message))
 
-    async def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None
-                           ) -> None:
-        await self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref))
+    def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None) -> None:
+        self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref))
 
 
 async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]:

@@ -122,18 +122,26 @@ class ServerStore:
         return self.db.execute("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
             is not None
 
-    def may_deliver(self, party: str, recipient: str) -> bool:
-        """Is `recipient` an enrolled device of `party` or of a party on a line with it?
+    def forget_stale_routes(self) -> None:
+        """Forget what `may_deliver` remembers if another connection has committed since.
 
-        Asked for every envelope relayed, so a yes is remembered. A commit by any
-        other connection to the database (the admin CLI adds lines and parties while
-        the server runs) changes SQLite's ``data_version`` and forgets every answer;
-        this connection only adds devices, which cannot turn a yes into a no.
+        The admin CLI adds lines and parties while the server runs; any commit by
+        another connection changes SQLite's ``data_version``. This connection only
+        adds devices, which cannot turn a yes into a no. Asking costs about as
+        much as a query, so the server asks once per event-loop turn rather than
+        once per envelope: a change is seen at most one turn late.
         """
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._routes_version:
             self._routes.clear()
             self._routes_version = version
+
+    def may_deliver(self, party: str, recipient: str) -> bool:
+        """Is `recipient` an enrolled device of `party` or of a party on a line with it?
+
+        Asked for every envelope relayed, so a yes is remembered until
+        `forget_stale_routes` sees a change.
+        """
         if (party, recipient) in self._routes:
             return True
         row = self.db.execute("SELECT party FROM devices WHERE id=?", (recipient,)).fetchone()

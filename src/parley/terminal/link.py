@@ -7,6 +7,11 @@ connection drops, and reconnects with exponential backoff (0.5 s doubling to
 server restart). Requests (`send`, `directory`, `ping`) carry a ``ref`` and
 wait for the reply that names it. Every frame from the server is validated by
 `core.wire` first; a bad one is logged and dropped.
+
+The link offers the server batches (`wire.BATCH_SUBPROTOCOL`): what it sends
+within one event-loop turn (a burst of ICE candidates, the acks for a mailbox
+delivered at login) goes out through an `Outbox` as one message, and it reads
+messages of several frames, each handled as if it had come alone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from parley.core.encoding import b64e, random_id
 from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys
+from parley.server.outbox import Outbox
 
 log = logging.getLogger("parley.link")
 
@@ -68,6 +74,7 @@ class ServerLink:
         self._on_presence = on_presence
         self._on_state = on_state
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._outbox: Outbox | None = None  # for self._ws
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.connected = asyncio.Event()
         self.peers: list[str] = []
@@ -134,17 +141,22 @@ class ServerLink:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         async with self._session.ws_connect(websocket_url(self.origin), heartbeat=20.0,
-                                            max_msg_size=2 * wire.MAX_FRAME) as ws:
-            self._ws = ws
+                                            max_msg_size=2 * wire.MAX_FRAME,
+                                            protocols=(wire.BATCH_SUBPROTOCOL,)) as ws:
+            outbox = Outbox(ws.send_str, batched=ws.protocol == wire.BATCH_SUBPROTOCOL)
+            self._ws, self._outbox = ws, outbox
             try:
-                await self._login(ws)
+                for frame in await self._login(ws, outbox.batched):
+                    await self._on_frame(frame)
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
-                        await self._on_frame(msg.data)
+                        for frame in self._frames(msg.data, outbox.batched):
+                            await self._on_frame(frame)
                     elif msg.type == aiohttp.WSMsgType.ERROR:
                         break
             finally:
-                self._ws = None
+                outbox.close()
+                self._ws = self._outbox = None
                 for fut in self._pending.values():
                     if not fut.done():
                         fut.set_exception(RemoteError("the connection to the server dropped"))
@@ -153,11 +165,13 @@ class ServerLink:
             raise RemoteError("the server closed the session: login refused",
                               code=ErrorCode.AUTH_FAILED)
 
-    async def _login(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _login(self, ws: aiohttp.ClientWebSocketResponse, batched: bool) -> list[str]:
+        """Answer the challenge; return the frames that came after the welcome."""
         first = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT_S)
         if first.type != aiohttp.WSMsgType.TEXT:
             raise RemoteError("the server did not send a login challenge")
-        challenge = wire.parse_message(first.data, wire.SERVER_MESSAGES, what="server message")
+        challenge = wire.parse_message(self._frames(first.data, batched)[0],
+                                       wire.SERVER_MESSAGES, what="server message")
         if challenge["t"] != "challenge":
             raise RemoteError(f"expected a challenge, got {challenge['t']}")
         if challenge["server"].rstrip("/") != self.origin:
@@ -173,7 +187,10 @@ class ServerLink:
         if reply.type != aiohttp.WSMsgType.TEXT:
             raise RemoteError("the server closed the connection during login",
                               code=ErrorCode.AUTH_FAILED)
-        welcome = wire.parse_message(reply.data, wire.SERVER_MESSAGES, what="server message")
+        # The welcome may share its message with what follows it (presence, the mailbox).
+        welcome_frame, *rest = self._frames(reply.data, batched)
+        welcome = wire.parse_message(welcome_frame, wire.SERVER_MESSAGES,
+                                     what="server message")
         if welcome["t"] == "error":
             raise RemoteError(welcome["message"], code=_code(welcome["code"]),
                               hint=welcome.get("hint", ""))
@@ -185,6 +202,7 @@ class ServerLink:
         ready = getattr(self, "_ready_future", None)
         if ready is not None and not ready.done():
             ready.set_result(None)
+        return rest
 
     def _set_connected(self, up: bool, why: str) -> None:
         was = self.connected.is_set()
@@ -198,6 +216,16 @@ class ServerLink:
                 self._on_state(up, why)
 
     # -- frames --------------------------------------------------------------------------
+
+    @staticmethod
+    def _frames(raw: str, batched: bool) -> list[str]:
+        if not batched:
+            return [raw]
+        try:
+            return wire.split_batch(raw)
+        except RemoteError as exc:
+            log.warning("dropped a bad message from the server: %s", exc)
+            return []
 
     async def _on_frame(self, raw: str) -> None:
         try:
@@ -238,15 +266,17 @@ class ServerLink:
 
     async def request(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT_S
                       ) -> dict[str, Any]:
-        ws = self._ws
-        if ws is None or not self.connected.is_set():
+        outbox = self._outbox
+        if outbox is None or not self.connected.is_set():
             raise RemoteError("not connected to the line server", code=ErrorCode.SERVER_ERROR,
                               hint=f"check that the server at {self.origin} is running")
         ref = random_id(9)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ref] = fut
         try:
-            await ws.send_str(json.dumps({**message, "ref": ref}, separators=(",", ":")))
+            if outbox.full:
+                await outbox.room()
+            outbox.put(json.dumps({**message, "ref": ref}, separators=(",", ":")))
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RemoteError(f"the line server did not answer within {timeout:.0f} s",
@@ -260,9 +290,8 @@ class ServerLink:
         return str(reply["status"])
 
     async def ack(self, envelope_id: str) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self._ws.send_str(json.dumps({"t": "ack", "id": envelope_id}))
+        if self._outbox is not None:
+            self._outbox.put(json.dumps({"t": "ack", "id": envelope_id}, separators=(",", ":")))
 
     async def directory(self, party: str) -> tuple[list[DevicePublicKeys], set[str]]:
         reply = await self.request({"t": "directory", "party": party})

@@ -1,0 +1,269 @@
+"""Batches on the wire: several frames in one WebSocket message, each as if alone.
+
+Real server, real SQLite, real WebSocket clients offering the batching
+subprotocol (`wire.BATCH_SUBPROTOCOL`). Whatever a batch holds, every frame in
+it is answered on its own, in order; a bad one gets its own error and its
+neighbours carry on; the limits per frame and per message hold; and a client
+that did not offer batches still gets exactly one frame per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from parley.core import wire
+from parley.core.encoding import b64e
+from parley.core.envelope import seal_envelope
+from parley.core.keys import DeviceKeys, DevicePublicKeys
+from parley.server.app import ServerConfig, start_server
+from parley.terminal.store import TerminalStore
+from tests.harness import LocalLine
+
+
+class Client:
+    """One WebSocket to the server; reads frames one at a time, whatever the packaging."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.batched = ws.protocol == wire.BATCH_SUBPROTOCOL
+        self.frames: deque[str] = deque()
+        self.messages: list[str] = []  # every message received, as received
+
+    async def send(self, *frames: dict[str, Any] | str) -> None:
+        """All `frames` in one message (a batch, if more than one)."""
+        await self.ws.send_str("\n".join(f if isinstance(f, str) else json.dumps(f)
+                                         for f in frames))
+
+    async def recv(self) -> dict[str, Any]:
+        while not self.frames:
+            msg = await asyncio.wait_for(self.ws.receive(), 5)
+            assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
+            self.messages.append(msg.data)
+            self.frames.extend(msg.data.split("\n") if self.batched else [msg.data])
+        return dict(json.loads(self.frames.popleft()))
+
+    async def recv_n(self, n: int) -> list[dict[str, Any]]:
+        return [await self.recv() for _ in range(n)]
+
+    async def login(self, device: str, keys: DeviceKeys, origin: str) -> dict[str, Any]:
+        challenge = await self.recv()
+        sig = keys.sign(wire.auth_statement(challenge["nonce"], device, origin))
+        await self.send({"t": "hello", "device": device, "sig": b64e(sig)})
+        return await self.recv()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def connect(url: str, http: aiohttp.ClientSession, *, batch: bool = True) -> Client:
+    ws = await http.ws_connect(url.replace("http", "ws") + "/v1/ws",
+                               protocols=(wire.BATCH_SUBPROTOCOL,) if batch else (),
+                               max_msg_size=8 * 1024 * 1024)
+    return Client(ws)
+
+
+def device_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
+    store = TerminalStore(dirs[name])
+    try:
+        return store.device_id, store.load_keys()
+    finally:
+        store.close()
+
+
+async def logged_in(line: LocalLine, http: aiohttp.ClientSession, dirs: dict[str, Path],
+                    name: str) -> tuple[Client, str, DeviceKeys]:
+    client = await connect(line.url, http)
+    device, keys = device_of(dirs, name)
+    assert (await client.login(device, keys, line.url))["t"] == "welcome"
+    return client, device, keys
+
+
+def envelope_to(keys: DeviceKeys, sender: str, recipient: DevicePublicKeys,
+                n: int) -> dict[str, Any]:
+    return seal_envelope(keys, sender, recipient, "msg.text", {"text": f"number {n}"},
+                         1_000 + n).to_json()
+
+
+async def test_each_frame_of_a_batch_is_answered_in_order_as_if_alone(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    client, device, keys = await logged_in(line, http, dirs, "washington")
+    assert client.batched
+    forged = {**seal_envelope(keys, device, keys.public("moscow/hotline"), "msg.text",
+                              {"text": "hi"}, 1).to_json(), "from": "moscow/hotline"}
+    await client.send(
+        {"t": "ping", "ref": "first"},
+        "{not json",
+        {"t": "launch_missiles"},
+        {"t": "ping", "ref": "extra", "extra": True},
+        {"t": "directory", "party": "moscow", "ref": "dir"},
+        {"t": "send", "env": forged, "ref": "forged"},
+        {"t": "ping", "ref": "x" * (wire.MAX_FRAME + 1)},
+        "[" * 50 + "]" * 50,
+        {"t": "ping", "ref": "last"},
+    )
+    replies = await client.recv_n(9)
+    assert [(r["t"], r.get("code"), r.get("ref")) for r in replies] == [
+        ("pong", None, "first"),
+        ("error", "bad_message", None),
+        ("error", "unknown_type", None),
+        ("error", "bad_message", None),
+        ("directory", None, "dir"),
+        ("error", "bad_message", "forged"),
+        ("error", "too_large", None),
+        ("error", "bad_message", None),
+        ("pong", None, "last"),
+    ]
+    assert "not valid JSON" in replies[1]["message"]
+    assert "launch_missiles" in replies[2]["message"]
+    assert "extra" in replies[3]["message"]
+    assert replies[4]["devices"][0]["id"] == "moscow/hotline"
+    assert "is not you" in replies[5]["message"]
+    assert "nested too deeply" in replies[7]["message"]
+    # Nine frames in, nine answers out, and the session is as good as new.
+    await client.send({"t": "ping", "ref": "again"})
+    assert (await client.recv())["ref"] == "again"
+
+
+async def test_envelopes_in_batches_are_relayed_stored_and_acknowledged_in_order(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    sender, sender_id, sender_keys = await logged_in(line, http, dirs, "washington")
+    receiver, receiver_id, receiver_keys = await logged_in(line, http, dirs, "moscow")
+    assert (await sender.recv())["t"] == "presence"  # moscow came online
+    recipient = receiver_keys.public(receiver_id)
+
+    # Ephemeral: delivered now, in order; one for a device that does not exist fails alone.
+    envs = [envelope_to(sender_keys, sender_id, recipient, n) for n in range(6)]
+    stray = {**envs[5], "to": "moscow/nobody"}
+    frames: list[dict[str, Any]] = [
+        {"t": "send", "env": env, "ephemeral": True, "ref": f"e{n}"}
+        for n, env in enumerate(envs[:5])]
+    frames.insert(2, {"t": "send", "env": stray, "ephemeral": True, "ref": "stray"})
+    await sender.send(*frames)
+    replies = await sender.recv_n(6)
+    assert [(r["t"], r.get("ref"), r.get("code") or r.get("status")) for r in replies] == [
+        ("sent", "e0", "delivered"), ("sent", "e1", "delivered"),
+        ("error", "stray", "unknown_device"),
+        ("sent", "e2", "delivered"), ("sent", "e3", "delivered"), ("sent", "e4", "delivered")]
+    delivered = await receiver.recv_n(5)
+    assert [d["env"] for d in delivered] == envs[:5]
+
+    # Stored while the recipient is away; it gets them at login, in order, and acks in one go.
+    await receiver.ws.close()
+    assert (await sender.recv()) == {"t": "presence", "device": receiver_id, "online": False}
+    stored = [envelope_to(sender_keys, sender_id, recipient, n) for n in range(10, 14)]
+    await sender.send(*({"t": "send", "env": env, "ref": f"s{n}"}
+                        for n, env in enumerate(stored)))
+    replies = await sender.recv_n(4)
+    assert [(r["ref"], r["status"]) for r in replies] == [(f"s{n}", "stored") for n in range(4)]
+
+    receiver = await connect(line.url, http)
+    assert (await receiver.login(receiver_id, receiver_keys, line.url))["t"] == "welcome"
+    mailbox = await receiver.recv_n(4)
+    assert [m["env"] for m in mailbox] == stored
+    await receiver.send(*({"t": "ack", "id": env["id"]} for env in stored),
+                        {"t": "ping", "ref": "after-acks"})
+    assert (await receiver.recv())["ref"] == "after-acks"  # so the acks were handled
+    async with http.get(line.url + "/metrics") as resp:
+        assert "parley_mailbox_envelopes 0" in await resp.text()
+
+
+async def test_limits_per_message_and_per_frame(line: LocalLine,
+                                                http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    client, _, _ = await logged_in(line, http, dirs, "washington")
+
+    # One frame too many: one error for the message, and none of it is processed.
+    await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(wire.MAX_BATCH + 1)))
+    refused = await client.recv()
+    assert (refused["t"], refused["code"]) == ("error", "too_large")
+    assert str(wire.MAX_BATCH) in refused["message"]
+    await client.send({"t": "ping", "ref": "alone"})
+    assert (await client.recv())["ref"] == "alone"
+
+    # As many as allowed: all answered, in order; what comes back keeps to the same limits.
+    client.messages.clear()
+    await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(wire.MAX_BATCH)))
+    pongs = await client.recv_n(wire.MAX_BATCH)
+    assert [p["ref"] for p in pongs] == [f"p{n}" for n in range(wire.MAX_BATCH)]
+    for message in client.messages:
+        assert message.count("\n") < wire.MAX_BATCH and len(message) <= wire.MAX_FRAME
+
+    # Big frames are packed only as far as MAX_FRAME a message.
+    receiver, receiver_id, receiver_keys = await logged_in(line, http, dirs, "moscow")
+    sender_id, sender_keys = device_of(dirs, "washington")
+    big = [seal_envelope(sender_keys, sender_id, receiver_keys.public(receiver_id), "msg.text",
+                         {"text": f"{n}" * 100_000}, 1).to_json() for n in range(3)]
+    await client.send(*({"t": "send", "env": env, "ephemeral": True} for env in big))
+    delivered = await receiver.recv_n(3)
+    assert [d["env"] for d in delivered] == big
+    assert [m.count("\n") + 1 for m in receiver.messages[-2:]] == [2, 1]
+    assert all(len(m) <= wire.MAX_FRAME for m in receiver.messages)
+    assert (await client.recv())["t"] == "presence"
+    assert [r["t"] for r in await client.recv_n(3)] == ["sent"] * 3
+
+    # A message over the WebSocket limit still closes just that connection (1009).
+    await client.send("x" * (2 * 1024 * 1024))
+    closing = await asyncio.wait_for(client.ws.receive(), 5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert client.ws.close_code == 1009
+
+
+async def test_rate_limit_counts_every_frame_of_a_batch(tmp_path: Path,
+                                                        http: aiohttp.ClientSession) -> None:
+    config = ServerConfig(data_dir=tmp_path / "server", port=0, rate_per_s=5.0)
+    _server, runner = await start_server(config)
+    try:
+        client = await connect(f"http://127.0.0.1:{config.port}", http)
+        assert (await client.recv())["t"] == "challenge"
+        await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(15)))
+        codes = [r["code"] for r in await client.recv_n(15)]
+        # A burst of twice the rate is allowed (refilling at 5/s adds none in a few ms).
+        assert codes == ["not_authenticated"] * 10 + ["rate_limited"] * 5
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_refused_login_ends_the_batch_it_came_in(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    device, _ = device_of(dirs, "washington")
+    client = await connect(line.url, http)
+    challenge = await client.recv()
+    sig = DeviceKeys.generate().sign(wire.auth_statement(challenge["nonce"], device, line.url))
+    await client.send({"t": "hello", "device": device, "sig": b64e(sig)},
+                      {"t": "ping", "ref": "sneaky"})
+    reply = await client.recv()
+    assert (reply["t"], reply["code"]) == ("error", "auth_failed")
+    closing = await asyncio.wait_for(client.ws.receive(), 5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert client.ws.close_code == 4001 and not client.frames
+
+
+async def test_clients_that_do_not_offer_batches_get_one_frame_per_message(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    device, keys = device_of(dirs, "washington")
+    client = await connect(line.url, http, batch=False)
+    assert client.ws.protocol is None and not client.batched
+    assert (await client.login(device, keys, line.url))["t"] == "welcome"
+    for n in range(30):  # sent back to back, answered within the same turns
+        await client.send({"t": "ping", "ref": f"p{n}"})
+    pongs = await client.recv_n(30)
+    assert [p["ref"] for p in pongs] == [f"p{n}" for n in range(30)]
+    assert len(client.messages) == 32 and all("\n" not in m for m in client.messages)
+    # Without batches a frame may still span lines, as JSON allows.
+    await client.send(json.dumps({"t": "ping", "ref": "pretty"}, indent=2))
+    assert (await client.recv())["ref"] == "pretty"
