@@ -45,7 +45,10 @@ server (a proxy, a test's man in the middle) simply does not offer it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 from . import schema
 from .encoding import canonical_json
@@ -114,6 +117,20 @@ def parse_message(raw: str | bytes, table: dict[str, dict[str, schema.Field]],
             code=ErrorCode.UNKNOWN_TYPE,
         )
     return schema.validate(data, fields, what=f"{kind} message")
+
+
+_encode_stdlib = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def encode_frame(message: dict[str, Any]) -> str:
+    """A frame's JSON text: compact, on one line (so it can share a message)."""
+    try:
+        return orjson.dumps(message).decode()
+    except orjson.JSONEncodeError:
+        # orjson refuses strings with lone surrogates (a peer may send one, escaped, in
+        # a ref that is echoed back) and integers beyond 64 bits; the standard library
+        # writes both, escaping the first.
+        return _encode_stdlib(message)
 
 
 def split_batch(raw: str) -> list[str]:

@@ -20,7 +20,6 @@ which writes what a turn of the event loop produced for that socket together
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -51,11 +50,6 @@ RATE_BURST = 1000.0
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# One compact encoder for every frame sent (json.dumps with options builds a new one
-# per call). Frames come from json.loads or from this module, so they have no cycles.
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 @dataclass
@@ -313,7 +307,7 @@ class LineServer:
                               code=ErrorCode.NO_LINE,
                               hint="the server operator creates lines with"
                                    " 'parley server line add'")
-        body = _encode({"t": "deliver", "env": msg["env"]})
+        body = wire.encode_frame({"t": "deliver", "env": msg["env"]})
         targets = self.online.get(env.recipient, [])
         if msg.get("ephemeral"):
             if not targets:
@@ -368,7 +362,7 @@ class LineServer:
     def _presence(self, device: str, online: bool) -> None:
         party, _ = split_device_id(device)
         watchers = set(self.store.line_peers(party)) | {party}
-        frame = _encode({"t": "presence", "device": device, "online": online})
+        frame = wire.encode_frame({"t": "presence", "device": device, "online": online})
         for dev, sessions in self.online.items():
             if dev != device and dev.split("/", 1)[0] in watchers:
                 for target in sessions:
@@ -400,7 +394,7 @@ class LineServer:
     def _send(self, session: Session, message: dict[str, Any]) -> None:
         if message.get("ref", "") is None:
             del message["ref"]
-        session.outbox.put(_encode(message))
+        session.outbox.put(wire.encode_frame(message))
 
     def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None) -> None:
         self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref))

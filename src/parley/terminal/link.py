@@ -276,7 +276,7 @@ class ServerLink:
         try:
             if outbox.full:
                 await outbox.room()
-            outbox.put(json.dumps({**message, "ref": ref}, separators=(",", ":")))
+            outbox.put(wire.encode_frame({**message, "ref": ref}))
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RemoteError(f"the line server did not answer within {timeout:.0f} s",
@@ -291,7 +291,7 @@ class ServerLink:
 
     async def ack(self, envelope_id: str) -> None:
         if self._outbox is not None:
-            self._outbox.put(json.dumps({"t": "ack", "id": envelope_id}, separators=(",", ":")))
+            self._outbox.put(wire.encode_frame({"t": "ack", "id": envelope_id}))
 
     async def directory(self, party: str) -> tuple[list[DevicePublicKeys], set[str]]:
         reply = await self.request({"t": "directory", "party": party})
