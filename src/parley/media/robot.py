@@ -25,6 +25,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, certificate_digest
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame, VideoFrame
 
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError
@@ -201,6 +202,8 @@ class RobotMediaSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, AudioFrame | VideoFrame):
+                continue  # remote tracks deliver decoded frames; anything else is not media
             if stats.first_ms is None:
                 stats.first_ms = (time.monotonic() - self._opened) * 1000
             stats.frames += 1
