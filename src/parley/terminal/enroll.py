@@ -29,7 +29,7 @@ async def enroll(store: TerminalStore, server_url: str, code: str) -> DevicePubl
         raise RemoteError("the server sent an unreadable enrollment reply")
     if resp.status != 200:
         try:
-            code_ = ErrorCode(data.get("code"))
+            code_ = ErrorCode(str(data.get("code")))
         except ValueError:
             code_ = ErrorCode.SERVER_ERROR
         raise RemoteError(str(data.get("message", "enrollment refused")), code=code_,
