@@ -4,26 +4,27 @@ Speaks just enough of the line server's protocol for the load client: a
 challenge, any hello accepted, then for each ``send``: parse the JSON, forward
 the envelope as ``deliver`` to its recipient and answer ``sent``. No
 signature, schema, sender, line or rate check, no store. Same framework,
-WebSocket settings and batching (`wire.BATCH_SUBPROTOCOL`, frames written
-through the line server's `Outbox`) as the line server. Its throughput is the
-ceiling for any relay that parses, re-encodes and sends two frames per
-envelope in Python on aiohttp -- what separates the line server from the echo
-server that is not Parley's checks. Never a server to run: it checks nothing.
+WebSocket settings, JSON library (orjson) and batching (`wire.BATCH_SUBPROTOCOL`,
+frames written through the line server's `Outbox`) as the line server. Its
+throughput is the ceiling for any relay that parses, re-encodes and sends two
+frames per envelope in Python on aiohttp -- what separates the line server
+from the echo server that is not Parley's checks. Never a server to run: it
+checks nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from parley.core import wire
 from parley.server.app import MAX_WS_MESSAGE
 from parley.server.outbox import Outbox
 
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_encode = wire.encode_frame
 
 
 class Floor:
@@ -40,7 +41,7 @@ class Floor:
             if msg.type != WSMsgType.TEXT:
                 continue
             for raw in msg.data.split("\n") if out.batched else (msg.data,):
-                frame = json.loads(raw)
+                frame = orjson.loads(raw)
                 if frame.get("t") == "send":
                     env = frame["env"]
                     target = self.online.get(env["to"])

@@ -18,12 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from parley.core import wire
 from parley.core.encoding import b64e
-from parley.core.envelope import seal_envelope
+from parley.core.envelope import Envelope, seal_envelope
 from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.server.app import ServerConfig, start_server
+from parley.server.fastpath import quick_send
 from parley.terminal.store import TerminalStore
 from tests.harness import LocalLine
 
@@ -267,3 +270,78 @@ async def test_clients_that_do_not_offer_batches_get_one_frame_per_message(
     # Without batches a frame may still span lines, as JSON allows.
     await client.send(json.dumps({"t": "ping", "ref": "pretty"}, indent=2))
     assert (await client.recv())["ref"] == "pretty"
+
+
+# -- the relay's fast path agrees with the general one -------------------------------------
+# Pure checks rather than sockets, kept here beside the relay they speed up: whatever
+# `quick_send` accepts, `wire.parse_message` and `Envelope.from_json` accept too, with the
+# same values; and what Parley's clients actually send takes the fast path.
+
+SENDER, RECIPIENT = DeviceKeys.generate(), DeviceKeys.generate()
+SEALED = seal_envelope(SENDER, "washington/hotline", RECIPIENT.public("moscow/hotline"),
+                       "call.ice", {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"},
+                       1_700_000_000_000).to_json()
+
+# Mostly near the limits of what is valid, sometimes just past them.
+_name = st.text(alphabet="az09-_", min_size=1, max_size=41) | st.text(alphabet="az09-_/A.é",
+                                                                       max_size=3)
+_device = st.builds("{}/{}".format, _name, _name) | _name
+_base64ish = st.text(alphabet="AZaz09-_+/", max_size=90) | st.text(alphabet="AZaz09-_+/=.\n",
+                                                                   max_size=9)
+_numbers = (st.integers(-2, 3) | st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 2**63, 2**64,
+                                                  2**64 + 1, -(2**63) - 1])
+            | st.floats(allow_nan=False) | st.booleans())
+_junk = st.none() | _numbers | st.text(max_size=6) | st.lists(st.integers(), max_size=2) \
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+_FIELD_VALUES = {
+    "v": _numbers, "id": st.text(max_size=34),
+    "type": st.text(alphabet="az09._-", min_size=1, max_size=41) | st.text(max_size=3),
+    "from": _device, "to": _device, "time": _numbers, "ct": _base64ish,
+    "sig": st.sampled_from([SEALED["sig"] + "==", SEALED["sig"][:-1], SEALED["sig"] + "A",
+                            SEALED["sig"] + "=", SEALED["sig"][:-2] + "-_"]) | _base64ish,
+}
+
+
+@st.composite
+def send_frames(draw: st.DrawFn) -> str:
+    env: dict[str, Any] = dict(SEALED)
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELD_VALUES)), max_size=3)):
+        env[name] = draw(_FIELD_VALUES[name] if draw(st.integers(0, 5)) else _junk)
+    if draw(st.integers(0, 9)) == 0:
+        del env[draw(st.sampled_from(sorted(SEALED)))]
+    if draw(st.integers(0, 9)) == 0:
+        env[draw(st.text(max_size=4))] = 1
+    frame: dict[str, Any] = {"t": "send" if draw(st.integers(0, 9)) else draw(st.text(max_size=5)),
+                             "env": env}
+    for name, values in (("ephemeral", st.booleans() | _junk),
+                         ("ref", st.text(max_size=41) | _junk)):
+        if draw(st.booleans()):
+            frame[name] = draw(values if draw(st.integers(0, 5)) else _junk)
+    if draw(st.integers(0, 9)) == 0:
+        frame[draw(st.text(max_size=5))] = draw(_junk)
+    if draw(st.integers(0, 19)) == 0:
+        frame["env"] = draw(_junk)
+    keys = draw(st.permutations(list(frame)))
+    return json.dumps({k: frame[k] for k in keys}, ensure_ascii=draw(st.booleans()),
+                      separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(send_frames())
+def test_what_the_fast_path_accepts_the_general_path_accepts_alike(raw: str) -> None:
+    quick = quick_send(raw)
+    if quick is None:
+        return
+    general = wire.parse_message(raw, wire.CLIENT_MESSAGES, what="message")
+    env = Envelope.from_json(general["env"])
+    assert quick == (general, (env.id, env.sender, env.recipient))
+
+
+def test_parley_clients_frames_take_the_fast_path() -> None:
+    for frame in ({"t": "send", "env": SEALED, "ephemeral": True, "ref": "r" * 40},
+                  {"t": "send", "env": SEALED, "ephemeral": False},
+                  {"t": "send", "env": {**SEALED, "ct": ""}, "ref": ""}):
+        for raw in (wire.encode_frame(frame), json.dumps(frame)):
+            quick = quick_send(raw)
+            assert quick is not None and quick[0] == frame
+            assert quick[1] == (SEALED["id"], "washington/hotline", "moscow/hotline")

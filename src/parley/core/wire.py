@@ -148,8 +148,9 @@ def pack_batches(frames: list[str]) -> list[str]:
     A frame larger than `MAX_FRAME` by itself (a deliver frame is a few bytes
     longer than the send frame it came in) travels alone, as it would unbatched.
     """
-    if len(frames) == 1:
-        return frames
+    if len(frames) == 1 or (len(frames) <= MAX_BATCH
+                            and sum(map(len, frames)) + len(frames) - 1 <= MAX_FRAME):
+        return ["\n".join(frames)]
     messages: list[str] = []
     start, size = 0, -1
     for i, frame in enumerate(frames):

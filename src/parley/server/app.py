@@ -36,6 +36,7 @@ from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import split_device_id
+from parley.server.fastpath import Header, quick_send
 from parley.server.outbox import Outbox
 from parley.server.status import render_status
 from parley.server.store import ServerStore
@@ -74,6 +75,8 @@ class Session:
     device: str | None = None
     party: str | None = None
     receive: bool = True
+    refused: str = ""  # why its login failed, if it did: then it is closed
+    congested: list[Outbox] = field(default_factory=list)  # to wait for before reading on
     rate: float = RATE_PER_S
     burst: float = RATE_BURST
     tokens: float = RATE_BURST
@@ -189,6 +192,10 @@ class LineServer:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await self._on_message(session, msg.data)
+                    if session.refused:
+                        await session.outbox.flush()  # the error first
+                        await ws.close(code=4001, message=session.refused.encode())
+                        break
                 elif msg.type == WSMsgType.BINARY:
                     self._reply_error(session, RemoteError(
                         "binary frames are not part of the protocol; send JSON text frames"))
@@ -211,35 +218,45 @@ class LineServer:
 
     async def _on_message(self, session: Session, raw: str) -> None:
         if not session.outbox.batched:
-            await self._on_frame(session, raw)
-            return
-        try:
-            frames = wire.split_batch(raw)
-        except RemoteError as exc:
-            self.counters.bad_input += 1
-            log.info("bad input from %s (%s): %s", session.device or session.peer, exc.code, exc)
-            self._reply_error(session, exc)
-            return
+            frames = [raw]
+        else:
+            try:
+                frames = wire.split_batch(raw)
+            except RemoteError as exc:
+                self.counters.bad_input += 1
+                log.info("bad input from %s (%s): %s", session.device or session.peer, exc.code,
+                         exc)
+                self._reply_error(session, exc)
+                return
         for frame in frames:
-            if session.ws.closed:  # a refused login closes the session mid-batch
+            if session.refused:  # the rest of a batch that came with a failed login
                 break
-            await self._on_frame(session, frame)
+            self._on_frame(session, frame)
+            while session.congested:  # a recipient that does not keep up slows its senders
+                await session.congested.pop().room()
 
-    async def _on_frame(self, session: Session, raw: str) -> None:
+    def _on_frame(self, session: Session, raw: str) -> None:
         ref = None
         try:
             if not session.allow():
                 raise RemoteError("too many messages; slow down", code=ErrorCode.RATE_LIMITED)
+            quick = quick_send(raw) if session.device is not None else None
+            if quick is not None:  # the common case, checked in one go (see fastpath)
+                msg, header = quick
+                ref = msg.get("ref")
+                self._relay(session, msg, header)
+                return
             msg = wire.parse_message(raw, wire.CLIENT_MESSAGES, what="message")
             ref = msg.get("ref")
             if msg["t"] == "hello":
-                await self._on_hello(session, msg)
+                self._on_hello(session, msg)
             elif session.device is None:
                 raise RemoteError(
                     f"{msg['t']} before login", code=ErrorCode.NOT_AUTHENTICATED,
                     hint="answer the challenge with a signed hello first")
             elif msg["t"] == "send":
-                await self._on_send(session, msg)
+                env = Envelope.from_json(msg["env"])
+                self._relay(session, msg, (env.id, env.sender, env.recipient))
             elif msg["t"] == "ack":
                 self.store.delivered(session.device, msg["id"])
             elif msg["t"] == "directory":
@@ -257,7 +274,7 @@ class LineServer:
                 "internal server error; the message was not processed",
                 code=ErrorCode.SERVER_ERROR), ref)
 
-    async def _on_hello(self, session: Session, msg: dict[str, Any]) -> None:
+    def _on_hello(self, session: Session, msg: dict[str, Any]) -> None:
         if session.device is not None:
             raise RemoteError("already logged in")
         device = msg["device"]
@@ -275,8 +292,7 @@ class LineServer:
                                       f"{device}; re-enroll it")
             log.warning("login refused for %s from %s: %s", device, session.peer, err.code)
             self._reply_error(session, err)
-            await session.outbox.flush()
-            await session.ws.close(code=4001, message=str(err.code).encode())
+            session.refused = str(err.code)
             return
         party, _ = split_device_id(device)
         session.device, session.party = device, party
@@ -292,42 +308,43 @@ class LineServer:
                 self._presence(device, True)
             self._flush_mailbox(session)
 
-    async def _on_send(self, session: Session, msg: dict[str, Any]) -> None:
-        env = Envelope.from_json(msg["env"])
+    def _relay(self, session: Session, msg: dict[str, Any], header: Header) -> None:
+        """Deliver or store a checked envelope, if it comes from this device and may go there."""
         assert session.device is not None and session.party is not None
-        if env.sender != session.device:
-            raise RemoteError(f"envelope sender {env.sender} is not you ({session.device})",
+        envelope_id, sender, recipient = header
+        if sender != session.device:
+            raise RemoteError(f"envelope sender {sender} is not you ({session.device})",
                               hint="sign in as the device that sends")
-        if not self._may_deliver(session.party, env.recipient):
-            recipient_party, _ = split_device_id(env.recipient)
-            if self.store.device(env.recipient) is None:
-                raise RemoteError(f"no device {env.recipient}", code=ErrorCode.UNKNOWN_DEVICE)
+        if not self._may_deliver(session.party, recipient):
+            recipient_party, _ = split_device_id(recipient)
+            if self.store.device(recipient) is None:
+                raise RemoteError(f"no device {recipient}", code=ErrorCode.UNKNOWN_DEVICE)
             self.counters.refused += 1
             raise RemoteError(f"there is no line between {session.party} and {recipient_party}",
                               code=ErrorCode.NO_LINE,
                               hint="the server operator creates lines with"
                                    " 'parley server line add'")
         body = wire.encode_frame({"t": "deliver", "env": msg["env"]})
-        targets = self.online.get(env.recipient, [])
+        targets = self.online.get(recipient, [])
         if msg.get("ephemeral"):
             if not targets:
                 self.counters.refused += 1
-                raise RemoteError(f"{env.recipient} is not online",
+                raise RemoteError(f"{recipient} is not online",
                                   code=ErrorCode.RECIPIENT_OFFLINE,
                                   hint="call again when the other terminal is connected")
-            await self._fanout(targets, body)
+            self._fanout(session, targets, body)
             self.counters.relayed += 1
-            self._send(session, {"t": "sent", "id": env.id, "status": "delivered",
+            self._send(session, {"t": "sent", "id": envelope_id, "status": "delivered",
                                  "ref": msg.get("ref")})
             return
-        self.store.store_envelope(env.id, env.sender, env.recipient, body, now_ms())
+        self.store.store_envelope(envelope_id, sender, recipient, body, now_ms())
         self.counters.stored += 1
-        self._send(session, {"t": "sent", "id": env.id,
+        self._send(session, {"t": "sent", "id": envelope_id,
                              "status": "delivered" if targets else "stored",
                              "ref": msg.get("ref")})
         if targets:
             self.counters.relayed += 1
-            await self._fanout(targets, body)
+            self._fanout(session, targets, body)
 
     def _may_deliver(self, party: str, recipient: str) -> bool:
         if not self._routes_fresh:
@@ -368,12 +385,11 @@ class LineServer:
                 for target in sessions:
                     target.outbox.put(frame)
 
-    async def _fanout(self, targets: list[Session], body: str) -> None:
+    def _fanout(self, sender: Session, targets: list[Session], body: str) -> None:
         for target in targets:
             target.outbox.put(body)
-        for target in list(targets):
-            if target.outbox.full:  # a recipient that does not keep up slows its senders
-                await target.outbox.room()
+            if target.outbox.full:
+                sender.congested.append(target.outbox)
 
     def _drop(self, session: Session) -> None:
         session.outbox.close()
