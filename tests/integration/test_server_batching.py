@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -181,6 +183,63 @@ async def test_envelopes_in_batches_are_relayed_stored_and_acknowledged_in_order
     assert (await receiver.recv())["ref"] == "after-acks"  # so the acks were handled
     async with http.get(line.url + "/metrics") as resp:
         assert "parley_mailbox_envelopes 0" in await resp.text()
+
+
+async def test_stored_means_committed_before_the_sender_hears_it(
+        line: LocalLine, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mailbox writes are committed a turn at a time, never after the frame that tells."""
+    dirs = await line.provision(verify=False)
+    other = sqlite3.connect(line.root / "server" / "server.db")  # sees only what is committed
+    told, untrue = [], []
+
+    def on_disk(ids: list[str]) -> set[str]:
+        marks = ",".join("?" * len(ids))
+        return {row[0] for row in other.execute(
+            f"SELECT id FROM mailbox WHERE id IN ({marks})", ids)}
+
+    # Look at the disk at the very moment the server hands a "stored" to a socket.
+    send_str = web.WebSocketResponse.send_str
+
+    async def watched(ws: web.WebSocketResponse, data: str, compress: int | None = None) -> None:
+        for frame in map(json.loads, data.split("\n")):
+            if frame.get("status") == "stored":
+                told.append(frame["id"])
+                if not on_disk([frame["id"]]):
+                    untrue.append(frame["id"])
+        await send_str(ws, data, compress)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_str", watched)
+    sender, sender_id, sender_keys = await logged_in(line, http, dirs, "washington")
+    receiver_id, receiver_keys = device_of(dirs, "moscow")
+    recipient = receiver_keys.public(receiver_id)
+    try:
+        envs = [envelope_to(sender_keys, sender_id, recipient, n) for n in range(40)]
+        for start in range(0, 40, 10):  # a batch, then single frames back to back
+            # A ping first, so that a reply is already queued when the first envelope is.
+            if start == 0:
+                await sender.send({"t": "ping", "ref": "before"},
+                                  *({"t": "send", "env": env} for env in envs[:10]))
+            else:
+                await sender.send({"t": "ping", "ref": "before"})
+                for env in envs[start:start + 10]:
+                    await sender.send({"t": "send", "env": env})
+            assert (await sender.recv())["ref"] == "before"
+            for env in envs[start:start + 10]:
+                reply = await sender.recv()
+                assert (reply["t"], reply["id"], reply["status"]) == ("sent", env["id"], "stored")
+        assert told == [env["id"] for env in envs] and untrue == []
+
+        receiver = await connect(line.url, http)
+        assert (await receiver.login(receiver_id, receiver_keys, line.url))["t"] == "welcome"
+        assert [(await receiver.recv())["env"]["id"] for _ in envs] == [e["id"] for e in envs]
+        await receiver.send(*({"t": "ack", "id": env["id"]} for env in envs[:20]))
+        for env in envs[20:]:
+            await receiver.send({"t": "ack", "id": env["id"]})
+        await receiver.send({"t": "ping", "ref": "acked"})
+        assert (await receiver.recv())["ref"] == "acked"
+        assert on_disk([env["id"] for env in envs]) == set()  # the acks were committed too
+    finally:
+        other.close()
 
 
 async def test_limits_per_message_and_per_frame(line: LocalLine,

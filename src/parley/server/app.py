@@ -66,7 +66,7 @@ class ServerConfig:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
-@dataclass
+@dataclass(eq=False)  # each is itself: compared and hashed by identity
 class Session:
     ws: web.WebSocketResponse
     outbox: Outbox
@@ -112,6 +112,8 @@ class LineServer:
         self.counters = Counters()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._routes_fresh = False  # store.forget_stale_routes asked this event-loop turn
+        self._commit_scheduled = False
+        self.sessions: set[Session] = set()  # every connection, logged in or not
         self.started_ms = now_ms()
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes([
@@ -183,8 +185,10 @@ class LineServer:
         await ws.prepare(request)
         batched = ws.ws_protocol == wire.BATCH_SUBPROTOCOL
         rate = self.config.rate_per_s
-        session = Session(ws=ws, outbox=Outbox(ws.send_str, batched=batched),
-                          peer=str(request.remote), rate=rate, burst=2 * rate, tokens=2 * rate)
+        outbox = Outbox(ws.send_str, batched=batched, before_write=self._make_durable)
+        session = Session(ws=ws, outbox=outbox, peer=str(request.remote), rate=rate,
+                          burst=2 * rate, tokens=2 * rate)
+        self.sessions.add(session)
         self._send(session, {"t": "challenge", "nonce": session.nonce,
                              "server": self.config.origin})
         timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout, session)
@@ -259,6 +263,7 @@ class LineServer:
                 self._relay(session, msg, (env.id, env.sender, env.recipient))
             elif msg["t"] == "ack":
                 self.store.delivered(session.device, msg["id"])
+                self._commit_soon()
             elif msg["t"] == "directory":
                 self._on_directory(session, msg)
             elif msg["t"] == "ping":
@@ -338,6 +343,7 @@ class LineServer:
                                  "ref": msg.get("ref")})
             return
         self.store.store_envelope(envelope_id, sender, recipient, body, now_ms())
+        self._commit_soon()
         self.counters.stored += 1
         self._send(session, {"t": "sent", "id": envelope_id,
                              "status": "delivered" if targets else "stored",
@@ -355,6 +361,29 @@ class LineServer:
 
     def _routes_go_stale(self) -> None:
         self._routes_fresh = False
+
+    def _commit_soon(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._make_durable)
+
+    def _make_durable(self) -> None:
+        """Commit this turn's mailbox writes: before any frame leaves, and once a turn."""
+        self._commit_scheduled = False
+        if not self.store.group_open:
+            return
+        try:
+            self.store.commit_group()
+        except Exception:
+            # Frames may speak of what is now lost ("sent ... stored"): none may leave.
+            # Every terminal is cut off and, reconnecting, sends again what was not
+            # acknowledged; acks lost with it mean envelopes delivered twice, which
+            # terminals drop as replays.
+            log.exception("could not commit the mailbox; closing every connection")
+            for session in list(self.sessions):
+                session.outbox.close()
+                self._background(session.ws.close(code=WSCloseCode.INTERNAL_ERROR,
+                                                  message=b"server storage failure"))
 
     def _on_directory(self, session: Session, msg: dict[str, Any]) -> None:
         party = msg["party"]
@@ -393,6 +422,7 @@ class LineServer:
 
     def _drop(self, session: Session) -> None:
         session.outbox.close()
+        self.sessions.discard(session)
         if session.device and session.receive:
             sessions = self.online.get(session.device, [])
             if session in sessions:

@@ -12,6 +12,10 @@ Under light load a turn holds one frame and nothing is delayed but the rest of
 that turn; under load one write carries dozens of frames. A terminal's link
 to the server sends through one too.
 
+Before each write the writer calls `before_write`: the line server commits its
+mailbox there, so that no frame (a ``sent`` saying "stored", above all) goes
+out before what it speaks of is on disk.
+
 Each socket has its own writer, so a slow reader holds up only its own frames.
 Those pile up to `OUTBOX_FRAMES` or `OUTBOX_BYTES`; past that, whoever queues
 more for it should wait for room (`Outbox.room`), so that a reader that does
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from parley.core import wire
 
@@ -31,9 +36,11 @@ OUTBOX_BYTES = 4 * wire.MAX_FRAME
 
 
 class Outbox:
-    def __init__(self, send: Callable[[str], Awaitable[None]], *, batched: bool) -> None:
+    def __init__(self, send: Callable[[str], Awaitable[None]], *, batched: bool,
+                 before_write: Callable[[], Any] | None = None) -> None:
         self._send = send  # sends one WebSocket text message
         self.batched = batched
+        self._before_write = before_write
         self._frames: list[str] = []
         self._size = 0
         self._writer: asyncio.Task[None] | None = None
@@ -76,6 +83,10 @@ class Outbox:
     async def _write(self) -> None:
         try:
             while self._frames:
+                if self._before_write is not None:
+                    self._before_write()
+                    if self.closed:
+                        break
                 frames, self._frames, self._size = self._frames, [], 0
                 self._room.set()
                 for message in wire.pack_batches(frames) if self.batched else frames:

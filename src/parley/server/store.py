@@ -1,9 +1,13 @@
 """The line server's SQLite store: principals, lines, enrollment codes, devices, mail.
 
-One file in the data directory, in WAL mode. Every write is its own committed
-transaction before the server acknowledges it, so an envelope the server said
-it stored survives a crash of the server process. Enrollment codes are kept
-only as SHA-256 hashes.
+One file in the data directory, in WAL mode. An envelope the server said it
+stored survives a crash of the server process: it is committed before the
+server says so. Mailbox writes (envelopes stored, envelopes acknowledged) join
+one open *group* transaction instead of committing one by one, which was one
+WAL write per envelope and per ack; the server calls `commit_group` once per
+event-loop turn, before any frame of that turn leaves it (see
+`LineServer._make_durable`). Everything else commits as it happens.
+Enrollment codes are kept only as SHA-256 hashes.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class ServerStore:
         self._routes_version = -1
 
     def close(self) -> None:
+        self.commit_group()
         self.db.close()
 
     # -- principals and lines ---------------------------------------------------
@@ -198,6 +203,7 @@ class ServerStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        self.commit_group()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -222,9 +228,29 @@ class ServerStore:
 
     # -- mailbox: envelopes stored until delivered ---------------------------------
 
+    def _join_group(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
+
+    @property
+    def group_open(self) -> bool:
+        """Are there mailbox writes not yet committed?"""
+        return self.db.in_transaction
+
+    def commit_group(self) -> None:
+        """Commit the mailbox writes made since the last commit; on failure, forget them."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> bool:
-        """Store once; returns False if this id was already waiting for the recipient."""
+        """Store once (in the open group); False if this id was already waiting."""
+        self._join_group()
         cur = self.db.execute(
             "INSERT OR IGNORE INTO mailbox (id, recipient, sender, body, stored_ms)"
             " VALUES (?,?,?,?,?)", (envelope_id, recipient, sender, body, now_ms))
@@ -237,6 +263,7 @@ class ServerStore:
         return [(r[0], r[1]) for r in rows]
 
     def delivered(self, recipient: str, envelope_id: str) -> None:
+        self._join_group()
         self.db.execute("DELETE FROM mailbox WHERE recipient=? AND id=?", (recipient, envelope_id))
 
     def mailbox_size(self) -> int:
