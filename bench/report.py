@@ -125,22 +125,18 @@ def misses(f: dict[str, Any]) -> list[str]:
         floor = min(f.get("relay_2_floor_ratio") or 1, f.get("relay_50_floor_ratio") or 1)
         out.append(
             f"**Relay throughput**: {f['relay_ratio']}x the bare echo, {0.5 - f['relay_ratio']:.2f}"
-            f" short of 0.5x. A relay that parses, forwards and acknowledges with no checks at"
-            f" all (bench/floor_server.py) reaches only {floor}x in the same run: each envelope"
-            " is one frame in and two out (deliver, sent), each a send() of its own, plus a JSON"
-            " parse and re-encode, where the echo does one frame in and one out. py-spy on the"
-            " line server at saturation (table above) puts socket writes first, then encoding"
-            " the deliver frame, the route check and the envelope's validation (which"
-            " base64-decodes the ciphertext). What would close it: coalescing frames per socket"
-            " per event-loop turn (one send for many, below aiohttp's WebSocketResponse);"
-            " forwarding the envelope's JSON text as received instead of re-encoding it (a wire"
-            " change: env as a string) and a compiled JSON codec; a regular-expression check of"
-            " the ciphertext's base64 instead of decoding it; and, beyond one core, several"
-            " server processes (SO_REUSEPORT) with a broker, as PRODUCT.md plans for growth."
-            f" Stored envelopes ({f.get('relay_2_stored_ratio')}x) wait on SQLite: one committed"
-            " transaction per envelope and per ack, in the event loop (the server is not even"
-            " CPU-bound); committing a loop turn's envelopes together before their `sent`"
-            " replies would close most of that.")
+            f" short of 0.5x (2 terminals {f.get('relay_2_ratio')}x, 50 terminals"
+            f" {f.get('relay_50_ratio')}x). The line server already writes a socket once per"
+            " event-loop turn, in batches of frames where the connection offers"
+            " parley.batch.v1, parses and writes JSON with orjson, and checks the usual send"
+            " frame on a fast path (server/fastpath.py); a relay that does the same with no"
+            f" checks at all (bench/floor_server.py) reaches {floor}x in the same run. What is"
+            " left is Python work per envelope (15 to 25 us of checks, routing and encoding"
+            " beside aiohttp's own reading of each message) and, on this shared two-core"
+            " machine, noise: the echo alone varies by a third between samples. Beyond one"
+            " core: several server processes (SO_REUSEPORT) with a broker, as PRODUCT.md plans"
+            f" for growth. Stored envelopes ({f.get('relay_2_stored_ratio')}x) are committed"
+            " to SQLite a turn at a time, before the frames that report them leave.")
     return out
 
 
