@@ -29,8 +29,9 @@ from parley.core.envelope import Envelope, seal_envelope
 from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.server.app import ServerConfig, start_server
 from parley.server.fastpath import quick_send
+from parley.terminal.link import ServerLink
 from parley.terminal.store import TerminalStore
-from tests.harness import LocalLine
+from tests.harness import LocalLine, wait_until
 
 
 class Client:
@@ -240,6 +241,41 @@ async def test_stored_means_committed_before_the_sender_hears_it(
         assert on_disk([env["id"] for env in envs]) == set()  # the acks were committed too
     finally:
         other.close()
+
+
+async def test_a_terminal_link_reads_its_mailbox_in_batches_and_acks_in_batches(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    dirs = await line.provision(verify=False)
+    sender, sender_id, sender_keys = await logged_in(line, http, dirs, "washington")
+    receiver_id, receiver_keys = device_of(dirs, "moscow")
+    stored = [envelope_to(sender_keys, sender_id, receiver_keys.public(receiver_id), n)
+              for n in range(30)]
+    await sender.send(*({"t": "send", "env": env} for env in stored))
+    assert {r["status"] for r in await sender.recv_n(30)} == {"stored"}
+
+    received: list[dict[str, Any]] = []
+    link: ServerLink
+
+    async def on_deliver(env: dict[str, Any]) -> None:
+        received.append(env)
+        await link.ack(env["id"])
+
+    link = ServerLink(line.url, receiver_id, receiver_keys, on_deliver=on_deliver)
+    try:
+        await link.connect_once()  # the welcome and the mailbox may share a message
+        assert link._outbox is not None and link._outbox.batched
+        await wait_until(lambda: len(received) == 30, what="the mailbox")
+        assert received == stored
+        assert (await link.request({"t": "ping"}))["t"] == "pong"  # after the acks
+        async with http.get(line.url + "/metrics") as resp:
+            assert "parley_mailbox_envelopes 0" in await resp.text()
+        # And what is sent to it now arrives as it comes.
+        more = envelope_to(sender_keys, sender_id, receiver_keys.public(receiver_id), 99)
+        await sender.send({"t": "send", "env": more, "ephemeral": True, "ref": "now"})
+        await wait_until(lambda: len(received) == 31, what="the live envelope")
+        assert received[-1] == more
+    finally:
+        await link.close()
 
 
 async def test_limits_per_message_and_per_frame(line: LocalLine,
