@@ -21,8 +21,8 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from parley.core import wire
+from parley.outbox import Outbox
 from parley.server.app import MAX_WS_MESSAGE
-from parley.server.outbox import Outbox
 
 _encode = wire.encode_frame
 

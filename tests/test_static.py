@@ -1,4 +1,4 @@
-"""Static checks run with the tests, so CI enforces them: lint, and strict types in the core."""
+"""Static checks run with the tests, so CI enforces them: lint, and strict types everywhere."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_pure_core_type_checks_strictly() -> None:
+def test_the_package_type_checks_strictly() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr

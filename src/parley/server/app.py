@@ -31,13 +31,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from parley.core import wire
+from parley.core import schema, wire
 from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import split_device_id
+from parley.outbox import Outbox
 from parley.server.fastpath import Header, quick_send
-from parley.server.outbox import Outbox
 from parley.server.status import render_status
 from parley.server.store import ServerStore
 
@@ -160,8 +160,8 @@ class LineServer:
     async def enroll(self, request: web.Request) -> web.Response:
         try:
             raw = await request.read()
-            data = wire.schema.parse_json(raw, max_bytes=16 * 1024, what="enrollment request")
-            wire.schema.validate(data, wire.ENROLL_REQUEST, what="enrollment request")
+            data = schema.parse_json(raw, max_bytes=16 * 1024, what="enrollment request")
+            schema.validate(data, wire.ENROLL_REQUEST, what="enrollment request")
             try:
                 public = self.store.enroll(data["code"], data["device"], data["keys"], now_ms())
             except LocalError as exc:  # a bad device name is the client's fault here

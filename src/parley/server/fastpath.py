@@ -32,13 +32,19 @@ from parley.core.keys import NAME_CHARS, NAME_MAX
 
 Header = tuple[str, str, str]  # what the server reads of an envelope: id, sender, recipient
 
+def _bound(value: int | None) -> int:
+    assert value is not None, "the schema table sets this bound"
+    return value
+
+
 _SEND = wire.CLIENT_MESSAGES["send"]
 _SEND_KEYS = frozenset(_SEND)
-_REF_MAX = _SEND["ref"].max_len
+_REF_MAX = _bound(_SEND["ref"].max_len)
 _ENVELOPE_KEYS = frozenset(ENVELOPE_FIELDS)
-_VERSION = ENVELOPE_FIELDS["v"].min_value
-_ID_MAX = ENVELOPE_FIELDS["id"].max_len
-_TIME_MIN, _TIME_MAX = ENVELOPE_FIELDS["time"].min_value, ENVELOPE_FIELDS["time"].max_value
+_VERSION = _bound(ENVELOPE_FIELDS["v"].min_value)
+_ID_MAX = _bound(ENVELOPE_FIELDS["id"].max_len)
+_TIME_MIN = _bound(ENVELOPE_FIELDS["time"].min_value)
+_TIME_MAX = _bound(ENVELOPE_FIELDS["time"].max_value)
 # b64d's limit for MAX_CIPHERTEXT bytes; the schema's is the same, checked too.
 _CT_MAX = min(ENVELOPE_FIELDS["ct"].max_len or 0, (MAX_CIPHERTEXT * 4) // 3 + 4)
 _SIG_CHARS = 86  # 64 bytes, unpadded: the only unpadded length that decodes to 64

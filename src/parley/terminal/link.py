@@ -32,7 +32,7 @@ from parley.core.encoding import b64e, random_id
 from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys
-from parley.server.outbox import Outbox
+from parley.outbox import Outbox
 
 log = logging.getLogger("parley.link")
 
