@@ -110,17 +110,17 @@ def misses(f: dict[str, Any]) -> list[str]:
         short = 0.75 * f["pesq_clean"] - f["pesq_loss5"]
         out.append(
             f"**PESQ at 5% loss**: {f['pesq_loss5']} is {f['pesq_loss5_share_of_clean']}x the"
-            f" clean call, {short:.2f} PESQ short of 0.75x. Not CPU: packets lost are the"
-            f" network's ({f.get('pesq_loss5_packets_lost_percent')}% at 5%; aiortc's own"
-            " jitter buffer used to multiply that about five-fold, which robot media now"
-            " replaces), and each lost 20 ms of CELT-mode Opus is gone: libopus concealment"
-            " (now on) only extrapolates, and PESQ-WB marks it down. Closing it needs"
-            " redundancy, not concealment: Opus in-band FEC (SILK or hybrid mode at a lower"
-            " bitrate, and a decoder that decodes the next packet with decode_fec -- FFmpeg's"
-            " libopus wrapper, which aiortc decodes through, never does: a direct libopus"
-            " binding), RED (RFC 2198; Chrome offers audio/red, aiortc lacks it), or NACK and"
+            f" clean call, {short:.2f} PESQ short of 0.75x"
+            f" ({f.get('pesq_loss5_packets_lost_percent')}% of packets lost). Not CPU: the"
+            " losses are the network's. Robots already send Opus with in-band FEC and rebuild"
+            " a lost packet from the next one with libopus decode_fec"
+            " (parley.media.audio_loss); what remains is what is lost twice in a row, which"
+            " libopus concealment only extrapolates and PESQ-WB marks down, and the call-to-call"
+            " spread (a few calls at each level decide the median). What would close it: a"
+            " higher expected-loss setting for the encoder (more bits to the FEC copy), RED"
+            " (RFC 2198; Chromium offers audio/red, aiortc lacks it), or NACK and"
             " retransmission for audio (aiortc NACKs only video; on a link whose round trip is"
-            " well under the 80 ms jitter buffer, a retransmission arrives in time).")
+            " well under the jitter buffer's depth, a retransmission arrives in time).")
     if f.get("relay_met") is False:
         floor = min(f.get("relay_2_floor_ratio") or 1, f.get("relay_50_floor_ratio") or 1)
         out.append(
