@@ -10,27 +10,24 @@ network namespaces the benchmark creates itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from parley import children
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-START_TIMEOUT_S = 30.0
 
 
 # -- statistics -----------------------------------------------------------------------
@@ -183,73 +180,13 @@ def rss_mib(pid: int) -> float:
 
 # -- processes -----------------------------------------------------------------------------
 
-def _open_log(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("wb")
-
-
-class Child:
-    """A subprocess whose stdout we read line by line; stderr goes to a log file."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name, self.proc, self.log_path = name, proc, log_path
+class Child(children.Child):
+    """A child started in the repository, so that ``python -m bench.<module>`` finds it."""
 
     @classmethod
-    async def spawn(cls, name: str, argv: list[str], log_dir: Path, *,
-                    stdin: bool = False, env: dict[str, str] | None = None) -> Child:
-        log_path = log_dir / f"{name}.log"
-        log_file = _open_log(log_path)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file,
-                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                cwd=REPO, start_new_session=True, limit=64 * 1024 * 1024)  # long JSON lines
-        finally:
-            log_file.close()
-        return cls(name, proc, log_path)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def line(self, prefix: str = "", timeout: float = START_TIMEOUT_S) -> str:
-        """The next stdout line that starts with `prefix` (without it)."""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                raw = await asyncio.wait_for(self.proc.stdout.readline(),
-                                             deadline - time.monotonic())
-            except TimeoutError:
-                break
-            if not raw:
-                break
-            text = raw.decode().strip()
-            if text.startswith(prefix):
-                return text[len(prefix):].strip()
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{self.name}: no line starting {prefix!r} within {timeout:.0f} s;"
-                           f" its log ({self.log_path}) ends with:\n{tail}")
-
-    async def json_line(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
-        return dict(json.loads(await self.line("json: ", timeout)))
-
-    async def tell(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((text + "\n").encode())
-        await self.proc.stdin.drain()
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+    async def spawn(cls, name: str, argv: list[str], log_dir: Path, *, stdin: bool = False,
+                    env: dict[str, str] | None = None, cwd: Path | None = REPO) -> Self:
+        return await super().spawn(name, argv, log_dir, stdin=stdin, env=env, cwd=cwd)
 
 
 async def start_server_process(data: Path, log_dir: Path, *, host: str = "127.0.0.1",

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
 from parley.server.app import MAX_WS_MESSAGE
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -25,9 +28,10 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def main(host: str) -> None:
+async def serve(handler: Handler, host: str = "127.0.0.1") -> None:
+    """Serve `handler` at /v1/ws on a free port of `host`, say where, and run until stopped."""
     app = web.Application()
-    app.add_routes([web.get("/v1/ws", echo)])
+    app.add_routes([web.get("/v1/ws", handler)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
@@ -42,4 +46,4 @@ async def main(host: str) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
+        asyncio.run(serve(echo, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))

@@ -20,6 +20,7 @@ import contextlib
 import orjson
 from aiohttp import WSMsgType, web
 
+from bench.echo_server import serve
 from parley.core import wire
 from parley.outbox import Outbox
 from parley.server.app import MAX_WS_MESSAGE
@@ -57,21 +58,6 @@ class Floor:
         return ws
 
 
-async def main() -> None:
-    app = web.Application()
-    app.add_routes([web.get("/v1/ws", Floor().ws)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"ready: http://127.0.0.1:{port}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        asyncio.run(serve(Floor().ws))

@@ -17,9 +17,7 @@ line) and pins the keys; then hands over:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -30,60 +28,12 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from parley.children import START_TIMEOUT_S, Child
 from parley.core.errors import ErrorCode, LocalError
 from parley.lab import PARTIES as SIDES
 from parley.lab import provision_line
 
-START_TIMEOUT_S = 30.0
-
-
-class Child:
-    """A parley process whose stdout we read for its ready line; stderr goes to a log."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name, self.proc, self.log_path = name, proc, log_path
-
-    @classmethod
-    async def spawn(cls, name: str, args: list[str], root: Path) -> Child:
-        log_path = root / f"{name}.log"
-        log_file = log_path.open("wb")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "parley", *args, stdout=asyncio.subprocess.PIPE,
-                stderr=log_file, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True)
-        finally:
-            log_file.close()
-        return cls(name, proc, log_path)
-
-    async def wait_line(self, prefix: str) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                raw = await asyncio.wait_for(self.proc.stdout.readline(),
-                                             deadline - time.monotonic())
-            except TimeoutError:
-                break
-            if not raw:
-                break
-            line = raw.decode().strip()
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise LocalError(f"{self.name} did not start", code=ErrorCode.SERVER_ERROR,
-                         hint=f"its log ({self.log_path}) ends with:\n{tail}")
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
+PARLEY = [sys.executable, "-m", "parley"]
 
 class Control:
     """A client for a running terminal's local API."""
@@ -127,17 +77,17 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
 
     children: list[Child] = []
     try:
-        server = await Child.spawn("server", ["server", "--data", str(root / "server"),
+        server = await Child.spawn("server", [*PARLEY, "server", "--data", str(root / "server"),
                                               "--port", "0"], root)
         children.append(server)
-        server_url = await server.wait_line("ready: ")
+        server_url = await server.line("ready: ")
         say(f"line server at {server_url} (data and logs in {root})")
         await provision_line(root / "server", server_url, root, say=say)
 
         robots = set(SIDES) if headless else set(SIDES) - {"washington", *humans}
         urls = {}
         for name in SIDES:
-            args = ["terminal", "--data", str(root / name), "--ui-port", "0",
+            args = [*PARLEY, "terminal", "--data", str(root / name), "--ui-port", "0",
                     "--ice-host", "127.0.0.1"]
             if name in robots:
                 args.append("--auto-answer")
@@ -145,7 +95,7 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
                 args.append("--media=browser")
             child = await Child.spawn(name, args, root)
             children.append(child)
-            urls[name] = await child.wait_line("ui: ")
+            urls[name] = await child.line("ui: ")
         async with aiohttp.ClientSession() as http:
             controls = {name: Control(url, http) for name, url in urls.items()}
             if headless:
