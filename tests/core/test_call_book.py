@@ -37,7 +37,7 @@ FP = {W: "AA:" * 31 + "01", M: "BB:" * 31 + "02", "attacker": "EE:" * 31 + "99"}
 
 def sdp(fingerprint: str, proto: str = "UDP/TLS/RTP/SAVPF") -> str:
     return ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-            f"m=audio 9 {proto} 111\r\nc=IN IP4 0.0.0.0\r\n"
+            f"m=audio 9 {proto} 111\r\nc=IN IP4 127.0.0.1\r\n"
             f"a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\n")
 
 

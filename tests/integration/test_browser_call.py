@@ -215,7 +215,7 @@ def forged_answer(genuine: dict, call_id: str, recipient: DevicePublicKeys) -> d
     attacker = DeviceKeys.generate()
     sender = genuine["from"]
     sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
-           "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+           "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n"
            f"a=fingerprint:sha-256 {OTHER_FINGERPRINT}\r\na=setup:active\r\n"
            "a=rtpmap:111 opus/48000/2\r\n")
     payload = {"call_id": call_id, "sdp": sdp, "dtls": OTHER_FINGERPRINT,

@@ -24,11 +24,11 @@ LOOPBACK = ("127.0.0.1",)
 
 @pytest.mark.parametrize(("candidate", "allowed"), [
     ("candidate:1 1 udp 2122194687 127.0.0.1 43330 typ host generation 0", True),
-    ("candidate:2 1 udp 2122063615 192.0.2.2 57222 typ host generation 0", False),
+    ("candidate:2 1 udp 2122063615 127.0.0.2 57222 typ host generation 0", False),  # unlisted
     ("candidate:3 1 udp 2122267903 ::1 57882 typ host generation 0", False),
     ("candidate:4 1 udp 2122260223 4b1c5d0e-8a3f.local 50000 typ host", False),  # mDNS
-    ("candidate:5 1 udp 1686052607 203.0.113.7 40000 typ srflx raddr 0.0.0.0 rport 0", True),
-    ("candidate:6 1 udp 41885439 198.51.100.9 3478 typ relay raddr 0.0.0.0 rport 0", True),
+    ("candidate:5 1 udp 1686052607 127.0.0.3 40000 typ srflx raddr 127.0.0.2 rport 0", True),
+    ("candidate:6 1 udp 41885439 127.0.0.4 3478 typ relay raddr 127.0.0.2 rport 0", True),
     ("", True),  # end of candidates
     ("candidate:7 1 udp", False),  # not a candidate line
 ])
