@@ -114,3 +114,16 @@ async def test_robot_offers_only_configured_ice_never_a_public_stun_server() -> 
         assert candidates and all(" 127.0.0.1 " in c and " typ host" in c for c in candidates)
     finally:
         await session.close()
+
+
+def test_the_page_gets_exactly_the_configured_ice_servers_and_one_transport() -> None:
+    from aiortc import RTCIceServer
+
+    from parley.media.ice import IceConfig
+
+    assert IceConfig().browser_configuration() == {
+        "iceServers": [], "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"}
+    turn = IceConfig(servers=(RTCIceServer(urls="turn:127.0.0.1:3478", username="u",
+                                           credential="p"),))
+    assert turn.browser_configuration()["iceServers"] == [
+        {"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]

@@ -35,10 +35,13 @@ class IceConfig:
         return RTCConfiguration(iceServers=list(self.servers))
 
     def browser_configuration(self) -> dict[str, Any]:
+        """The page's RTCConfiguration: exactly these ICE servers (never a browser default),
+        and all media on one transport, so that there is one handshake certificate to check."""
         return {"iceServers": [{"urls": s.urls, **({"username": s.username,
                                                      "credential": s.credential}
                                                     if s.username else {})}
-                               for s in self.servers]}
+                               for s in self.servers],
+                "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"}
 
 
 def parse_ice_server(text: str) -> RTCIceServer:

@@ -18,7 +18,7 @@ what it reports. The messages (mirrored in ``web/protocol.js``)::
     media.remote_candidate                    media.failed      {call_id, reason}
                     {call_id, candidate, ...} media.stats       {call_id, stats}
     media.local     {call_id, audio, video}
-    media.close     {call_id, reason}
+    media.close     {call_id}
 
 A call's media runs like this. `media.open` asks the page for an offer (no
 ``offer``) or for an answer to ``offer``; the page gets the camera and
@@ -168,6 +168,8 @@ class BrowserSession:
         self._send({"t": "media.answer", "call_id": self.call_id, "sdp": sdp})
 
     async def add_ice(self, candidate: str, mid: str | None, mline: int | None) -> None:
+        if mid is None and mline is None:
+            mline = 0  # a candidate that names no media section: all media is bundled on one
         self._send({"t": "media.remote_candidate", "call_id": self.call_id,
                     "candidate": candidate, "mid": mid, "mline": mline})
 

@@ -11,7 +11,6 @@ export class CallMedia {
   // open: {call_id, media, ice}; hooks: onCandidate(candidate|null),
   // onConnected(certificates), onFailed(reason), onTrack().
   constructor(open, hooks) {
-    this.callId = open.call_id;
     this.kind = open.media;
     this.ice = open.ice;
     this.hooks = hooks;
@@ -37,10 +36,14 @@ export class CallMedia {
     } catch (err) {
       throw new Error(`the ${video ? "camera or microphone" : "microphone"} is not available: ${err.name}`);
     }
-    if (this.closed) throw new Error("the call ended");
-    // Only the ICE servers the terminal gave (never a public default), one
-    // transport for all media, so there is one handshake certificate to check.
-    const pc = new RTCPeerConnection({ ...this.ice, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    if (this.closed) {
+      // Hung up while the browser asked for the camera: let go of it at once.
+      for (const track of this.localStream.getTracks()) track.stop();
+      throw new Error("the call ended");
+    }
+    // Exactly the configuration the terminal gave: its ICE servers (never a
+    // public default) and one transport for all media.
+    const pc = new RTCPeerConnection(this.ice);
     this.pc = pc;
     pc.addEventListener("icecandidate", (event) => this.hooks.onCandidate(event.candidate));
     pc.addEventListener("track", (event) => {
@@ -65,8 +68,7 @@ export class CallMedia {
         await this.pc.addIceCandidate({ candidate: "", sdpMid: mid, sdpMLineIndex: mline }).catch(() => {});
         return;
       }
-      // A candidate that names no media section belongs to the first: all media is bundled.
-      await this.pc.addIceCandidate({ candidate, sdpMid: mid, sdpMLineIndex: mline ?? (mid == null ? 0 : null) });
+      await this.pc.addIceCandidate({ candidate, sdpMid: mid, sdpMLineIndex: mline });
     });
   }
 
@@ -178,6 +180,14 @@ export class CallMedia {
   }
 
   async #connectionChanged() {
+    try {
+      await this.#reportConnection();
+    } catch (err) {
+      this.#fail(`the peer certificate could not be read: ${err.message}`);
+    }
+  }
+
+  async #reportConnection() {
     if (this.closed) return;
     const state = this.pc.connectionState;
     if (state === "connected" && !this.connectedReported) {

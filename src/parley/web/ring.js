@@ -6,6 +6,7 @@ export class Ringer {
   constructor() {
     this.context = null;
     this.timer = null;
+    this.gain = null; // the burst now sounding
   }
 
   start() {
@@ -21,6 +22,7 @@ export class Ringer {
       const gain = ctx.createGain();
       gain.gain.value = 0.08;
       gain.connect(ctx.destination);
+      this.gain = gain;
       // Two seconds of 440 + 480 Hz, then four of silence: a telephone's ring.
       for (const frequency of [440, 480]) {
         const oscillator = ctx.createOscillator();
@@ -37,5 +39,8 @@ export class Ringer {
   stop() {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+    // Silence the burst that is sounding too: no ring over an answered call.
+    if (this.gain) this.gain.disconnect();
+    this.gain = null;
   }
 }
