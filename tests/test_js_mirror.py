@@ -10,10 +10,11 @@ import pytest
 
 from parley.core.call import CallState, EndReason, MediaKind
 from parley.core.trust import Trust
+from parley.terminal.app import MAX_ENDED_CALLS
 from parley.terminal.browser import PAGE_MESSAGES
 
-PROTOCOL = (Path(__file__).resolve().parent.parent / "src" / "parley" / "web" /
-            "protocol.js").read_text()
+SRC = Path(__file__).resolve().parent.parent / "src" / "parley"
+PROTOCOL = (SRC / "web" / "protocol.js").read_text()
 
 
 def js_object(name: str) -> dict[str, str]:
@@ -32,3 +33,16 @@ def test_page_messages_are_the_ones_the_terminal_validates() -> None:
     sent = set(re.findall(r't: "([\w.]+)"', PROTOCOL.split("export const Outgoing")[1]
                           .split("});")[0]))
     assert sent == set(PAGE_MESSAGES)
+
+
+def test_the_page_knows_every_message_the_terminal_sends_it() -> None:
+    sent = set()
+    for module in ("app.py", "control.py", "browser.py"):  # link.py speaks to the server
+        sent |= set(re.findall(r'"t": "([\w.]+)"', (SRC / "terminal" / module).read_text()))
+    assert sent == set(js_object("Incoming").values())
+
+
+def test_the_page_keeps_as_many_ended_calls_as_the_terminal() -> None:
+    app = (SRC / "web" / "app.js").read_text()
+    match = re.search(r"export const KEEP_ENDED_CALLS = (\d+);", app)
+    assert match and int(match.group(1)) == MAX_ENDED_CALLS

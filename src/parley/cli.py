@@ -368,7 +368,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               + (f" ({call['end_reason']})" if call["end_reason"] else "")
               + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
     for alarm in status["alarms"][-5:]:
-        print(f"  ALARM {alarm['code']}: {alarm['message']}")
+        print(f"  ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")
     return 0
 
 

@@ -188,7 +188,8 @@ async def _follow(controls: dict[str, Control], say: Any) -> None:
                         f" ({call['end_reason']})" if call["state"] == "ended" else ""
                     say(f"[{name}] call {call['direction']} {call['peer']}: {call['state']}{extra}")
                 elif event.get("t") == "alarm":
-                    say(f"[{name}] ALARM {event['alarm']['code']}: {event['alarm']['message']}")
+                    alarm = event["alarm"]
+                    say(f"[{name}] ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,11 +7,11 @@ import pytest
 
 from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope, open_envelope, seal_envelope
-from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm
+from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm, alarm_title
 from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.core.replay import CALL_MAX_AGE_MS, ReplayGuard
 from parley.core.safety import call_sas, normalize_safety_number, safety_number
-from parley.core.trust import Trust, assess
+from parley.core.trust import Trust, assess, party_trust, party_warning
 from tests.core.keys_fixture import device
 
 W, M, X = "washington/desk", "moscow/desk", "moscow/spare"
@@ -161,3 +161,32 @@ def test_b64_helpers_reject_junk() -> None:
     for junk in ("*&^", 5):
         with pytest.raises(RemoteError):
             b64d(junk)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("trusts", "expected"), [
+    ([], None),
+    ([Trust.VERIFIED], Trust.VERIFIED),
+    ([Trust.VERIFIED, Trust.UNVERIFIED], Trust.UNVERIFIED),
+    ([Trust.UNVERIFIED, Trust.CHANGED, Trust.VERIFIED], Trust.CHANGED),
+])
+def test_a_party_is_as_trusted_as_its_least_trusted_device(trusts: list[Trust],
+                                                           expected: Trust | None) -> None:
+    assert party_trust(trusts) is expected
+
+
+def test_only_a_changed_key_puts_a_warning_under_a_party() -> None:
+    assert party_warning("moscow", Trust.UNVERIFIED) == ""
+    assert party_warning("moscow", None) == ""
+    warning = party_warning("moscow", Trust.CHANGED)
+    assert warning.startswith("A key of moscow changed since you verified it")
+    assert "Compare the new safety number with moscow's operator" in warning
+    assert "parley keys verify moscow" in warning
+
+
+def test_tampering_with_a_call_is_called_an_interception() -> None:
+    for code in (ErrorCode.BAD_SIGNATURE, ErrorCode.DECRYPT_FAILED,
+                 ErrorCode.FINGERPRINT_MISMATCH, ErrorCode.INTERCEPTED):
+        assert alarm_title(code, about_call=True) == "Call intercepted"
+    assert alarm_title(ErrorCode.BAD_SIGNATURE, about_call=False) == "Forged or altered message"
+    assert alarm_title(ErrorCode.REPLAY, about_call=True) == "Replayed message"
+    assert alarm_title(ErrorCode.SERVER_ERROR, about_call=False) == "Security alarm"

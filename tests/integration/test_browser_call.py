@@ -256,6 +256,7 @@ async def test_relay_swapping_the_browsers_fingerprint_raises_the_alarm(
 
         alarm = page.get_by_test_id("alarm")
         await expect(alarm).to_be_visible()
+        await expect(page.get_by_test_id("alarm-title")).to_have_text("Call intercepted")
         await expect(page.get_by_test_id("call-state")).to_have_attribute("data-reason",
                                                                           "intercepted")
         await expect(page.get_by_test_id("call-failed")).to_be_visible()

@@ -84,7 +84,9 @@ async def test_a_changed_key_is_a_loud_warning(line: LocalLine, people: PersonFa
 
     party = page.locator('li.party[data-party="moscow"]')
     await expect(party.get_by_test_id("trust")).to_have_text("KEY CHANGED")
-    await expect(party.get_by_test_id("party-warning")).to_be_visible()
+    await expect(party.get_by_test_id("party-warning")).to_contain_text(
+        "A key of moscow changed since you verified it")
+    await expect(party.get_by_test_id("party-warning")).to_contain_text("parley keys verify moscow")
     await call_button(page, "moscow").click()
     await expect(page.get_by_test_id("page-error")).to_contain_text("has changed")
     assert not washington.terminal.book.calls()

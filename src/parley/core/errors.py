@@ -92,3 +92,26 @@ class SecurityAlarm(RemoteError):
     """Evidence of tampering or interception. Shown loudly, never retried."""
 
     code = ErrorCode.BAD_SIGNATURE
+
+
+# Tampering with a call's signaling or media is an interception, whatever step caught it.
+_INTERCEPTION = frozenset({ErrorCode.BAD_SIGNATURE, ErrorCode.DECRYPT_FAILED,
+                           ErrorCode.FINGERPRINT_MISMATCH, ErrorCode.INTERCEPTED})
+_ALARM_TITLES = {
+    ErrorCode.FINGERPRINT_MISMATCH: "Call intercepted",
+    ErrorCode.INTERCEPTED: "Call intercepted",
+    ErrorCode.BAD_SIGNATURE: "Forged or altered message",
+    ErrorCode.DECRYPT_FAILED: "Forged or altered message",
+    ErrorCode.KEY_CHANGED: "A peer's key has changed",
+    ErrorCode.WRONG_RECIPIENT: "Misrouted message",
+    ErrorCode.INSECURE_MEDIA: "Unencrypted media refused",
+    ErrorCode.REPLAY: "Replayed message",
+    ErrorCode.STALE: "Stale message",
+}
+
+
+def alarm_title(code: ErrorCode, *, about_call: bool) -> str:
+    """The headline of a security alarm, the same on every surface."""
+    if about_call and code in _INTERCEPTION:
+        return "Call intercepted"
+    return _ALARM_TITLES.get(code, "Security alarm")

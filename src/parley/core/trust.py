@@ -11,6 +11,7 @@ until the operator verifies again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from .errors import ErrorCode, RemoteError
@@ -50,3 +51,23 @@ def verify_hint(party: str, *, changed: bool = False) -> str:
         f"{first} ('parley keys show {party}'), then run"
         f" 'parley keys verify {party} --safety-number \"<the 60 digits>\"'"
     )
+
+
+def party_trust(trusts: Iterable[Trust]) -> Trust | None:
+    """A party's trust in one word: changed if any device's key changed since it was
+    verified, verified if every device is, else unverified; None for no device."""
+    seen = set(trusts)
+    if not seen:
+        return None
+    if Trust.CHANGED in seen:
+        return Trust.CHANGED
+    return Trust.VERIFIED if seen == {Trust.VERIFIED} else Trust.UNVERIFIED
+
+
+def party_warning(party: str, trust: Trust | None) -> str:
+    """What the list of parties says under a party whose key changed ('' otherwise)."""
+    if trust is not Trust.CHANGED:
+        return ""
+    hint = verify_hint(party, changed=True)
+    return (f"A key of {party} changed since you verified it: calls to that device are"
+            f" refused. {hint[0].upper()}{hint[1:]}.")

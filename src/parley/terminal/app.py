@@ -38,7 +38,14 @@ from parley.core.call import (
     StopMedia,
 )
 from parley.core.envelope import Envelope, open_envelope, seal_envelope
-from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
+from parley.core.errors import (
+    ErrorCode,
+    LocalError,
+    ParleyError,
+    RemoteError,
+    SecurityAlarm,
+    alarm_title,
+)
 from parley.core.keys import split_device_id
 from parley.core.replay import ReplayGuard
 from parley.core.trust import Trust, verify_hint
@@ -158,7 +165,8 @@ class Terminal:
 
     def notify_verified(self, device_id: str) -> None:
         log.info("%s marked verified", device_id)
-        self._publish({"t": "verified", "device": device_id})
+        self._publish({"t": "verified", "device": device_id,
+                       "party": split_device_id(device_id)[0]})
 
     async def call_stats(self, call_id: str) -> dict[str, Any]:
         session = self.sessions.get(call_id)
@@ -302,7 +310,8 @@ class Terminal:
 
     def _on_presence(self, device: str, online: bool) -> None:
         self.peers.set_online(device, online)
-        self._publish({"t": "presence", "device": device, "online": online})
+        self._publish({"t": "presence", "device": device,
+                       "party": split_device_id(device)[0], "online": online})
 
     def _on_link_state(self, up: bool, why: str) -> None:
         self._publish({"t": "link", "connected": up, "detail": why})
@@ -427,7 +436,8 @@ class Terminal:
                 log.warning("auto-answer refused: %s", exc)
 
     def _alarm(self, call_id: str | None, alarm: ParleyError) -> None:
-        entry = {"time_ms": now_ms(), "call_id": call_id, **alarm.as_dict()}
+        entry = {"time_ms": now_ms(), "call_id": call_id, **alarm.as_dict(),
+                 "title": alarm_title(alarm.code, about_call=call_id is not None)}
         self.alarms.append(entry)
         log.error("SECURITY ALARM [%s] %s -- %s", alarm.code, alarm.message, alarm.hint)
         self._publish({"t": "alarm", "alarm": entry})

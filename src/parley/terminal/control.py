@@ -35,6 +35,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.schema import parse_json
+from parley.core.trust import Trust, party_trust, party_warning
 from parley.terminal.app import Terminal, now_ms
 
 log = logging.getLogger("parley.control")
@@ -206,7 +207,9 @@ class ControlServer:
         for device in devices:
             device["safety_qr"] = safety_qr(self.terminal.device_id, device["device"],
                                             device["safety_number"])
-        return web.json_response({"party": party, "devices": devices})
+        trust = party_trust(Trust(d["trust"]) for d in devices)
+        return web.json_response({"party": party, "trust": trust,
+                                  "warning": party_warning(party, trust), "devices": devices})
 
     async def verify(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -13,6 +13,11 @@ import { View } from "./view.js";
 
 const RECONNECT_MS = 2000;
 const SAMPLE_MS = 1000;
+export const KEEP_ENDED_CALLS = 50; // the terminal's MAX_ENDED_CALLS
+
+function emptyParty(party) {
+  return { party, trust: null, warning: "", devices: [], error: "" };
+}
 
 class App {
   constructor(doc, token) {
@@ -24,7 +29,7 @@ class App {
     this.status = null;
     this.terminalUp = false;
     this.isMediaPage = true;
-    this.parties = new Map(); // party -> {party, devices, error}
+    this.parties = new Map(); // party -> {party, trust, warning, devices, error}
     this.calls = new Map(); // call_id -> the terminal's CallInfo
     this.media = new Map(); // call_id -> CallMedia
     this.stats = new Map(); // call_id -> last quality sample
@@ -81,10 +86,10 @@ class App {
     switch (message.t) {
       case Incoming.STATUS: return this.#onStatus(message.status);
       case Incoming.CALL: return this.#onCall(message.call);
-      case Incoming.PRESENCE: return this.#onPresence(message.device, message.online);
+      case Incoming.PRESENCE: return this.#onPresence(message);
       case Incoming.LINK: return this.#onLink(message.connected);
       case Incoming.ALARM: return this.#onAlarm(message.alarm);
-      case Incoming.VERIFIED: return this.#refreshParty(message.device.split("/")[0]);
+      case Incoming.VERIFIED: return this.#refreshParty(message.party);
       case Incoming.ERROR:
         this.notice = `The terminal refused a message from this page: ${message.error.message}`;
         return this.render();
@@ -117,14 +122,25 @@ class App {
   #onCall(call) {
     this.calls.set(call.call_id, call);
     if (call.state !== CallState.ENDED && !this.#ringingHere(call)) this.#focusCall(call.call_id);
+    this.#forgetOldCalls();
     this.render();
   }
 
-  #onPresence(device, online) {
-    const entry = this.parties.get(device.split("/")[0]);
+  // A tab left open for weeks keeps only the newest ended calls, as the terminal does.
+  #forgetOldCalls() {
+    const ended = [...this.calls.values()].filter((c) => c.state === CallState.ENDED && c.call_id !== this.focusCallId);
+    for (const call of ended.slice(0, Math.max(0, ended.length - KEEP_ENDED_CALLS))) {
+      this.calls.delete(call.call_id);
+      this.stats.delete(call.call_id);
+      this.sasCompact.delete(call.call_id);
+    }
+  }
+
+  #onPresence({ device, party, online }) {
+    const entry = this.parties.get(party);
     const known = entry && entry.devices.find((d) => d.device === device);
     if (known) known.online = online;
-    else if (entry) this.#refreshParty(entry.party);
+    else if (entry) this.#refreshParty(party);
     this.render();
   }
 
@@ -133,7 +149,7 @@ class App {
     this.render();
     if (connected) {
       try {
-        this.status = { ...this.status, ...(await this.api.status()) };
+        this.status = await this.api.status();
       } catch {
         // the events socket will tell us if the terminal went away
       }
@@ -158,9 +174,9 @@ class App {
     const previous = this.parties.get(party);
     try {
       const listing = await this.api.peers(party);
-      this.parties.set(party, { party, devices: listing.devices, error: "" });
+      this.parties.set(party, { ...listing, error: "" });
     } catch (err) {
-      this.parties.set(party, { party, devices: previous?.devices || [], error: err.message });
+      this.parties.set(party, { ...(previous || emptyParty(party)), error: err.message });
     }
     this.render();
   }
@@ -222,15 +238,15 @@ class App {
         this.#focusCall(call.call_id);
       }),
       accept: () => this.#attempt(async () => {
-        const callId = this.view.shownIncoming;
-        if (!callId) return;
-        const call = await this.api.accept(callId);
+        const ringing = this.#ringingCall();
+        if (!ringing) return;
+        const call = await this.api.accept(ringing.call_id);
         this.calls.set(call.call_id, call);
         this.#focusCall(call.call_id);
       }),
       decline: () => this.#attempt(async () => {
-        const callId = this.view.shownIncoming;
-        if (callId) this.calls.set(callId, await this.api.decline(callId));
+        const ringing = this.#ringingCall();
+        if (ringing) this.calls.set(ringing.call_id, await this.api.decline(ringing.call_id));
       }),
       hangup: () => this.#attempt(async () => {
         if (this.focusCallId) this.calls.set(this.focusCallId, await this.api.hangup(this.focusCallId));
@@ -275,7 +291,7 @@ class App {
         } catch (err) {
           this.verifyErrors.set(device, err.hint ? `${err.message}. ${err.hint}` : err.message);
         }
-        await this.#refreshParty(device.split("/")[0]);
+        await this.#refreshParty(this.verifyParty);
       }),
       acknowledgeAlarm: () => {
         this.pendingAlarm = null;
@@ -308,6 +324,10 @@ class App {
     return call.direction === "incoming" && call.state === CallState.RINGING;
   }
 
+  #ringingCall() {
+    return [...this.calls.values()].find((c) => this.#ringingHere(c)) || null;
+  }
+
   // -- rendering -------------------------------------------------------------------------
 
   render() {
@@ -319,7 +339,7 @@ class App {
     view.showMediaRole(this.isMediaPage);
     view.showPageError(this.notice);
     const order = status?.lines || [];
-    view.showParties(order.map((party) => this.parties.get(party) || { party, devices: [], error: "" }));
+    view.showParties(order.map((party) => this.parties.get(party) || emptyParty(party)));
     view.showAlarmList(this.alarms);
 
     const call = this.calls.get(this.focusCallId);
@@ -340,7 +360,7 @@ class App {
       if (pane === "verify") view.focusVerification();
     }
 
-    const ringing = [...this.calls.values()].find((c) => this.#ringingHere(c)) || null;
+    const ringing = this.#ringingCall();
     view.showIncoming(ringing);
     if (ringing) this.ringer.start();
     else this.ringer.stop();

@@ -12,10 +12,10 @@
 export const Incoming = Object.freeze({
   STATUS: "status", // {status}: a snapshot, first on every connection
   CALL: "call", // {call}: a call's public view changed
-  PRESENCE: "presence", // {device, online}
+  PRESENCE: "presence", // {device, party, online}
   LINK: "link", // {connected, detail}: the terminal's link to the line server
-  ALARM: "alarm", // {alarm: {time_ms, call_id, code, message, hint}}
-  VERIFIED: "verified", // {device}: a peer was marked verified
+  ALARM: "alarm", // {alarm: {time_ms, call_id, code, title, message, hint}}
+  VERIFIED: "verified", // {device, party}: a peer was marked verified
   ERROR: "error", // {error: {code, message}}: the terminal refused our message
   PAGE_ROLE: "page.role", // {media}: whether this page does the terminal's media
   MEDIA_OPEN: "media.open", // {call_id, media, ice, offer?}: make an offer, or answer `offer`
@@ -58,7 +58,7 @@ export const MediaKind = Object.freeze({ VIDEO: "video", AUDIO: "audio" });
 // core/trust.py: Trust.
 export const Trust = Object.freeze({ VERIFIED: "verified", UNVERIFIED: "unverified", CHANGED: "changed" });
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(error) {
     super(error.message || "the terminal refused the request");
     this.code = error.code || "unknown";

@@ -33,22 +33,13 @@ const TRUST_TEXT = {
   [Trust.CHANGED]: "KEY CHANGED",
 };
 
-const ALARM_TITLES = {
-  fingerprint_mismatch: "Call intercepted",
-  bad_signature: "Forged or altered message",
-  decrypt_failed: "Forged or altered message",
-  key_changed: "A peer's key has changed",
-  wrong_recipient: "Misrouted message",
-  insecure_media: "Unencrypted media refused",
-};
-
 function byId(root, testid) {
   const element = root.querySelector(`[data-testid="${testid}"]`);
   if (!element) throw new Error(`the page has no ${testid}`);
   return element;
 }
 
-export function formatDuration(ms) {
+function formatDuration(ms) {
   const total = Math.max(0, Math.floor(ms / 1000));
   const hours = Math.floor(total / 3600);
   const minutes = String(Math.floor((total % 3600) / 60)).padStart(2, "0");
@@ -56,7 +47,7 @@ export function formatDuration(ms) {
   return hours > 0 ? `${hours}:${minutes}:${seconds}` : `${minutes}:${seconds}`;
 }
 
-export function endText(reason) {
+function endText(reason) {
   return END_TEXT[reason] || reason || "";
 }
 
@@ -193,25 +184,19 @@ export class View {
   }
 
   #fillParty(item, entry) {
-    const devices = entry.devices || [];
+    // The terminal sums the party up (trust, warning); this only shows it.
+    const { devices, trust, warning: text } = entry;
     const online = devices.some((d) => d.online);
-    const trust = devices.some((d) => d.trust === Trust.CHANGED) ? Trust.CHANGED
-      : devices.length > 0 && devices.every((d) => d.trust === Trust.VERIFIED) ? Trust.VERIFIED
-        : Trust.UNVERIFIED;
     const presence = byId(item, "presence");
     presence.dataset.online = String(online);
     presence.textContent = online ? "online" : "offline";
     const trustEl = byId(item, "trust");
-    trustEl.dataset.trust = devices.length ? trust : "none";
-    trustEl.textContent = devices.length ? TRUST_TEXT[trust] : "no device";
-    item.dataset.trust = trust;
+    trustEl.dataset.trust = trust || "none";
+    trustEl.textContent = trust ? TRUST_TEXT[trust] : "no device";
+    item.dataset.trust = trust || "none";
     const warning = byId(item, "party-warning");
-    if (trust === Trust.CHANGED) {
-      warning.textContent = "Key changed since you verified it: calls are refused until you verify again.";
-    } else if (entry.error) {
-      warning.textContent = entry.error;
-    }
-    warning.hidden = !(trust === Trust.CHANGED || entry.error);
+    warning.textContent = text || entry.error;
+    warning.hidden = !warning.textContent;
   }
 
   // -- verification ---------------------------------------------------------------------
@@ -304,7 +289,6 @@ export class View {
     el.callFailedDetail.textContent = call.alarm || "";
 
     const video = call.media === MediaKind.VIDEO;
-    el.stage.dataset.media = call.media;
     el.voiceOnly.hidden = video || ended;
     el.stageWaiting.textContent = ended ? `Call ended: ${endText(call.end_reason)}`
       : call.state !== CallState.ACTIVE ? STATE_TEXT[call.state]
@@ -377,8 +361,7 @@ export class View {
       return;
     }
     el.incomingPeer.textContent = call.peer;
-    el.incomingDetail.textContent = `${call.media === MediaKind.AUDIO ? "Voice call" : "Video call"}, ${call.verified || call.peer_trust === Trust.VERIFIED ? "key verified" : "KEY NOT VERIFIED"}`;
-    el.incoming.dataset.callId = call.call_id;
+    el.incomingDetail.textContent = `${call.media === MediaKind.AUDIO ? "Voice call" : "Video call"}, ${call.peer_trust === Trust.VERIFIED ? "key verified" : "KEY NOT VERIFIED"}`;
     if (this.shownIncoming !== call.call_id) {
       this.shownIncoming = call.call_id;
       el.incoming.hidden = false;
@@ -393,10 +376,7 @@ export class View {
       this.shownAlarm = null;
       return;
     }
-    el.alarm.dataset.code = alarm.code;
-    // Tampering with a call's signaling or media is an interception, whatever step caught it.
-    const aboutCall = alarm.call_id && ["bad_signature", "decrypt_failed", "fingerprint_mismatch"].includes(alarm.code);
-    el.alarmTitle.textContent = aboutCall ? "Call intercepted" : ALARM_TITLES[alarm.code] || "Security alarm";
+    el.alarmTitle.textContent = alarm.title;
     el.alarmMessage.textContent = alarm.message;
     el.alarmHint.textContent = alarm.hint || "";
     el.alarmCode.textContent = alarm.code;
