@@ -97,6 +97,20 @@ def test_a_gap_is_filled_in_place_up_to_a_limit() -> None:
         assert np.abs(out[k]).max() > 500 and len(out[k]) == FRAME
 
 
+def test_timestamps_that_jump_by_less_than_a_step_lose_nothing() -> None:
+    stream = packets(FecOpusEncoder(), syllables(1))
+    decoder = FecOpusDecoder()
+    assert len(decoder.decode(JitterFrame(*stream[0]))) == 1
+    # A sender's clock that skips 60 samples (1.25 ms): nothing to rebuild, and the
+    # decoder goes on; a skip of a step and a half rebuilds the one whole step.
+    data, timestamp = stream[1]
+    frames = decoder.decode(JitterFrame(data, timestamp + 60))
+    assert [f.pts for f in frames] == [timestamp + 60]
+    data, timestamp = stream[2]
+    frames = decoder.decode(JitterFrame(data, timestamp + 60 + 180))
+    assert [f.samples for f in frames] == [libopus.STEP, FRAME]
+
+
 def test_a_packet_libopus_refuses_counts_as_lost() -> None:
     stream = packets(FecOpusEncoder(), syllables(2))
     decoder = FecOpusDecoder()

@@ -175,7 +175,6 @@ class FecOpusDecoder:
     def __init__(self) -> None:
         self._decoder = libopus.Decoder(channels=2)
         self._expected: int | None = None  # RTP timestamp of the audio after the last packet
-        self.recovered = 0  # samples rebuilt for lost packets (FEC, or concealment)
 
     def decode(self, encoded_frame: JitterFrame) -> list[Any]:
         data, timestamp = encoded_frame.data, encoded_frame.timestamp
@@ -187,9 +186,12 @@ class FecOpusDecoder:
                 if 0 < gap < 2**31:
                     # A long gap stays silent, but for the frame this packet's FEC rebuilds.
                     missing = gap if gap <= MAX_CONCEALED * duration else duration
-                    pcm = self._decoder.recover(data, missing)
-                    self.recovered += len(pcm)
-                    frames += _frames(pcm, timestamp - len(pcm), duration)
+                    # libopus rebuilds whole 2.5 ms steps; a sender whose timestamps
+                    # jump by less than that has lost nothing worth rebuilding.
+                    missing -= missing % libopus.STEP
+                    if missing:
+                        pcm = self._decoder.recover(data, missing)
+                        frames += _frames(pcm, timestamp - len(pcm), duration)
             pcm = self._decoder.decode(data)
         except libopus.OpusError as exc:
             log.debug("an Opus packet that libopus cannot decode (%s): treated as lost", exc)
