@@ -101,14 +101,14 @@ async def hang_up(caller: Terminal, callee: Terminal, call_id: str) -> None:
     caller.hangup(call_id)
     for t in (caller, callee):
         await t.wait_for_call(lambda c: c.call_id == call_id and c.state is CallState.ENDED, 10)
-    await wait_until(lambda: not (caller.sessions or callee.sessions), 10)
+    await wait_until(lambda: not (caller.sessions or callee.sessions), 10,
+                     f"call {call_id}: both terminals' media sessions to close")
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll `predicate` every 10 ms for up to `timeout` s; whether it came true."""
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every 10 ms until it is true; TimeoutError after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            return False
+            raise TimeoutError(f"waited {timeout:g} s for {what}")
         await asyncio.sleep(0.01)
-    return True
