@@ -237,11 +237,14 @@ class Load:
                 ident, frame = sender.frame()
                 self.sent_at[ident] = time.perf_counter()
                 sender.ws.send(frame)
+        # The rate is what was sent while sending: the drain below is not part of it.
+        achieved = len(senders) * (warmup + count) / (time.perf_counter() - t0)
         await asyncio.sleep(0.5)
         self.running = False
         emit({"latencies_ms": self.latencies, "sent": count * len(senders),
               "errors": sum(d.errors for d in self.devices),
-              "achieved_rate": len(senders) * (warmup + count) / (time.perf_counter() - t0)})
+              "last_error": next((d.last_error for d in self.devices if d.last_error), ""),
+              "achieved_rate": achieved})
 
     async def idle(self) -> None:
         started = time.perf_counter()
