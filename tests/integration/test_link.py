@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from aiohttp import web
+
+from parley.core import wire
+from parley.core.errors import ErrorCode
+from parley.core.keys import DeviceKeys
+from parley.terminal.link import ServerLink
 from tests.harness import LocalLine, active_call, wait_until
 
 
@@ -35,3 +42,37 @@ async def test_a_terminal_started_before_its_server_connects_when_it_appears(
     assert not washington.link.connected.is_set()
     await line.start(port=port)
     await asyncio.wait_for(washington.link.connected.wait(), 15)
+
+
+async def test_a_server_that_answers_with_an_oversized_batch_is_refused_and_retried() -> None:
+    """A hostile server's malformed login reply is a refused login, not the end of the link."""
+    connections = 0
+
+    async def hostile(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connections
+        connections += 1
+        ws = web.WebSocketResponse(protocols=(wire.BATCH_SUBPROTOCOL,))
+        await ws.prepare(request)
+        await ws.send_str("\n".join(['{"t":"pong"}'] * (wire.MAX_BATCH + 1)))
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.add_routes([web.get("/v1/ws", hostile)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    link = ServerLink(f"http://127.0.0.1:{port}", "washington/desk", DeviceKeys.generate())
+    task = asyncio.ensure_future(link.run())
+    try:
+        await wait_until(lambda: link.last_error is not None, 10, "the login to be refused")
+        assert link.last_error is not None and link.last_error.code is ErrorCode.TOO_LARGE
+        assert connections == 1 and not task.done() and not link.connected.is_set()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
+        await runner.cleanup()

@@ -101,6 +101,8 @@ class ServerLink:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot reach the line server at %s: %s", self.origin,
                             exc or type(exc).__name__)
+            except Exception:  # a defect here must not leave the terminal offline for good
+                log.exception("the link to %s failed unexpectedly", self.origin)
             self._set_connected(False, "disconnected")
             wait = delay * random.uniform(0.8, 1.2)
             log.info("reconnecting in %.1f s", wait)
@@ -170,7 +172,7 @@ class ServerLink:
         first = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT_S)
         if first.type != aiohttp.WSMsgType.TEXT:
             raise RemoteError("the server did not send a login challenge")
-        challenge = wire.parse_message(self._frames(first.data, batched)[0],
+        challenge = wire.parse_message(_split(first.data, batched)[0],
                                        wire.SERVER_MESSAGES, what="server message")
         if challenge["t"] != "challenge":
             raise RemoteError(f"expected a challenge, got {challenge['t']}")
@@ -188,7 +190,7 @@ class ServerLink:
             raise RemoteError("the server closed the connection during login",
                               code=ErrorCode.AUTH_FAILED)
         # The welcome may share its message with what follows it (presence, the mailbox).
-        welcome_frame, *rest = self._frames(reply.data, batched)
+        welcome_frame, *rest = _split(reply.data, batched)
         welcome = wire.parse_message(welcome_frame, wire.SERVER_MESSAGES,
                                      what="server message")
         if welcome["t"] == "error":
@@ -219,10 +221,8 @@ class ServerLink:
 
     @staticmethod
     def _frames(raw: str, batched: bool) -> list[str]:
-        if not batched:
-            return [raw]
         try:
-            return wire.split_batch(raw)
+            return _split(raw, batched)
         except RemoteError as exc:
             log.warning("dropped a bad message from the server: %s", exc)
             return []
@@ -305,6 +305,11 @@ class ServerLink:
             if keys.party == party:
                 devices.append(keys)
         return devices, {d for d in reply["online"] if isinstance(d, str)}
+
+
+def _split(raw: str, batched: bool) -> list[str]:
+    """The frames of a server message (a RemoteError for a malformed batch)."""
+    return wire.split_batch(raw) if batched else [raw]
 
 
 def _code(value: str) -> ErrorCode:
