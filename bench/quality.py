@@ -149,6 +149,8 @@ async def run(root: Path, *, quick: bool = True, browser: bool = True) -> Result
     clean = median(scores[0])
     f["pesq_clean"] = r(clean, 2)
     f["pesq_clean_gap"] = r(opus - clean, 2)
+    f["pesq_clean_target_gap"] = TARGET_CLEAN_GAP
+    f["pesq_loss5_target_share"] = TARGET_LOSS5_SHARE
     f["pesq_clean_met"] = opus - clean <= TARGET_CLEAN_GAP
     result.row("PESQ-WB clean link", clean, "", opus, clean / opus,
                f"within {TARGET_CLEAN_GAP} of Opus alone", opus - clean <= TARGET_CLEAN_GAP)
