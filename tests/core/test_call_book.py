@@ -301,6 +301,16 @@ def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() ->
     types = [a.type for a in out if isinstance(a, SendEnvelope)]
     assert types == ["call.offer", "call.ice"]
     assert book.next_deadline() == NOW + 30_000 + 10_000
+    # The peer rings for the whole ring time, counted from when it starts ringing.
+    ringing = wire.books[M].receive(book.me, Trust.VERIFIED, "call.offer",
+                                    next(a.payload for a in out if isinstance(a, SendEnvelope)
+                                         and a.type == "call.offer"), NOW + 30_000)
+    wire.now = NOW + 30_000
+    wire.run(M, ringing)
+    assert wire.state(W, call_id)[0] is CallState.RINGBACK
+    assert book.next_deadline() == NOW + 30_000 + RING_TIMEOUT_MS
+    assert book.handle_timer(NOW + RING_TIMEOUT_MS + 1) == []
+    assert wire.state(W, call_id)[0] is CallState.RINGBACK
     other = CallBook(device("x"), "london/desk")
     call2, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
     other.handle_timer(NOW + 60_001)

@@ -626,7 +626,8 @@ class CallBook:
             return []
         if type_ == "call.ringing":
             if call.state is CallState.DIALING:
-                call.deadline_ms = call.started_ms + RING_TIMEOUT_MS
+                # The peer rings for as long from now, however long our own media took.
+                call.deadline_ms = now_ms + RING_TIMEOUT_MS
             return self._fire(call, CallEvent.REMOTE_RINGING, now_ms)
         if type_ == "call.answer":
             return self._on_answer(call, payload, now_ms)
