@@ -26,7 +26,6 @@ verified, SAS on both sides.
 
 from __future__ import annotations
 
-import fractions
 import json
 import os
 import time
@@ -34,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiortc.jitterbuffer import JitterFrame
-from av import AudioFrame
 
 from bench import speech
 from bench.common import PYTHON, Child, Result, median, need_commands, r, run_quiet, say
@@ -49,19 +46,8 @@ LOSSES = (0, 1, 5, 10)
 
 def opus_fec_only(clip: np.ndarray) -> np.ndarray:
     """The clip through the robots' Opus as they send and decode it (FEC on), nothing else."""
-    encoder = FecOpusEncoder()
     decoder = FecOpusDecoder() if libopus.available() else ConcealingOpusDecoder()
-    out = []
-    for i, start in enumerate(range(0, len(clip) - speech.FRAME + 1, speech.FRAME)):
-        frame = AudioFrame.from_ndarray(clip[start:start + speech.FRAME].reshape(1, -1),
-                                        format="s16", layout="mono")
-        frame.sample_rate, frame.pts = speech.RATE, i * speech.FRAME
-        frame.time_base = fractions.Fraction(1, speech.RATE)
-        packets, timestamp = encoder.encode(frame)
-        for packet in packets:
-            for decoded in decoder.decode(JitterFrame(packet, timestamp)):
-                out.append(speech.first_channel(decoded.to_ndarray().reshape(-1)))
-    return np.concatenate(out)
+    return speech.through_opus(clip, FecOpusEncoder(), decoder)
 
 
 class Namespace:

@@ -13,6 +13,7 @@ import fractions
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
@@ -82,17 +83,18 @@ def pesq_wb(reference48: np.ndarray, degraded48: np.ndarray) -> float:
 
 
 def opus_only(speech: np.ndarray) -> np.ndarray:
-    """The clip through the robot's own Opus encoder and decoder (aiortc's), nothing else."""
-    encoder, decoder = OpusEncoder(), OpusDecoder()
+    """The clip through aiortc's own Opus encoder and decoder, nothing else."""
+    return through_opus(speech, OpusEncoder(), OpusDecoder())
+
+
+def through_opus(speech: np.ndarray, encoder: OpusEncoder, decoder: Any) -> np.ndarray:
+    """The clip through `encoder` and `decoder` (aiortc's interface), 20 ms frames in order."""
     out = []
-    pts = 0
-    for start in range(0, len(speech) - FRAME + 1, FRAME):
+    for i, start in enumerate(range(0, len(speech) - FRAME + 1, FRAME)):
         frame = AudioFrame.from_ndarray(speech[start:start + FRAME].reshape(1, -1),
                                         format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = pts
+        frame.sample_rate, frame.pts = RATE, i * FRAME
         frame.time_base = fractions.Fraction(1, RATE)
-        pts += FRAME
         packets, timestamp = encoder.encode(frame)
         for packet in packets:
             for decoded in decoder.decode(JitterFrame(packet, timestamp)):
@@ -101,6 +103,7 @@ def opus_only(speech: np.ndarray) -> np.ndarray:
 
 
 def first_channel(samples: np.ndarray, frame: int = FRAME) -> np.ndarray:
+    """The first channel of one decoded frame of `frame` samples per channel, interleaved."""
     channels = max(1, len(samples) // frame)
     return samples.reshape(-1, channels)[:, 0] if channels > 1 else samples
 
