@@ -23,6 +23,7 @@ from scipy.signal import correlate
 
 from bench.common import Result, median, percentile, r, say
 from bench.line import BenchLine, active_call, hang_up
+from bench.speech import first_channel
 from parley.core.call import MediaKind
 from parley.media.ice import use_host_addresses
 from parley.media.robot import RobotOptions
@@ -83,8 +84,7 @@ class Recorder:
         """(samples as float in -1..1, each sample's time in s); the first channel only."""
         chunks, times = [], []
         for ns, samples in self.frames:
-            channels = max(1, len(samples) // frame_samples)
-            mono = samples.reshape(-1, channels)[:, 0] if channels > 1 else samples
+            mono = first_channel(samples, frame_samples)
             chunks.append(mono.astype(np.float64) / 32768)
             times.append(ns / 1e9 + np.arange(len(mono)) / AUDIO_RATE)
         if not chunks:

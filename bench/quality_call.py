@@ -29,6 +29,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench.line import BenchLine, TimedRobotMedia, active_call, hang_up
+from bench.speech import first_channel
 from parley.core.call import MediaKind
 from parley.media.engine import MediaEvents
 from parley.media.ice import use_host_addresses
@@ -87,8 +88,7 @@ class PlayoutRecorder:
         end = max(self.pts[:n]) - start + frame
         out = np.zeros(end, dtype=np.int16)
         for pts, samples in zip(self.pts[:n], self.samples[:n], strict=True):
-            channels = max(1, len(samples) // frame)
-            mono = samples.reshape(-1, channels)[:, 0] if channels > 1 else samples
+            mono = first_channel(samples, frame)
             at = pts - start
             out[at:at + len(mono)] = mono[:max(0, len(out) - at)]
         expected = end // frame
