@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 
 from parley.core.call import CallState
-from parley.media.robot import RobotOptions
+from parley.media.robot import RobotMedia, RobotOptions
 from tests.harness import LocalLine, active_call, frames, wait_until
 
 
@@ -127,3 +127,16 @@ def test_the_page_gets_exactly_the_configured_ice_servers_and_one_transport() ->
                                            credential="p"),))
     assert turn.browser_configuration()["iceServers"] == [
         {"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]
+
+
+async def test_an_ended_call_leaves_no_media_session_behind(line: LocalLine) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+    robots = [t.engine for t in (washington, moscow) if isinstance(t.engine, RobotMedia)]
+    assert len(robots) == 2
+    caller, _ = await active_call(washington, moscow)
+    assert all(caller.call_id in robot.sessions for robot in robots)
+    washington.hangup(caller.call_id)
+    await wait_until(lambda: not any(robot.sessions for robot in robots), 10,
+                     "both robots to let go of the call's media")

@@ -83,11 +83,12 @@ class ReceivedStats:
 
 class RobotMediaSession:
     def __init__(self, call_id: str, media: MediaKind, events: MediaEvents,
-                 options: RobotOptions) -> None:
+                 options: RobotOptions, forget: Callable[[RobotMediaSession], None]) -> None:
         self.call_id = call_id
         self.media = media
         self._events = events
         self._options = options
+        self._forget = forget
         self._opened = time.monotonic()
         self.pc = RTCPeerConnection(options.ice.rtc_configuration())
         self._tasks: set[asyncio.Task[None]] = set()
@@ -185,6 +186,7 @@ class RobotMediaSession:
         for track in (self.audio_track, self.video_track):
             if track is not None:
                 track.stop()
+        self._forget(self)
 
     # -- events --------------------------------------------------------------------
 
@@ -237,6 +239,11 @@ class RobotMedia:
         audio_loss.install(options=self.options.opus)
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
-        session = RobotMediaSession(call_id, media, events, self.options)
+        session = RobotMediaSession(call_id, media, events, self.options, self.forget)
         self.sessions[call_id] = session
         return session
+
+    def forget(self, session: RobotMediaSession) -> None:
+        """A closed session lets go of its peer connection, tracks and recorder."""
+        if self.sessions.get(session.call_id) is session:
+            del self.sessions[session.call_id]
