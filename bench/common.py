@@ -189,17 +189,31 @@ class Child(children.Child):
         return await super().spawn(name, argv, log_dir, stdin=stdin, env=env, cwd=cwd)
 
 
-async def start_server_process(data: Path, log_dir: Path, *, host: str = "127.0.0.1",
-                               netns: str | None = None, name: str = "server"
-                               ) -> tuple[Child, str]:
-    """`parley server` in its own process (optionally inside a network namespace)."""
-    argv = [PYTHON, "-m", "parley", "server", "--data", str(data), "--host", host,
-            "--port", "0", "--log-level", "warning"]
+async def start_module(name: str, module: str, log_dir: Path, *args: str,
+                       netns: str | None = None) -> tuple[Child, str]:
+    """``python -m module args`` in its own process, once it prints ``ready: URL``; and URL.
+
+    Optionally inside a network namespace. A child that never gets ready is stopped.
+    """
+    argv = [PYTHON, "-m", module, *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     child = await Child.spawn(name, argv, log_dir)
-    url = await child.line("ready: ")
+    try:
+        url = await child.line("ready: ")
+    except BaseException:
+        await child.stop()
+        raise
     return child, url
+
+
+async def start_server_process(data: Path, log_dir: Path, *, host: str = "127.0.0.1",
+                               netns: str | None = None, name: str = "server",
+                               extra_args: Sequence[str] = ()) -> tuple[Child, str]:
+    """`parley server` in its own process (optionally inside a network namespace)."""
+    return await start_module(name, "parley", log_dir, "server", "--data", str(data), "--host",
+                              host, "--port", "0", "--log-level", "warning", *extra_args,
+                              netns=netns)
 
 
 def need_commands(*names: str) -> list[str]:

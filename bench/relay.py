@@ -51,6 +51,7 @@ from bench.common import (
     raise_fd_limit,
     rss_mib,
     say,
+    start_module,
     start_server_process,
 )
 from bench.profile import record as record_profile
@@ -139,14 +140,21 @@ class Bench:
     async def servers(self, data: Path, rate_limit: float | None = CAPACITY_RATE_LIMIT
                       ) -> tuple[Child, str, Child, str]:
         extra = ["--rate-limit", str(rate_limit)] if rate_limit else []
-        parley = await Child.spawn(f"server-{data.name}", [
-            PYTHON, "-m", "parley", "server", "--data", str(data), "--port", "0",
-            "--log-level", "warning", *extra], self.logs)
-        parley_url = await parley.line("ready: ")
-        echo = await Child.spawn(f"echo-{data.name}", [PYTHON, "-m", "bench.echo_server"],
-                                 self.logs)
-        echo_url = await echo.line("ready: ")
+        parley, parley_url = await start_server_process(data, self.logs, name=f"server-{data.name}",
+                                                        extra_args=extra)
+        try:
+            echo, echo_url = await start_module(f"echo-{data.name}", "bench.echo_server",
+                                                self.logs)
+        except BaseException:
+            await parley.stop()
+            raise
         return parley, parley_url, echo, echo_url
+
+
+def both_ways(terminals: int) -> list[list[int]]:
+    """Devices 0 and 1, 2 and 3, ... partners, each sending to the other."""
+    return [[i, i + 1] for i in range(0, terminals, 2)] + \
+        [[i + 1, i] for i in range(0, terminals, 2)]
 
 
 async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Result:
@@ -166,17 +174,16 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     devices = enroll_devices(data, {"washington": names, "moscow": names},
                              [("washington", "moscow")])
     by_id = {d["id"]: d for d in devices}
+    pair = [by_id["washington/t00"], by_id["moscow/t00"]]  # the two-terminal runs' devices
     parley, parley_url, echo, echo_url = await bench.servers(data)
-    floor = await Child.spawn("floor", [PYTHON, "-m", "bench.floor_server"], bench.logs)
-    floor_url = await floor.line("ready: ")
+    floor, floor_url = await start_module("floor", "bench.floor_server", bench.logs)
     urls = {"echo": echo_url, "parley": parley_url, "stored": parley_url, "floor": floor_url}
     pids = {"echo": echo.pid, "parley": parley.pid, "stored": parley.pid, "floor": floor.pid}
     try:
         for terminals in (2, 50):
             chosen = [by_id[f"{p}/{n}"] for n in names[:terminals // 2]
                       for p in ("washington", "moscow")]
-            pairs = [[i, i + 1] for i in range(0, terminals, 2)] + \
-                [[i + 1, i] for i in range(0, terminals, 2)]
+            pairs = both_ways(terminals)
             window = 64 if terminals == 2 else 8
             samples: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
             for _ in range(rounds):
@@ -223,8 +230,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             raw = bench.root / "relay-server-profile.txt"
             await bench.load({"job": "throughput", "mode": "parley", "url": parley_url,
                               "devices": chosen, "window": 8, "seconds": 8.0, "warmup_s": 1.0,
-                              "pairs": [[i, i + 1] for i in range(0, 50, 2)]
-                              + [[i + 1, i] for i in range(0, 50, 2)]},
+                              "pairs": both_ways(len(chosen))},
                              parley.pid, profile_to=raw)
             if raw.exists():
                 result.series["relay_profile"] = summary = summarise(raw)
@@ -236,11 +242,10 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
         rate_per_s = 500
         lat: dict[str, list[float]] = {}
         achieved: dict[str, float] = {}
-        pair = [by_id["washington/t00"], by_id["moscow/t00"]]
         for kind in ("echo", "parley"):
             out = await bench.load({
                 "job": "latency", "mode": kind, "url": echo_url if kind == "echo" else parley_url,
-                "devices": pair, "pairs": [[0, 1], [1, 0]], "rate": rate_per_s,
+                "devices": pair, "pairs": both_ways(2), "rate": rate_per_s,
                 "seconds": seconds * 2, "warmup_s": 0.5}, parley.pid)
             if out["errors"] or not out["latencies_ms"]:
                 raise RuntimeError(f"{kind} relay latency run had {out['errors']} errors and"
@@ -273,9 +278,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     # -- the default per-connection limit, shown at work ------------------------------------
     limited, limited_url = await start_server_process(data, bench.logs, name="server-default")
     try:
-        pair2 = [by_id["washington/t00"], by_id["moscow/t00"]]
         out = await bench.load({"job": "throughput", "mode": "parley", "url": limited_url,
-                                "devices": pair2, "pairs": [[0, 1], [1, 0]], "window": 64,
+                                "devices": pair, "pairs": both_ways(2), "window": 64,
                                 "seconds": seconds, "warmup_s": 3.0}, limited.pid)
         f["relay_2_default_limit_per_s"] = r(out["per_s"], 0)
         f["relay_2_default_limit_refused_per_s"] = r(
@@ -300,9 +304,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
         if kind == "parley":
             server, url = await start_server_process(idle_data, bench.logs, name="server-idle")
         else:
-            server = await Child.spawn("echo-idle", [PYTHON, "-m", "bench.echo_server"],
-                                       bench.logs)
-            url = await server.line("ready: ")
+            server, url = await start_module("echo-idle", "bench.echo_server", bench.logs)
         try:
             await asyncio.sleep(1.0)
             base = rss_mib(server.pid)
