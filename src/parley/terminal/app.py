@@ -239,7 +239,7 @@ class Terminal:
                     hint="it was dropped unread; the server is misrouting or tampering")
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
-            self.store.remember_envelope(envelope.id, self.replay.remember(envelope))
+            self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
         except SecurityAlarm as alarm:
             self._tampered(envelope, alarm)
             return

@@ -26,6 +26,7 @@ from parley.core.keys import DeviceKeys, DevicePublicKeys, check_name
 KEY_FILE = "device.key"
 DB_FILE = "terminal.db"
 CONTROL_FILE = "control.json"
+SEEN_SWEEP_MS = 60_000  # how often expired envelope ids are dropped from the replay table
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,6 +70,7 @@ class TerminalStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._next_seen_sweep_ms = 0
 
     @classmethod
     def init(cls, data_dir: Path, device_name: str) -> TerminalStore:
@@ -156,13 +158,19 @@ class TerminalStore:
     # -- replay protection across restarts -------------------------------------------
 
     def seen_envelopes(self, now_ms: int) -> dict[str, int | None]:
-        self.db.execute("DELETE FROM seen_envelopes WHERE until_ms IS NOT NULL AND until_ms < ?",
-                        (now_ms,))
+        self._forget_seen(now_ms)
         return dict(self.db.execute("SELECT id, until_ms FROM seen_envelopes"))
 
-    def remember_envelope(self, envelope_id: str, until_ms: int | None) -> None:
+    def remember_envelope(self, envelope_id: str, until_ms: int | None, now_ms: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO seen_envelopes VALUES (?,?)",
                         (envelope_id, until_ms))
+        if now_ms >= self._next_seen_sweep_ms:  # a line runs for years: drop what expired
+            self._forget_seen(now_ms)
+
+    def _forget_seen(self, now_ms: int) -> None:
+        self.db.execute("DELETE FROM seen_envelopes WHERE until_ms IS NOT NULL AND until_ms < ?",
+                        (now_ms,))
+        self._next_seen_sweep_ms = now_ms + SEEN_SWEEP_MS
 
     # -- call log ------------------------------------------------------------------
 
