@@ -119,8 +119,7 @@ async def browser_to_robot(root: Path, clip: np.ndarray, timeout: float = 30.0
                     lambda c: c.call_id == call.call_id and c.state is CallState.ENDED, 10)
             finally:
                 await chromium.close()
-        played, frames, missing = recorder.playout()
-        return {"played": played, "frames": frames, "missing": missing,
+        return {"played": recorder.playout(),
                 "verified": bool(call.verified and mine.verified and call.sas == mine.sas)}
     finally:
         if person is not None:

@@ -79,11 +79,11 @@ class PlayoutRecorder:
     def tap(self, _call_id: str, _ns: int, samples: np.ndarray) -> None:
         self.samples.append(samples.copy())
 
-    def playout(self, frame: int = 960) -> tuple[np.ndarray, int, int]:
-        """(first channel at 48 kHz with silence where frames are missing, frames, missing)."""
+    def playout(self, frame: int = 960) -> np.ndarray:
+        """The first channel at 48 kHz, with silence where frames are missing."""
         n = min(len(self.pts), len(self.samples))
         if n == 0:
-            return np.zeros(0, dtype=np.int16), 0, 0
+            return np.zeros(0, dtype=np.int16)
         start = self.pts[0]
         end = max(self.pts[:n]) - start + frame
         out = np.zeros(end, dtype=np.int16)
@@ -91,8 +91,7 @@ class PlayoutRecorder:
             mono = first_channel(samples, frame)
             at = pts - start
             out[at:at + len(mono)] = mono[:max(0, len(out) - at)]
-        expected = end // frame
-        return out, n, max(0, expected - n)
+        return out
 
 
 class RecordingMedia(TimedRobotMedia):
@@ -130,13 +129,11 @@ async def run(job: dict[str, Any]) -> None:
                 await hang_up(caller, callee, info.call_id)
                 if job.get("netns"):
                     set_loss(0)
-                played, frames, missing = recorder.playout()
                 path = root / f"loss{percent:g}-{trial}.npy"
-                np.save(path, played)
+                np.save(path, recorder.playout())
                 inbound = stats.get("inbound", {}).get("audio", {})
                 print("json: " + json.dumps({
-                    "loss": percent, "trial": trial, "path": str(path), "frames": frames,
-                    "missing": missing, "packets": inbound.get("packets"),
+                    "loss": percent, "path": str(path), "packets": inbound.get("packets"),
                     "lost": inbound.get("lost")}), flush=True)
     finally:
         if job.get("netns"):

@@ -48,7 +48,6 @@ class RawWebSocket(asyncio.Protocol):
         self.protocol = ""  # the subprotocol the server chose, if any
         self._upgraded = False
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str = "/v1/ws",
@@ -73,8 +72,6 @@ class RawWebSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._ready.done():
             self._ready.set_exception(ConnectionError("closed before the upgrade"))
-        if not self.closed.done():
-            self.closed.set_result(None)
 
     def send(self, frame: bytes) -> None:
         """Send a frame made by `client_frame` (with the read's others, if handling one)."""

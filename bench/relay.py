@@ -102,9 +102,8 @@ def enroll_devices(data: Path, parties: dict[str, list[str]], lines: list[tuple[
 
 
 class Bench:
-    def __init__(self, root: Path, quick: bool) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.quick = quick
         self.logs = root / "logs"
         self.job_n = 0
 
@@ -161,7 +160,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     raise_fd_limit(4 * IDLE_TERMINALS + 1000)
     result = Result("relay")
     started = time.monotonic()
-    bench = Bench(root / "relay", quick)
+    bench = Bench(root / "relay")
     seconds = 3.0 if quick else 8.0
     # Throughput is the median of three rounds, each measuring every server in turn, even
     # when quick: on a shared machine a single sample of the echo varies by a third.
