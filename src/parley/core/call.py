@@ -46,7 +46,7 @@ from . import schema
 from .encoding import b64d, b64e, canonical_json, random_id
 from .errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
 from .keys import DeviceKeys, DevicePublicKeys
-from .safety import call_sas, normalize_fingerprint
+from .safety import call_sas, check_fingerprint, normalize_fingerprint
 from .sdp import MAX_SDP, check_secure_sdp
 from .trust import Trust, verify_hint
 
@@ -185,19 +185,12 @@ class MediaKind(StrEnum):
 
 # --- payloads -------------------------------------------------------------
 
-def _fp(value: Any) -> None:
-    parts = value.split(":")
-    if len(parts) != 32 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                   for p in parts):
-        raise RemoteError("dtls must be a sha-256 fingerprint like 'AB:CD:...'")
-
-
 _CALL_ID = schema.text(32)
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "call.offer": {
         "call_id": _CALL_ID,
         "sdp": schema.text(MAX_SDP),
-        "dtls": schema.Field(str, max_len=95, check=_fp),
+        "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
         "dtls_sig": schema.text(88),
         "media": schema.text(8, choices=frozenset(MediaKind)),
     },
@@ -205,7 +198,7 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "call.answer": {
         "call_id": _CALL_ID,
         "sdp": schema.text(MAX_SDP),
-        "dtls": schema.Field(str, max_len=95, check=_fp),
+        "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
         "dtls_sig": schema.text(88),
     },
     "call.ice": {

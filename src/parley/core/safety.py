@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from .encoding import canonical_json, group
+from .errors import RemoteError
 from .keys import DevicePublicKeys
 
 _SAFETY = b"parley-safety-number-v1\x00"
@@ -49,6 +50,14 @@ def normalize_safety_number(text: str) -> str:
     """Accept what an operator types: spaces, dashes and line breaks ignored."""
     digits = "".join(ch for ch in text if ch.isdigit())
     return group(digits, 5)
+
+
+def check_fingerprint(value: str) -> None:
+    """A sha-256 DTLS fingerprint: 32 hex pairs joined by colons, in either case."""
+    parts = value.split(":")
+    if len(parts) != 32 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                   for p in parts):
+        raise RemoteError("dtls must be a sha-256 fingerprint like 'AB:CD:...'")
 
 
 def normalize_fingerprint(value: str) -> str:

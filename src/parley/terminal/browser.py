@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from parley.core import schema
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, RemoteError
-from parley.core.safety import normalize_fingerprint
+from parley.core.safety import check_fingerprint, normalize_fingerprint
 from parley.core.sdp import MAX_SDP, dtls_fingerprints
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
@@ -74,13 +74,6 @@ MAX_CERTIFICATES = 4
 _CALL_ID = schema.text(32)
 
 
-def _fingerprint(value: Any) -> None:
-    parts = value.split(":")
-    if len(parts) != 32 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                   for p in parts):
-        raise RemoteError("fingerprint must be a sha-256 fingerprint like 'ab:cd:...'")
-
-
 def _certificates(value: Any) -> None:
     if not isinstance(value, list) or len(value) > MAX_CERTIFICATES:
         raise RemoteError(f"certificates must be a list of at most {MAX_CERTIFICATES}")
@@ -88,6 +81,14 @@ def _certificates(value: Any) -> None:
         schema.validate(cert, {"algorithm": schema.text(16),
                                "fingerprint": schema.Field(str, max_len=200)},
                         what="media.connected certificate")
+
+
+def _is_fingerprint(value: str) -> bool:
+    try:
+        check_fingerprint(value)
+    except RemoteError:
+        return False
+    return True
 
 
 def _stats(value: Any, depth: int = 0) -> None:
@@ -214,6 +215,9 @@ class BrowserSession:
         elif algorithms != {"sha-256"}:
             self.fail(f"the browser hashed the peer certificate with {sorted(algorithms)},"
                       " not sha-256")
+        elif not all(_is_fingerprint(p) for p in prints):
+            # A page that cannot write a fingerprint is broken, not intercepted.
+            self.fail("the browser reported a malformed certificate fingerprint")
         elif len(prints) > 1:
             self.fail("the browser's connection presented several different peer certificates")
         else:
