@@ -401,10 +401,14 @@ class Terminal:
             return
         # Keep the session listed until it is closed (its recording finished) and its
         # last stats are recorded, so call_stats never falls between the two.
-        await session.close()
-        with contextlib.suppress(Exception):
-            self.final_stats[call_id] = await session.stats()
-        self.sessions.pop(call_id, None)
+        try:
+            await session.close()
+            with contextlib.suppress(Exception):
+                self.final_stats[call_id] = await session.stats()
+        except Exception:
+            log.exception("call %s: closing its media failed", call_id)
+        finally:
+            self.sessions.pop(call_id, None)
 
     def _call_changed(self, info: CallInfo) -> None:
         data = info.to_json()

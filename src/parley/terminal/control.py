@@ -22,6 +22,7 @@ the page that holds a call's peer connection goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -264,22 +265,27 @@ class ControlServer:
         self._sockets.add(ws)
         page = Page(next(self._page_numbers))
         unsubscribe = self.terminal.subscribe(page.send)
-        await ws.send_json({"t": "status", "status": self.terminal.status()})
 
         async def pump() -> None:
-            while True:
-                await ws.send_json(await page.next())
+            with contextlib.suppress(ConnectionError):  # the page went away: the loop below ends
+                while True:
+                    await ws.send_json(await page.next())
 
-        pump_task = asyncio.ensure_future(pump())
+        pump_task: asyncio.Future[None] | None = None
         try:
+            await ws.send_json({"t": "status", "status": self.terminal.status()})
+            pump_task = asyncio.ensure_future(pump())
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 await self._page_message(page, msg.data)
+        except ConnectionError:
+            log.info("%r went away", page)
         finally:
             self._sockets.discard(ws)
             page.closed = True
-            pump_task.cancel()
+            if pump_task is not None:
+                pump_task.cancel()
             unsubscribe()
             for hook in list(self.page_closed):
                 try:
