@@ -304,11 +304,7 @@ def control_request(data: Path, method: str, path: str, body: dict[str, Any] | N
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         err = json.loads(exc.read() or b"{}").get("error", {})
-        try:
-            code = ErrorCode(err.get("code"))
-        except ValueError:
-            code = ErrorCode.SERVER_ERROR
-        raise LocalError(err.get("message", str(exc)), code=code,
+        raise LocalError(err.get("message", str(exc)), code=ErrorCode.from_wire(err.get("code")),
                          hint=err.get("hint", "")) from None
     except (urllib.error.URLError, OSError) as exc:
         raise LocalError(f"the terminal for {data} does not answer: {exc}",

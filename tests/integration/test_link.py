@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from parley.core import wire
-from parley.core.errors import ErrorCode
+from parley.core.errors import ErrorCode, RemoteError
 from parley.core.keys import DeviceKeys
+from parley.terminal.enroll import enroll
 from parley.terminal.link import ServerLink
+from parley.terminal.store import TerminalStore
 from tests.harness import LocalLine, active_call, wait_until
 
 
@@ -76,3 +80,34 @@ async def test_a_server_that_answers_with_an_oversized_batch_is_refused_and_retr
             await task
         await link.close()
         await runner.cleanup()
+
+
+async def test_enrolling_at_an_address_that_is_not_a_line_server_says_so(
+        tmp_path: Path) -> None:
+    async def not_parley(_request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad Gateway</html>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/enroll", not_parley)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    store = TerminalStore.init(tmp_path / "desk", "desk")
+    try:
+        with pytest.raises(RemoteError) as refused:
+            await enroll(store, f"http://127.0.0.1:{port}", "AAAA-BBBB-CCCC")
+        assert "unreadable enrollment reply" in refused.value.message
+        assert "line server" in refused.value.hint
+        assert store.get("device_id") is None
+    finally:
+        store.close()
+        await runner.cleanup()
+
+
+def test_an_error_code_from_another_version_reads_as_a_server_error() -> None:
+    assert ErrorCode.from_wire("no_line") is ErrorCode.NO_LINE
+    assert ErrorCode.from_wire("something_new") is ErrorCode.SERVER_ERROR
+    assert ErrorCode.from_wire(None) is ErrorCode.SERVER_ERROR

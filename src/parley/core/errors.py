@@ -53,6 +53,14 @@ class ErrorCode(StrEnum):
     BAD_CONFIG = "bad_config"
     BUSY = "busy"
 
+    @classmethod
+    def from_wire(cls, value: object) -> ErrorCode:
+        """The code another party sent; one this version does not know is a server error."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.SERVER_ERROR
+
 
 class ParleyError(Exception):
     """Base of every error Parley raises on purpose."""

@@ -25,14 +25,14 @@ async def enroll(store: TerminalStore, server_url: str, code: str) -> DevicePubl
         raise RemoteError(f"cannot reach the line server at {origin}: {exc}",
                           code=ErrorCode.SERVER_ERROR,
                           hint="check the URL and that 'parley server' is running") from exc
+    except ValueError:  # not JSON: not a Parley server, or a proxy's error page
+        data = None
     if not isinstance(data, dict):
-        raise RemoteError("the server sent an unreadable enrollment reply")
+        raise RemoteError(f"{origin} sent an unreadable enrollment reply",
+                          hint="check that the URL is the line server's")
     if resp.status != 200:
-        try:
-            code_ = ErrorCode(str(data.get("code")))
-        except ValueError:
-            code_ = ErrorCode.SERVER_ERROR
-        raise RemoteError(str(data.get("message", "enrollment refused")), code=code_,
+        raise RemoteError(str(data.get("message", "enrollment refused")),
+                          code=ErrorCode.from_wire(data.get("code")),
                           hint=str(data.get("hint", "")))
     device_id = data.get("device")
     enrolled = keys.public(device_id if isinstance(device_id, str) else "")

@@ -194,7 +194,7 @@ class ServerLink:
         welcome = wire.parse_message(welcome_frame, wire.SERVER_MESSAGES,
                                      what="server message")
         if welcome["t"] == "error":
-            raise RemoteError(welcome["message"], code=_code(welcome["code"]),
+            raise RemoteError(welcome["message"], code=ErrorCode.from_wire(welcome["code"]),
                               hint=welcome.get("hint", ""))
         if welcome["t"] != "welcome":
             raise RemoteError(f"expected welcome, got {welcome['t']}")
@@ -239,7 +239,8 @@ class ServerLink:
             fut = self._pending.pop(ref)
             if not fut.done():
                 if kind == "error":
-                    fut.set_exception(RemoteError(msg["message"], code=_code(msg["code"]),
+                    fut.set_exception(RemoteError(msg["message"],
+                                                  code=ErrorCode.from_wire(msg["code"]),
                                                   hint=msg.get("hint", "")))
                 else:
                     fut.set_result(msg)
@@ -310,10 +311,3 @@ class ServerLink:
 def _split(raw: str, batched: bool) -> list[str]:
     """The frames of a server message (a RemoteError for a malformed batch)."""
     return wire.split_batch(raw) if batched else [raw]
-
-
-def _code(value: str) -> ErrorCode:
-    try:
-        return ErrorCode(value)
-    except ValueError:
-        return ErrorCode.SERVER_ERROR
