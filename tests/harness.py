@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -23,17 +23,36 @@ from parley.media.robot import RobotOptions
 from parley.server.app import LineServer, ServerConfig, start_server
 from parley.terminal.app import Terminal, TerminalConfig
 
+T = TypeVar("T")
+
 # (direction, device or None, frame) -> frame to forward, or None to drop it
 Tamper = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
+async def wait_for(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
+                   timeout: float = 10.0, what: str = "condition") -> T:
+    """Await `probe()` until `ok` holds for what it returns, and return that value.
+
+    Fails with `what` and the last value seen if `timeout` seconds pass first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what};"
+                                 f" last saw {value!r}")
+        await asyncio.sleep(0.02)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
                      what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+    async def probe() -> bool:
+        return predicate()
+
+    await wait_for(probe, bool, timeout, what)
 
 
 class LocalLine:
@@ -178,4 +197,5 @@ class HostileRelay:
         return client
 
 
-__all__ = ["PARTIES", "HostileRelay", "LocalLine", "active_call", "frames", "wait_until"]
+__all__ = ["PARTIES", "HostileRelay", "LocalLine", "active_call", "frames", "wait_for",
+           "wait_until"]

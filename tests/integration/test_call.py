@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 
 from parley.core.call import CallState, EndReason, MediaKind
-from tests.harness import LocalLine, active_call, frames, wait_until
+from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
 
 
 async def test_verified_call_flows_media_both_ways_and_hangs_up(line: LocalLine) -> None:
@@ -16,13 +16,10 @@ async def test_verified_call_flows_media_both_ways_and_hangs_up(line: LocalLine)
     assert caller.verified and callee.verified
     assert caller.sas == callee.sas and len(caller.sas.replace(" ", "")) == 6
 
-    async def flowing() -> None:
-        for t in (washington, moscow):
-            f = await frames(t, caller.call_id)
-            assert f["audio"] > 0 and f["video"] > 0
-
-    await asyncio.sleep(1.5)
-    await flowing()
+    for t in (washington, moscow):
+        await wait_for(partial(frames, t, caller.call_id),
+                       lambda f: f["audio"] > 0 and f["video"] > 0, 10,
+                       f"audio and video at {t.device_id}")
     washington.hangup(caller.call_id)
     ended = await moscow.wait_for_call(
         lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
@@ -38,6 +35,8 @@ async def test_voice_only_call_sends_no_video(line: LocalLine) -> None:
     placed = await washington.place_call("moscow", MediaKind.AUDIO)
     await washington.wait_for_call(
         lambda c: c.call_id == placed.call_id and c.state is CallState.ACTIVE, 20)
-    await asyncio.sleep(1.0)
-    f = await frames(moscow, placed.call_id)
-    assert f["audio"] > 0 and f["video"] == 0
+    # A second of audio both ways (20 ms frames), time enough for any video to show too.
+    for t in (washington, moscow):
+        f = await wait_for(partial(frames, t, placed.call_id), lambda f: f["audio"] >= 50,
+                           10, f"a second of audio at {t.device_id}")
+        assert f["video"] == 0, f"{t.device_id} received video on a voice-only call"
