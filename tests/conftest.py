@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from parley.media.ice import use_host_addresses
@@ -23,3 +24,9 @@ async def line(tmp_path: Path) -> AsyncIterator[LocalLine]:
         yield local
     finally:
         await local.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,11 +18,15 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from parley.core import wire
 from parley.core.call import CallInfo, CallState
+from parley.core.encoding import b64e
+from parley.core.keys import DeviceKeys
 from parley.lab import PARTIES, provision_line
 from parley.media.robot import RobotOptions
 from parley.server.app import LineServer, ServerConfig, start_server
 from parley.terminal.app import Terminal, TerminalConfig
+from parley.terminal.store import TerminalStore
 
 T = TypeVar("T")
 
@@ -121,6 +126,65 @@ async def frames(terminal: Terminal, call_id: str) -> dict[str, int]:
     return {kind: stats.get(kind, {}).get("frames", 0) for kind in ("audio", "video")}
 
 
+class WireClient:
+    """One WebSocket to the line server, as a device holds it.
+
+    Frames are read one at a time, whatever the packaging: with the batching
+    subprotocol a message may carry several, one per line. `challenge` is the
+    server's first frame, read by `connect`.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.batched = ws.protocol == wire.BATCH_SUBPROTOCOL
+        self.challenge: dict[str, Any] = {}
+        self.frames: deque[str] = deque()
+        self.messages: list[str] = []  # every message received, as received
+
+    async def send(self, *frames: dict[str, Any] | str) -> None:
+        """All `frames` in one message (a batch, if more than one)."""
+        await self.ws.send_str("\n".join(f if isinstance(f, str) else json.dumps(f)
+                                         for f in frames))
+
+    async def recv(self) -> dict[str, Any]:
+        while not self.frames:
+            msg = await asyncio.wait_for(self.ws.receive(), 5)
+            assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
+            self.messages.append(msg.data)
+            self.frames.extend(msg.data.split("\n") if self.batched else [msg.data])
+        return dict(json.loads(self.frames.popleft()))
+
+    async def recv_n(self, n: int) -> list[dict[str, Any]]:
+        return [await self.recv() for _ in range(n)]
+
+    async def login(self, device: str, keys: DeviceKeys, origin: str) -> dict[str, Any]:
+        """Answer the challenge as `device`, signed for `origin`; the server's reply."""
+        sig = keys.sign(wire.auth_statement(self.challenge["nonce"], device, origin))
+        await self.send({"t": "hello", "device": device, "sig": b64e(sig)})
+        return await self.recv()
+
+
+async def connect(url: str, http: aiohttp.ClientSession, *, batch: bool = True) -> WireClient:
+    """A WebSocket to the server at `url` (offering batches, unless not), past its challenge."""
+    ws = await http.ws_connect(url.replace("http", "ws") + "/v1/ws",
+                               protocols=(wire.BATCH_SUBPROTOCOL,) if batch else (),
+                               max_msg_size=8 * 1024 * 1024)
+    client = WireClient(ws)
+    client.challenge = await client.recv()
+    assert client.challenge["t"] == "challenge" and client.challenge["server"] == url, \
+        client.challenge
+    return client
+
+
+def device_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
+    """The device id and keys of a provisioned terminal, read from its store."""
+    store = TerminalStore(dirs[name])
+    try:
+        return store.device_id, store.load_keys()
+    finally:
+        store.close()
+
+
 class HostileRelay:
     """A man in the middle between terminals and the real server, rewriting what it likes.
 
@@ -197,5 +261,5 @@ class HostileRelay:
         return client
 
 
-__all__ = ["PARTIES", "HostileRelay", "LocalLine", "active_call", "frames", "wait_for",
-           "wait_until"]
+__all__ = ["PARTIES", "HostileRelay", "LocalLine", "WireClient", "active_call", "connect",
+           "device_of", "frames", "wait_for", "wait_until"]

@@ -55,61 +55,58 @@ async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, A
 
 
 async def test_bad_page_messages_are_answered_and_the_socket_stays(
-        line: LocalLine, people: PersonFactory) -> None:
+        line: LocalLine, people: PersonFactory, http: aiohttp.ClientSession) -> None:
     await line.provision()
     person = await people("washington")
-    async with aiohttp.ClientSession() as http:
-        ws = await page_socket(http, person)
-        for bad, code in (
-                ("not json", "bad_message"),
-                (json.dumps([1, 2]), "unknown_type"),
-                (json.dumps({"t": "media.launch"}), "unknown_type"),
-                (json.dumps({"t": "media.description", "call_id": "x"}), "bad_message"),
-                (json.dumps({"t": "media.connected", "call_id": "x",
-                             "certificates": [{"algorithm": "sha-256"}]}), "bad_message"),
-                (json.dumps({"t": "media.stats", "call_id": "x",
-                             "stats": {"a": {"b": {"c": 1}}}}), "bad_message")):
-            await ws.send_str(bad)
-            reply = await ws.receive_json(timeout=5)
-            assert (reply["t"], reply["error"]["code"]) == ("error", code), bad
-        # Well-formed messages for a call this page does not hold are ignored, and so are
-        # binary frames: the next thing the socket hears is the answer to the hello after them.
-        for ignored in ({"t": "media.failed", "call_id": "nosuchcall", "reason": "x"},
-                        {"t": "media.description", "call_id": "nosuchcall", "sdp": "v=0"},
-                        {"t": "media.candidate", "call_id": "nosuchcall", "candidate": ""},
-                        {"t": "media.connected", "call_id": "nosuchcall", "certificates": []},
-                        {"t": "media.stats", "call_id": "nosuchcall", "stats": {"a": 1}}):
-            await ws.send_json(ignored)
-        await ws.send_bytes(b"\x00\x01")
-        await ws.send_json({"t": "page.hello"})
-        assert (await ws.receive_json(timeout=5)) == {"t": "page.role", "media": True}
-        await ws.close()
+    ws = await page_socket(http, person)
+    for bad, code in (
+            ("not json", "bad_message"),
+            (json.dumps([1, 2]), "unknown_type"),
+            (json.dumps({"t": "media.launch"}), "unknown_type"),
+            (json.dumps({"t": "media.description", "call_id": "x"}), "bad_message"),
+            (json.dumps({"t": "media.connected", "call_id": "x",
+                         "certificates": [{"algorithm": "sha-256"}]}), "bad_message"),
+            (json.dumps({"t": "media.stats", "call_id": "x",
+                         "stats": {"a": {"b": {"c": 1}}}}), "bad_message")):
+        await ws.send_str(bad)
+        reply = await ws.receive_json(timeout=5)
+        assert (reply["t"], reply["error"]["code"]) == ("error", code), bad
+    # Well-formed messages for a call this page does not hold are ignored, and so are
+    # binary frames: the next thing the socket hears is the answer to the hello after them.
+    for ignored in ({"t": "media.failed", "call_id": "nosuchcall", "reason": "x"},
+                    {"t": "media.description", "call_id": "nosuchcall", "sdp": "v=0"},
+                    {"t": "media.candidate", "call_id": "nosuchcall", "candidate": ""},
+                    {"t": "media.connected", "call_id": "nosuchcall", "certificates": []},
+                    {"t": "media.stats", "call_id": "nosuchcall", "stats": {"a": 1}}):
+        await ws.send_json(ignored)
+    await ws.send_bytes(b"\x00\x01")
+    await ws.send_json({"t": "page.hello"})
+    assert (await ws.receive_json(timeout=5)) == {"t": "page.role", "media": True}
+    await ws.close()
 
 
 async def test_the_newest_page_that_says_hello_does_the_media(
-        line: LocalLine, people: PersonFactory) -> None:
+        line: LocalLine, people: PersonFactory, http: aiohttp.ClientSession) -> None:
     await line.provision()
     person = await people("washington")
-    async with aiohttp.ClientSession() as http:
-        first = await page_socket(http, person)
-        await first.send_json({"t": "page.hello"})
-        assert (await next_of(first, "page.role"))["media"] is True
-        second = await page_socket(http, person)
-        await second.send_json({"t": "page.hello"})
-        assert (await next_of(second, "page.role"))["media"] is True
-        assert (await next_of(first, "page.role"))["media"] is False
-        await second.close()
-        assert (await next_of(first, "page.role"))["media"] is True
-        await first.close()
+    first = await page_socket(http, person)
+    await first.send_json({"t": "page.hello"})
+    assert (await next_of(first, "page.role"))["media"] is True
+    second = await page_socket(http, person)
+    await second.send_json({"t": "page.hello"})
+    assert (await next_of(second, "page.role"))["media"] is True
+    assert (await next_of(first, "page.role"))["media"] is False
+    await second.close()
+    assert (await next_of(first, "page.role"))["media"] is True
+    await first.close()
 
 
-async def test_a_page_from_another_origin_is_refused(line: LocalLine,
-                                                     people: PersonFactory) -> None:
+async def test_a_page_from_another_origin_is_refused(
+        line: LocalLine, people: PersonFactory, http: aiohttp.ClientSession) -> None:
     await line.provision()
     person = await people("washington")
-    async with aiohttp.ClientSession() as http:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await http.ws_connect(
-                f"{person.control.origin.replace('http', 'ws')}/api/events"
-                f"?token={person.control.token}", headers={"Origin": "http://evil.example"})
-        assert refused.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(
+            f"{person.control.origin.replace('http', 'ws')}/api/events"
+            f"?token={person.control.token}", headers={"Origin": "http://evil.example"})
+    assert refused.value.status == 403

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections import deque
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,65 +28,11 @@ from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.server.app import ServerConfig, start_server
 from parley.server.fastpath import quick_send
 from parley.terminal.link import ServerLink
-from parley.terminal.store import TerminalStore
-from tests.harness import LocalLine, wait_until
-
-
-class Client:
-    """One WebSocket to the server; reads frames one at a time, whatever the packaging."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.batched = ws.protocol == wire.BATCH_SUBPROTOCOL
-        self.frames: deque[str] = deque()
-        self.messages: list[str] = []  # every message received, as received
-
-    async def send(self, *frames: dict[str, Any] | str) -> None:
-        """All `frames` in one message (a batch, if more than one)."""
-        await self.ws.send_str("\n".join(f if isinstance(f, str) else json.dumps(f)
-                                         for f in frames))
-
-    async def recv(self) -> dict[str, Any]:
-        while not self.frames:
-            msg = await asyncio.wait_for(self.ws.receive(), 5)
-            assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
-            self.messages.append(msg.data)
-            self.frames.extend(msg.data.split("\n") if self.batched else [msg.data])
-        return dict(json.loads(self.frames.popleft()))
-
-    async def recv_n(self, n: int) -> list[dict[str, Any]]:
-        return [await self.recv() for _ in range(n)]
-
-    async def login(self, device: str, keys: DeviceKeys, origin: str) -> dict[str, Any]:
-        challenge = await self.recv()
-        sig = keys.sign(wire.auth_statement(challenge["nonce"], device, origin))
-        await self.send({"t": "hello", "device": device, "sig": b64e(sig)})
-        return await self.recv()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def connect(url: str, http: aiohttp.ClientSession, *, batch: bool = True) -> Client:
-    ws = await http.ws_connect(url.replace("http", "ws") + "/v1/ws",
-                               protocols=(wire.BATCH_SUBPROTOCOL,) if batch else (),
-                               max_msg_size=8 * 1024 * 1024)
-    return Client(ws)
-
-
-def device_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
-    store = TerminalStore(dirs[name])
-    try:
-        return store.device_id, store.load_keys()
-    finally:
-        store.close()
+from tests.harness import LocalLine, WireClient, connect, device_of, wait_until
 
 
 async def logged_in(line: LocalLine, http: aiohttp.ClientSession, dirs: dict[str, Path],
-                    name: str) -> tuple[Client, str, DeviceKeys]:
+                    name: str) -> tuple[WireClient, str, DeviceKeys]:
     client = await connect(line.url, http)
     device, keys = device_of(dirs, name)
     assert (await client.login(device, keys, line.url))["t"] == "welcome"
@@ -324,8 +268,7 @@ async def test_rate_limit_counts_every_frame_of_a_batch(tmp_path: Path,
     config = ServerConfig(data_dir=tmp_path / "server", port=0, rate_per_s=5.0)
     _server, runner = await start_server(config)
     try:
-        client = await connect(f"http://127.0.0.1:{config.port}", http)
-        assert (await client.recv())["t"] == "challenge"
+        client = await connect(f"http://127.0.0.1:{config.port}", http)  # past the challenge
         await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(15)))
         codes = [r["code"] for r in await client.recv_n(15)]
         # A burst of twice the rate is allowed (refilling at 5/s adds none in a few ms).
@@ -339,8 +282,8 @@ async def test_a_refused_login_ends_the_batch_it_came_in(
     dirs = await line.provision(verify=False)
     device, _ = device_of(dirs, "washington")
     client = await connect(line.url, http)
-    challenge = await client.recv()
-    sig = DeviceKeys.generate().sign(wire.auth_statement(challenge["nonce"], device, line.url))
+    sig = DeviceKeys.generate().sign(wire.auth_statement(client.challenge["nonce"], device,
+                                                         line.url))
     await client.send({"t": "hello", "device": device, "sig": b64e(sig)},
                       {"t": "ping", "ref": "sneaky"})
     reply = await client.recv()

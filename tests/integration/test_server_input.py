@@ -8,61 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from parley.core import wire
-from parley.core.encoding import b64e
 from parley.core.envelope import seal_envelope
 from parley.core.keys import DeviceKeys
 from parley.lab import create_parties
 from parley.server.app import now_ms
-from parley.terminal.store import TerminalStore
-from tests.harness import LocalLine, active_call
-
-
-class Client:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, challenge: dict[str, Any]) -> None:
-        self.ws, self.challenge = ws, challenge
-
-    async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
-
-    async def recv(self) -> dict[str, Any]:
-        msg = await asyncio.wait_for(self.ws.receive(), 5)
-        assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
-        return dict(json.loads(msg.data))
-
-    async def login(self, device: str, keys: DeviceKeys, origin: str) -> dict[str, Any]:
-        sig = keys.sign(wire.auth_statement(self.challenge["nonce"], device, origin))
-        await self.send({"t": "hello", "device": device, "sig": b64e(sig)})
-        return await self.recv()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def connect(line: LocalLine, http: aiohttp.ClientSession) -> Client:
-    ws = await http.ws_connect(line.url.replace("http", "ws") + "/v1/ws",
-                               max_msg_size=8 * 1024 * 1024)
-    first = json.loads((await ws.receive()).data)
-    assert first["t"] == "challenge" and first["server"] == line.url
-    return Client(ws, first)
-
-
-def keys_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
-    store = TerminalStore(dirs[name])
-    try:
-        return store.device_id, store.load_keys()
-    finally:
-        store.close()
+from tests.harness import LocalLine, active_call, connect, device_of
 
 
 async def test_bad_input_gets_clear_errors_while_others_keep_talking(
@@ -83,7 +38,7 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
     pinger = asyncio.ensure_future(keep_pinging())
     try:
         # Unauthenticated: anything but hello is refused, and the socket stays usable.
-        c = await connect(line, http)
+        c = await connect(line.url, http, batch=False)
         await c.send({"t": "directory", "party": "moscow"})
         err = await c.recv()
         assert (err["t"], err["code"]) == ("error", "not_authenticated")
@@ -92,8 +47,8 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
         assert (await c.recv())["code"] == "not_authenticated"
 
         # Wrong signature on the challenge: refused and closed.
-        device, _ = keys_of(dirs, "washington")
-        c = await connect(line, http)
+        device, _ = device_of(dirs, "washington")
+        c = await connect(line.url, http, batch=False)
         reply = await c.login(device, DeviceKeys.generate(), line.url)
         assert (reply["t"], reply["code"]) == ("error", "auth_failed")
         closing = await asyncio.wait_for(c.ws.receive(), 5)
@@ -101,19 +56,19 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
         assert c.ws.close_code == 4001
 
         # A login signed for another server (or replayed from another session): refused.
-        device, keys = keys_of(dirs, "moscow")
-        c = await connect(line, http)
+        device, keys = device_of(dirs, "moscow")
+        c = await connect(line.url, http, batch=False)
         reply = await c.login(device, keys, "http://127.0.0.1:1")
         assert reply["code"] == "auth_failed"
 
         # Unknown device.
-        c = await connect(line, http)
+        c = await connect(line.url, http, batch=False)
         reply = await c.login("nobody/desk", DeviceKeys.generate(), line.url)
         assert reply["code"] == "unknown_device" and "enroll" in reply["hint"]
 
         # A logged-in client sending junk of every kind keeps its session.
-        c = await connect(line, http)
-        device, keys = keys_of(dirs, "moscow")
+        c = await connect(line.url, http, batch=False)
+        device, keys = device_of(dirs, "moscow")
         assert (await c.login(device, keys, line.url))["t"] == "welcome"
         cases: list[tuple[str, str]] = [
             ("{not json", "bad_message"),
@@ -146,7 +101,7 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
         assert reply["code"] == "bad_message" and "is not you" in reply["message"]
 
         # Far too large: the server closes that one connection (1009) and lives on.
-        c2 = await connect(line, http)
+        c2 = await connect(line.url, http, batch=False)
         await c2.send("x" * (2 * 1024 * 1024))
         closing = await asyncio.wait_for(c2.ws.receive(), 5)
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
