@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from parley.core import wire
 from parley.core.errors import ErrorCode, RemoteError
@@ -111,3 +112,17 @@ def test_an_error_code_from_another_version_reads_as_a_server_error() -> None:
     assert ErrorCode.from_wire("no_line") is ErrorCode.NO_LINE
     assert ErrorCode.from_wire("something_new") is ErrorCode.SERVER_ERROR
     assert ErrorCode.from_wire(None) is ErrorCode.SERVER_ERROR
+
+
+async def test_a_stopping_server_closes_every_connection_at_once(line: LocalLine) -> None:
+    """Logged-in or not, receiving or send-only: each gets 'going away', not a timeout."""
+    await line.provision()
+    await line.terminal("washington")
+    async with aiohttp.ClientSession() as http:
+        anonymous = await http.ws_connect(line.url.replace("http", "ws") + "/v1/ws")
+        assert (await anonymous.receive_json(timeout=5))["t"] == "challenge"
+        started = asyncio.get_running_loop().time()
+        await line.stop()
+        closing = await anonymous.receive(timeout=5)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, WSCloseCode.GOING_AWAY)
+        assert asyncio.get_running_loop().time() - started < 5

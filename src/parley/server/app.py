@@ -108,6 +108,7 @@ class LineServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store = ServerStore(config.data_dir / "server.db")
+        self._store_closed = False
         self.online: dict[str, list[Session]] = defaultdict(list)
         self.counters = Counters()
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -127,12 +128,16 @@ class LineServer:
         self.app.on_cleanup.append(lambda _app: self._close_store())
 
     async def _close_store(self) -> None:
+        if self._store_closed:  # a runner cleaned up twice
+            return
+        self._store_closed = True
+        self._make_durable()
         self.store.close()
 
     async def _close_sessions(self, _app: web.Application) -> None:
-        for sessions in list(self.online.values()):
-            for s in list(sessions):
-                await s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        # Every connection: receiving devices, send-only ones and those not logged in.
+        for session in list(self.sessions):
+            await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     # -- HTTP ---------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class LineServer:
             raw = await request.read()
             data = schema.parse_json(raw, max_bytes=16 * 1024, what="enrollment request")
             schema.validate(data, wire.ENROLL_REQUEST, what="enrollment request")
+            self._make_durable()  # the mailbox group first, where a failed commit is handled
             try:
                 public = self.store.enroll(data["code"], data["device"], data["keys"], now_ms())
             except LocalError as exc:  # a bad device name is the client's fault here

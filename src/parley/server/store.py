@@ -203,7 +203,11 @@ class ServerStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.commit_group()
+        # The server commits its open mailbox group first, on the one path that handles
+        # a failed commit (LineServer._make_durable): a group committed here could fail
+        # while frames that report it still wait to leave.
+        if self.db.in_transaction:
+            raise RuntimeError("mailbox writes are still open: commit the group first")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
