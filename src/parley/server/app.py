@@ -112,7 +112,6 @@ class LineServer:
         self.online: dict[str, list[Session]] = defaultdict(list)
         self.counters = Counters()
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._routes_fresh = False  # store.forget_stale_routes asked this event-loop turn
         self._commit_scheduled = False
         self.sessions: set[Session] = set()  # every connection, logged in or not
         self.started_ms = now_ms()
@@ -326,7 +325,7 @@ class LineServer:
         if sender != session.device:
             raise RemoteError(f"envelope sender {sender} is not you ({session.device})",
                               hint="sign in as the device that sends")
-        if not self._may_deliver(session.party, recipient):
+        if not self.store.may_deliver(session.party, recipient):
             recipient_party, _ = split_device_id(recipient)
             if self.store.device(recipient) is None:
                 raise RemoteError(f"no device {recipient}", code=ErrorCode.UNKNOWN_DEVICE)
@@ -357,16 +356,6 @@ class LineServer:
         if targets:
             self.counters.relayed += 1
             self._fanout(session, targets, body)
-
-    def _may_deliver(self, party: str, recipient: str) -> bool:
-        if not self._routes_fresh:
-            self.store.forget_stale_routes()
-            self._routes_fresh = True
-            asyncio.get_running_loop().call_soon(self._routes_go_stale)
-        return self.store.may_deliver(party, recipient)
-
-    def _routes_go_stale(self) -> None:
-        self._routes_fresh = False
 
     def _commit_soon(self) -> None:
         if not self._commit_scheduled:

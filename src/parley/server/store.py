@@ -73,7 +73,6 @@ class ServerStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self._routes: set[tuple[str, str]] = set()  # (party, device) pairs may_deliver allowed
-        self._routes_version = -1
 
     def close(self) -> None:
         self.commit_group()
@@ -127,25 +126,13 @@ class ServerStore:
         return self.db.execute("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
             is not None
 
-    def forget_stale_routes(self) -> None:
-        """Forget what `may_deliver` remembers if another connection has committed since.
-
-        The admin CLI adds lines and parties while the server runs; any commit by
-        another connection changes SQLite's ``data_version``. This connection only
-        adds devices, which cannot turn a yes into a no. Asking costs about as
-        much as a query, so the server asks once per event-loop turn rather than
-        once per envelope: a change is seen at most one turn late.
-        """
-        version = self.db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._routes_version:
-            self._routes.clear()
-            self._routes_version = version
-
     def may_deliver(self, party: str, recipient: str) -> bool:
         """Is `recipient` an enrolled device of `party` or of a party on a line with it?
 
-        Asked for every envelope relayed, so a yes is remembered until
-        `forget_stale_routes` sees a change.
+        Asked for every envelope relayed, so a yes is remembered for good: parties,
+        lines and devices are only ever added (here or by the admin CLI in another
+        process), and an addition cannot turn a yes into a no. Removing any of them
+        must clear `_routes`, in every server process.
         """
         if (party, recipient) in self._routes:
             return True
