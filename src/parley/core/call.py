@@ -576,11 +576,8 @@ class CallBook:
             hint="someone is forging envelopes on the line; report this")
         # A forgery of call signaling while we are calling that very peer: our own
         # envelopes were most likely replaced on the way, so that call is compromised.
-        actions: list[Action] = []
-        if envelope_type.startswith("call."):
-            for call in self.live():
-                if call.peer.device_id == reporter:
-                    actions += self.intercepted(call.call_id, alarm, now_ms)
+        actions = (self.signaling_tampered(reporter, alarm, now_ms)
+                   if envelope_type.startswith("call.") else [])
         return actions or [Alarm(None, alarm.code, alarm.message, alarm.hint)]
 
     def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
