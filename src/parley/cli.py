@@ -83,9 +83,6 @@ def cmd_server_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s: reachable beyond this machine", cfg["host"])
-    if not cfg["rate_limit"] > 0:
-        raise LocalError("--rate-limit must be a positive number of messages per second",
-                         code=ErrorCode.BAD_CONFIG)
     config = ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
                           public_url=cfg["public_url"], rate_per_s=cfg["rate_limit"])
     with contextlib.suppress(KeyboardInterrupt):

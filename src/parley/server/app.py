@@ -45,8 +45,7 @@ log = logging.getLogger("parley.server")
 
 AUTH_TIMEOUT_S = 10.0
 MAX_WS_MESSAGE = 1024 * 1024  # messages above this are cut off by aiohttp (close 1009)
-RATE_PER_S = 500.0
-RATE_BURST = 1000.0
+RATE_PER_S = 500.0  # the default of `parley server --rate-limit`
 
 
 def now_ms() -> int:
@@ -60,6 +59,11 @@ class ServerConfig:
     port: int = 8800
     public_url: str | None = None  # the origin devices sign in their login; default http://host:port
     rate_per_s: float = RATE_PER_S  # frames each session may send per second, in bursts of 2x
+
+    def __post_init__(self) -> None:
+        if not self.rate_per_s > 0:
+            raise LocalError("the rate limit must be a positive number of messages per second",
+                             code=ErrorCode.BAD_CONFIG, hint="set --rate-limit (default 500)")
 
     @property
     def origin(self) -> str:
@@ -77,14 +81,16 @@ class Session:
     receive: bool = True
     refused: str = ""  # why its login failed, if it did: then it is closed
     congested: list[Outbox] = field(default_factory=list)  # to wait for before reading on
-    rate: float = RATE_PER_S
-    burst: float = RATE_BURST
-    tokens: float = RATE_BURST
+    rate: float = RATE_PER_S  # frames per second, in bursts of twice that
+    tokens: float = field(init=False)
     refilled: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = 2 * self.rate
 
     def allow(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
         if self.tokens < 1:
             return False
@@ -189,10 +195,9 @@ class LineServer:
                                    protocols=(wire.BATCH_SUBPROTOCOL,))
         await ws.prepare(request)
         batched = ws.ws_protocol == wire.BATCH_SUBPROTOCOL
-        rate = self.config.rate_per_s
         outbox = Outbox(ws.send_str, batched=batched, before_write=self._make_durable)
-        session = Session(ws=ws, outbox=outbox, peer=str(request.remote), rate=rate,
-                          burst=2 * rate, tokens=2 * rate)
+        session = Session(ws=ws, outbox=outbox, peer=str(request.remote),
+                          rate=self.config.rate_per_s)
         self.sessions.add(session)
         self._send(session, {"t": "challenge", "nonce": session.nonce,
                              "server": self.config.origin})
