@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,26 +57,62 @@ def test_every_command_has_help(path: list[str], capsys: pytest.CaptureFixture[s
 
 
 class Proc:
+    """A running `parley` command; threads drain its stdout (into lines) and stderr."""
+
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen([*PARLEY, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()  # None: stdout closed
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for text in self.proc.stdout:
+                self.lines.put(text)
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            self.stderr.extend(self.proc.stderr)
 
     def line(self, prefix: str, timeout: float = 30) -> str:
-        assert self.proc.stdout is not None
+        """The next stdout line starting with `prefix`, or a failure within `timeout` s."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.proc.stdout.readline()
-            if not text:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                text = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if text is None:
                 break
             if text.startswith(prefix):
                 return text[len(prefix):].strip()
+        self.kill()
+        raise AssertionError(f"no {prefix!r} line within {timeout} s (exit status"
+                             f" {self.proc.returncode}); stderr: {self.err()[-3000:]}")
+
+    def err(self) -> str:
+        """Its stderr so far; all of it once it has exited."""
+        if self.proc.poll() is not None:
+            for reader in self._readers:
+                reader.join(10)
+        return "".join(self.stderr)
+
+    def kill(self) -> None:
         self.proc.kill()
-        raise AssertionError(f"no {prefix!r} line; stderr: {self.proc.communicate()[1][-3000:]}")
+        self.proc.wait()
+        self.err()  # so that the readers are done and have closed the pipes
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=20)
-        return err
+        self.proc.wait(timeout=20)
+        return self.err()
 
 
 @pytest.fixture
@@ -83,8 +121,7 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.communicate()
+            p.kill()
 
 
 def test_an_operator_sets_up_a_line_verifies_and_calls(tmp_path: Path,
