@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
 from bench import speech
 from bench.line import BenchLine
@@ -25,16 +26,6 @@ from parley.core.call import CallState
 from parley.media.ice import IceConfig, use_host_addresses
 from parley.media.robot import RobotOptions
 
-CHROMIUM = "/usr/bin/chromium"
-# The browser tests' Chromium (tests/browser.py CHROMIUM_ARGS), kept the same so that the
-# figure is measured in the browser the tests check; that module needs pytest, so a copy.
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream=fps=30",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run",
-]
 LEAD_S = 3.0  # the fake microphone starts with getUserMedia, before the call is up
 AUDIO_PROCESSING_OFF = """
 (() => {

@@ -25,16 +25,9 @@ from parley.media.robot import RobotOptions
 from parley.terminal.app import Terminal, TerminalConfig
 from parley.terminal.control import ControlServer
 from parley.terminal.runner import build_terminal
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.harness import LocalLine
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream=fps=30",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1366, "height": 800}  # a laptop screen
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"  # every run, not committed
