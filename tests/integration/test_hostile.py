@@ -9,7 +9,6 @@ no media may flow.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from parley.core.keys import DeviceKeys
 from parley.lab import create_parties, enroll_terminal
 from parley.media.robot import dtls_fingerprint
 from parley.media.tracks import SynthAudioTrack, TestPatternTrack
+from parley.server.app import now_ms
 from parley.terminal.app import Terminal
-from tests.harness import HostileRelay, LocalLine, wait_until
+from tests.harness import HostileRelay, LocalLine, frames, wait_until
 
 W, M = "washington/hotline", "moscow/hotline"
 
@@ -57,7 +57,7 @@ class Hostile:
               envelope_id: str | None = None) -> Envelope:
         """Sealed properly to the recipient (its key is public), signed by the attacker."""
         return seal_envelope(self.attacker, sender, self.public(recipient), type_, payload,
-                             time.time_ns() // 1_000_000, envelope_id)
+                             now_ms(), envelope_id)
 
     async def close(self) -> None:
         for pc in self.peers:
@@ -107,8 +107,7 @@ async def media_frames(terminal: Terminal) -> int:
     """Every frame any media session of this terminal ever received."""
     total = 0
     for call_id in set(terminal.sessions) | set(terminal.final_stats):
-        stats = await terminal.call_stats(call_id)
-        total += sum(stats.get(k, {}).get("frames", 0) for k in ("audio", "video"))
+        total += sum((await frames(terminal, call_id)).values())
     return total
 
 
