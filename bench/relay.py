@@ -56,6 +56,7 @@ from bench.common import (
 )
 from bench.profile import record as record_profile
 from bench.profile import summarise
+from parley.clock import now_ms
 from parley.core.keys import DeviceKeys
 from parley.server.store import ServerStore
 
@@ -65,10 +66,6 @@ CAPACITY_RATE_LIMIT = 1_000_000
 LATENCY_RATE_SHARE = 0.95  # the latency load must send at least this share of its set rate
 IDLE_TERMINALS = 2000
 PARTY_SIZE = 10  # idle devices per party; parties are paired into lines
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from parley import __version__
+from parley.clock import now_ms
 from parley.config import Option, add_options, default_home, resolve
 from parley.core.errors import ErrorCode, LocalError, ParleyError
 
 log = logging.getLogger("parley")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _duration_ms(text: str) -> int:
@@ -99,7 +96,7 @@ def _server_store(args: argparse.Namespace) -> Any:
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
     p = _server_store(args).add_principal(args.name, args.display or args.name, args.timezone,
-                                          _now_ms())
+                                          now_ms())
     print(f"party {p.name} ({p.display}, {p.timezone}) created")
     return 0
 
@@ -111,7 +108,7 @@ def cmd_principal_list(args: argparse.Namespace) -> int:
 
 
 def cmd_line_add(args: argparse.Namespace) -> int:
-    _server_store(args).add_line(args.a, args.b, _now_ms())
+    _server_store(args).add_line(args.a, args.b, now_ms())
     print(f"line {args.a} <-> {args.b} open")
     return 0
 
@@ -124,7 +121,7 @@ def cmd_line_list(args: argparse.Namespace) -> int:
 
 def cmd_enroll_code(args: argparse.Namespace) -> int:
     ttl = args.ttl
-    code = _server_store(args).create_enroll_code(args.party, ttl, _now_ms())
+    code = _server_store(args).create_enroll_code(args.party, ttl, now_ms())
     if args.quiet:
         print(code)
     else:
@@ -262,7 +259,7 @@ def cmd_keys_verify(args: argparse.Namespace) -> int:
                               " on screen)")
 
     async def verify(peers: Any) -> Any:
-        return await peers.verify(args.target, args.safety_number, _now_ms())
+        return await peers.verify(args.target, args.safety_number, now_ms())
 
     device = asyncio.run(_with_peers(data, verify))
     print(f"{device.device_id} verified and pinned on this terminal")

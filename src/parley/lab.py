@@ -8,10 +8,10 @@ machine, with both sides' data directories at hand.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DevicePublicKeys
 from parley.server.store import ServerStore
@@ -25,10 +25,6 @@ PARTIES = {"washington": ("The White House", "America/New_York"),
 DEVICE = "hotline"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def create_parties(server_data: Path, parties: dict[str, tuple[str, str]],
                    lines: list[tuple[str, str]]) -> dict[str, str]:
     """Parties and lines on the server; returns a fresh enrollment code per party."""
@@ -36,10 +32,10 @@ def create_parties(server_data: Path, parties: dict[str, tuple[str, str]],
     try:
         for name, (display, tz) in parties.items():
             if admin.principal(name) is None:
-                admin.add_principal(name, display, tz, _now_ms())
+                admin.add_principal(name, display, tz, now_ms())
         for a, b in lines:
-            admin.add_line(a, b, _now_ms())
-        return {name: admin.create_enroll_code(name, 10 * 60_000, _now_ms())
+            admin.add_line(a, b, now_ms())
+        return {name: admin.create_enroll_code(name, 10 * 60_000, now_ms())
                 for name in parties}
     finally:
         admin.close()
@@ -90,8 +86,8 @@ async def cross_verify(dirs: dict[str, Path], server_url: str, a: str, b: str) -
         raise LocalError(f"{a} and {b} computed different safety numbers",
                          code=ErrorCode.KEY_CHANGED, hint="the directory was tampered with")
     # Each side types in the number the other side read out.
-    await with_peer_book(dirs[a], server_url, lambda book: book.verify(b, seen_by_b, _now_ms()))
-    await with_peer_book(dirs[b], server_url, lambda book: book.verify(a, seen_by_a, _now_ms()))
+    await with_peer_book(dirs[a], server_url, lambda book: book.verify(b, seen_by_b, now_ms()))
+    await with_peer_book(dirs[b], server_url, lambda book: book.verify(a, seen_by_a, now_ms()))
     return seen_by_a
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from parley.clock import now_ms
 from parley.core import schema, wire
 from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope
@@ -46,10 +47,6 @@ log = logging.getLogger("parley.server")
 AUTH_TIMEOUT_S = 10.0
 MAX_WS_MESSAGE = 1024 * 1024  # messages above this are cut off by aiohttp (close 1009)
 RATE_PER_S = 500.0  # the default of `parley server --rate-limit`
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parley.clock import now_ms
 from parley.core import notice, schema
 from parley.core.call import (
     Action,
@@ -58,10 +59,6 @@ from parley.terminal.store import TerminalStore
 log = logging.getLogger("parley.terminal")
 MAX_ALARMS = 50
 MAX_ENDED_CALLS = 50
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

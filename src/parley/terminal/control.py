@@ -33,11 +33,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from parley.clock import now_ms
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.schema import parse_json
 from parley.core.trust import Trust, party_trust, party_warning
-from parley.terminal.app import Terminal, now_ms
+from parley.terminal.app import Terminal
 
 log = logging.getLogger("parley.control")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -9,10 +9,10 @@ terminal (UI button), and by `parley keys verify` when no terminal is running.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DevicePublicKeys
 from parley.core.safety import normalize_safety_number, safety_number
@@ -21,10 +21,6 @@ from parley.terminal.link import ServerLink
 from parley.terminal.store import TerminalStore
 
 CACHE_MS = 60_000
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -43,13 +39,13 @@ class PeerBook:
 
     async def refresh(self, party: str) -> PartyListing:
         devices, online = await self.link.directory(party)
-        listing = PartyListing({d.device_id: d for d in devices}, online, _now_ms())
+        listing = PartyListing({d.device_id: d for d in devices}, online, now_ms())
         self._parties[party] = listing
         return listing
 
     async def listing(self, party: str, *, fresh: bool = False) -> PartyListing:
         cached = self._parties.get(party)
-        if fresh or cached is None or _now_ms() - cached.fetched_ms > CACHE_MS:
+        if fresh or cached is None or now_ms() - cached.fetched_ms > CACHE_MS:
             return await self.refresh(party)
         return cached
 
