@@ -189,25 +189,6 @@ def cmd_terminal_run(args: argparse.Namespace) -> int:
 
 # --- keys -----------------------------------------------------------------------------------
 
-async def _with_peers(data: Path, fn: Callable[[Any], Any]) -> Any:
-    from parley.terminal.link import ServerLink
-    from parley.terminal.peers import PeerBook
-    from parley.terminal.store import TerminalStore
-
-    store = TerminalStore(data)
-    keys = store.load_keys()
-    if not store.server_url:
-        raise LocalError("this terminal is not enrolled", code=ErrorCode.NOT_ENROLLED,
-                         hint="run 'parley terminal enroll' first")
-    link = ServerLink(store.server_url, store.device_id, keys, receive=False)
-    try:
-        await link.connect_once()
-        return await fn(PeerBook(store, keys.public(store.device_id), link))
-    finally:
-        await link.close()
-        store.close()
-
-
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from parley.terminal.store import TerminalStore
 
@@ -227,11 +208,9 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
         print("to compare with a peer: parley keys show PARTY")
         return 0
 
-    async def show(peers: Any) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await peers.describe(args.peer)
-        return result
+    from parley.terminal.peers import with_peer_book
 
-    devices = asyncio.run(_with_peers(data, show))
+    devices = asyncio.run(with_peer_book(data, lambda peers: peers.describe(args.peer)))
     if args.json:
         print(json.dumps({"device": me.device_id, "peers": devices}))
         return 0
@@ -258,10 +237,10 @@ def cmd_keys_verify(args: argparse.Namespace) -> int:
                          hint="--safety-number \"<the 60 digits>\" (or --yes if you compared it"
                               " on screen)")
 
-    async def verify(peers: Any) -> Any:
-        return await peers.verify(args.target, args.safety_number, now_ms())
+    from parley.terminal.peers import with_peer_book
 
-    device = asyncio.run(_with_peers(data, verify))
+    device = asyncio.run(with_peer_book(
+        data, lambda peers: peers.verify(args.target, args.safety_number, now_ms())))
     print(f"{device.device_id} verified and pinned on this terminal")
     print(f"fingerprint: {device.fingerprint}")
     return 0

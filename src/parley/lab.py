@@ -16,8 +16,7 @@ from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DevicePublicKeys
 from parley.server.store import ServerStore
 from parley.terminal.enroll import enroll
-from parley.terminal.link import ServerLink
-from parley.terminal.peers import PeerBook
+from parley.terminal.peers import PeerBook, with_peer_book
 from parley.terminal.store import TerminalStore
 
 PARTIES = {"washington": ("The White House", "America/New_York"),
@@ -58,24 +57,7 @@ async def safety_number_seen(data: Path, server_url: str, peer: str) -> str:
             raise LocalError(f"{peer} has {len(devices)} devices", code=ErrorCode.UNKNOWN_DEVICE)
         return str(devices[0]["safety_number"])
 
-    return str(await with_peer_book(data, server_url, one))
-
-
-async def with_peer_book(data: Path, server_url: str,
-                         fn: Callable[[PeerBook], object]) -> object:
-    """Run `fn(PeerBook)` over a short, non-receiving session with the server."""
-    store = TerminalStore(data)
-    keys = store.load_keys()
-    link = ServerLink(server_url, store.device_id, keys, receive=False)
-    try:
-        await link.connect_once()
-        result = fn(PeerBook(store, keys.public(store.device_id), link))
-        if hasattr(result, "__await__"):
-            result = await result
-        return result
-    finally:
-        await link.close()
-        store.close()
+    return await with_peer_book(data, one, server_url)
 
 
 async def cross_verify(dirs: dict[str, Path], server_url: str, a: str, b: str) -> str:
@@ -86,8 +68,8 @@ async def cross_verify(dirs: dict[str, Path], server_url: str, a: str, b: str) -
         raise LocalError(f"{a} and {b} computed different safety numbers",
                          code=ErrorCode.KEY_CHANGED, hint="the directory was tampered with")
     # Each side types in the number the other side read out.
-    await with_peer_book(dirs[a], server_url, lambda book: book.verify(b, seen_by_b, now_ms()))
-    await with_peer_book(dirs[b], server_url, lambda book: book.verify(a, seen_by_a, now_ms()))
+    await with_peer_book(dirs[a], lambda book: book.verify(b, seen_by_b, now_ms()), server_url)
+    await with_peer_book(dirs[b], lambda book: book.verify(a, seen_by_a, now_ms()), server_url)
     return seen_by_a
 
 

@@ -9,8 +9,10 @@ terminal (UI button), and by `parley keys verify` when no terminal is running.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError
@@ -124,3 +126,30 @@ class PeerBook:
             )
         self.store.set_pin(device, number, now_ms)
         return device
+
+
+T = TypeVar("T")
+
+
+async def with_peer_book(data: Path, fn: Callable[[PeerBook], Awaitable[T]],
+                         server_url: str | None = None) -> T:
+    """Run `fn` on the terminal in `data`'s PeerBook over a short, send-only session.
+
+    For commands that run beside (or without) a running terminal: `parley keys`,
+    and provisioning. The server is the one the terminal enrolled with, unless given.
+    """
+    store = TerminalStore(data)
+    try:
+        keys = store.load_keys()
+        url = server_url or store.server_url
+        if not url:
+            raise LocalError("this terminal is not enrolled", code=ErrorCode.NOT_ENROLLED,
+                             hint="run 'parley terminal enroll' first")
+        link = ServerLink(url, store.device_id, keys, receive=False)
+        try:
+            await link.connect_once()
+            return await fn(PeerBook(store, keys.public(store.device_id), link))
+        finally:
+            await link.close()
+    finally:
+        store.close()
