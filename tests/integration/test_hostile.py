@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
+from parley.clock import now_ms
 from parley.core.call import CallState, EndReason, dtls_statement
 from parley.core.encoding import b64e, random_id
 from parley.core.envelope import Envelope, seal_envelope
@@ -24,7 +25,6 @@ from parley.core.keys import DeviceKeys
 from parley.lab import create_parties, enroll_terminal
 from parley.media.robot import dtls_fingerprint
 from parley.media.tracks import SynthAudioTrack, TestPatternTrack
-from parley.server.app import now_ms
 from parley.terminal.app import Terminal
 from tests.harness import HostileRelay, LocalLine, frames, wait_until
 

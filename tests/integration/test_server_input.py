@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from parley.clock import now_ms
 from parley.core.envelope import seal_envelope
 from parley.core.keys import DeviceKeys
 from parley.lab import create_parties
-from parley.server.app import now_ms
 from tests.harness import LocalLine, active_call, connect, device_of
 
 
