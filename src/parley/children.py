@@ -78,12 +78,6 @@ class Child:
         """The next line ``json: {...}``, parsed."""
         return dict(json.loads(await self.line("json: ", timeout)))
 
-    async def tell(self, text: str) -> None:
-        """Write one line to the child's stdin (spawned with ``stdin=True``)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((text + "\n").encode())
-        await self.proc.stdin.drain()
-
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -50,7 +50,6 @@ def _library() -> ctypes.CDLL | None:
                                 ctypes.c_int, ctypes.c_int]
     lib.opus_packet_get_nb_samples.restype = ctypes.c_int
     lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
-    lib.opus_get_version_string.restype = ctypes.c_char_p
     lib.opus_strerror.restype = ctypes.c_char_p
     lib.opus_strerror.argtypes = [ctypes.c_int]
     return lib
@@ -58,11 +57,6 @@ def _library() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return _library() is not None
-
-
-def version() -> str | None:
-    lib = _library()
-    return lib.opus_get_version_string().decode() if lib is not None else None
 
 
 def _lib() -> ctypes.CDLL:

@@ -24,13 +24,16 @@ log = logging.getLogger("parley.media")
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 AUDIO_RATE = 48_000
 _DONE = object()
+# Frames held while waiting for the first frame of every expected kind (a WebM header
+# names each stream): 10 s of 20 ms audio. A kind that has not come by then is left out.
+MAX_PENDING = 500
 
 
 class Recorder:
     def __init__(self, path: Path, kinds: set[str]) -> None:
         self.path = path
         self.kinds = kinds  # a WebM header names every stream, so all are known up front
-        self.recorded = {"audio": 0, "video": 0}
+        self.failed = False  # then frames are no longer queued: nothing would take them
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"recorder {path.name}",
                                         daemon=True)
@@ -38,7 +41,8 @@ class Recorder:
 
     def add(self, kind: str, frame: av.AudioFrame | av.VideoFrame) -> None:
         """Queue one received frame (called on the event loop, never blocks)."""
-        self._queue.put((kind, frame))
+        if not self.failed:
+            self._queue.put((kind, frame))
 
     async def close(self) -> None:
         """Finish the file: everything queued so far is written first."""
@@ -46,14 +50,15 @@ class Recorder:
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
-        container = av.open(str(self.path), "w", format="webm")
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE)
+        container = None
         try:
+            container = av.open(str(self.path), "w", format="webm")
+            resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE)
             # A WebM header names every stream, and the video's size comes from its
             # first frame: hold frames until each expected kind has sent one.
             pending: list[tuple[str, Any]] = []
             ended = False
-            while {kind for kind, _ in pending} < self.kinds:
+            while {kind for kind, _ in pending} < self.kinds and len(pending) < MAX_PENDING:
                 item = self._queue.get()
                 if item is _DONE:
                     ended = True
@@ -75,7 +80,6 @@ class Recorder:
                 for out in resampler.resample(frame) if kind == "audio" else [frame]:
                     for packet in streams[kind].encode(out):
                         container.mux(packet)
-                self.recorded[kind] += 1
 
             for kind, frame in pending:
                 write(kind, frame)
@@ -88,9 +92,11 @@ class Recorder:
                 for packet in stream.encode(None):
                     container.mux(packet)
         except Exception:
+            self.failed = True
             log.exception("recording to %s failed", self.path)
         finally:
-            container.close()
+            if container is not None:
+                container.close()
 
     @staticmethod
     def _stream(container: Any, kind: str, frame: Any) -> Any:
