@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from parley.core.call import CallState, EndReason, MediaKind
 from parley.terminal.browser import host_candidate_allowed
 from tests.browser import PersonFactory, PersonTerminal, people
 from tests.harness import LocalLine
@@ -110,3 +111,34 @@ async def test_a_page_from_another_origin_is_refused(
             f"{person.control.origin.replace('http', 'ws')}/api/events"
             f"?token={person.control.token}", headers={"Origin": "http://evil.example"})
     assert refused.value.status == 403
+
+
+async def test_a_page_that_reports_a_malformed_certificate_fails_the_call_not_as_intercepted(
+        line: LocalLine, people: PersonFactory, http: aiohttp.ClientSession) -> None:
+    """A broken page is a failed call with a reason; only a real mismatch is an interception."""
+    await line.provision()
+    person = await people("washington")
+    await line.terminal("moscow", auto_answer=True)
+    ws = await page_socket(http, person)
+    await ws.send_json({"t": "page.hello"})
+    assert (await next_of(ws, "page.role"))["media"] is True
+
+    placed = await person.terminal.place_call("moscow", MediaKind.AUDIO)
+    opened = await next_of(ws, "media.open")
+    assert opened["call_id"] == placed.call_id and "offer" not in opened
+    fingerprint = ":".join(["AB"] * 32)
+    await ws.send_json({"t": "media.description", "call_id": placed.call_id, "sdp": (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n"
+        "a=ice-ufrag:page\r\na=ice-pwd:a22characterpassword00\r\na=rtcp-mux\r\n"
+        f"a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\n"
+        "a=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n")})
+    assert (await next_of(ws, "media.answer"))["call_id"] == placed.call_id
+    await ws.send_json({"t": "media.connected", "call_id": placed.call_id,
+                        "certificates": [{"algorithm": "sha-256", "fingerprint": "not:hex"}]})
+    ended = await person.terminal.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 10)
+    assert ended.end_reason is EndReason.FAILED
+    assert "malformed certificate fingerprint" in (ended.alarm or "")
+    assert not person.terminal.alarms  # no security alarm: nothing was intercepted
+    await ws.close()
