@@ -47,6 +47,7 @@ log = logging.getLogger("parley.server")
 AUTH_TIMEOUT_S = 10.0
 MAX_WS_MESSAGE = 1024 * 1024  # messages above this are cut off by aiohttp (close 1009)
 RATE_PER_S = 500.0  # the default of `parley server --rate-limit`
+MAILBOX_PAGE = 500  # stored envelopes sent at once; the next page once these are acked
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Session:
     receive: bool = True
     refused: str = ""  # why its login failed, if it did: then it is closed
     congested: list[Outbox] = field(default_factory=list)  # to wait for before reading on
+    unacked: set[str] = field(default_factory=set)  # stored envelopes sent here, not acked
+    mailbox_more: bool = False  # the last mailbox page was full: more may wait behind it
     rate: float = RATE_PER_S  # frames per second, in bursts of twice that
     tokens: float = field(init=False)
     refilled: float = field(default_factory=time.monotonic)
@@ -271,6 +274,7 @@ class LineServer:
             elif msg["t"] == "ack":
                 self.store.delivered(session.device, msg["id"])
                 self._commit_soon()
+                self._acked(session.device, msg["id"])
             elif msg["t"] == "directory":
                 self._on_directory(session, msg)
             elif msg["t"] == "ping":
@@ -357,6 +361,9 @@ class LineServer:
                              "ref": msg.get("ref")})
         if targets:
             self.counters.relayed += 1
+            for target in targets:
+                if target.mailbox_more:  # so that the next page does not send it again
+                    target.unacked.add(envelope_id)
             self._fanout(session, targets, body)
 
     def _commit_soon(self) -> None:
@@ -398,9 +405,21 @@ class LineServer:
         })
 
     def _flush_mailbox(self, session: Session) -> None:
+        """The next page of stored envelopes this session has not been sent yet."""
         assert session.device is not None
-        for _, body in self.store.pending(session.device):
+        rows = self.store.pending(session.device, MAILBOX_PAGE + len(session.unacked))
+        page = [(ident, body) for ident, body in rows if ident not in session.unacked]
+        page = page[:MAILBOX_PAGE]
+        session.mailbox_more = len(page) == MAILBOX_PAGE
+        for ident, body in page:
+            session.unacked.add(ident)
             session.outbox.put(body)
+
+    def _acked(self, device: str, envelope_id: str) -> None:
+        for session in self.online.get(device, []):
+            session.unacked.discard(envelope_id)
+            if session.mailbox_more and not session.unacked:
+                self._flush_mailbox(session)
 
     def _presence(self, device: str, online: bool) -> None:
         party, _ = split_device_id(device)

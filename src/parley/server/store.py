@@ -247,7 +247,8 @@ class ServerStore:
             " VALUES (?,?,?,?,?)", (envelope_id, recipient, sender, body, now_ms))
         return cur.rowcount == 1
 
-    def pending(self, recipient: str, limit: int = 500) -> list[tuple[str, str]]:
+    def pending(self, recipient: str, limit: int) -> list[tuple[str, str]]:
+        """The oldest `limit` stored envelopes for `recipient`: (id, deliver frame)."""
         rows = self.db.execute(
             "SELECT id, body FROM mailbox WHERE recipient=? ORDER BY seq LIMIT ?",
             (recipient, limit))
