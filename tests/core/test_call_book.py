@@ -313,6 +313,15 @@ def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() ->
     assert wire.state(W, call_id)[0] is CallState.RINGBACK
     other = CallBook(device("x"), "london/desk")
     call2, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
-    other.handle_timer(NOW + 60_001)
+    ended = other.handle_timer(NOW + 60_001)
     info = other.info(call2)
     assert info.end_reason is EndReason.FAILED and "media" in (info.alarm or "")
+    # The offer never went, so the peer knows no such call: nothing is sent to it.
+    assert not [a for a in ended if isinstance(a, SendEnvelope)]
+    # Hanging up before the offer went is as quiet; after it, the callee hears "cancelled".
+    call3, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
+    assert not [a for a in other.hangup(call3, NOW) if isinstance(a, SendEnvelope)]
+    call4, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
+    other.local_description(call4, sdp(FP[W]), FP[W], NOW)
+    told = [a.payload for a in other.hangup(call4, NOW) if isinstance(a, SendEnvelope)]
+    assert told == [{"call_id": call4, "reason": "cancelled"}]

@@ -166,6 +166,23 @@ _WIRE_REASON: dict[EndReason, str | None] = {
     EndReason.FAILED: "failed",
     EndReason.INTERCEPTED: "intercepted",
 }
+# Where a reason is told otherwise in one state: hanging up before the callee answered
+# is, to the callee, a call it missed.
+_WIRE_REASON_IN_STATE = {(CallState.DIALING, EndReason.HUNG_UP): "cancelled",
+                         (CallState.RINGBACK, EndReason.HUNG_UP): "cancelled"}
+
+
+def wire_reason(state: CallState, reason: EndReason, *, peer_knows: bool = True) -> str | None:
+    """What the peer's call.end says when a call in `state` ends here for `reason`.
+
+    None: nothing is sent -- the peer ended it itself, or never heard of the call
+    (`peer_knows` False: our offer had not gone yet).
+    """
+    if not peer_knows:
+        return None
+    return _WIRE_REASON_IN_STATE.get((state, reason), _WIRE_REASON[reason])
+
+
 # ...and how a call.end from the peer is read, by the reason it gives.
 _REMOTE_END_EVENT = {
     "hangup": _E.REMOTE_HANGUP,
@@ -758,9 +775,9 @@ class CallBook:
             call.end_reason = reason
             call.ended_ms = now_ms
             call.deadline_ms = None
-            wire = _WIRE_REASON[reason]
-            if reason is EndReason.HUNG_UP and previous in (CallState.DIALING, CallState.RINGBACK):
-                wire = "cancelled"  # the callee missed it rather than hung up
+            # An outgoing call whose offer has not gone yet is unknown to the peer.
+            peer_knows = call.direction == "incoming" or call.local_dtls is not None
+            wire = wire_reason(previous, reason, peer_knows=peer_knows)
             if local and wire is not None:
                 actions.append(self._send(call, "call.end",
                                           {"call_id": call.call_id, "reason": wire}))
@@ -800,11 +817,15 @@ def transition_table_markdown() -> str:
             label = ", ".join(sorted(events)) if target is not CallState.ENDED else \
                 f"{len(events)} ways (see below)"
             lines.append(f"    {state.value} --> {target.value}: {label}")
-    lines += ["    ended --> [*]", "```", "", "| state | event | next state | end reason |",
-              "|---|---|---|---|"]
+    lines += ["    ended --> [*]", "```", "",
+              "A call that ends here for a local event tells the peer with `call.end` and the"
+              " reason in the last column (none: the peer ended it, or never got our offer).",
+              "", "| state | event | next state | end reason | peer told |",
+              "|---|---|---|---|---|"]
     for state, moves in TRANSITIONS.items():
         for event, target in sorted(moves.items(), key=lambda kv: kv[0].value):
             reason = end_reason(state, event) if target is CallState.ENDED else None
+            told = wire_reason(state, reason) if reason else None
             lines.append(f"| {state.value} | {event.value} | {target.value} |"
-                         f" {reason.value if reason else ''} |")
+                         f" {reason.value if reason else ''} | {told or ''} |")
     return "\n".join(lines) + "\n"
