@@ -22,7 +22,7 @@ from parley.core import wire
 from parley.core.call import CallInfo, CallState
 from parley.core.encoding import b64e
 from parley.core.keys import DeviceKeys
-from parley.lab import PARTIES, provision_line
+from parley.lab import provision_line
 from parley.media.robot import RobotOptions
 from parley.server.app import LineServer, ServerConfig, start_server
 from parley.terminal.app import Terminal, TerminalConfig
@@ -74,14 +74,19 @@ class LocalLine:
         config = ServerConfig(data_dir=self.root / "server", port=port, public_url=public_url)
         self.server, self._runner = await start_server(config)
         self.url = f"http://127.0.0.1:{config.port}"
+        self.port = config.port
         self._public_url = public_url
+
+    async def stop_server(self) -> None:
+        """Stop the server, dropping every session; `start(port=line.port)` brings it back."""
+        assert self._runner is not None
+        await self._runner.cleanup()
+        self._runner = None
 
     async def restart_server(self) -> None:
         """Stop the server (dropping every session) and start it again on the same port."""
-        assert self._runner is not None
-        port = int(self.url.rsplit(":", 1)[1])
-        await self._runner.cleanup()
-        await self.start(self._public_url, port)
+        await self.stop_server()
+        await self.start(self._public_url, self.port)
 
     async def provision(self, *, verify: bool = True, via: str | None = None
                         ) -> dict[str, Path]:
@@ -261,5 +266,5 @@ class HostileRelay:
         return client
 
 
-__all__ = ["PARTIES", "HostileRelay", "LocalLine", "WireClient", "active_call", "connect",
+__all__ = ["HostileRelay", "LocalLine", "WireClient", "active_call", "connect",
            "device_of", "frames", "wait_for", "wait_until"]

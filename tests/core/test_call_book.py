@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from parley.core.call import (
+    CONNECT_TIMEOUT_MS,
+    MEDIA_SETUP_TIMEOUT_MS,
+    REACH_TIMEOUT_MS,
     RING_TIMEOUT_MS,
     Action,
     Alarm,
@@ -56,6 +59,7 @@ class Wire:
         self.stopped: dict[str, list[str]] = {W: [], M: []}
         self.answers: list[ApplyAnswer] = []
         self.drop: set[str] = set()  # envelope types the "server" loses
+        self.changes: dict[str, list[CallState]] = {W: [], M: []}  # CallChanged, in order
 
     def other(self, side: str) -> str:
         return M if side == W else W
@@ -83,6 +87,8 @@ class Wire:
                 self.stopped[side].append(action.call_id)
             elif isinstance(action, Alarm):
                 self.alarms[side].append(action)
+            elif isinstance(action, CallChanged):
+                self.changes[side].append(action.call.state)
 
     def place(self, **kwargs: Any) -> str:
         book = self.books[W]
@@ -193,7 +199,7 @@ def test_unreachable_when_the_server_cannot_deliver_or_nobody_rings() -> None:
     wire2 = Wire()
     wire2.drop = {"call.offer"}
     call_id = wire2.place()
-    wire2.now += 10_001
+    wire2.now += REACH_TIMEOUT_MS + 1
     wire2.run(W, wire2.books[W].handle_timer(wire2.now))
     assert wire2.state(W, call_id) == (CallState.ENDED, EndReason.UNREACHABLE)
 
@@ -202,7 +208,7 @@ def test_media_that_never_connects_fails_the_call() -> None:
     wire = Wire()
     call_id = wire.place()
     wire.run(M, wire.books[M].accept(call_id, wire.now))
-    wire.now += 30_001
+    wire.now += CONNECT_TIMEOUT_MS + 1
     wire.run(W, wire.books[W].handle_timer(wire.now))
     assert wire.state(W, call_id) == (CallState.ENDED, EndReason.FAILED)
     assert wire.state(M, call_id)[1] is EndReason.FAILED
@@ -280,13 +286,18 @@ def test_tamper_report_naming_our_envelope_ends_the_call() -> None:
 
 def test_every_state_change_is_published() -> None:
     wire = Wire()
-    seen: list[CallState] = []
-    book = wire.books[W]
-    call_id, actions = book.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
-    seen += [a.call.state for a in actions if isinstance(a, CallChanged)]
-    assert seen == [CallState.DIALING]
+    call_id = wire.place()
     with pytest.raises(LocalError):
-        book.accept(call_id, NOW)  # cannot accept our own outgoing call
+        wire.books[W].accept(call_id, NOW)  # cannot accept our own outgoing call
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    wire.connect(call_id)
+    wire.run(M, wire.books[M].hangup(call_id, wire.now))
+    # Every state each side passed through was published (this Wire runs actions as they
+    # come, depth first, so the order here is not the order a terminal would see).
+    states = {CallState.CONNECTING, CallState.ACTIVE, CallState.ENDED}
+    assert set(wire.changes[W]) == {CallState.DIALING, CallState.RINGBACK, *states}
+    assert set(wire.changes[M]) == {CallState.RINGING, *states}
+    assert wire.changes[W][-1] is wire.changes[M][-1] is CallState.ENDED
 
 
 def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() -> None:
@@ -300,7 +311,7 @@ def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() ->
     out = book.local_description(call_id, sdp(FP[W]), FP[W], NOW + 30_000)
     types = [a.type for a in out if isinstance(a, SendEnvelope)]
     assert types == ["call.offer", "call.ice"]
-    assert book.next_deadline() == NOW + 30_000 + 10_000
+    assert book.next_deadline() == NOW + 30_000 + REACH_TIMEOUT_MS
     # The peer rings for the whole ring time, counted from when it starts ringing.
     ringing = wire.books[M].receive(book.me, Trust.VERIFIED, "call.offer",
                                     next(a.payload for a in out if isinstance(a, SendEnvelope)
@@ -313,7 +324,7 @@ def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() ->
     assert wire.state(W, call_id)[0] is CallState.RINGBACK
     other = CallBook(device("x"), "london/desk")
     call2, _ = other.place(wire.books[M].me, Trust.VERIFIED, MediaKind.VIDEO, NOW)
-    ended = other.handle_timer(NOW + 60_001)
+    ended = other.handle_timer(NOW + MEDIA_SETUP_TIMEOUT_MS + 1)
     info = other.info(call2)
     assert info.end_reason is EndReason.FAILED and "media" in (info.alarm or "")
     # The offer never went, so the peer knows no such call: nothing is sent to it.

@@ -39,13 +39,11 @@ async def test_terminals_reconnect_after_a_server_restart_and_call_again(
 async def test_a_terminal_started_before_its_server_connects_when_it_appears(
         line: LocalLine) -> None:
     await line.provision()
-    assert line._runner is not None
-    port = int(line.url.rsplit(":", 1)[1])
-    await line._runner.cleanup()
+    await line.stop_server()
     washington = await line.terminal("washington", connect=False)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # long enough for a first attempt that must fail
     assert not washington.link.connected.is_set()
-    await line.start(port=port)
+    await line.start(port=line.port)
     await asyncio.wait_for(washington.link.connected.wait(), 15)
 
 
