@@ -156,6 +156,14 @@ async def test_enrollment_codes_are_one_time_and_expire(line: LocalLine,
     codes = create_parties(line.root / "server", {"washington": ("W", "UTC")}, [])
     status, reply = await enroll({**body, "keys": forged_keys, "code": codes["washington"]})
     assert (status, reply["code"]) == (400, "bad_signature")
+    # A bundle with a field too many, or with an id of its own choosing, is refused
+    # before the code is spent: the server names the device.
+    for keys in ({**body["keys"], "id": "moscow/desk"}, {"sign": body["keys"]["sign"]}):
+        status, reply = await enroll({**body, "keys": keys, "code": codes["washington"]})
+        assert (status, reply["code"]) == (400, "bad_message")
+        assert "enrollment request.keys" in reply["message"]
+    status, reply = await enroll({**body, "code": codes["washington"]})
+    assert status == 200  # the code was still good
     async with http.post(line.url + "/v1/enroll", data=b"x" * 100_000) as resp:
         assert resp.status == 413
 

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
+from . import schema
 from .encoding import b64d, b64e, group
 from .errors import ErrorCode, LocalError, RemoteError, SecurityAlarm
 
@@ -73,6 +74,15 @@ def split_device_id(value: str) -> tuple[str, str]:
         raise RemoteError(
             f"invalid device id {value!r}: expected 'party/device'", code=ErrorCode.BAD_MESSAGE
         ) from exc
+
+# A device's public bundle as the directory and enrollment carry it (base64, unpadded;
+# `from_json` then checks sizes, the key itself and the signature binding them).
+KEY_BUNDLE_FIELDS = {
+    "sign": schema.text(64),
+    "kem": schema.text(2048),
+    "kem_sig": schema.text(128),
+}
+PUBLIC_KEY_FIELDS = {"id": schema.text(DEVICE_ID_MAX), **KEY_BUNDLE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -127,15 +137,7 @@ class DevicePublicKeys:
     @classmethod
     def from_json(cls, data: Any) -> DevicePublicKeys:
         """Parse and check a bundle from the network: sizes and the KEM binding."""
-        if not isinstance(data, dict):
-            raise RemoteError("device keys must be an object", code=ErrorCode.BAD_MESSAGE)
-        fields: dict[str, str] = {}
-        for name in ("id", "sign", "kem", "kem_sig"):
-            value = data.get(name)
-            if not isinstance(value, str):
-                raise RemoteError(f"device keys need {name} as a string",
-                                  code=ErrorCode.BAD_MESSAGE)
-            fields[name] = value
+        fields = schema.validate(data, PUBLIC_KEY_FIELDS, what="device keys")
         split_device_id(fields["id"])
         keys = cls(
             device_id=fields["id"],

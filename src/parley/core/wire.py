@@ -53,7 +53,7 @@ import orjson
 from . import schema
 from .encoding import canonical_json
 from .errors import ErrorCode, RemoteError
-from .keys import DEVICE_ID_MAX, NAME_MAX, split_device_id
+from .keys import DEVICE_ID_MAX, KEY_BUNDLE_FIELDS, NAME_MAX, split_device_id
 
 MAX_FRAME = 320 * 1024
 MAX_BATCH = 100  # frames in one message, so that one message cannot ask for too many replies
@@ -175,8 +175,12 @@ def error_message(code: ErrorCode | str, message: str, hint: str = "",
 
 
 # Enrollment travels over plain HTTP POST /v1/enroll before the device can log in.
+def _key_bundle(value: Any) -> None:
+    schema.validate(value, KEY_BUNDLE_FIELDS, what="enrollment request.keys")
+
+
 ENROLL_REQUEST = {
     "code": schema.text(40),
     "device": schema.text(NAME_MAX),
-    "keys": schema.obj(),
+    "keys": schema.obj(check=_key_bundle),  # the device's id is the server's to give
 }
