@@ -7,6 +7,7 @@ answered, not fatal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -141,4 +142,29 @@ async def test_a_page_that_reports_a_malformed_certificate_fails_the_call_not_as
     assert ended.end_reason is EndReason.FAILED
     assert "malformed certificate fingerprint" in (ended.alarm or "")
     assert not person.terminal.alarms  # no security alarm: nothing was intercepted
+    await ws.close()
+
+
+async def test_hanging_up_while_the_camera_prompt_is_open_ends_the_call_at_once(
+        line: LocalLine, people: PersonFactory, http: aiohttp.ClientSession) -> None:
+    """The person has not yet allowed the camera (the page never answers media.open)."""
+    await line.provision()
+    person = await people("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+    ws = await page_socket(http, person)
+    await ws.send_json({"t": "page.hello"})
+    assert (await next_of(ws, "page.role"))["media"] is True
+
+    waiting = await person.terminal.place_call("moscow", MediaKind.AUDIO)
+    assert (await next_of(ws, "media.open"))["call_id"] == waiting.call_id
+    ended: list[str] = []
+    person.terminal.subscribe(lambda e: ended.append(e["call"]["call_id"])
+                              if e["t"] == "call" and e["call"]["state"] == "ended" else None)
+    person.terminal.hangup(waiting.call_id)
+    # The page is told to let go of the camera, and the UI hears the call ended, now --
+    # not when the 55 s media-setup wait runs out.
+    closed = await asyncio.wait_for(next_of(ws, "media.close"), 5)
+    assert closed["call_id"] == waiting.call_id and waiting.call_id in ended
+    assert not person.terminal.sessions
+    assert not moscow.book.calls()  # the offer never went: moscow never heard of the call
     await ws.close()

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,11 @@ class Terminal:
         self.final_stats: dict[str, dict[str, Any]] = {}
         self.alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
         self._placed_at: dict[str, float] = {}
-        self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        # Actions wait in one lane per call (None: not about a call), each lane drained
+        # in order by its own task, so one call's slow step (a person deciding whether to
+        # allow the camera, a send awaiting the server) holds up no other call.
+        self._lanes: dict[str | None, deque[Action]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._listeners: set[Listener] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -108,7 +112,7 @@ class Terminal:
 
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(coro) for coro in
-                       (self.link.run(), self._worker(), self._timers())]
+                       (self.link.run(), self._timers())]
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -116,11 +120,11 @@ class Terminal:
         for call in self.book.live():
             with contextlib.suppress(ParleyError):
                 self._run(self.book.hangup(call.call_id, now_ms()))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._actions.join(), 3.0)
-        for task in self._tasks:
+        if self._lane_tasks:  # the hang-ups above, sent before the link goes
+            await asyncio.wait(list(self._lane_tasks), timeout=3.0)
+        for task in [*self._tasks, *self._lane_tasks]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lane_tasks]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for session in list(self.sessions.values()):
@@ -317,18 +321,48 @@ class Terminal:
 
     def _run(self, actions: list[Action]) -> None:
         for action in actions:
-            self._actions.put_nowait(action)
+            if isinstance(action, CallChanged | Alarm):
+                self._execute_now(action)  # what the person sees is never queued
+                continue
+            if isinstance(action, StopMedia):
+                # Ending a call does not wait for its media setup: closing the session
+                # is what ends a setup that waits on a person or a peer.
+                self._spawn_lane_task(self._stop_media(action.call_id))
+                continue
+            key = action.call_id
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = deque()
+                self._spawn_lane_task(self._drain(key, lane))
+            lane.append(action)
         self._wake.set()
 
-    async def _worker(self) -> None:
-        while True:
-            action = await self._actions.get()
-            try:
-                await self._execute(action)
-            except Exception:
-                log.exception("failed to carry out %s", type(action).__name__)
-            finally:
-                self._actions.task_done()
+    def _spawn_lane_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _drain(self, key: str | None, lane: deque[Action]) -> None:
+        try:
+            while lane:
+                action = lane.popleft()
+                try:
+                    await self._execute(action)
+                except Exception:
+                    log.exception("failed to carry out %s", type(action).__name__)
+        finally:
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    def _execute_now(self, action: CallChanged | Alarm) -> None:
+        try:
+            if isinstance(action, CallChanged):
+                self._call_changed(action.call)
+            else:
+                self._alarm(action.call_id, SecurityAlarm(action.message, code=action.code,
+                                                          hint=action.hint))
+        except Exception:
+            log.exception("failed to carry out %s", type(action).__name__)
 
     async def _execute(self, action: Action) -> None:
         if isinstance(action, SendEnvelope):
@@ -345,13 +379,8 @@ class Terminal:
             session = self.sessions.get(action.call_id)
             if session is not None:
                 session.set_local_media(action.audio, action.video)
-        elif isinstance(action, StopMedia):
-            await self._stop_media(action.call_id)
-        elif isinstance(action, CallChanged):
-            self._call_changed(action.call)
-        elif isinstance(action, Alarm):
-            self._alarm(action.call_id, SecurityAlarm(action.message, code=action.code,
-                                                      hint=action.hint))
+        elif isinstance(action, StopMedia | CallChanged | Alarm):
+            raise AssertionError(f"{type(action).__name__} is carried out at once, in _run")
 
     async def _send(self, action: SendEnvelope) -> None:
         envelope = seal_envelope(self.keys, self.device_id, action.to, action.type,
@@ -364,6 +393,8 @@ class Terminal:
                 self._run(self.book.delivery_failed(action.call_id, exc.code, now_ms()))
 
     async def _start_media(self, action: StartMedia) -> None:
+        if self.book.info(action.call_id).state is CallState.ENDED:
+            return  # ended while this waited its turn: no camera for a call that is over
         session = self.engine.open(action.call_id, action.media, self)
         self.sessions[action.call_id] = session
         try:
@@ -461,5 +492,5 @@ class Terminal:
 
     def _run_timers(self) -> None:
         actions = self.book.handle_timer(now_ms())
-        for action in actions:
-            self._actions.put_nowait(action)
+        if actions:
+            self._run(actions)
