@@ -29,7 +29,7 @@ from parley.core.call import (
     StopMedia,
 )
 from parley.core.envelope import open_envelope, seal_envelope
-from parley.core.errors import ErrorCode, LocalError, SecurityAlarm
+from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm
 from parley.core.trust import Trust
 from tests.core.keys_fixture import device
 
@@ -277,11 +277,35 @@ def test_tamper_report_naming_our_envelope_ends_the_call() -> None:
     wire = Wire()
     call_id = wire.place()
     offer = next(a for side, a in wire.sent if side == W and a.type == "call.offer")
-    actions = wire.books[W].tamper_reported(M, offer.envelope_id, "call.offer", wire.now)
+    report = {"envelope_id": offer.envelope_id, "envelope_type": "call.offer",
+              "code": "bad_signature"}
+    actions = wire.books[W].tamper_reported(M, report, wire.now)
     assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
     assert any(isinstance(a, Alarm) for a in actions)
-    unknown = wire.books[W].tamper_reported(M, "not-ours", "call.offer", wire.now)
+    unknown = wire.books[W].tamper_reported(M, {**report, "envelope_id": "not-ours"}, wire.now)
     assert [type(a) for a in unknown] == [Alarm]
+    with pytest.raises(RemoteError):
+        wire.books[W].tamper_reported(M, {"envelope_id": 5}, wire.now)
+
+
+def test_a_forgery_tells_the_genuine_device_once_and_ends_calls_with_it() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    book, moscow = wire.books[W], wire.books[M].me
+    forged = SecurityAlarm("the signature does not verify", code=ErrorCode.BAD_SIGNATURE)
+    actions = book.envelope_tampered(M, "env-1", "call.ice", forged, moscow, wire.now)
+    sent = [a for a in actions if isinstance(a, SendEnvelope)]
+    assert sent[0].type == "notice.tamper" and sent[0].to is moscow  # the notice comes first
+    assert sent[0].payload == {"envelope_id": "env-1", "envelope_type": "call.ice",
+                               "code": "bad_signature"}
+    assert book.info(call_id).end_reason is EndReason.INTERCEPTED
+    # Again within the interval: no second notice (no amplification); with no call left
+    # and no pinned key, the alarm stands alone.
+    again = book.envelope_tampered(M, "env-2", "call.ice", forged, moscow, wire.now + 1)
+    assert [type(a) for a in again] == [Alarm]
+    stranger = book.envelope_tampered("london/desk", "env-3", "msg.text", forged, None,
+                                      wire.now + 10_000)
+    assert [type(a) for a in stranger] == [Alarm]
 
 
 def test_every_state_change_is_published() -> None:

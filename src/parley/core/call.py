@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from . import schema
+from . import notice, schema
 from .encoding import b64d, b64e, canonical_json, random_id
 from .errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
 from .keys import DeviceKeys, DevicePublicKeys
@@ -404,6 +404,7 @@ class CallBook:
         self.me = keys.public(device_id)
         self.require_verified = require_verified
         self._calls: dict[str, Call] = {}
+        self._notices = notice.NoticeLimiter()
 
     # -- queries -------------------------------------------------------------
 
@@ -574,9 +575,28 @@ class CallBook:
                 actions += self.intercepted(call.call_id, alarm, now_ms)
         return actions
 
-    def tamper_reported(self, reporter: str, envelope_id: str, envelope_type: str,
-                        now_ms: int) -> list[Action]:
+    def envelope_tampered(self, sender: str, envelope_id: str, envelope_type: str,
+                          alarm: ParleyError, pinned: DevicePublicKeys | None,
+                          now_ms: int) -> list[Action]:
+        """An envelope claiming to come from `sender` failed its checks.
+
+        The genuine device (the one whose keys we pinned) is told, so that both sides
+        see the alarm whichever direction was tampered with (`core.notice`); our calls
+        with `sender` end as intercepted; with none, the alarm is raised on its own.
+        """
+        actions: list[Action] = []
+        if pinned is not None and self._notices.should_notify(sender, envelope_type,
+                                                              alarm.code, now_ms):
+            actions.append(SendEnvelope(None, pinned, notice.TAMPER, {
+                "envelope_id": envelope_id, "envelope_type": envelope_type,
+                "code": str(alarm.code)}))
+        ended = self.signaling_tampered(sender, alarm, now_ms)
+        return actions + (ended or [Alarm(None, alarm.code, alarm.message, alarm.hint)])
+
+    def tamper_reported(self, reporter: str, report: Any, now_ms: int) -> list[Action]:
         """`reporter` says an envelope in our name reached it altered or forged."""
+        schema.validate(report, notice.TAMPER_FIELDS, what=notice.TAMPER)
+        envelope_id, envelope_type = report["envelope_id"], report["envelope_type"]
         for call in self._calls.values():
             if envelope_id in call.sent_ids and call.peer.device_id == reporter:
                 alarm = SecurityAlarm(

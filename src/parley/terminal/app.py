@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.clock import now_ms
-from parley.core import notice, schema
+from parley.core import notice
 from parley.core.call import (
     Action,
     AddRemoteIce,
@@ -90,7 +90,6 @@ class Terminal:
         self.party = self.me.party
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
-        self._notices = notice.NoticeLimiter()
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state)
         self.peers = PeerBook(self.store, self.me, self.link)
@@ -252,12 +251,9 @@ class Terminal:
                 await self.link.ack(envelope.id)
         if envelope.type == notice.TAMPER:
             try:
-                schema.validate(payload, notice.TAMPER_FIELDS, what=notice.TAMPER)
+                self._run(self.book.tamper_reported(envelope.sender, payload, now))
             except RemoteError as exc:
                 log.warning("bad tamper notice from %s: %s", envelope.sender, exc)
-                return
-            self._run(self.book.tamper_reported(envelope.sender, payload["envelope_id"],
-                                                payload["envelope_type"], now))
         elif envelope.type.startswith("call."):
             try:
                 actions = self.book.receive(keys, trust, envelope.type, payload, now)
@@ -295,19 +291,8 @@ class Terminal:
             raise
 
     def _tampered(self, envelope: Envelope, alarm: SecurityAlarm) -> None:
-        """Alarm; tell the claimed sender's genuine device; end our calls with it."""
-        now = now_ms()
-        pinned = self.store.pin(envelope.sender)
-        if pinned is not None and self._notices.should_notify(envelope.sender, envelope.type,
-                                                              alarm.code, now):
-            # First, so the peer learns the precise reason before any hang-up.
-            self._run([SendEnvelope(None, pinned, notice.TAMPER, {
-                "envelope_id": envelope.id, "envelope_type": envelope.type,
-                "code": str(alarm.code)})])
-        ended = self.book.signaling_tampered(envelope.sender, alarm, now)
-        if not ended:
-            self._alarm(None, alarm)  # otherwise the ended call carries the alarm
-        self._run(ended)
+        self._run(self.book.envelope_tampered(envelope.sender, envelope.id, envelope.type,
+                                              alarm, self.store.pin(envelope.sender), now_ms()))
 
     def _on_presence(self, device: str, online: bool) -> None:
         self.peers.set_online(device, online)
