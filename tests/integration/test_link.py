@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,22 @@ from parley.terminal.enroll import enroll
 from parley.terminal.link import ServerLink
 from parley.terminal.store import TerminalStore
 from tests.harness import LocalLine, active_call, wait_until
+
+
+@contextlib.asynccontextmanager
+async def impostor(route: web.RouteDef) -> AsyncIterator[str]:
+    """Something on 127.0.0.1 that answers `route` in place of a line server; its URL."""
+    app = web.Application()
+    app.add_routes([route])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_terminals_reconnect_after_a_server_restart_and_call_again(
@@ -60,25 +77,22 @@ async def test_a_server_that_answers_with_an_oversized_batch_is_refused_and_retr
         await ws.receive()
         return ws
 
-    app = web.Application()
-    app.add_routes([web.get("/v1/ws", hostile)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    link = ServerLink(f"http://127.0.0.1:{port}", "washington/desk", DeviceKeys.generate())
+    async with impostor(web.get("/v1/ws", hostile)) as url:
+        await refused_and_retried(ServerLink(url, "washington/desk", DeviceKeys.generate()),
+                                  lambda: connections)
+
+
+async def refused_and_retried(link: ServerLink, connections: Callable[[], int]) -> None:
     task = asyncio.ensure_future(link.run())
     try:
         await wait_until(lambda: link.last_error is not None, 10, "the login to be refused")
         assert link.last_error is not None and link.last_error.code is ErrorCode.TOO_LARGE
-        assert connections == 1 and not task.done() and not link.connected.is_set()
+        assert connections() == 1 and not task.done() and not link.connected.is_set()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await link.close()
-        await runner.cleanup()
 
 
 async def test_enrolling_at_an_address_that_is_not_a_line_server_says_so(
@@ -87,23 +101,16 @@ async def test_enrolling_at_an_address_that_is_not_a_line_server_says_so(
         return web.Response(status=502, text="<html>Bad Gateway</html>",
                             content_type="text/html")
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/enroll", not_parley)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     store = TerminalStore.init(tmp_path / "desk", "desk")
     try:
-        with pytest.raises(RemoteError) as refused:
-            await enroll(store, f"http://127.0.0.1:{port}", "AAAA-BBBB-CCCC")
+        async with impostor(web.post("/v1/enroll", not_parley)) as url:
+            with pytest.raises(RemoteError) as refused:
+                await enroll(store, url, "AAAA-BBBB-CCCC")
         assert "unreadable enrollment reply" in refused.value.message
         assert "line server" in refused.value.hint
         assert store.get("device_id") is None
     finally:
         store.close()
-        await runner.cleanup()
 
 
 def test_an_error_code_from_another_version_reads_as_a_server_error() -> None:
