@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -78,21 +78,17 @@ async def test_a_server_that_answers_with_an_oversized_batch_is_refused_and_retr
         return ws
 
     async with impostor(web.get("/v1/ws", hostile)) as url:
-        await refused_and_retried(ServerLink(url, "washington/desk", DeviceKeys.generate()),
-                                  lambda: connections)
-
-
-async def refused_and_retried(link: ServerLink, connections: Callable[[], int]) -> None:
-    task = asyncio.ensure_future(link.run())
-    try:
-        await wait_until(lambda: link.last_error is not None, 10, "the login to be refused")
-        assert link.last_error is not None and link.last_error.code is ErrorCode.TOO_LARGE
-        assert connections() == 1 and not task.done() and not link.connected.is_set()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
+        link = ServerLink(url, "washington/desk", DeviceKeys.generate())
+        task = asyncio.ensure_future(link.run())
+        try:
+            await wait_until(lambda: link.last_error is not None, 10, "the login to be refused")
+            assert link.last_error is not None and link.last_error.code is ErrorCode.TOO_LARGE
+            assert connections == 1 and not task.done() and not link.connected.is_set()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await link.close()
 
 
 async def test_enrolling_at_an_address_that_is_not_a_line_server_says_so(
