@@ -22,6 +22,7 @@ from parley.core import wire
 from parley.core.call import CallInfo, CallState
 from parley.core.encoding import b64e
 from parley.core.keys import DeviceKeys
+from parley.core.relay.limits import Limits
 from parley.lab import provision_line
 from parley.media.robot import RobotOptions
 from parley.server.app import LineServer, ServerConfig, start_server
@@ -70,8 +71,11 @@ class LocalLine:
         self.url = ""
         self.terminals: list[Terminal] = []
 
-    async def start(self, public_url: str | None = None, port: int = 0) -> None:
-        config = ServerConfig(data_dir=self.root / "server", port=port, public_url=public_url)
+    async def start(self, public_url: str | None = None, port: int = 0,
+                    limits: Limits | None = None) -> None:
+        self._limits = limits or getattr(self, "_limits", None) or Limits()
+        config = ServerConfig(data_dir=self.root / "server", port=port, public_url=public_url,
+                              limits=self._limits)
         self.server, self._runner = await start_server(config)
         self.url = f"http://127.0.0.1:{config.port}"
         self.port = config.port

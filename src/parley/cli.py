@@ -41,14 +41,23 @@ def _setup_logging(level: str) -> None:
 
 # --- options -------------------------------------------------------------------------------
 
+def _limit_options() -> list[Option]:
+    """One option per server limit, named, typed and explained by `core.relay.limits`."""
+    from dataclasses import fields
+
+    from parley.core.relay.limits import LIMIT_HELP, Limits
+
+    return [Option(f.name.replace("_", "-"), LIMIT_HELP[f.name], f.default,
+                   type=int if isinstance(f.default, int) else float) for f in fields(Limits)]
+
+
 SERVER_OPTIONS = [
     Option("data", "server data directory", default_home() / "server", type=Path),
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
-    Option("rate-limit", "messages per second each connection may send, in bursts of twice"
-           " that; more are refused with rate_limited", 500.0, type=float),
     Option("log-level", "debug, info, warning or error", "info"),
+    *_limit_options(),
 ]
 TERMINAL_OPTIONS = [
     Option("data", "terminal data directory", default_home() / "terminal", type=Path),
@@ -73,15 +82,25 @@ DATA_OPTION = [Option("data", "terminal data directory", default_home() / "termi
 
 # --- server ---------------------------------------------------------------------------------
 
+def server_config(cfg: dict[str, Any]) -> Any:
+    from dataclasses import fields
+
+    from parley.core.relay.limits import Limits
+    from parley.server.app import ServerConfig
+
+    limits = Limits(**{f.name: cfg[f.name] for f in fields(Limits)})
+    return ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
+                        public_url=cfg["public_url"], limits=limits)
+
+
 def cmd_server_run(args: argparse.Namespace) -> int:
-    from parley.server.app import ServerConfig, run_server
+    from parley.server.app import run_server
 
     cfg = resolve(args, SERVER_OPTIONS, "server", args.data)
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s: reachable beyond this machine", cfg["host"])
-    config = ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
-                          public_url=cfg["public_url"], rate_per_s=cfg["rate_limit"])
+    config = server_config(cfg)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
     return 0
@@ -131,10 +150,62 @@ def cmd_enroll_code(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + " UTC"
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
-    for d in _server_store(args).devices():
-        print(f"{d.device_id:30} {d.fingerprint}")
+    records = _server_store(args).device_records()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in records]))
+        return 0
+    for d in records:
+        state = f"REVOKED {_when(d.revoked_ms)}" if d.revoked_ms else \
+            f"enrolled {_when(d.enrolled_ms)}"
+        print(f"{d.device_id:30} {d.fingerprint}  {state}")
+    if not records:
+        print("no device is enrolled yet ('parley server enroll-code PARTY' makes a code)")
     return 0
+
+
+def cmd_device_replace(args: argparse.Namespace) -> int:
+    store = _server_store(args)
+    code = store.replace_device(args.device, args.ttl, now_ms(), args.reason or "")
+    log.warning("device %s: keys revoked by the operator; replacement code issued", args.device)
+    print(f"{args.device}: its keys are revoked now; it can no longer log in.")
+    print(f"replacement code (valid once, {_ttl_text(args.ttl)}): {code}")
+    print("On the replacement terminal, initialised with the same device name:")
+    print(f"  parley terminal enroll --server {_server_address(args)} --code {code}")
+    print("Its peers see a changed key and must verify it again before they call it.")
+    return 0
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    store = _server_store(args)
+    store.revoke_device(args.device, now_ms(), args.reason or "")
+    log.warning("device %s revoked by the operator", args.device)
+    print(f"{args.device} is revoked: it can no longer log in, and nothing is routed to it.")
+    print(f"To enroll new keys under this name: parley server device replace {args.device}")
+    return 0
+
+
+def cmd_device_log(args: argparse.Namespace) -> int:
+    for event in _server_store(args).device_log(args.limit):
+        line = f"{_when(event.time_ms)}  {event.action:9} {event.device}"
+        if event.fingerprint:
+            line += f"  {event.fingerprint}"
+        print(line + (f"  ({event.detail})" if event.detail else ""))
+    return 0
+
+
+def _ttl_text(ttl: int) -> str:
+    return f"for {ttl // 3_600_000}h{ttl // 60_000 % 60:02d}m"
+
+
+def _server_address(args: argparse.Namespace) -> str:
+    """The URL terminals enroll at, as this server's configuration says."""
+    cfg = resolve(args, SERVER_OPTIONS, "server", args.data)
+    return (cfg["public_url"] or f"http://{cfg['host']}:{cfg['port']}").rstrip("/")
 
 
 # --- terminal -------------------------------------------------------------------------------
@@ -392,8 +463,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
                    help="how long the code is valid (default 24h)")
     p.add_argument("--quiet", action="store_true", help="print only the code")
-    command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
-            SERVER_OPTIONS[:1])
+    p = command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
+                SERVER_OPTIONS[:1])
+    p.add_argument("--json", action="store_true")
+    device = ssub.add_parser("device", help="devices: list, replace, revoke, log",
+                             description="devices: list, replace, revoke, log. An enrollment"
+                             " never replaces a device; only these commands change one, and"
+                             " each is written to the device log.")
+    dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    p = command(dsub, "list", "list enrolled devices, their fingerprints and state",
+                cmd_devices, SERVER_OPTIONS[:1])
+    p.add_argument("--json", action="store_true")
+    p = command(dsub, "replace", "revoke a device's keys now and make a one-time code that"
+                " enrolls its replacement under the same name", cmd_device_replace,
+                SERVER_OPTIONS[:1])
+    p.add_argument("device", help="party/device, e.g. washington/desk")
+    p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
+                   help="how long the code is valid (default 24h)")
+    p.add_argument("--reason", help="why, for the device log")
+    p = command(dsub, "revoke", "revoke a device: it can no longer log in or be reached",
+                cmd_device_revoke, SERVER_OPTIONS[:1])
+    p.add_argument("device", help="party/device, e.g. washington/desk")
+    p.add_argument("--reason", help="why, for the device log")
+    p = command(dsub, "log", "enrollments, replacements, revocations and refused takeovers",
+                cmd_device_log, SERVER_OPTIONS[:1])
+    p.add_argument("--limit", type=int, default=100, help="how many of the latest (default 100)")
 
     # terminal
     terminal = command(sub, "terminal", "run this site's terminal, or set it up",

@@ -28,8 +28,10 @@ from parley.core.call import (
     StartMedia,
     StopMedia,
 )
+from parley.core.encoding import b64d, b64e
 from parley.core.envelope import open_envelope, seal_envelope
 from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm
+from parley.core.safety import sas_commitment
 from parley.core.trust import Trust
 from tests.core.keys_fixture import device
 
@@ -255,8 +257,8 @@ def _offer_payload(fingerprint_in_sdp: str, signed: str, proto: str = "UDP/TLS/R
     from parley.core.encoding import b64e
 
     return {"call_id": "c-1", "sdp": sdp(fingerprint_in_sdp, proto), "dtls": signed,
-            "media": "video", "dtls_sig": b64e(device(signer).sign(
-                dtls_statement("c-1", "caller", W, signed)))}
+            "media": "video", "expires": NOW + REACH_TIMEOUT_MS, "sas_commit": "C" * 43,
+            "dtls_sig": b64e(device(signer).sign(dtls_statement("c-1", "caller", W, signed)))}
 
 
 @pytest.mark.parametrize("payload,code", [
@@ -279,13 +281,14 @@ def test_tamper_report_naming_our_envelope_ends_the_call() -> None:
     offer = next(a for side, a in wire.sent if side == W and a.type == "call.offer")
     report = {"envelope_id": offer.envelope_id, "envelope_type": "call.offer",
               "code": "bad_signature"}
-    actions = wire.books[W].tamper_reported(M, report, wire.now)
+    actions = wire.books[W].tamper_reported(M, report, wire.now, wire.now)
     assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
     assert any(isinstance(a, Alarm) for a in actions)
-    unknown = wire.books[W].tamper_reported(M, {**report, "envelope_id": "not-ours"}, wire.now)
+    unknown = wire.books[W].tamper_reported(M, {**report, "envelope_id": "not-ours"}, wire.now,
+                                           wire.now)
     assert [type(a) for a in unknown] == [Alarm]
     with pytest.raises(RemoteError):
-        wire.books[W].tamper_reported(M, {"envelope_id": 5}, wire.now)
+        wire.books[W].tamper_reported(M, {"envelope_id": 5}, wire.now, wire.now)
 
 
 def test_a_forgery_tells_the_genuine_device_once_and_ends_calls_with_it() -> None:
@@ -360,3 +363,179 @@ def test_candidates_found_before_our_offer_follow_it_and_setup_time_is_ours() ->
     other.local_description(call4, sdp(FP[W]), FP[W], NOW)
     told = [a.payload for a in other.hangup(call4, NOW) if isinstance(a, SendEnvelope)]
     assert told == [{"call_id": call4, "reason": "cancelled"}]
+
+
+def test_an_offer_held_past_its_expiry_rings_nothing_and_opens_no_media() -> None:
+    wire = Wire()
+    wire.drop = {"call.offer"}  # the server holds it and tells the caller it was delivered
+    call_id = wire.place()
+    offer = next(a for side, a in wire.sent if a.type == "call.offer")
+    assert offer.payload["expires"] == NOW + REACH_TIMEOUT_MS
+    # The caller gives up at its reach timeout; its cancel is dropped as well.
+    wire.drop.add("call.end")
+    wire.now = NOW + REACH_TIMEOUT_MS + 1
+    wire.run(W, wire.books[W].handle_timer(wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.UNREACHABLE)
+    # Now the held offer is delivered: the callee keeps a record, and nothing else happens.
+    callee = wire.books[M]
+    actions = callee.receive(wire.books[W].me, Trust.VERIFIED, "call.offer", offer.payload,
+                             wire.now)
+    assert not [a for a in actions if isinstance(a, SendEnvelope | StartMedia | Alarm)]
+    info = callee.info(call_id)
+    assert (info.state, info.end_reason) == (CallState.ENDED, EndReason.MISSED)
+    assert "after its caller gave up" in (info.alarm or "")
+    assert [a.call.state for a in actions if isinstance(a, CallChanged)] == [CallState.ENDED]
+    with pytest.raises(LocalError):
+        callee.accept(call_id, wire.now)  # nothing to accept
+    # One delivered just in time still rings.
+    wire2 = Wire()
+    wire2.drop = {"call.offer"}
+    call2 = wire2.place()
+    offer2 = next(a for side, a in wire2.sent if a.type == "call.offer")
+    wire2.now = NOW + REACH_TIMEOUT_MS
+    wire2.run(M, wire2.books[M].receive(wire2.books[W].me, Trust.VERIFIED, "call.offer",
+                                        offer2.payload, wire2.now))
+    assert wire2.state(M, call2)[0] is CallState.RINGING
+
+
+def test_the_callee_shows_no_sas_and_is_not_active_until_the_commitment_is_opened() -> None:
+    wire = Wire()
+    wire.drop = {"call.confirm"}
+    call_id = wire.place()
+    offer = next(a for side, a in wire.sent if a.type == "call.offer")
+    assert "sas_nonce" not in offer.payload and len(offer.payload["sas_commit"]) == 43
+    wire.run(M, wire.books[M].accept(call_id, wire.now))
+    answer = next(a for side, a in wire.sent if a.type == "call.answer")
+    confirm = next(a for side, a in wire.sent if a.type == "call.confirm")
+    assert sas_commitment(call_id, W, b64d(confirm.payload["sas_nonce"])) == \
+        offer.payload["sas_commit"]
+    assert "sas_nonce" in answer.payload
+    wire.connect(call_id)
+    assert wire.state(W, call_id)[0] is CallState.ACTIVE and wire.books[W].info(call_id).sas
+    callee = wire.books[M].info(call_id)
+    assert callee.state is CallState.CONNECTING and callee.sas is None
+    # A confirm that opens to another nonce: the callee hangs up, intercepted.
+    forged = {**confirm.payload, "sas_nonce": b64e(b"\x07" * 16)}
+    wire.run(M, wire.books[M].receive(wire.books[W].me, Trust.VERIFIED, "call.confirm",
+                                      forged, wire.now))
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+    assert wire.alarms[M][-1].code is ErrorCode.COMMITMENT_MISMATCH
+    assert wire.alarms[M][-1].message.startswith("interception")
+    # The genuine one, delivered: active, with the caller's SAS.
+    wire2 = Wire()
+    wire2.drop = {"call.confirm"}
+    call2 = wire2.place()
+    wire2.run(M, wire2.books[M].accept(call2, wire2.now))
+    wire2.connect(call2)
+    genuine = next(a for side, a in wire2.sent if a.type == "call.confirm")
+    wire2.run(M, wire2.books[M].receive(wire2.books[W].me, Trust.VERIFIED, "call.confirm",
+                                        genuine.payload, wire2.now))
+    w, m = wire2.books[W].info(call2), wire2.books[M].info(call2)
+    assert m.state is CallState.ACTIVE and m.sas == w.sas and m.verified
+
+
+def _old_sas(call_id: str, caller: Any, caller_dtls: str, callee: Any, callee_dtls: str) -> str:
+    """What the SAS was before the commitment: no nonces, everything known to an attacker."""
+    import hashlib
+
+    from parley.core.encoding import canonical_json
+
+    digest = hashlib.sha256(b"parley-call-sas-v1\x00" + canonical_json(
+        [call_id, caller.device_id, caller.fingerprint_bytes.hex(), caller_dtls,
+         callee.device_id, callee.fingerprint_bytes.hex(), callee_dtls])).digest()
+    return f"{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+
+
+def test_a_grinding_man_in_the_middle_gets_one_chance_per_call() -> None:
+    """Two legs through an attacker who holds keys of its own (nothing is verified).
+
+    The attacker runs the leg to the callee first and learns that leg's SAS; on the
+    leg to the caller it answers last, and tries certificates until its answer would
+    give the same code. Without the commitment every input is known by then and it
+    wins whenever it can afford the tries (shown on the first two digits, where 1,000
+    tries win nearly always). With it, the caller's nonce is hidden behind its
+    commitment until the answer is taken, only the first answer counts, and the
+    attacker wins no more often than chance: one in a hundred for two digits.
+    """
+    attacker = device("x")
+    calls, grind, old_wins, wins = 150, 1_000, 0, 0
+    for n in range(calls):
+        # Leg 2: the attacker, as washington, calls the real moscow.
+        fake_w = CallBook(attacker, W, require_verified=False)
+        moscow = CallBook(device("m"), M, require_verified=False)
+        cid2, _ = fake_w.place(moscow.me, Trust.UNVERIFIED, MediaKind.VIDEO, NOW)
+        offer2 = next(a for a in fake_w.local_description(cid2, sdp(FP["attacker"]),
+                                                           FP["attacker"], NOW)
+                      if isinstance(a, SendEnvelope))
+        moscow.receive(fake_w.me, Trust.UNVERIFIED, "call.offer", offer2.payload, NOW)
+        moscow.accept(cid2, NOW)
+        answer2 = next(a for a in moscow.local_description(cid2, sdp(FP[M]), FP[M], NOW)
+                       if isinstance(a, SendEnvelope) and a.type == "call.answer")
+        confirm2 = next(a for a in fake_w.receive(moscow.me, Trust.UNVERIFIED, "call.answer",
+                                                   answer2.payload, NOW)
+                        if isinstance(a, SendEnvelope) and a.type == "call.confirm")
+        moscow.receive(fake_w.me, Trust.UNVERIFIED, "call.confirm", confirm2.payload, NOW)
+        moscow.media_connected(cid2, FP["attacker"], NOW)
+        target = moscow.info(cid2).sas
+        assert target is not None and target == fake_w.info(cid2).sas
+        # Leg 1: the real washington calls "moscow", which is the attacker.
+        washington = CallBook(device("w"), W, require_verified=False)
+        fake_m = CallBook(attacker, M, require_verified=False)
+        cid1, _ = washington.place(fake_m.me, Trust.UNVERIFIED, MediaKind.VIDEO, NOW)
+        offer1 = next(a for a in washington.local_description(cid1, sdp(FP[W]), FP[W], NOW)
+                      if isinstance(a, SendEnvelope))
+        # The attacker grinds its certificate against everything it can see.
+        chosen = FP["attacker"]
+        for i in range(grind):
+            candidate = f"{i:04X}"[:2] + ":" + f"{i:04X}"[2:] + ":" + "EE:" * 29 + f"{n % 256:02X}"
+            if _old_sas(cid1, washington.me, FP[W], fake_m.me, candidate)[:2] == target[:2]:
+                chosen = candidate
+                break
+        old_wins += _old_sas(cid1, washington.me, FP[W], fake_m.me, chosen)[:2] == target[:2]
+        fake_m.receive(washington.me, Trust.UNVERIFIED, "call.offer", offer1.payload, NOW)
+        fake_m.accept(cid1, NOW)
+        answer1 = next(a for a in fake_m.local_description(cid1, sdp(chosen), chosen, NOW)
+                       if isinstance(a, SendEnvelope) and a.type == "call.answer")
+        washington.receive(fake_m.me, Trust.UNVERIFIED, "call.answer", answer1.payload, NOW)
+        # A second answer, ground afresh, is not taken: the first one stands.
+        again = fake_m._calls[cid1]
+        again.local_nonce = b"\x09" * 16
+        answer_b = next(a for a in fake_m.local_description(cid1, sdp(FP["attacker"]),
+                                                             FP["attacker"], NOW)
+                        if isinstance(a, SendEnvelope) and a.type == "call.answer")
+        assert washington.receive(fake_m.me, Trust.UNVERIFIED, "call.answer",
+                                  answer_b.payload, NOW) == []
+        washington.media_connected(cid1, chosen, NOW)
+        sas1 = washington.info(cid1).sas
+        assert sas1 is not None
+        wins += sas1[:2] == target[:2]
+    assert old_wins >= calls * 0.95, "without the commitment, grinding wins"
+    # Chance is 1 in 100 per call (1.5 expected here); 10 or more would take odds of
+    # about 1 in 10^5.
+    assert wins < 10, f"the attacker matched {wins} of {calls} two-digit codes"
+
+
+def test_a_tamper_notice_ends_only_calls_that_were_live_when_it_was_sent() -> None:
+    wire = Wire()
+    report = {"envelope_id": "forged-1", "envelope_type": "call.offer", "code": "bad_signature"}
+    sent_ms = NOW
+    wire.now = NOW + 5_000
+    call_id = wire.place()  # placed after the (held) notice was sent
+    actions = wire.books[W].tamper_reported(M, report, sent_ms, wire.now)
+    assert [type(a) for a in actions] == [Alarm]
+    assert wire.state(W, call_id)[0] is CallState.RINGBACK
+    # One sent while this call was live ends it.
+    wire.run(W, wire.books[W].tamper_reported(M, report, wire.now, wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+
+
+def test_tampering_ends_calls_only_where_it_touched_call_signaling() -> None:
+    wire = Wire()
+    call_id = wire.place()
+    book, moscow = wire.books[W], wire.books[M].me
+    forged = SecurityAlarm("the signature does not verify", code=ErrorCode.BAD_SIGNATURE)
+    actions = book.envelope_tampered(M, "env-9", "notice.tamper", forged, moscow, wire.now)
+    assert [type(a) for a in actions] == [Alarm]  # and no notice about a notice
+    assert wire.state(W, call_id)[0] is CallState.RINGBACK
+    book.envelope_tampered(M, "env-10", "call.media", forged, moscow, wire.now)
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)

@@ -9,8 +9,10 @@ from parley.core.encoding import b64d, b64e
 from parley.core.envelope import Envelope, open_envelope, seal_envelope
 from parley.core.errors import ErrorCode, LocalError, RemoteError, SecurityAlarm, alarm_title
 from parley.core.keys import DeviceKeys, DevicePublicKeys
-from parley.core.replay import CALL_MAX_AGE_MS, ReplayGuard
-from parley.core.safety import call_sas, normalize_safety_number, safety_number
+from parley.core.kinds import KINDS, ends_calls, kind_of
+from parley.core.kinds import max_age_ms as kinds_max_age
+from parley.core.replay import ReplayGuard
+from parley.core.safety import call_sas, normalize_safety_number, safety_number, sas_commitment
 from parley.core.trust import Trust, assess, party_trust, party_warning
 from tests.core.keys_fixture import device
 
@@ -111,17 +113,37 @@ def test_replay_guard_drops_repeats_and_stale_and_future_envelopes() -> None:
     with pytest.raises(SecurityAlarm) as err:
         guard.check(env, NOW + 20)
     assert err.value.code is ErrorCode.REPLAY
-    old = seal_envelope(device("w"), W, pub("m", M), "call.offer", {"x": 1}, NOW)
-    with pytest.raises(SecurityAlarm) as err:
-        guard.check(old, NOW + CALL_MAX_AGE_MS + 1)
-    assert err.value.code is ErrorCode.STALE
     future = seal_envelope(device("w"), W, pub("m", M), "call.offer", {"x": 1}, NOW + 3_600_000)
     with pytest.raises(SecurityAlarm) as err:
         guard.check(future, NOW)
     assert err.value.code is ErrorCode.STALE
-    # Stored kinds (messages) have no age limit: delivered late is still delivered.
+    # A kind with no age limit (stored until read) is accepted however late it comes.
+    forever = ReplayGuard(max_age=lambda _type: None)
     late = seal_envelope(device("w"), W, pub("m", M), "msg.text", {"x": 1}, NOW)
-    guard.check(late, NOW + 7 * 86_400_000)
+    forever.check(late, NOW + 7 * 86_400_000)
+    assert forever.remember(late) is None
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_is_refused_once_older_than_its_declared_age(kind: str) -> None:
+    age = KINDS[kind].max_age_ms
+    assert age is not None and age <= 120_000, "every kind today is short-lived"
+    env = seal_envelope(device("w"), W, pub("m", M), kind, {"x": 1}, NOW)
+    ReplayGuard().check(env, NOW + age)  # at the limit: still good
+    with pytest.raises(SecurityAlarm) as err:
+        ReplayGuard().check(env, NOW + age + 1)
+    assert err.value.code is ErrorCode.STALE and f"limit {age // 1000} s" in err.value.message
+    # Its id is kept for exactly as long as it could be accepted, then forgotten.
+    assert ReplayGuard().remember(env) == NOW + age + 60_000
+
+
+def test_unknown_kinds_are_short_lived_and_known_kinds_say_how_they_travel() -> None:
+    assert kind_of("msg.from-the-future") is None
+    assert kinds_max_age("msg.from-the-future") == KINDS["call.ice"].max_age_ms
+    assert KINDS["call.offer"].max_age_ms < KINDS["call.end"].max_age_ms  # offers expire first
+    assert not any(KINDS[k].stored for k in KINDS if k.startswith("call."))
+    assert KINDS["notice.tamper"].stored and not KINDS["notice.tamper"].call_signaling
+    assert ends_calls("call.answer") and not ends_calls("notice.tamper")
 
 
 def test_safety_number_is_symmetric_60_digits_and_changes_with_any_key() -> None:
@@ -133,15 +155,23 @@ def test_safety_number_is_symmetric_60_digits_and_changes_with_any_key() -> None
     assert normalize_safety_number(number.replace(" ", "-")) == number
 
 
-def test_sas_depends_on_call_fingerprints_and_identities() -> None:
+def test_sas_depends_on_call_fingerprints_identities_and_both_nonces() -> None:
     a, b = pub("w", W), pub("m", M)
     fp1, fp2 = "AB:" * 31 + "CD", "12:" * 31 + "34"
-    sas = call_sas("call-1", a, fp1, b, fp2)
+    n1, n2 = b"\x01" * 16, b"\x02" * 16
+    sas = call_sas("call-1", a, fp1, n1, b, fp2, n2)
     assert len(sas) == 7 and sas[3] == " "
-    assert call_sas("call-1", a, fp1.lower(), b, fp2) == sas  # Chromium's lower case
-    assert call_sas("call-2", a, fp1, b, fp2) != sas
-    assert call_sas("call-1", a, fp2, b, fp1) != sas
-    assert call_sas("call-1", a, fp1, pub("x", M), fp2) != sas
+    assert call_sas("call-1", a, fp1.lower(), n1, b, fp2, n2) == sas  # Chromium's lower case
+    assert call_sas("call-2", a, fp1, n1, b, fp2, n2) != sas
+    assert call_sas("call-1", a, fp2, n1, b, fp1, n2) != sas
+    assert call_sas("call-1", a, fp1, n1, pub("x", M), fp2, n2) != sas
+    assert call_sas("call-1", a, fp1, b"\x03" * 16, b, fp2, n2) != sas
+    assert call_sas("call-1", a, fp1, n1, b, fp2, b"\x03" * 16) != sas
+    # The commitment binds the nonce, the call and the committing device.
+    commit = sas_commitment("call-1", W, n1)
+    assert commit == sas_commitment("call-1", W, n1) and len(commit) == 43
+    assert commit not in {sas_commitment("call-1", W, n2), sas_commitment("call-2", W, n1),
+                          sas_commitment("call-1", M, n1)}
 
 
 def test_trust_assessment() -> None:

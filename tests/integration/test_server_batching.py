@@ -25,9 +25,8 @@ from parley.core import wire
 from parley.core.encoding import b64e
 from parley.core.envelope import Envelope, seal_envelope
 from parley.core.keys import DeviceKeys, DevicePublicKeys
-from parley.server import app as server_app
-from parley.server.app import ServerConfig, start_server
-from parley.server.fastpath import quick_send
+from parley.core.relay.fastpath import quick_send
+from parley.core.relay.limits import Limits
 from parley.terminal.link import ServerLink
 from tests.harness import LocalLine, WireClient, connect, device_of, wait_until
 
@@ -188,13 +187,14 @@ async def test_stored_means_committed_before_the_sender_hears_it(
         other.close()
 
 
-@pytest.mark.parametrize("page", [server_app.MAILBOX_PAGE, 7], ids=["one page", "pages of 7"])
+@pytest.mark.parametrize("window", [Limits().mailbox_window, 7],
+                         ids=["one window", "windows of 7"])
 async def test_a_terminal_link_reads_its_mailbox_in_batches_and_acks_in_batches(
-        line: LocalLine, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
-        page: int) -> None:
-    # With pages of 7 the server sends each once the one before is acknowledged, none
-    # twice, and the whole mailbox arrives without a reconnection.
-    monkeypatch.setattr(server_app, "MAILBOX_PAGE", page)
+        line: LocalLine, http: aiohttp.ClientSession, window: int) -> None:
+    # With a window of 7 the server sends more as acknowledgements come, none twice,
+    # and the whole mailbox arrives without a reconnection.
+    await line.stop_server()
+    await line.start(port=line.port, limits=Limits(mailbox_window=window))
     dirs = await line.provision(verify=False)
     sender, sender_id, sender_keys = await logged_in(line, http, dirs, "washington")
     receiver_id, receiver_keys = device_of(dirs, "moscow")
@@ -271,16 +271,20 @@ async def test_limits_per_message_and_per_frame(line: LocalLine,
 
 async def test_rate_limit_counts_every_frame_of_a_batch(tmp_path: Path,
                                                         http: aiohttp.ClientSession) -> None:
-    config = ServerConfig(data_dir=tmp_path / "server", port=0, rate_per_s=5.0)
-    _server, runner = await start_server(config)
+    line = LocalLine(tmp_path)
+    await line.start(limits=Limits(rate_limit=5.0))
     try:
-        client = await connect(f"http://127.0.0.1:{config.port}", http)  # past the challenge
+        dirs = await line.provision(verify=False)
+        client, _, _ = await logged_in(line, http, dirs, "washington")
         await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(15)))
-        codes = [r["code"] for r in await client.recv_n(15)]
-        # A burst of twice the rate is allowed (refilling at 5/s adds none in a few ms).
-        assert codes == ["not_authenticated"] * 10 + ["rate_limited"] * 5
+        replies = await client.recv_n(15)
+        # A burst of twice the rate is allowed (refilling at 5/s adds none in a few ms);
+        # each refused frame is answered, with its ref.
+        assert [r["t"] for r in replies] == ["pong"] * 10 + ["error"] * 5
+        assert [r["ref"] for r in replies] == [f"p{n}" for n in range(15)]
+        assert {r["code"] for r in replies[10:]} == {"rate_limited"}
     finally:
-        await runner.cleanup()
+        await line.stop()
 
 
 async def test_a_refused_login_ends_the_batch_it_came_in(

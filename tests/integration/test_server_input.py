@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from parley.clock import now_ms
+from parley.core import wire
 from parley.core.envelope import seal_envelope
 from parley.core.keys import DeviceKeys
 from parley.lab import create_parties
@@ -37,14 +38,24 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
 
     pinger = asyncio.ensure_future(keep_pinging())
     try:
-        # Unauthenticated: anything but hello is refused, and the socket stays usable.
+        # Unauthenticated: anything but hello is answered once, and the connection closed
+        # (errors to someone who has not logged in are never amplified).
         c = await connect(line.url, http, batch=False)
         await c.send({"t": "directory", "party": "moscow"})
         err = await c.recv()
         assert (err["t"], err["code"]) == ("error", "not_authenticated")
         assert "hello" in err["hint"]
-        await c.send({"t": "ping"})
-        assert (await c.recv())["code"] == "not_authenticated"
+        closing = await asyncio.wait_for(c.ws.receive(), 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert c.ws.close_code == wire.CloseCode.NOT_LOGGED_IN
+        # Likewise junk, and a batch of junk: one reply for the first frame, then closed.
+        for junk in ("{not json", "\n".join(["{}"] * 50)):
+            c = await connect(line.url, http)
+            await c.send(junk)
+            assert (await c.recv())["t"] == "error"
+            closing = await asyncio.wait_for(c.ws.receive(), 5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert not c.frames  # nothing more was answered
 
         # Wrong signature on the challenge: refused and closed.
         device, _ = device_of(dirs, "washington")
@@ -162,8 +173,13 @@ async def test_enrollment_codes_are_one_time_and_expire(line: LocalLine,
         status, reply = await enroll({**body, "keys": keys, "code": codes["washington"]})
         assert (status, reply["code"]) == (400, "bad_message")
         assert "enrollment request.keys" in reply["message"]
+    # The code is still good, but not for taking over washington/desk, which exists:
+    # that is refused (and logged), the code stays unspent, and another name enrolls.
     status, reply = await enroll({**body, "code": codes["washington"]})
-    assert status == 200  # the code was still good
+    assert (status, reply["code"]) == (400, "device_exists")
+    assert "parley server device replace washington/desk" in reply["hint"]
+    status, reply = await enroll({**body, "device": "laptop", "code": codes["washington"]})
+    assert status == 200 and reply["device"] == "washington/laptop"
     async with http.post(line.url + "/v1/enroll", data=b"x" * 100_000) as resp:
         assert resp.status == 413
 

@@ -13,12 +13,19 @@ carry out (send this envelope, start media, stop media, raise this alarm).
 The wire, inside envelopes::
 
     caller                                   callee
-      call.offer  {call_id, sdp, dtls, dtls_sig, media}  -->
+      call.offer  {call_id, sdp, dtls, dtls_sig, media, expires, sas_commit}  -->
                           <--  call.ringing {call_id}
-                          <--  call.answer  {call_id, sdp, dtls, dtls_sig}
+                          <--  call.answer  {call_id, sdp, dtls, dtls_sig, sas_nonce}
+      call.confirm {call_id, sas_nonce}     -->   (opens the caller's commitment)
       call.ice    {call_id, candidate...}   <->   (trickle, from browsers)
       call.media  {call_id, audio, video}   <->   (mute / camera off)
       call.end    {call_id, reason}         <->   (hang up, decline, busy...)
+
+An offer expires with the caller's patience: ``expires`` is the moment the
+caller gives up reaching the callee (`REACH_TIMEOUT_MS` after the offer left),
+signed with the rest, and an offer that arrives later is refused without
+ringing -- a server that held it cannot make a phone ring, and a camera open,
+for a call its caller has given up on.
 
 Verification happens three times. (1) Every envelope is opened with the key
 pinned for its sender (`trust.py`); with `require_verified` (the default
@@ -30,6 +37,18 @@ hash to the signed fingerprint, or the call is torn down as intercepted. The
 SAS is derived from the call id, both identity keys and both signed
 fingerprints (`safety.call_sas`), and shown on both sides.
 
+The SAS cannot be ground. Six digits are a million values: with keys not
+verified, a man in the middle who could choose his DTLS certificate *after*
+seeing every other input could try certificates until both legs showed the
+same code. So, as ZRTP does (RFC 6189, its Commit message), the SAS also
+covers a random nonce from each side, and the caller commits to its nonce
+(``sas_commit``, a hash) in the offer, before the callee reveals its own in
+the answer; the caller opens the commitment with ``call.confirm``, and the
+callee's call becomes active only once the nonce matches. Whoever plays
+either side has fixed all it contributes before it learns the other side's
+nonce, so each call gives an attacker one chance in a million, and only one
+answer per call is ever taken.
+
 The states and what moves between them are the `TRANSITIONS` table below; an
 event that the table does not list for the current state is ignored (a late
 envelope for an ended call) or, for local API calls, refused with a
@@ -38,6 +57,7 @@ envelope for an ended call) or, for local API calls, refused with a
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -46,7 +66,7 @@ from . import notice, schema
 from .encoding import b64d, b64e, canonical_json, random_id
 from .errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
 from .keys import DeviceKeys, DevicePublicKeys
-from .safety import call_sas, check_fingerprint, normalize_fingerprint
+from .safety import call_sas, check_fingerprint, normalize_fingerprint, sas_commitment
 from .sdp import MAX_SDP, check_secure_sdp
 from .trust import Trust, verify_hint
 
@@ -54,6 +74,12 @@ RING_TIMEOUT_MS = 45_000  # nobody answered
 MEDIA_SETUP_TIMEOUT_MS = 60_000  # our media stack never produced an offer (camera prompt?)
 REACH_TIMEOUT_MS = 10_000  # after our offer left, the callee's terminal never said it rang
 CONNECT_TIMEOUT_MS = 30_000  # answered, but ICE/DTLS never came up
+# How long after they were sent call envelopes are accepted at all (core.kinds): an
+# offer a little longer than its own expiry allows, the rest for as long as a call's
+# setup takes.
+OFFER_MAX_AGE_MS = 30_000
+SIGNALING_MAX_AGE_MS = 120_000
+SAS_NONCE_BYTES = 16
 _DTLS_DOMAIN = b"parley-dtls-fingerprint-v1\x00"
 
 
@@ -82,6 +108,10 @@ class CallEvent(StrEnum):
     UNREACHABLE = "unreachable"
     MEDIA_FAILED = "media_failed"
     INTERCEPTED = "intercepted"
+    # An offer refused on arrival, before anything rang:
+    REFUSED_NOT_VERIFIED = "refused_not_verified"  # our policy: its key is not verified
+    REFUSED_BUSY = "refused_busy"  # we are in another call
+    OFFER_EXPIRED = "offer_expired"  # it came after its caller gave up
 
 
 class EndReason(StrEnum):
@@ -110,6 +140,9 @@ _ENDINGS = {
     CallEvent.UNREACHABLE: EndReason.UNREACHABLE,
     CallEvent.MEDIA_FAILED: EndReason.FAILED,
     CallEvent.INTERCEPTED: EndReason.INTERCEPTED,
+    CallEvent.REFUSED_NOT_VERIFIED: EndReason.NOT_VERIFIED,
+    CallEvent.REFUSED_BUSY: EndReason.MISSED,
+    CallEvent.OFFER_EXPIRED: EndReason.MISSED,
 }
 
 # Where the same event means something else in one state (a ring timeout here is
@@ -142,7 +175,8 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
     _S.RINGING: {
         _E.LOCAL_ACCEPTED: _S.CONNECTING,
         **{e: _S.ENDED for e in _ENDS_ANY | {_E.LOCAL_DECLINE, _E.REMOTE_CANCEL,
-                                             _E.RING_TIMEOUT}},
+                                             _E.RING_TIMEOUT, _E.REFUSED_NOT_VERIFIED,
+                                             _E.REFUSED_BUSY, _E.OFFER_EXPIRED}},
     },
     _S.CONNECTING: {
         _E.MEDIA_VERIFIED: _S.ACTIVE,
@@ -170,9 +204,17 @@ _WIRE_REASON: dict[EndReason, str | None] = {
 # is, to the callee, a call it missed.
 _WIRE_REASON_IN_STATE = {(CallState.DIALING, EndReason.HUNG_UP): "cancelled",
                          (CallState.RINGBACK, EndReason.HUNG_UP): "cancelled"}
+# ...and where the event says more than the reason: an offer refused on arrival tells
+# its caller why (an expired one tells nothing: its caller has given up).
+_WIRE_REASON_BY_EVENT: dict[CallEvent, str | None] = {
+    CallEvent.REFUSED_NOT_VERIFIED: "not_verified",
+    CallEvent.REFUSED_BUSY: "busy",
+    CallEvent.OFFER_EXPIRED: None,
+}
 
 
-def wire_reason(state: CallState, reason: EndReason, *, peer_knows: bool = True) -> str | None:
+def wire_reason(state: CallState, reason: EndReason, event: CallEvent | None = None, *,
+                peer_knows: bool = True) -> str | None:
     """What the peer's call.end says when a call in `state` ends here for `reason`.
 
     None: nothing is sent -- the peer ended it itself, or never heard of the call
@@ -180,6 +222,8 @@ def wire_reason(state: CallState, reason: EndReason, *, peer_knows: bool = True)
     """
     if not peer_knows:
         return None
+    if event in _WIRE_REASON_BY_EVENT:
+        return _WIRE_REASON_BY_EVENT[event]
     return _WIRE_REASON_IN_STATE.get((state, reason), _WIRE_REASON[reason])
 
 
@@ -203,6 +247,7 @@ class MediaKind(StrEnum):
 # --- payloads -------------------------------------------------------------
 
 _CALL_ID = schema.text(32)
+_NONCE = schema.text(24)  # SAS_NONCE_BYTES, base64
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "call.offer": {
         "call_id": _CALL_ID,
@@ -210,6 +255,8 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
         "dtls_sig": schema.text(88),
         "media": schema.text(8, choices=frozenset(MediaKind)),
+        "expires": schema.integer(0, 2**53),  # ms since the epoch: the caller gives up then
+        "sas_commit": schema.text(44),  # safety.sas_commitment of the caller's nonce
     },
     "call.ringing": {"call_id": _CALL_ID},
     "call.answer": {
@@ -217,7 +264,9 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "sdp": schema.text(MAX_SDP),
         "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
         "dtls_sig": schema.text(88),
+        "sas_nonce": _NONCE,
     },
+    "call.confirm": {"call_id": _CALL_ID, "sas_nonce": _NONCE},
     "call.ice": {
         "call_id": _CALL_ID,
         "candidate": schema.text(1024),  # "" means end of candidates
@@ -298,6 +347,7 @@ class Alarm:
     code: ErrorCode
     message: str
     hint: str
+    subject: str | None = None  # the device it is about, where it is not about a call
 
 
 Action = SendEnvelope | StartMedia | ApplyAnswer | AddRemoteIce | StopMedia | SetLocalMedia | \
@@ -359,17 +409,25 @@ class Call:
     sent_ids: set[str] = field(default_factory=set)
     pending_local_ice: list[dict[str, Any]] = field(default_factory=list)
     media_started: bool = False
+    # The SAS nonces (see the module's essay): ours, fresh per call; the peer's, once
+    # revealed (the callee's in its answer, the caller's in call.confirm); and, at the
+    # callee, the caller's commitment to its nonce, from the offer.
+    local_nonce: bytes = field(default_factory=lambda: secrets.token_bytes(SAS_NONCE_BYTES))
+    remote_nonce: bytes | None = None
+    remote_commit: str | None = None
 
     @property
     def role(self) -> str:
         return "caller" if self.direction == "outgoing" else "callee"
 
     def sas(self, me: DevicePublicKeys) -> str | None:
-        if not (self.local_dtls and self.remote_dtls):
+        if not (self.local_dtls and self.remote_dtls and self.remote_nonce):
             return None
         if self.direction == "outgoing":
-            return call_sas(self.call_id, me, self.local_dtls, self.peer, self.remote_dtls)
-        return call_sas(self.call_id, self.peer, self.remote_dtls, me, self.local_dtls)
+            return call_sas(self.call_id, me, self.local_dtls, self.local_nonce,
+                            self.peer, self.remote_dtls, self.remote_nonce)
+        return call_sas(self.call_id, self.peer, self.remote_dtls, self.remote_nonce,
+                        me, self.local_dtls, self.local_nonce)
 
     def info(self, me: DevicePublicKeys) -> CallInfo:
         return CallInfo(
@@ -475,7 +533,7 @@ class CallBook:
         call.deadline_ms = now_ms + (REACH_TIMEOUT_MS if call.direction == "outgoing"
                                      else CONNECT_TIMEOUT_MS)
         held, call.pending_local_ice = call.pending_local_ice, []
-        payload = {
+        payload: dict[str, Any] = {
             "call_id": call_id,
             "sdp": sdp,
             "dtls": call.local_dtls,
@@ -484,6 +542,10 @@ class CallBook:
         }
         if call.direction == "outgoing":
             payload["media"] = str(call.media)
+            payload["expires"] = call.deadline_ms
+            payload["sas_commit"] = sas_commitment(call_id, self.device_id, call.local_nonce)
+        else:
+            payload["sas_nonce"] = b64e(call.local_nonce)
         description = self._send(
             call, "call.offer" if call.direction == "outgoing" else "call.answer", payload)
         # Candidates the stack found before its description was ready follow it.
@@ -548,6 +610,12 @@ class CallBook:
             )
             return self.intercepted(call_id, alarm, now_ms)
         call.handshake_checked = True
+        return self._maybe_verified(call, now_ms)
+
+    def _maybe_verified(self, call: Call, now_ms: int) -> list[Action]:
+        """Active once the handshake certificate is checked and both SAS nonces are known."""
+        if not call.handshake_checked or call.remote_nonce is None:
+            return []  # the callee waits for the caller to open its commitment
         call.active_ms = now_ms
         call.deadline_ms = None
         return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
@@ -567,11 +635,17 @@ class CallBook:
         return [Alarm(call_id, alarm.code, alarm.message, alarm.hint),
                 *self._fire(call, CallEvent.INTERCEPTED, now_ms, local=True)]
 
-    def signaling_tampered(self, sender: str, alarm: ParleyError, now_ms: int) -> list[Action]:
-        """An envelope claiming to come from `sender` failed its checks: end calls with it."""
+    def signaling_tampered(self, sender: str, alarm: ParleyError, now_ms: int, *,
+                           live_at_ms: int | None = None) -> list[Action]:
+        """Call signaling claiming to come from `sender` was tampered with: end calls with it.
+
+        With `live_at_ms`, only the calls that had already begun then: a report that
+        took its time must not end a call placed after what it reports.
+        """
         actions: list[Action] = []
         for call in self.live():
-            if call.peer.device_id == sender:
+            if call.peer.device_id == sender and (live_at_ms is None
+                                                  or call.started_ms <= live_at_ms):
                 actions += self.intercepted(call.call_id, alarm, now_ms)
         return actions
 
@@ -581,8 +655,9 @@ class CallBook:
         """An envelope claiming to come from `sender` failed its checks.
 
         The genuine device (the one whose keys we pinned) is told, so that both sides
-        see the alarm whichever direction was tampered with (`core.notice`); our calls
-        with `sender` end as intercepted; with none, the alarm is raised on its own.
+        see the alarm whichever direction was tampered with (`core.notice`); if it was
+        call signaling, our calls with `sender` end as intercepted; otherwise (or with
+        no call), the alarm is raised on its own.
         """
         actions: list[Action] = []
         if pinned is not None and self._notices.should_notify(sender, envelope_type,
@@ -590,11 +665,17 @@ class CallBook:
             actions.append(SendEnvelope(None, pinned, notice.TAMPER, {
                 "envelope_id": envelope_id, "envelope_type": envelope_type,
                 "code": str(alarm.code)}))
-        ended = self.signaling_tampered(sender, alarm, now_ms)
-        return actions + (ended or [Alarm(None, alarm.code, alarm.message, alarm.hint)])
+        ended = self.signaling_tampered(sender, alarm, now_ms) \
+            if envelope_type in PAYLOADS else []
+        return actions + (ended or [Alarm(None, alarm.code, alarm.message, alarm.hint, sender)])
 
-    def tamper_reported(self, reporter: str, report: Any, now_ms: int) -> list[Action]:
-        """`reporter` says an envelope in our name reached it altered or forged."""
+    def tamper_reported(self, reporter: str, report: Any, sent_ms: int,
+                        now_ms: int) -> list[Action]:
+        """`reporter` says an envelope in our name reached it altered or forged.
+
+        `sent_ms` is the notice's own signed send time: what it reports had reached
+        the reporter by then, so only calls live at that time can be concerned.
+        """
         schema.validate(report, notice.TAMPER_FIELDS, what=notice.TAMPER)
         envelope_id, envelope_type = report["envelope_id"], report["envelope_type"]
         for call in self._calls.values():
@@ -613,9 +694,9 @@ class CallBook:
             hint="someone is forging envelopes on the line; report this")
         # A forgery of call signaling while we are calling that very peer: our own
         # envelopes were most likely replaced on the way, so that call is compromised.
-        actions = (self.signaling_tampered(reporter, alarm, now_ms)
-                   if envelope_type.startswith("call.") else [])
-        return actions or [Alarm(None, alarm.code, alarm.message, alarm.hint)]
+        actions = (self.signaling_tampered(reporter, alarm, now_ms, live_at_ms=sent_ms)
+                   if envelope_type in PAYLOADS else [])
+        return actions or [Alarm(None, alarm.code, alarm.message, alarm.hint, reporter)]
 
     def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
         """The server could not deliver one of our call envelopes."""
@@ -658,6 +739,8 @@ class CallBook:
             return self._fire(call, CallEvent.REMOTE_RINGING, now_ms)
         if type_ == "call.answer":
             return self._on_answer(call, payload, now_ms)
+        if type_ == "call.confirm":
+            return self._on_confirm(call, payload, now_ms)
         if type_ == "call.ice":
             ice = AddRemoteIce(call_id, payload["candidate"], payload.get("mid"),
                                payload.get("mline"))
@@ -716,34 +799,31 @@ class CallBook:
         call_id = payload["call_id"]
         if call_id in self._calls:
             return []  # duplicate offer: the replay guard already spoke
-        refusal = None
-        try:
-            self._check_policy(sender, trust, outgoing=False)
-        except LocalError as exc:
-            refusal = exc
-        reply = "not_verified" if refusal else "busy" if self.live() else None
         self._verify_dtls(sender, call_id, "caller", payload)
         call = Call(
             call_id=call_id, direction="incoming", peer=sender, peer_trust=trust,
             media=MediaKind(payload["media"]), state=CallState.RINGING, started_ms=now_ms,
             deadline_ms=now_ms + RING_TIMEOUT_MS, remote_dtls=normalize_fingerprint(
                 payload["dtls"]), remote_sdp=payload["sdp"],
+            remote_commit=payload["sas_commit"],
         )
-        if reply is not None:
-            # Refused before ringing: keep a record of the attempt, ended.
-            call.state = CallState.ENDED
-            call.end_reason = EndReason.NOT_VERIFIED if refusal else EndReason.MISSED
-            call.ended_ms = now_ms
-            call.alarm = str(refusal) if refusal else "missed while busy on another call"
-            self._calls[call_id] = call
-            out: list[Action] = [
-                self._send(call, "call.end", {"call_id": call_id, "reason": reply}),
-                self._changed(call),
-            ]
-            if refusal is not None:
-                out.insert(0, Alarm(call_id, refusal.code, str(refusal.message), refusal.hint))
-            return out
+        others_live = bool(self.live())
         self._calls[call_id] = call
+        # Refused on arrival: the call is kept, ended, as a record of the attempt.
+        if now_ms > payload["expires"]:
+            call.alarm = (f"the offer from {sender.device_id} arrived"
+                          f" {(now_ms - payload['expires']) / 1000:.1f} s after its caller gave"
+                          " up (held on the way); nothing rang")
+            return self._fire(call, CallEvent.OFFER_EXPIRED, now_ms, local=True)
+        try:
+            self._check_policy(sender, trust, outgoing=False)
+        except LocalError as refusal:
+            call.alarm = str(refusal)
+            return [Alarm(call_id, refusal.code, refusal.message, refusal.hint),
+                    *self._fire(call, CallEvent.REFUSED_NOT_VERIFIED, now_ms, local=True)]
+        if others_live:
+            call.alarm = "missed while busy on another call"
+            return self._fire(call, CallEvent.REFUSED_BUSY, now_ms, local=True)
         return [self._send(call, "call.ringing", {"call_id": call_id}),
                 self._changed(call)]
 
@@ -753,13 +833,37 @@ class CallBook:
             return []
         try:
             self._verify_dtls(call.peer, call.call_id, "callee", payload)
+            nonce = b64d(payload["sas_nonce"], what="sas_nonce", max_bytes=SAS_NONCE_BYTES)
         except SecurityAlarm as alarm:
             return self.intercepted(call.call_id, alarm, now_ms)
+        if len(nonce) != SAS_NONCE_BYTES:
+            raise RemoteError(f"call.answer.sas_nonce must be {SAS_NONCE_BYTES} bytes")
         call.remote_dtls = normalize_fingerprint(payload["dtls"])
+        call.remote_nonce = nonce
         call.answered_ms = now_ms
         call.deadline_ms = now_ms + CONNECT_TIMEOUT_MS
         actions = self._fire(call, CallEvent.REMOTE_ANSWERED, now_ms)
-        return [ApplyAnswer(call.call_id, payload["sdp"]), *actions]
+        # The callee's nonce is known: open our commitment, so that its SAS can be shown.
+        confirm = self._send(call, "call.confirm", {"call_id": call.call_id,
+                                                    "sas_nonce": b64e(call.local_nonce)})
+        return [ApplyAnswer(call.call_id, payload["sdp"]), confirm, *actions]
+
+    def _on_confirm(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
+        """The caller opens the commitment it made in its offer."""
+        if call.direction != "incoming" or call.remote_nonce is not None \
+                or call.state is not CallState.CONNECTING:
+            return []  # only one opening per call, after our answer
+        nonce = b64d(payload["sas_nonce"], what="sas_nonce", max_bytes=SAS_NONCE_BYTES)
+        if call.remote_commit is None or sas_commitment(
+                call.call_id, call.peer.device_id, nonce) != call.remote_commit:
+            return self.intercepted(call.call_id, SecurityAlarm(
+                f"interception: {call.peer.device_id} opened a SAS commitment that does not"
+                " match the one in its offer",
+                code=ErrorCode.COMMITMENT_MISMATCH,
+                hint="someone is trying to choose the SAS; the call was hung up. Report this."),
+                now_ms)
+        call.remote_nonce = nonce
+        return [self._changed(call), *self._maybe_verified(call, now_ms)]
 
     def _verify_dtls(self, sender: DevicePublicKeys, call_id: str, role: str,
                      payload: dict[str, Any]) -> None:
@@ -797,7 +901,7 @@ class CallBook:
             call.deadline_ms = None
             # An outgoing call whose offer has not gone yet is unknown to the peer.
             peer_knows = call.direction == "incoming" or call.local_dtls is not None
-            wire = wire_reason(previous, reason, peer_knows=peer_knows)
+            wire = wire_reason(previous, reason, event, peer_knows=peer_knows)
             if local and wire is not None:
                 actions.append(self._send(call, "call.end",
                                           {"call_id": call.call_id, "reason": wire}))
@@ -845,7 +949,7 @@ def transition_table_markdown() -> str:
     for state, moves in TRANSITIONS.items():
         for event, target in sorted(moves.items(), key=lambda kv: kv[0].value):
             reason = end_reason(state, event) if target is CallState.ENDED else None
-            told = wire_reason(state, reason) if reason else None
+            told = wire_reason(state, reason, event) if reason else None
             lines.append(f"| {state.value} | {event.value} | {target.value} |"
                          f" {reason.value if reason else ''} | {told or ''} |")
     return "\n".join(lines) + "\n"

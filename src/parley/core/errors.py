@@ -34,6 +34,12 @@ class ErrorCode(StrEnum):
     NO_LINE = "no_line"
     RECIPIENT_OFFLINE = "recipient_offline"
     RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the recipient's mailbox (or the sender's share) is full
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    LOGIN_TIMEOUT = "login_timeout"
+    BAD_FRAMES = "bad_frames"  # a connection closed for sending too many bad frames
+    DEVICE_EXISTS = "device_exists"
+    DEVICE_REVOKED = "device_revoked"
     SERVER_ERROR = "server_error"
     # security alarms
     BAD_SIGNATURE = "bad_signature"
@@ -45,6 +51,8 @@ class ErrorCode(StrEnum):
     FINGERPRINT_MISMATCH = "fingerprint_mismatch"
     INSECURE_MEDIA = "insecure_media"
     INTERCEPTED = "intercepted"  # the peer reports that it detected interception
+    COMMITMENT_MISMATCH = "commitment_mismatch"  # a SAS commitment opened to another value
+    NEW_DEVICE = "new_device"  # a party we verified gained a device we have not verified
     # local: policy and misuse
     NOT_VERIFIED = "not_verified"
     NOT_ENROLLED = "not_enrolled"
@@ -104,7 +112,8 @@ class SecurityAlarm(RemoteError):
 
 # Tampering with a call's signaling or media is an interception, whatever step caught it.
 _INTERCEPTION = frozenset({ErrorCode.BAD_SIGNATURE, ErrorCode.DECRYPT_FAILED,
-                           ErrorCode.FINGERPRINT_MISMATCH, ErrorCode.INTERCEPTED})
+                           ErrorCode.FINGERPRINT_MISMATCH, ErrorCode.INTERCEPTED,
+                           ErrorCode.COMMITMENT_MISMATCH})
 _ALARM_TITLES = {
     ErrorCode.FINGERPRINT_MISMATCH: "Call intercepted",
     ErrorCode.INTERCEPTED: "Call intercepted",
@@ -115,6 +124,8 @@ _ALARM_TITLES = {
     ErrorCode.INSECURE_MEDIA: "Unencrypted media refused",
     ErrorCode.REPLAY: "Replayed message",
     ErrorCode.STALE: "Stale message",
+    ErrorCode.COMMITMENT_MISMATCH: "Call intercepted",
+    ErrorCode.NEW_DEVICE: "A verified party has a new device",
 }
 
 

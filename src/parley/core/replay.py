@@ -4,43 +4,37 @@ A hostile server can record an envelope and deliver it again later. Every
 envelope has a random 128-bit id and a signed send time; the guard drops an id
 it has seen and a time outside the window allowed for that kind of payload.
 
-Call signaling is only meaningful for a short while, so ``call.*`` envelopes
-older than two minutes are stale; the ids of live envelopes are remembered for
-as long as they could still be accepted, which bounds memory. Kinds that are
-stored and forwarded (messages) have no age limit; their ids are remembered by
-the terminal's store, which also keeps the live ids across a restart.
+How old an envelope may be depends on its kind (`kinds.max_age_ms`): call
+signaling is only meaningful for seconds, so a held offer or a stale tamper
+notice is refused; the ids of such envelopes are remembered for as long as they
+could still be accepted, which bounds memory. Kinds that are stored and
+forwarded until read have no age limit; their ids are remembered for good.
+The terminal's store keeps the ids across a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from . import kinds
 from .envelope import Envelope
 from .errors import ErrorCode, SecurityAlarm
 
-CALL_MAX_AGE_MS = 120_000
 MAX_FUTURE_SKEW_MS = 60_000
-DEFAULT_MAX_AGE: Mapping[str, int | None] = {"call.": CALL_MAX_AGE_MS, "test.": CALL_MAX_AGE_MS}
 
 
 class ReplayGuard:
     def __init__(
         self,
-        max_age: Mapping[str, int | None] = DEFAULT_MAX_AGE,
+        max_age: Callable[[str], int | None] = kinds.max_age_ms,
         max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
         seen: Mapping[str, int | None] | None = None,
     ) -> None:
-        self._max_age = dict(max_age)
+        self.max_age_ms = max_age
         self._skew = max_future_skew_ms
         # id -> time after which it may be forgotten (None: never). The terminal
         # persists this, so a replay is caught across a restart too.
         self._seen: dict[str, int | None] = dict(seen or {})
-
-    def max_age_ms(self, type_: str) -> int | None:
-        for prefix, age in self._max_age.items():
-            if type_.startswith(prefix):
-                return age
-        return None
 
     def check(self, envelope: Envelope, now_ms: int) -> None:
         """Raise a SecurityAlarm for a replayed or out-of-window envelope."""

@@ -11,19 +11,23 @@ A *SAS* belongs to a single call. It is derived from the call id, both devices'
 identity keys and both DTLS fingerprints that the devices signed, so a man in
 the middle of the media (who must present his own DTLS certificate) or of the
 directory (who must present his own identity key) yields different codes on
-the two sides. Six digits, read aloud at the start of the call.
+the two sides. Six digits, read aloud at the start of the call. It also covers
+a random nonce from each side, the caller's committed to (`sas_commitment`)
+before the callee reveals its own, so that nobody can choose the code by
+trying certificates (see `core.call`).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from .encoding import canonical_json, group
+from .encoding import b64e, canonical_json, group
 from .errors import RemoteError
 from .keys import DevicePublicKeys
 
 _SAFETY = b"parley-safety-number-v1\x00"
-_SAS = b"parley-call-sas-v1\x00"
+_SAS = b"parley-call-sas-v2\x00"
+_SAS_COMMIT = b"parley-sas-commit-v1\x00"
 
 
 def _digits(data: bytes, chunks: int) -> str:
@@ -65,12 +69,20 @@ def normalize_fingerprint(value: str) -> str:
     return value.strip().upper()
 
 
+def sas_commitment(call_id: str, caller_device: str, nonce: bytes) -> str:
+    """The caller's commitment to its SAS nonce (SHA-256, base64), sent before the nonce."""
+    return b64e(hashlib.sha256(
+        _SAS_COMMIT + canonical_json([call_id, caller_device, b64e(nonce)])).digest())
+
+
 def call_sas(
     call_id: str,
     caller: DevicePublicKeys,
     caller_dtls: str,
+    caller_nonce: bytes,
     callee: DevicePublicKeys,
     callee_dtls: str,
+    callee_nonce: bytes,
 ) -> str:
     """The six-digit code both sides read aloud, as 'NNN NNN'."""
     digest = hashlib.sha256(
@@ -81,9 +93,11 @@ def call_sas(
                 caller.device_id,
                 caller.fingerprint_bytes.hex(),
                 normalize_fingerprint(caller_dtls),
+                b64e(caller_nonce),
                 callee.device_id,
                 callee.fingerprint_bytes.hex(),
                 normalize_fingerprint(callee_dtls),
+                b64e(callee_nonce),
             ]
         )
     ).digest()

@@ -17,11 +17,14 @@ then, in any order::
     client -> {"t":"directory","party":"moscow","ref":..} server -> {"t":"directory","ref":..,...}
     client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}
     server -> {"t":"presence","device":...,"online":...}
+    server -> {"t":"roster","party":...}        (that party's devices changed: look again)
     server -> {"t":"error","code":...,"message":...,"hint":...,"ref":...}
 
 ``hello.sig`` is the device's Ed25519 signature over `auth_statement`: the
 nonce, the device id and the server's origin, so a signature made for one
-server or one session cannot be replayed at another. ``ephemeral`` envelopes
+server or one session cannot be replayed at another. Before login the hello
+is the only frame allowed: anything else is answered once and the connection
+closed (`CloseCode`). ``ephemeral`` envelopes
 (call signaling) are delivered now or refused with ``recipient_offline``;
 others are stored until the recipient acknowledges them.
 
@@ -61,6 +64,17 @@ BATCH_SUBPROTOCOL = "parley.batch.v1"
 _AUTH_DOMAIN = b"parley-auth-v1\x00"
 
 
+class CloseCode:
+    """WebSocket close codes the server uses (4000-4999 are the application's)."""
+
+    LOGIN_REFUSED = 4001  # the hello did not verify, or the device is unknown or revoked
+    NOT_LOGGED_IN = 4002  # a frame other than hello before login
+    BAD_FRAMES = 4003  # too many malformed frames
+    DEVICE_REVOKED = 4004  # the operator revoked or replaced this device's keys
+    LOGIN_TIMEOUT = 4005  # no login within the server's login timeout
+    REPLACED = 4006  # a newer session of the same device took this one's place
+
+
 def auth_statement(nonce: str, device: str, origin: str) -> bytes:
     return _AUTH_DOMAIN + canonical_json([nonce, device, origin])
 
@@ -93,6 +107,7 @@ SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
                   "devices": schema.Field(list, max_len=100), "online": schema.Field(
                       list, max_len=100), "ref": _REF},
     "presence": {"t": schema.text(16), "device": _DEVICE, "online": schema.boolean()},
+    "roster": {"t": schema.text(16), "party": schema.text(NAME_MAX)},
     "pong": {"t": schema.text(16), "ref": _REF, "time": schema.integer(0, 2**53,
                                                                       required=False)},
     "error": {"t": schema.text(16), "code": schema.text(40), "message": schema.text(2000),

@@ -1,13 +1,25 @@
 """The line server's SQLite store: principals, lines, enrollment codes, devices, mail.
 
-One file in the data directory, in WAL mode. An envelope the server said it
-stored survives a crash of the server process: it is committed before the
-server says so. Mailbox writes (envelopes stored, envelopes acknowledged) join
-one open *group* transaction instead of committing one by one, which was one
-WAL write per envelope and per ack; the server calls `commit_group` once per
-event-loop turn, before any frame of that turn leaves it (see
-`LineServer._make_durable`). Everything else commits as it happens.
-Enrollment codes are kept only as SHA-256 hashes.
+One file in the data directory (0600, in a 0700 directory), in WAL mode. An
+envelope the server said it stored survives a crash of the server process: it
+is committed before the server says so. Mailbox writes (envelopes stored,
+envelopes acknowledged) join one open *group* transaction instead of
+committing one by one, which was one WAL write per envelope and per ack; the
+server calls `commit_group` once per event-loop turn, before any frame of
+that turn leaves it (see `LineServer._make_durable`). Everything else commits
+as it happens. Enrollment codes are kept only as SHA-256 hashes.
+
+Devices are never overwritten by an enrollment: a code spent with the name of
+a device that exists is refused. Only the operator replaces a device
+(`replace_device`: the old keys stop working at once and a one-time code
+bound to that device enrolls its new keys) or revokes one (`revoke_device`);
+both, and every enrollment and refused takeover, are written to the device
+log (`device_log`), and the running server notices them through
+`directory_version` (SQLite's ``data_version``, which moves when another
+connection commits).
+
+The schema carries its version (``PRAGMA user_version``) and is brought up to
+date at open, one step at a time (`MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -21,32 +33,49 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
-from parley.core.keys import DevicePublicKeys, check_name, device_id
+from parley.core.keys import DevicePublicKeys, check_name, device_id, split_device_id
+from parley.files import check_private, create_private_file, private_dir
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS principals (
-    name TEXT PRIMARY KEY, display TEXT NOT NULL, timezone TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS lines (
-    a TEXT NOT NULL REFERENCES principals(name), b TEXT NOT NULL REFERENCES principals(name),
-    created_ms INTEGER NOT NULL, PRIMARY KEY (a, b), CHECK (a < b)
-);
-CREATE TABLE IF NOT EXISTS enroll_codes (
-    code_hash TEXT PRIMARY KEY, party TEXT NOT NULL REFERENCES principals(name),
-    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, used_ms INTEGER, used_by TEXT
-);
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY, party TEXT NOT NULL REFERENCES principals(name), name TEXT NOT NULL,
-    sign BLOB NOT NULL, kem BLOB NOT NULL, kem_sig BLOB NOT NULL, enrolled_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mailbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, recipient TEXT NOT NULL,
-    sender TEXT NOT NULL, body TEXT NOT NULL, stored_ms INTEGER NOT NULL,
-    UNIQUE (recipient, id)
-);
-CREATE INDEX IF NOT EXISTS mailbox_recipient ON mailbox (recipient, seq);
-"""
+DB_FILE = "server.db"
+
+# Each step takes the schema from the version before it to its own.
+MIGRATIONS: list[str] = [
+    # 1: the first line server
+    """
+    CREATE TABLE IF NOT EXISTS principals (
+        name TEXT PRIMARY KEY, display TEXT NOT NULL, timezone TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS lines (
+        a TEXT NOT NULL REFERENCES principals(name), b TEXT NOT NULL REFERENCES principals(name),
+        created_ms INTEGER NOT NULL, PRIMARY KEY (a, b), CHECK (a < b)
+    );
+    CREATE TABLE IF NOT EXISTS enroll_codes (
+        code_hash TEXT PRIMARY KEY, party TEXT NOT NULL REFERENCES principals(name),
+        created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, used_ms INTEGER, used_by TEXT
+    );
+    CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY, party TEXT NOT NULL REFERENCES principals(name), name TEXT NOT NULL,
+        sign BLOB NOT NULL, kem BLOB NOT NULL, kem_sig BLOB NOT NULL, enrolled_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS mailbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, recipient TEXT NOT NULL,
+        sender TEXT NOT NULL, body TEXT NOT NULL, stored_ms INTEGER NOT NULL,
+        UNIQUE (recipient, id)
+    );
+    CREATE INDEX IF NOT EXISTS mailbox_recipient ON mailbox (recipient, seq);
+    """,
+    # 2: devices are replaced or revoked by the operator only, and every change is logged
+    """
+    ALTER TABLE devices ADD COLUMN revoked_ms INTEGER;
+    ALTER TABLE enroll_codes ADD COLUMN device TEXT;
+    CREATE TABLE device_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, action TEXT NOT NULL,
+        device TEXT NOT NULL, fingerprint TEXT, detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
@@ -63,16 +92,50 @@ class Principal:
     timezone: str
 
 
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device as the operator sees it in `parley server device list`."""
+
+    device_id: str
+    fingerprint: str
+    enrolled_ms: int
+    revoked_ms: int | None
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    time_ms: int
+    action: str  # enrolled, replaced, revoked, refused
+    device: str
+    fingerprint: str | None
+    detail: str
+
+
 class ServerStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        create_private_file(path)
+        check_private([path.parent, path], what="the server's data", secret=False)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crash
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
-        self._routes: set[tuple[str, str]] = set()  # (party, device) pairs may_deliver allowed
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise LocalError(
+                f"{self.path} has schema version {version}; this Parley knows up to"
+                f" {SCHEMA_VERSION}", code=ErrorCode.BAD_CONFIG,
+                hint="run the newer Parley that wrote it, or restore a backup")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={target}")
 
     def close(self) -> None:
         self.commit_group()
@@ -97,6 +160,9 @@ class ServerStore:
         row = self.db.execute("SELECT name, display, timezone FROM principals WHERE name=?",
                               (name,)).fetchone()
         return Principal(*row) if row else None
+
+    def principal_exists(self, name: str) -> bool:
+        return self.principal(name) is not None
 
     def _need_principal(self, name: str) -> None:
         if self.principal(name) is None:
@@ -126,65 +192,133 @@ class ServerStore:
         return self.db.execute("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
             is not None
 
-    def may_deliver(self, party: str, recipient: str) -> bool:
-        """Is `recipient` an enrolled device of `party` or of a party on a line with it?
-
-        Asked for every envelope relayed, so a yes is remembered for good: parties,
-        lines and devices are only ever added (here or by the admin CLI in another
-        process), and an addition cannot turn a yes into a no. Removing any of them
-        must clear `_routes`, in every server process.
-        """
-        if (party, recipient) in self._routes:
-            return True
-        row = self.db.execute("SELECT party FROM devices WHERE id=?", (recipient,)).fetchone()
-        if row is None or not self.may_talk(party, row[0]):
-            return False
-        self._routes.add((party, recipient))
-        return True
+    def directory_version(self) -> int:
+        """Moves whenever another connection (the admin CLI) has committed a change."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     # -- enrollment ---------------------------------------------------------------
 
-    def create_enroll_code(self, party: str, ttl_ms: int, now_ms: int) -> str:
-        self._need_principal(party)
+    def _new_code(self, party: str, ttl_ms: int, now_ms: int, device: str | None) -> str:
         raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(12))
         code = f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
-        self.db.execute("INSERT INTO enroll_codes VALUES (?,?,?,?,NULL,NULL)",
-                        (_hash_code(code), party, now_ms, now_ms + ttl_ms))
+        self.db.execute("INSERT INTO enroll_codes (code_hash, party, created_ms, expires_ms,"
+                        " device) VALUES (?,?,?,?,?)",
+                        (_hash_code(code), party, now_ms, now_ms + ttl_ms, device))
         return code
 
-    def enroll(self, code: str, device: str, keys: dict[str, object], now_ms: int
-               ) -> DevicePublicKeys:
-        """Spend a one-time code: register the device's public keys under its party."""
+    def create_enroll_code(self, party: str, ttl_ms: int, now_ms: int) -> str:
+        """A one-time code that enrolls one new device of `party` (never an existing one)."""
+        self._need_principal(party)
+        return self._new_code(party, ttl_ms, now_ms, None)
+
+    def enroll(self, code: str, device: str, keys: dict[str, object], now_ms: int, *,
+               source: str = "") -> DevicePublicKeys:
+        """Spend a one-time code: register the device's public keys under its party.
+
+        A device that exists keeps its keys: only a code that `replace_device` made
+        for it enrolls new ones. A refused attempt leaves the code unspent; one that
+        named an existing device is written to the device log.
+        """
         check_name(device, what="device name")
         digest = _hash_code(code)
-        with self.transaction():
-            row = self.db.execute(
-                "SELECT party, expires_ms, used_ms FROM enroll_codes WHERE code_hash=?",
-                (digest,)).fetchone()
-            if row is None:
-                raise RemoteError("this enrollment code is not valid",
-                                  code=ErrorCode.ENROLL_CODE_INVALID,
-                                  hint="check it for typos or ask the server operator for a new"
-                                       " one")
-            party, expires_ms, used_ms = row
-            if used_ms is not None:
-                raise RemoteError("this enrollment code has already been used",
-                                  code=ErrorCode.ENROLL_CODE_USED,
-                                  hint="codes work once; ask the server operator for a new one")
-            if now_ms > expires_ms:
-                raise RemoteError("this enrollment code has expired",
-                                  code=ErrorCode.ENROLL_CODE_EXPIRED,
-                                  hint="ask the server operator for a new one")
-            public = DevicePublicKeys.from_json({**keys, "id": device_id(party, device)})
-            self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by=? WHERE code_hash=?",
-                            (now_ms, public.device_id, digest))
-            self.db.execute(
-                "INSERT INTO devices VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-                " sign=excluded.sign, kem=excluded.kem, kem_sig=excluded.kem_sig,"
-                " enrolled_ms=excluded.enrolled_ms",
-                (public.device_id, party, device, public.sign, public.kem, public.kem_sig,
-                 now_ms))
+        taken: str | None = None  # an existing device the enrollment named
+        try:
+            with self.transaction():
+                row = self.db.execute(
+                    "SELECT party, expires_ms, used_ms, device FROM enroll_codes"
+                    " WHERE code_hash=?", (digest,)).fetchone()
+                if row is None:
+                    raise RemoteError("this enrollment code is not valid",
+                                      code=ErrorCode.ENROLL_CODE_INVALID,
+                                      hint="check it for typos or ask the server operator for"
+                                           " a new one")
+                party, expires_ms, used_ms, bound = row
+                if used_ms is not None:
+                    raise RemoteError("this enrollment code has already been used",
+                                      code=ErrorCode.ENROLL_CODE_USED,
+                                      hint="codes work once; ask the server operator for a new"
+                                           " one")
+                if now_ms > expires_ms:
+                    raise RemoteError("this enrollment code has expired",
+                                      code=ErrorCode.ENROLL_CODE_EXPIRED,
+                                      hint="ask the server operator for a new one")
+                public = DevicePublicKeys.from_json({**keys, "id": device_id(party, device)})
+                ident = public.device_id
+                if bound is not None and bound != ident:
+                    raise RemoteError(
+                        f"this code replaces {bound}, not {ident}",
+                        code=ErrorCode.ENROLL_CODE_INVALID,
+                        hint="enroll the replacement under the name"
+                             f" {split_device_id(bound)[1]!r} ('parley terminal init --name"
+                             " ...'), or ask for a code for a new device")
+                exists = self.db.execute("SELECT 1 FROM devices WHERE id=?",
+                                         (ident,)).fetchone() is not None
+                if exists and bound is None:
+                    taken = ident
+                    raise RemoteError(
+                        f"{ident} is already enrolled; an enrollment never replaces a device",
+                        code=ErrorCode.DEVICE_EXISTS,
+                        hint="give this terminal another name ('parley terminal init --name"
+                             f" ...'); if it replaces {ident}, ask the server operator to run"
+                             f" 'parley server device replace {ident}' and use the code it"
+                             " prints")
+                self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by=? WHERE code_hash=?",
+                                (now_ms, ident, digest))
+                if exists:
+                    self.db.execute("UPDATE devices SET sign=?, kem=?, kem_sig=?, enrolled_ms=?,"
+                                    " revoked_ms=NULL WHERE id=?",
+                                    (public.sign, public.kem, public.kem_sig, now_ms, ident))
+                else:
+                    self.db.execute(
+                        "INSERT INTO devices (id, party, name, sign, kem, kem_sig, enrolled_ms)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (ident, party, device, public.sign, public.kem, public.kem_sig, now_ms))
+                self._log(now_ms, "replaced" if exists else "enrolled", ident,
+                          public.fingerprint, "with a replacement code" if exists else "")
+        except RemoteError:
+            if taken is not None:
+                self._log(now_ms, "refused", taken, None,
+                          "an enrollment named this existing device"
+                          + (f" (from {source})" if source else ""))
+            raise
         return public
+
+    def replace_device(self, ident: str, ttl_ms: int, now_ms: int, reason: str) -> str:
+        """Revoke `ident`'s keys now; a one-time code that enrolls its new keys."""
+        record = self._device_record(ident)
+        party, _ = split_device_id(ident)
+        with self.transaction():
+            self.db.execute("UPDATE devices SET revoked_ms=? WHERE id=?", (now_ms, ident))
+            code = self._new_code(party, ttl_ms, now_ms, ident)
+            self._log(now_ms, "replace", ident, record.fingerprint,
+                      reason or "keys revoked; a replacement code was issued")
+        return code
+
+    def revoke_device(self, ident: str, now_ms: int, reason: str) -> None:
+        record = self._device_record(ident)
+        if record.revoked_ms is not None:
+            raise LocalError(f"{ident} is revoked already", code=ErrorCode.BAD_CONFIG)
+        with self.transaction():
+            self.db.execute("UPDATE devices SET revoked_ms=? WHERE id=?", (now_ms, ident))
+            self._log(now_ms, "revoked", ident, record.fingerprint, reason)
+
+    def _device_record(self, ident: str) -> DeviceRecord:
+        split_device_id(ident)
+        for record in self.device_records():
+            if record.device_id == ident:
+                return record
+        raise LocalError(f"no device {ident} is enrolled here", code=ErrorCode.UNKNOWN_DEVICE,
+                         hint="'parley server device list' shows them")
+
+    def _log(self, now_ms: int, action: str, device: str, fingerprint: str | None,
+             detail: str) -> None:
+        self.db.execute("INSERT INTO device_log (time_ms, action, device, fingerprint, detail)"
+                        " VALUES (?,?,?,?,?)", (now_ms, action, device, fingerprint, detail))
+
+    def device_log(self, limit: int = 100) -> list[DeviceEvent]:
+        rows = self.db.execute("SELECT time_ms, action, device, fingerprint, detail FROM"
+                               " device_log ORDER BY seq DESC LIMIT ?", (limit,))
+        return [DeviceEvent(*row) for row in rows][::-1]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -203,17 +337,33 @@ class ServerStore:
 
     # -- directory ----------------------------------------------------------------
 
+    _ACTIVE = "SELECT id, sign, kem, kem_sig FROM devices WHERE revoked_ms IS NULL"
+
     def device(self, ident: str) -> DevicePublicKeys | None:
-        row = self.db.execute("SELECT id, sign, kem, kem_sig FROM devices WHERE id=?",
-                              (ident,)).fetchone()
+        """An enrolled device's keys, unless it was revoked."""
+        row = self.db.execute(self._ACTIVE + " AND id=?", (ident,)).fetchone()
         return DevicePublicKeys(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3])) \
             if row else None
 
+    def revoked(self, ident: str) -> bool:
+        return self.db.execute("SELECT 1 FROM devices WHERE id=? AND revoked_ms IS NOT NULL",
+                               (ident,)).fetchone() is not None
+
     def devices(self, party: str | None = None) -> list[DevicePublicKeys]:
-        query = "SELECT id, sign, kem, kem_sig FROM devices"
-        rows = self.db.execute(query + " WHERE party=? ORDER BY id", (party,)) if party else \
-            self.db.execute(query + " ORDER BY id")
+        rows = self.db.execute(self._ACTIVE + " AND party=? ORDER BY id", (party,)) if party \
+            else self.db.execute(self._ACTIVE + " ORDER BY id")
         return [DevicePublicKeys(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in rows]
+
+    def device_keys(self) -> dict[str, bytes]:
+        return {r[0]: bytes(r[1]) for r in self.db.execute(
+            "SELECT id, sign FROM devices WHERE revoked_ms IS NULL")}
+
+    def device_records(self) -> list[DeviceRecord]:
+        rows = self.db.execute("SELECT id, sign, kem, kem_sig, enrolled_ms, revoked_ms FROM"
+                               " devices ORDER BY id")
+        return [DeviceRecord(r[0], DevicePublicKeys(r[0], bytes(r[1]), bytes(r[2]),
+                                                    bytes(r[3])).fingerprint, r[4], r[5])
+                for r in rows]
 
     # -- mailbox: envelopes stored until delivered ---------------------------------
 
@@ -237,24 +387,31 @@ class ServerStore:
                 raise
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
-                       now_ms: int) -> bool:
-        """Store once (in the open group); False if this id was already waiting."""
+                       now_ms: int) -> int | None:
+        """Store once (in the open group): its mailbox position; None if already waiting."""
         self._join_group()
         cur = self.db.execute(
             "INSERT OR IGNORE INTO mailbox (id, recipient, sender, body, stored_ms)"
             " VALUES (?,?,?,?,?)", (envelope_id, recipient, sender, body, now_ms))
-        return cur.rowcount == 1
+        return cur.lastrowid if cur.rowcount == 1 else None
 
-    def pending(self, recipient: str, limit: int) -> list[tuple[str, str]]:
-        """The oldest `limit` stored envelopes for `recipient`: (id, deliver frame)."""
+    def pending(self, recipient: str, after_seq: int, limit: int
+                ) -> list[tuple[int, str, str]]:
+        """The oldest `limit` stored envelopes for `recipient` after `after_seq`."""
         rows = self.db.execute(
-            "SELECT id, body FROM mailbox WHERE recipient=? ORDER BY seq LIMIT ?",
-            (recipient, limit))
-        return [(r[0], r[1]) for r in rows]
+            "SELECT seq, id, body FROM mailbox WHERE recipient=? AND seq>? ORDER BY seq LIMIT ?",
+            (recipient, after_seq, limit))
+        return [(r[0], r[1], r[2]) for r in rows]
 
-    def delivered(self, recipient: str, envelope_id: str) -> None:
+    def delivered(self, recipient: str, envelope_id: str) -> tuple[str, int] | None:
+        """Delete an acknowledged envelope (in the open group): its sender and size."""
         self._join_group()
-        self.db.execute("DELETE FROM mailbox WHERE recipient=? AND id=?", (recipient, envelope_id))
+        row = self.db.execute("DELETE FROM mailbox WHERE recipient=? AND id=?"
+                              " RETURNING sender, length(body)",
+                              (recipient, envelope_id)).fetchone()
+        return (row[0], int(row[1])) if row else None
 
-    def mailbox_size(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
+    def mailbox_usage(self) -> list[tuple[str, str, int, int]]:
+        rows = self.db.execute("SELECT recipient, sender, COUNT(*), SUM(length(body)) FROM"
+                               " mailbox GROUP BY recipient, sender")
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]

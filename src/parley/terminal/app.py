@@ -7,6 +7,17 @@ Inputs reach the book from three places: envelopes delivered by the server
 (opened here with the sender's *pinned* key, see `_open`), the media stack's
 reports (DTLS up, with the handshake certificate; failure), and the local API
 that the UI and the CLI use. A timer task wakes the book at its next deadline.
+
+What an envelope's kind means -- stored or ephemeral, how old it may be, what
+tampering with it ends -- comes from `core.kinds`. A stored envelope is
+acknowledged to the server only once it has been handled or deliberately
+dropped (forged, replayed, malformed, of a kind this version does not know):
+one that could not be opened for a passing reason (the directory lookup it
+needed timed out) is tried again, and otherwise left on the server for the
+next login, never acknowledged unread.
+
+Alarms are kept in the terminal's store until an operator acknowledges them
+(`acknowledge_alarms`), counted rather than repeated (`TerminalStore.raise_alarm`).
 """
 
 from __future__ import annotations
@@ -48,17 +59,19 @@ from parley.core.errors import (
     alarm_title,
 )
 from parley.core.keys import split_device_id
+from parley.core.kinds import kind_of
 from parley.core.replay import ReplayGuard
 from parley.core.trust import Trust, verify_hint
 from parley.media.engine import MediaEngine, MediaSession
 from parley.media.robot import RobotMedia, RobotOptions
 from parley.terminal.link import ServerLink
 from parley.terminal.peers import PeerBook
-from parley.terminal.store import TerminalStore
+from parley.terminal.store import AlarmRecord, TerminalStore
 
 log = logging.getLogger("parley.terminal")
-MAX_ALARMS = 50
 MAX_ENDED_CALLS = 50
+RETRY_DELAYS_S = (1.0, 3.0, 10.0)  # an envelope not opened for a passing reason: tried again
+PEERS_REFRESH_S = 600.0  # the line peers' directory listings, looked at again for new devices
 
 
 @dataclass
@@ -91,12 +104,12 @@ class Terminal:
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
-                               on_presence=self._on_presence, on_state=self._on_link_state)
-        self.peers = PeerBook(self.store, self.me, self.link)
+                               on_presence=self._on_presence, on_state=self._on_link_state,
+                               on_roster=self._on_roster)
+        self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
-        self.alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
         self._placed_at: dict[str, float] = {}
         # Actions wait in one lane per call (None: not about a call), each lane drained
         # in order by its own task, so one call's slow step (a person deciding whether to
@@ -111,7 +124,7 @@ class Terminal:
 
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(coro) for coro in
-                       (self.link.run(), self._timers())]
+                       (self.link.run(), self._timers(), self._watch_peers())]
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -206,8 +219,22 @@ class Terminal:
             "media": self.config.media,
             "lines": self.link.peers,
             "calls": [c.to_json() for c in self.book.calls()],
-            "alarms": list(self.alarms),
+            "alarms": self.alarms,
         }
+
+    @property
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every open alarm, oldest first (the store keeps them until acknowledged)."""
+        return [a.to_json() for a in self.store.alarms()]
+
+    def acknowledge_alarms(self, ids: list[int] | None, note: str = "") -> list[int]:
+        """An operator has seen these alarms (None: every open one)."""
+        done = self.store.acknowledge_alarms(ids, now_ms(), note)
+        if done:
+            log.info("alarms %s acknowledged%s", ", ".join(map(str, done)),
+                     f" ({note})" if note else "")
+            self._publish({"t": "alarms", "alarms": [a.to_json() for a in self.store.alarms()]})
+        return done
 
     # -- media events (MediaEvents) ---------------------------------------------------------
 
@@ -223,13 +250,18 @@ class Terminal:
 
     # -- from the server ----------------------------------------------------------------
 
-    async def _on_deliver(self, raw: dict[str, Any]) -> None:
+    async def _on_deliver(self, raw: dict[str, Any], attempt: int = 0) -> None:
         try:
             envelope = Envelope.from_json(raw)
         except RemoteError as exc:
             log.warning("dropped a malformed envelope: %s", exc)
+            ident = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(ident, str) and len(ident) <= 32:
+                await self.link.ack(ident)  # dropped for good: do not send it again
             return
         now = now_ms()
+        kind = kind_of(envelope.type)
+        handled = True  # or deliberately dropped: either way, acknowledged if stored
         try:
             if envelope.recipient != self.device_id:
                 raise SecurityAlarm(
@@ -237,37 +269,59 @@ class Terminal:
                     f" (from {envelope.sender}) to this device",
                     code=ErrorCode.WRONG_RECIPIENT,
                     hint="it was dropped unread; the server is misrouting or tampering")
+            if kind is None:
+                log.warning("dropped %s from %s: this terminal does not know that kind",
+                            envelope.type, envelope.sender)
+                return
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
             self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
         except SecurityAlarm as alarm:
             self._tampered(envelope, alarm)
             return
+        except RemoteError as exc:
+            if exc.code is ErrorCode.SERVER_ERROR and attempt < len(RETRY_DELAYS_S):
+                handled = False  # the directory did not answer: try again shortly
+                log.warning("could not open %s from %s yet (%s); trying again in %.0f s",
+                            envelope.type, envelope.sender, exc, RETRY_DELAYS_S[attempt])
+                self._retry(raw, attempt)
+            elif exc.code is ErrorCode.SERVER_ERROR:
+                handled = False  # left on the server: it comes again at the next login
+                log.warning("could not open %s from %s: %s; it stays on the server",
+                            envelope.type, envelope.sender, exc)
+            else:
+                log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
+            return
         except ParleyError as exc:
             log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
             return
         finally:
-            if not envelope.type.startswith("call."):
+            if handled and (kind is None or kind.stored):
                 await self.link.ack(envelope.id)
         if envelope.type == notice.TAMPER:
             try:
-                self._run(self.book.tamper_reported(envelope.sender, payload, now))
+                self._run(self.book.tamper_reported(envelope.sender, payload, envelope.time_ms,
+                                                    now))
             except RemoteError as exc:
                 log.warning("bad tamper notice from %s: %s", envelope.sender, exc)
-        elif envelope.type.startswith("call."):
+        elif kind.call_signaling:
             try:
                 actions = self.book.receive(keys, trust, envelope.type, payload, now)
             except SecurityAlarm as alarm:
                 self._alarm(payload.get("call_id") if isinstance(payload.get("call_id"), str)
-                            else None, alarm)
+                            else None, alarm, subject=envelope.sender)
                 return
             except ParleyError as exc:
                 log.warning("bad %s from %s: %s", envelope.type, envelope.sender, exc)
                 return
             self._run(actions)
-        else:
-            log.warning("dropped %s from %s: this terminal does not handle that type",
-                        envelope.type, envelope.sender)
+
+    def _retry(self, raw: dict[str, Any], attempt: int) -> None:
+        async def again() -> None:
+            await asyncio.sleep(RETRY_DELAYS_S[attempt])
+            await self._on_deliver(raw, attempt + 1)
+
+        self._spawn_lane_task(again())
 
     async def _open(self, envelope: Envelope) -> tuple[dict[str, Any], Any, Trust]:
         """Open with the key we trust for the sender; tell a changed key from a forgery."""
@@ -301,6 +355,25 @@ class Terminal:
 
     def _on_link_state(self, up: bool, why: str) -> None:
         self._publish({"t": "link", "connected": up, "detail": why})
+        if up:  # a device gained while we were away is told at once
+            self._spawn_lane_task(self._refresh_peers())
+
+    def _on_roster(self, party: str) -> None:
+        """The server says `party`'s devices changed: look (its word is not trusted)."""
+        self._spawn_lane_task(self._refresh_peers([party]))
+
+    async def _refresh_peers(self, parties: list[str] | None = None) -> None:
+        for party in parties if parties is not None else list(self.link.peers):
+            try:
+                await self.peers.refresh(party)
+            except ParleyError as exc:
+                log.info("could not look at %s's devices: %s", party, exc)
+
+    async def _watch_peers(self) -> None:
+        while True:
+            await asyncio.sleep(PEERS_REFRESH_S)
+            if self.link.connected.is_set():
+                await self._refresh_peers()
 
     # -- carrying out actions -----------------------------------------------------------
 
@@ -345,7 +418,8 @@ class Terminal:
                 self._call_changed(action.call)
             else:
                 self._alarm(action.call_id, SecurityAlarm(action.message, code=action.code,
-                                                          hint=action.hint))
+                                                          hint=action.hint),
+                            subject=action.subject)
         except Exception:
             log.exception("failed to carry out %s", type(action).__name__)
 
@@ -370,10 +444,14 @@ class Terminal:
     async def _send(self, action: SendEnvelope) -> None:
         envelope = seal_envelope(self.keys, self.device_id, action.to, action.type,
                                  action.payload, now_ms(), action.envelope_id)
+        kind = kind_of(action.type)
         try:
-            await self.link.send_envelope(envelope, ephemeral=action.type.startswith("call."))
+            await self.link.send_envelope(envelope, ephemeral=kind is None or not kind.stored)
         except RemoteError as exc:
             log.warning("could not send %s to %s: %s", action.type, action.to.device_id, exc)
+            if exc.code is ErrorCode.QUOTA_EXCEEDED:
+                self._publish({"t": "problem", "problem": {**exc.as_dict(),
+                                                           "about": action.to.device_id}})
             if action.call_id is not None:
                 self._run(self.book.delivery_failed(action.call_id, exc.code, now_ms()))
 
@@ -452,12 +530,19 @@ class Terminal:
             except LocalError as exc:
                 log.warning("auto-answer refused: %s", exc)
 
-    def _alarm(self, call_id: str | None, alarm: ParleyError) -> None:
-        entry = {"time_ms": now_ms(), "call_id": call_id, **alarm.as_dict(),
-                 "title": alarm_title(alarm.code, about_call=call_id is not None)}
-        self.alarms.append(entry)
-        log.error("SECURITY ALARM [%s] %s -- %s", alarm.code, alarm.message, alarm.hint)
-        self._publish({"t": "alarm", "alarm": entry})
+    def _alarm(self, call_id: str | None, alarm: ParleyError, *,
+               subject: str | None = None) -> None:
+        record = self.store.raise_alarm(
+            code=str(alarm.code), title=alarm_title(alarm.code, about_call=call_id is not None),
+            message=alarm.message, hint=alarm.hint, call_id=call_id, subject=subject,
+            now_ms=now_ms())
+        self._publish_alarm(record)
+
+    def _publish_alarm(self, record: AlarmRecord) -> None:
+        if record.count == 1 or record.count in (10, 100, 1000) or record.count % 10_000 == 0:
+            log.error("SECURITY ALARM [%s] %s -- %s%s", record.code, record.message, record.hint,
+                      f" ({record.count} times)" if record.count > 1 else "")
+        self._publish({"t": "alarm", "alarm": record.to_json()})
 
     def _publish(self, event: dict[str, Any]) -> None:
         for listener in list(self._listeners):

@@ -112,6 +112,8 @@ class ControlServer:
             web.post("/api/call", self.call),
             web.get("/api/calls/{call_id}", self.call_info),
             web.post("/api/calls/{call_id}/{op}", self.call_op),
+            web.get("/api/alarms", self.alarms),
+            web.post("/api/alarms/ack", self.acknowledge_alarms),
             web.get("/api/events", self.events),
         ])
         self._runner: web.AppRunner | None = None
@@ -259,6 +261,27 @@ class ControlServer:
         else:
             raise web.HTTPNotFound()
         return web.json_response(info.to_json())
+
+    async def alarms(self, request: web.Request) -> web.Response:
+        everything = request.query.get("all") in ("1", "true", "yes")
+        records = self.terminal.store.alarms(include_acknowledged=everything)
+        return web.json_response({"alarms": [a.to_json() for a in records]})
+
+    async def acknowledge_alarms(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ids, note = body.get("ids"), body.get("note", "")
+        if body.get("all") is True and ids is None:
+            chosen = None
+        elif isinstance(ids, list) and ids and all(type(i) is int for i in ids):
+            chosen = list(ids)
+        else:
+            raise LocalError("give ids (a list of alarm numbers) or all: true",
+                             code=ErrorCode.BAD_MESSAGE)
+        if not isinstance(note, str) or len(note) > 500:
+            raise LocalError("note must be text of at most 500 characters",
+                             code=ErrorCode.BAD_MESSAGE)
+        done = self.terminal.acknowledge_alarms(chosen, note)
+        return web.json_response({"acknowledged": done})
 
     async def events(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_PAGE_MESSAGE)

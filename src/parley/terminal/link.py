@@ -65,6 +65,7 @@ class ServerLink:
         on_deliver: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         on_presence: Callable[[str, bool], None] | None = None,
         on_state: Callable[[bool, str], None] | None = None,
+        on_roster: Callable[[str], None] | None = None,
     ) -> None:
         self.origin = server_origin(server_url)
         self.device_id = device_id
@@ -73,6 +74,7 @@ class ServerLink:
         self._on_deliver = on_deliver
         self._on_presence = on_presence
         self._on_state = on_state
+        self._on_roster = on_roster
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._outbox: Outbox | None = None  # for self._ws
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -96,8 +98,15 @@ class ServerLink:
                 raise
             except ParleyError as exc:
                 self.last_error = exc
-                log.error("server refused the login: %s", exc)
+                log.error("the line server closed the session: %s", exc)
                 delay = max(delay, 5.0)
+            except aiohttp.WSServerHandshakeError as exc:
+                self.last_error = RemoteError(
+                    f"the line server at {self.origin} refused the connection (HTTP"
+                    f" {exc.status}{': too many connections' if exc.status == 503 else ''})",
+                    code=ErrorCode.TOO_MANY_CONNECTIONS if exc.status == 503 else
+                    ErrorCode.SERVER_ERROR, hint="it is tried again shortly")
+                log.warning("%s", self.last_error)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot reach the line server at %s: %s", self.origin,
                             exc or type(exc).__name__)
@@ -163,9 +172,9 @@ class ServerLink:
                     if not fut.done():
                         fut.set_exception(RemoteError("the connection to the server dropped"))
                 self._pending.clear()
-        if ws.close_code == 4001:
-            raise RemoteError("the server closed the session: login refused",
-                              code=ErrorCode.AUTH_FAILED)
+        closed = _CLOSED.get(ws.close_code or 0)
+        if closed is not None:
+            raise closed
 
     async def _login(self, ws: aiohttp.ClientWebSocketResponse, batched: bool) -> list[str]:
         """Answer the challenge; return the frames that came after the welcome."""
@@ -253,6 +262,8 @@ class ServerLink:
                 self._inbox_task = asyncio.ensure_future(self._drain_inbox())
         elif kind == "presence" and self._on_presence is not None:
             self._on_presence(msg["device"], msg["online"])
+        elif kind == "roster" and self._on_roster is not None:
+            self._on_roster(msg["party"])
         elif kind == "error":
             log.warning("server error: %s (%s)", msg["message"], msg["code"])
 
@@ -306,6 +317,28 @@ class ServerLink:
             if keys.party == party:
                 devices.append(keys)
         return devices, {d for d in reply["online"] if isinstance(d, str)}
+
+
+# Why the server closed a session, by its close code (see wire.CloseCode).
+_CLOSED = {
+    wire.CloseCode.LOGIN_REFUSED: RemoteError(
+        "the server closed the session: login refused", code=ErrorCode.AUTH_FAILED),
+    wire.CloseCode.DEVICE_REVOKED: RemoteError(
+        "the server's operator revoked this device, or replaced its keys",
+        code=ErrorCode.DEVICE_REVOKED,
+        hint="ask the operator; a replacement is enrolled with a code from 'parley server"
+             " device replace'"),
+    wire.CloseCode.REPLACED: RemoteError(
+        "a newer session of this same device took this one's place",
+        code=ErrorCode.TOO_MANY_CONNECTIONS,
+        hint="is another terminal running with this device's data directory?"),
+    wire.CloseCode.BAD_FRAMES: RemoteError(
+        "the server closed the session after too many malformed frames",
+        code=ErrorCode.BAD_FRAMES),
+    wire.CloseCode.LOGIN_TIMEOUT: RemoteError(
+        "the server closed the session: the login took too long",
+        code=ErrorCode.LOGIN_TIMEOUT),
+}
 
 
 def _split(raw: str, batched: bool) -> list[str]:

@@ -5,6 +5,15 @@ have, and which are online". The pins (local) answer "which keys did our
 operator verify". `PeerBook` combines the two through `core.trust.assess` and
 is the one place where a peer is marked verified -- used alike by the running
 terminal (UI button), and by `parley keys verify` when no terminal is running.
+
+It is also where a *new device* is noticed. Every listing is compared with the
+devices this terminal has seen before (kept in its store); a device a party
+gains after the operator verified one of that party's devices raises a
+``new_device`` alarm that stays until acknowledged -- a new device of a
+verified party is exactly what a leaked enrollment code or a hostile server
+would add. And when a party has several devices, the one rung is a verified
+one first, then one that is online: a server that hides a verified device's
+presence cannot steer a call to a device nobody verified.
 """
 
 from __future__ import annotations
@@ -15,12 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from parley.clock import now_ms
-from parley.core.errors import ErrorCode, LocalError
+from parley.core.errors import ErrorCode, LocalError, alarm_title
 from parley.core.keys import DevicePublicKeys
 from parley.core.safety import normalize_safety_number, safety_number
 from parley.core.trust import Trust, assess, verify_hint
 from parley.terminal.link import ServerLink
-from parley.terminal.store import TerminalStore
+from parley.terminal.store import AlarmRecord, TerminalStore
 
 CACHE_MS = 60_000
 
@@ -37,13 +46,39 @@ class PeerBook:
     store: TerminalStore
     me: DevicePublicKeys
     link: ServerLink
+    on_alarm: Callable[[AlarmRecord], None] | None = None
     _parties: dict[str, PartyListing] = field(default_factory=dict)
 
     async def refresh(self, party: str) -> PartyListing:
         devices, online = await self.link.directory(party)
         listing = PartyListing({d.device_id: d for d in devices}, online, now_ms())
         self._parties[party] = listing
+        self._notice_new_devices(party, listing)
         return listing
+
+    def _notice_new_devices(self, party: str, listing: PartyListing) -> None:
+        seen = self.store.seen_devices(party)
+        new = [d for d in listing.devices.values() if d.device_id not in seen]
+        if not new:
+            return
+        now = now_ms()
+        verified = [d for d in seen | set(listing.devices) if self.store.pin(d) is not None]
+        for device in new:
+            self.store.saw_device(device.device_id, party, now)
+            if not verified or self.store.pin(device.device_id) is not None:
+                continue
+            record = self.store.raise_alarm(
+                code=str(ErrorCode.NEW_DEVICE),
+                title=alarm_title(ErrorCode.NEW_DEVICE, about_call=False),
+                message=f"{party}, whose device {', '.join(sorted(verified))} you verified, has"
+                        f" a new device {device.device_id} (fingerprint {device.fingerprint})"
+                        " that nobody here has verified",
+                hint=f"ask {party}'s operator whether they enrolled it; calls go to the"
+                     f" verified device. If it is theirs, compare its safety number"
+                     f" ('parley keys show {party}') and verify it; if not, report it",
+                call_id=None, subject=device.device_id, now_ms=now)
+            if self.on_alarm is not None:
+                self.on_alarm(record)
 
     async def listing(self, party: str, *, fresh: bool = False) -> PartyListing:
         cached = self._parties.get(party)
@@ -76,9 +111,10 @@ class PeerBook:
             raise LocalError(f"{party} has no enrolled device yet", code=ErrorCode.UNKNOWN_DEVICE,
                              hint=f"ask {party}'s operator to enroll a terminal")
 
-        # Prefer a device that is online, then one we verified.
+        # Prefer a device we verified, then one that is online (the server says which
+        # are online, and must not be able to steer a call to an unverified device).
         def rank(d: DevicePublicKeys) -> tuple[bool, bool, str]:
-            return (d.device_id not in listing.online, self.store.pin(d.device_id) is None,
+            return (self.store.pin(d.device_id) is None, d.device_id not in listing.online,
                     d.device_id)
 
         return sorted(listing.devices.values(), key=rank)[0]

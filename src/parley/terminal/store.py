@@ -1,32 +1,48 @@
-"""A terminal's local state: its key file, identity, pins and call log.
+"""A terminal's local state: its key file, identity, pins, alarms and call log.
 
 Layout of a terminal's data directory (mode 0700)::
 
     device.key     the private keys, mode 0600, written once at `init`
-    terminal.db    SQLite: identity, pinned peer keys, call log
+    terminal.db    SQLite (0600): identity, pinned peer keys, alarms, devices seen, call log
     control.json   while running: the local UI's URL and per-start token (0600)
 
 Pins are the heart of verification: a pin records the exact public keys of a
 peer device that this terminal's operator verified by comparing the safety
-number out of band. They are never sent to the server.
+number out of band. They are never sent to the server. Whoever could write
+this directory could swap a pin, so a terminal refuses to open one that other
+users may read or write (`parley.files.check_private`).
+
+Alarms are kept here until an operator acknowledges them: a flood of newer
+ones cannot push an old one out of sight. The same alarm again (the same
+code about the same call, device or sender) is counted on the open entry
+instead of listed again; past `MAX_OPEN_ALARMS` distinct open alarms, new
+ones of a code fold into one entry per code, so that nothing is evicted and
+the table stays bounded.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DeviceKeys, DevicePublicKeys, check_name
+from parley.files import (
+    check_private,
+    create_private_file,
+    private_dir,
+    replace_private_file,
+    write_private_file,
+)
 
 KEY_FILE = "device.key"
 DB_FILE = "terminal.db"
 CONTROL_FILE = "control.json"
 SEEN_SWEEP_MS = 60_000  # how often expired envelope ids are dropped from the replay table
+MAX_OPEN_ALARMS = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,24 +54,41 @@ CREATE TABLE IF NOT EXISTS seen_envelopes (id TEXT PRIMARY KEY, until_ms INTEGER
 CREATE TABLE IF NOT EXISTS call_log (
     call_id TEXT PRIMARY KEY, info TEXT NOT NULL, ended_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, code TEXT NOT NULL,
+    title TEXT NOT NULL, message TEXT NOT NULL, hint TEXT NOT NULL, call_id TEXT,
+    subject TEXT, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+    acked_ms INTEGER, ack_note TEXT
+);
+CREATE INDEX IF NOT EXISTS alarms_open ON alarms (key) WHERE acked_ms IS NULL;
+CREATE TABLE IF NOT EXISTS seen_devices (
+    device_id TEXT PRIMARY KEY, party TEXT NOT NULL, first_ms INTEGER NOT NULL
+);
 """
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 (never briefly wider), flushed to disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class AlarmRecord:
+    id: int
+    code: str
+    title: str
+    message: str
+    hint: str
+    call_id: str | None
+    subject: str | None
+    first_ms: int
+    last_ms: int
+    count: int
+    acked_ms: int | None
+    ack_note: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        # time_ms: when it last happened (what the UI and the CLI show first).
+        return {**self.__dict__, "time_ms": self.last_ms}
 
 
-def replace_private_file(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.unlink(missing_ok=True)
-    write_private_file(tmp, data)
-    os.replace(tmp, path)
+_ALARM_COLUMNS = ("id, code, title, message, hint, call_id, subject, first_ms, last_ms, count,"
+                  " acked_ms, ack_note")
 
 
 class TerminalStore:
@@ -66,6 +99,9 @@ class TerminalStore:
                 f"no terminal in {data_dir}", code=ErrorCode.NOT_ENROLLED,
                 hint=f"create one with 'parley terminal init --data {data_dir} --name NAME'",
             )
+        create_private_file(data_dir / DB_FILE)
+        check_private([data_dir, data_dir / KEY_FILE, data_dir / DB_FILE,
+                       data_dir / (DB_FILE + "-wal")], what="this terminal's data", secret=True)
         self.db = sqlite3.connect(data_dir / DB_FILE, isolation_level=None, timeout=10.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -76,8 +112,9 @@ class TerminalStore:
     def init(cls, data_dir: Path, device_name: str) -> TerminalStore:
         """Generate this device's keys. Refuses to overwrite an existing terminal."""
         check_name(device_name, what="device name")
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(data_dir, 0o700)
+        private_dir(data_dir)
+        if not (data_dir / KEY_FILE).exists():
+            data_dir.chmod(0o700)  # the operator's own new terminal: for its owner alone
         key_path = data_dir / KEY_FILE
         if key_path.exists():
             raise LocalError(
@@ -95,12 +132,7 @@ class TerminalStore:
 
     def load_keys(self) -> DeviceKeys:
         path = self.data_dir / KEY_FILE
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise LocalError(
-                f"{path} is readable by others (mode {mode:o})", code=ErrorCode.BAD_CONFIG,
-                hint=f"run 'chmod 600 {path}' and check who may have copied it",
-            )
+        check_private([path], what="this device's private keys", secret=True)
         return DeviceKeys.from_private_bytes(path.read_bytes())
 
     # -- settings ------------------------------------------------------------------
@@ -171,6 +203,75 @@ class TerminalStore:
         self.db.execute("DELETE FROM seen_envelopes WHERE until_ms IS NOT NULL AND until_ms < ?",
                         (now_ms,))
         self._next_seen_sweep_ms = now_ms + SEEN_SWEEP_MS
+
+    # -- alarms ----------------------------------------------------------------------
+
+    def raise_alarm(self, *, code: str, title: str, message: str, hint: str,
+                    call_id: str | None, subject: str | None, now_ms: int) -> AlarmRecord:
+        """Record an alarm, or count it on the same open one; the entry as it stands."""
+        key = f"{code}|{call_id or ''}|{subject or ''}"
+        row = self.db.execute("SELECT id FROM alarms WHERE key=? AND acked_ms IS NULL",
+                              (key,)).fetchone()
+        if row is None and self.db.execute(
+                "SELECT COUNT(*) FROM alarms WHERE acked_ms IS NULL").fetchone()[0] \
+                >= MAX_OPEN_ALARMS:
+            key = f"{code}|*"  # so many open: fold the rest of this code into one
+            message = f"many more alarms of this kind (the latest: {message})"
+            row = self.db.execute("SELECT id FROM alarms WHERE key=? AND acked_ms IS NULL",
+                                  (key,)).fetchone()
+        if row is not None:
+            self.db.execute("UPDATE alarms SET count=count+1, last_ms=?, message=?, hint=?"
+                            " WHERE id=?", (now_ms, message, hint, row[0]))
+            ident = int(row[0])
+        else:
+            cur = self.db.execute(
+                "INSERT INTO alarms (key, code, title, message, hint, call_id, subject,"
+                " first_ms, last_ms, count) VALUES (?,?,?,?,?,?,?,?,?,1)",
+                (key, code, title, message, hint, call_id, subject, now_ms, now_ms))
+            ident = int(cur.lastrowid or 0)
+        alarm = self.alarm(ident)
+        assert alarm is not None
+        return alarm
+
+    def alarm(self, ident: int) -> AlarmRecord | None:
+        row = self.db.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE id=?",
+                              (ident,)).fetchone()
+        return AlarmRecord(*row) if row else None
+
+    def alarms(self, *, include_acknowledged: bool = False, limit: int = 200
+               ) -> list[AlarmRecord]:
+        """Open alarms (all of them), oldest first; with acknowledged ones, the latest."""
+        if include_acknowledged:
+            rows = self.db.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms ORDER BY id DESC"
+                                   " LIMIT ?", (limit,)).fetchall()[::-1]
+        else:
+            rows = self.db.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE acked_ms IS NULL"
+                                   " ORDER BY id").fetchall()
+        return [AlarmRecord(*row) for row in rows]
+
+    def acknowledge_alarms(self, ids: list[int] | None, now_ms: int, note: str = ""
+                           ) -> list[int]:
+        """Acknowledge these open alarms (None: all open ones); the ids acknowledged."""
+        if ids is None:
+            rows = self.db.execute("SELECT id FROM alarms WHERE acked_ms IS NULL").fetchall()
+            ids = [int(r[0]) for r in rows]
+        done = []
+        for ident in ids:
+            cur = self.db.execute("UPDATE alarms SET acked_ms=?, ack_note=? WHERE id=? AND"
+                                  " acked_ms IS NULL", (now_ms, note or None, ident))
+            if cur.rowcount:
+                done.append(ident)
+        return done
+
+    # -- devices seen in the directory -------------------------------------------------
+
+    def seen_devices(self, party: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self.db.execute(
+            "SELECT device_id FROM seen_devices WHERE party=?", (party,)))
+
+    def saw_device(self, device_id: str, party: str, now_ms: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO seen_devices VALUES (?,?,?)",
+                        (device_id, party, now_ms))
 
     # -- call log ------------------------------------------------------------------
 

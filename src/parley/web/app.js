@@ -89,6 +89,12 @@ class App {
       case Incoming.PRESENCE: return this.#onPresence(message);
       case Incoming.LINK: return this.#onLink(message.connected);
       case Incoming.ALARM: return this.#onAlarm(message.alarm);
+      case Incoming.ALARMS:
+        this.alarms = message.alarms;
+        return this.render();
+      case Incoming.PROBLEM:
+        this.notice = `Not delivered: ${message.problem.message}.${message.problem.hint ? ` ${message.problem.hint}` : ""}`;
+        return this.render();
       case Incoming.VERIFIED: return this.#refreshParty(message.party);
       case Incoming.ERROR:
         this.notice = `The terminal refused a message from this page: ${message.error.message}`;
@@ -157,9 +163,15 @@ class App {
     }
   }
 
+  // The terminal keeps every alarm until an operator acknowledges it; the same one
+  // again comes with its count raised, and takes over the screen only the first time.
   #onAlarm(alarm) {
-    this.alarms.push(alarm);
-    this.pendingAlarm = alarm;
+    const known = this.alarms.findIndex((a) => a.id === alarm.id);
+    if (known >= 0) this.alarms[known] = alarm;
+    else {
+      this.alarms.push(alarm);
+      this.pendingAlarm = alarm;
+    }
     this.render();
     this.#refreshParties(); // a changed key shows in the list at once
   }
@@ -297,6 +309,11 @@ class App {
         this.pendingAlarm = null;
         this.render();
       },
+      // An operator's acknowledgement (a record, not a dismissal): ids, or null for all.
+      acknowledgeAlarms: (ids) => this.#attempt(async () => {
+        await this.api.acknowledgeAlarms(ids);
+        this.alarms = this.alarms.filter((a) => ids !== null && !ids.includes(a.id));
+      }),
     };
   }
 

@@ -14,7 +14,9 @@ export const Incoming = Object.freeze({
   CALL: "call", // {call}: a call's public view changed
   PRESENCE: "presence", // {device, party, online}
   LINK: "link", // {connected, detail}: the terminal's link to the line server
-  ALARM: "alarm", // {alarm: {time_ms, call_id, code, title, message, hint}}
+  ALARM: "alarm", // {alarm: {id, time_ms, count, call_id, subject, code, title, message, hint}}
+  ALARMS: "alarms", // {alarms: [...]}: the open alarms, after some were acknowledged
+  PROBLEM: "problem", // {problem: {code, message, hint, about}}: something we sent was refused
   VERIFIED: "verified", // {device, party}: a peer was marked verified
   ERROR: "error", // {error: {code, message}}: the terminal refused our message
   PAGE_ROLE: "page.role", // {media}: whether this page does the terminal's media
@@ -103,6 +105,9 @@ export class TerminalApi {
   decline(callId) { return this.#callOp(callId, "decline"); }
   hangup(callId) { return this.#callOp(callId, "hangup"); }
   setMedia(callId, audio, video) { return this.#callOp(callId, "media", { audio, video }); }
+  acknowledgeAlarms(ids) {
+    return this.#request("POST", "/api/alarms/ack", ids === null ? { all: true } : { ids });
+  }
   #callOp(callId, op, body) {
     return this.#request("POST", `/api/calls/${encodeURIComponent(callId)}/${op}`, body);
   }

@@ -4,6 +4,7 @@
 
 import { CallState, EndReason, MediaKind, Trust } from "./protocol.js";
 
+const ALARMS_SHOWN = 10;
 const STATE_TEXT = {
   [CallState.DIALING]: "Calling…",
   [CallState.RINGBACK]: "Ringing…",
@@ -61,7 +62,8 @@ export class View {
       me: $("me"), myFingerprint: $("my-fingerprint"), link: $("link-state"),
       mediaRole: $("media-role"), pageError: $("page-error"),
       parties: $("parties"), noLines: $("no-lines"),
-      alarmsPanel: $("alarms-panel"), alarmList: $("alarm-list"),
+      alarmsPanel: $("alarms-panel"), alarmList: $("alarm-list"), alarmCount: $("alarm-count"),
+      alarmAckAll: $("alarm-ack-all"),
       home: $("home-pane"), verify: $("verify-pane"), call: $("call-pane"),
       verifyParty: $("verify-party"), verifyPartyAgain: $("verify-party-again"),
       verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
@@ -100,6 +102,7 @@ export class View {
     el.incomingAccept.addEventListener("click", () => actions.accept());
     el.incomingDecline.addEventListener("click", () => actions.decline());
     el.alarmAck.addEventListener("click", () => actions.acknowledgeAlarm());
+    el.alarmAckAll.addEventListener("click", () => actions.acknowledgeAlarms(null));
     this.doc.addEventListener("keydown", (event) => {
       if (!el.alarm.hidden) {
         if (event.key === "Escape") actions.acknowledgeAlarm();
@@ -387,13 +390,41 @@ export class View {
     }
   }
 
+  // Every open alarm stays listed until an operator acknowledges it (the newest first;
+  // past ALARMS_SHOWN, a count of the rest).
   showAlarmList(alarms) {
-    this.el.alarmsPanel.hidden = alarms.length === 0;
-    this.el.alarmList.replaceChildren(...alarms.slice(-5).reverse().map((alarm) => {
-      const item = this.doc.createElement("li");
-      const when = new Date(alarm.time_ms).toLocaleTimeString();
-      item.textContent = `${when} · ${alarm.code}: ${alarm.message}`;
+    const { el, doc, actions } = this;
+    el.alarmsPanel.hidden = alarms.length === 0;
+    el.alarmCount.textContent = alarms.length > 1 ? `(${alarms.length})` : "";
+    el.alarmAckAll.hidden = alarms.length < 2;
+    const shown = alarms.slice(-ALARMS_SHOWN).reverse();
+    const items = shown.map((alarm) => {
+      const item = doc.createElement("li");
+      item.dataset.testid = "open-alarm";
+      item.dataset.code = alarm.code;
+      const head = doc.createElement("strong");
+      const times = alarm.count > 1 ? ` ×${alarm.count}` : "";
+      head.textContent = `${alarm.title}${times}`;
+      const when = doc.createElement("span");
+      when.className = "alarm-when";
+      when.textContent = ` ${new Date(alarm.time_ms).toLocaleString()}`;
+      const text = doc.createElement("p");
+      text.textContent = alarm.message;
+      const ack = doc.createElement("button");
+      ack.type = "button";
+      ack.className = "small";
+      ack.dataset.testid = "alarm-acknowledge";
+      ack.textContent = "Acknowledge";
+      ack.addEventListener("click", () => actions.acknowledgeAlarms([alarm.id]));
+      item.append(head, when, text, ack);
       return item;
-    }));
+    });
+    if (alarms.length > shown.length) {
+      const more = doc.createElement("li");
+      more.className = "alarm-more";
+      more.textContent = `…and ${alarms.length - shown.length} older ones, open until acknowledged`;
+      items.push(more);
+    }
+    el.alarmList.replaceChildren(...items);
   }
 }

@@ -1,0 +1,115 @@
+"""The line server's limits: every one a setting, with a default that suits a real line.
+
+A line carries a handful of devices per site, a few calls a day and messages
+by the hundred; the defaults leave it plenty of room while keeping what one
+misbehaving client -- enrolled or not -- can take from the others to a small,
+known share. Each is a `parley server` option (``--max-connections`` ...), an
+environment variable (``PARLEY_MAX_CONNECTIONS``) and a key of ``[server]``
+in ``parley.toml``; `LIMIT_HELP` is the text every surface shows for it.
+
+Connections (before anyone has proved who they are):
+
+* ``max_connections`` in all, ``max_connections_per_source`` from one address;
+* ``max_unauthenticated`` not yet logged in, ``max_unauthenticated_per_source``
+  from one address: past either, the newest connection pushes out the oldest
+  one that has not logged in (from the address with the most of them), so
+  that whoever holds connections open without logging in cannot keep a
+  genuine terminal out, even one that shares its address;
+* ``login_timeout``: a WebSocket that has not logged in by then is closed;
+  ``header_timeout``: a connection that has not sent a whole HTTP request by
+  then (and an idle one between requests) is closed; ``read_timeout``: the
+  longest an HTTP request body may take;
+* before login the only frame allowed is the ``hello``: anything else is
+  answered once and the connection closed, so errors to someone who has not
+  logged in are never amplified.
+
+Devices (after login):
+
+* ``max_sessions_per_device``: a newer session of a device closes its oldest;
+* ``rate_limit`` frames and ``byte_rate_limit`` bytes a second *per device*,
+  whichever of its connections they come on, in bursts of twice that;
+* ``bad_frame_limit``: frames refused as malformed a device may send, in
+  bursts of ``BAD_FRAME_BURST``; past that its connection is closed;
+* ``mailbox_envelopes`` / ``mailbox_mib``: what may wait on the server for
+  one device; ``sender_envelopes`` / ``sender_mib``: what one device may
+  have waiting for others. Past either the sender gets ``quota_exceeded``;
+* ``mailbox_window`` / ``mailbox_window_kib``: stored envelopes sent to a
+  device and not yet acknowledged; the rest follow as acknowledgements come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..errors import ErrorCode, LocalError
+
+BAD_FRAME_BURST = 32
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 4096
+    max_connections_per_source: int = 1024
+    max_unauthenticated: int = 512
+    max_unauthenticated_per_source: int = 64
+    login_timeout: float = 10.0
+    header_timeout: float = 5.0
+    read_timeout: float = 10.0
+    max_sessions_per_device: int = 8
+    rate_limit: float = 500.0
+    byte_rate_limit: float = 8 * 1024 * 1024
+    bad_frame_limit: float = 60.0
+    mailbox_envelopes: int = 20_000
+    mailbox_mib: float = 256.0
+    sender_envelopes: int = 20_000
+    sender_mib: float = 256.0
+    mailbox_window: int = 500
+    mailbox_window_kib: float = 4096.0
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                flag = "--" + spec.name.replace("_", "-")
+                raise LocalError(
+                    f"the limit {spec.name} must be a positive number, not {value!r}",
+                    code=ErrorCode.BAD_CONFIG,
+                    hint=f"set {flag} (default {getattr(Limits, spec.name)})")
+
+    @property
+    def mailbox_bytes(self) -> int:
+        return int(self.mailbox_mib * 1024 * 1024)
+
+    @property
+    def sender_bytes(self) -> int:
+        return int(self.sender_mib * 1024 * 1024)
+
+    @property
+    def mailbox_window_bytes(self) -> int:
+        return int(self.mailbox_window_kib * 1024)
+
+
+LIMIT_HELP = {
+    "max_connections": "connections the server holds at once, in all",
+    "max_connections_per_source": "connections from one address",
+    "max_unauthenticated": "connections not yet logged in, in all (the newest pushes out the"
+                           " oldest)",
+    "max_unauthenticated_per_source": "connections not yet logged in from one address",
+    "login_timeout": "seconds a WebSocket may take to log in",
+    "header_timeout": "seconds a connection may take to send a whole HTTP request, and may"
+                        " stay idle between requests",
+    "read_timeout": "seconds an HTTP request body may take",
+    "max_sessions_per_device": "sessions one device may hold; a newer one closes the oldest",
+    "rate_limit": "frames per second each device may send (all its connections together), in"
+                  " bursts of twice that; more are refused with rate_limited",
+    "byte_rate_limit": "bytes per second each device may send, in bursts of twice that",
+    "bad_frame_limit": "malformed frames a device may send per minute before its connection"
+                          " is closed",
+    "mailbox_envelopes": "envelopes that may wait on the server for one device",
+    "mailbox_mib": "MiB that may wait on the server for one device",
+    "sender_envelopes": "envelopes one device may have waiting for others",
+    "sender_mib": "MiB one device may have waiting for others",
+    "mailbox_window": "stored envelopes sent to a device before it acknowledges them",
+    "mailbox_window_kib": "KiB of stored envelopes sent to a device before it acknowledges them",
+}
+assert set(LIMIT_HELP) == {f.name for f in fields(Limits)}

@@ -1,0 +1,82 @@
+"""Private files and directories: created 0600 / 0700, and refused when others can write them.
+
+A terminal's data directory holds its private keys, the keys its operator
+verified (pins) and what it was told; a server's holds the directory of
+device keys that every terminal checks against its pins. Whoever can write
+either can swap a key. So both are created for their owner alone (never
+briefly wider), and a process refuses to start on one that others may write,
+saying which ``chmod`` fixes it. Others *reading* a terminal's files is
+refused as well (they are secrets); a server's files hold no secret, so that
+is only warned about.
+
+SQLite gives a database's ``-wal`` and ``-shm`` files the mode of the
+database file itself, so creating the database file first, 0600, is enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from parley.core.errors import ErrorCode, LocalError
+
+log = logging.getLogger("parley.files")
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) for its owner only; an existing one is checked."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is cut by the umask, never widened
+    return path
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600, unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 (never briefly wider), flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    write_private_file(tmp, data)
+    os.replace(tmp, path)
+
+
+def check_private(paths: list[Path], *, what: str, secret: bool) -> None:
+    """Refuse paths others may write (or, if `secret`, read); warn of others reading.
+
+    `paths` are a data directory and the files in it that matter; missing ones
+    are skipped.
+    """
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        fix = f"chmod {'700' if path.is_dir() else '600'} {path}"
+        if mode & 0o022 or (secret and mode & 0o077):
+            kind = "writable" if mode & 0o022 else "readable"
+            raise LocalError(
+                f"{path} is {kind} by other users (mode {mode:o}); refusing to use {what}"
+                " that others could change" + (" or read" if secret else ""),
+                code=ErrorCode.BAD_CONFIG,
+                hint=f"run '{fix}' (and check who may have changed or copied it)")
+        if mode & 0o077:
+            log.warning("%s is readable by other users (mode %o); run '%s'", path, mode, fix)

@@ -1,0 +1,142 @@
+"""The line server's listening socket: each connection admitted before aiohttp reads a byte.
+
+aiohttp serves HTTP and WebSockets well but has no notion of how many
+connections one address may hold. So the server listens itself
+(`loop.create_server`) and wraps each connection's aiohttp protocol in a
+`Guard`, which asks the pure `Admission` first: a connection it refuses gets a
+short ``503`` and is closed; one it pushes out to make room (the oldest not
+logged in) is aborted. Only public interfaces of aiohttp are used: the
+runner's `server` (the protocol factory) and the protocol methods asyncio
+calls, which the guard passes on unchanged.
+
+Connections that never send a whole request are closed by aiohttp itself
+after its keep-alive timeout, armed from the moment a connection is made (the
+server sets it to ``header_timeout``); a WebSocket that does not log in is
+closed by the relay after ``login_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from parley.core.errors import ErrorCode, LocalError
+from parley.core.relay.admission import Admission
+
+log = logging.getLogger("parley.server")
+LOG_EVERY_S = 10.0
+
+
+def _refusal(reason: str) -> bytes:
+    body = (f'{{"code":"too_many_connections","message":"{reason}",'
+            '"hint":"try again in a moment"}').encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class Guard(asyncio.Protocol):
+    """One accepted connection: admitted or refused, then aiohttp's protocol inside."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.source = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else "unknown"
+        listener = self._listener
+        verdict = listener.admission.open(self, self.source)
+        for victim in verdict.evict:
+            listener.note("pushed out a connection that had not logged in", victim.source)
+            victim.evict()
+        if not verdict.admitted:
+            listener.note(f"refused a connection: {verdict.reason}", self.source)
+            transport.write(_refusal(verdict.reason))
+            transport.close()
+            return
+        self.transport = transport
+        listener.guards[transport] = self
+        self._inner = listener.factory()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self._listener.guards.pop(self.transport, None)
+            self._listener.admission.closed(self)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def evict(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Listener:
+    def __init__(self, factory: Callable[[], asyncio.Protocol], admission: Admission[Guard]
+                 ) -> None:
+        self.factory = factory
+        self.admission = admission
+        self.guards: dict[Any, Guard] = {}  # transport -> its guard
+        self._server: asyncio.Server | None = None
+        self._noted: dict[str, tuple[float, int]] = {}  # message -> (last logged, since)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; the port actually bound (for port 0)."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(lambda: Guard(self), host, port,
+                                                    reuse_address=True, backlog=1024)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LocalError(f"port {port} on {host} is in use (another parley server?)",
+                                 code=ErrorCode.BAD_CONFIG,
+                                 hint="stop the other process, or choose another --port"
+                                 ) from None
+            raise LocalError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                             code=ErrorCode.BAD_CONFIG, hint="check --host and --port") from None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def guard(self, transport: Any) -> Guard | None:
+        return self.guards.get(transport)
+
+    def note(self, what: str, source: str) -> None:
+        """Log what a flood makes happen thousands of times: once per kind per 10 s."""
+        key = f"{what} ({source})"
+        now = time.monotonic()
+        last, since = self._noted.get(key, (0.0, 0))
+        if now - last >= LOG_EVERY_S:
+            log.warning("%s%s", key, f"; {since} more like it since the last" if since else "")
+            self._noted[key] = (now, 0)
+            if len(self._noted) > 1000:
+                self._noted.clear()
+        else:
+            self._noted[key] = (last, since + 1)
