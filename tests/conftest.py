@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from parley.media.ice import use_host_addresses
-from tests.harness import LocalLine
+from tests.harness import LocalLine, close_websockets
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,4 +29,7 @@ async def line(tmp_path: Path) -> AsyncIterator[LocalLine]:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
-        yield session
+        try:
+            yield session
+        finally:
+            await close_websockets(session)

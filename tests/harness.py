@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,6 +118,17 @@ class LocalLine:
             await self._runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def local_line(root: Path, limits: Limits) -> AsyncIterator[LocalLine]:
+    """A line whose server has these limits, stopped at the end."""
+    line = LocalLine(root)
+    await line.start(limits=limits)
+    try:
+        yield line
+    finally:
+        await line.stop()
+
+
 async def active_call(caller: Terminal, callee: Terminal, target: str = "moscow",
                       timeout: float = 20.0) -> tuple[CallInfo, CallInfo]:
     """Place a call and wait until both sides are ACTIVE (or fail loudly)."""
@@ -173,16 +185,38 @@ class WireClient:
         return await self.recv()
 
 
+# The WebSockets each test session opened, closed with it (tests/conftest.py's `http`):
+# one left open is an unclosed connection whenever the garbage collector finds it.
+_OPENED: weakref.WeakKeyDictionary[aiohttp.ClientSession,
+                                   list[aiohttp.ClientWebSocketResponse]] = \
+    weakref.WeakKeyDictionary()
+
+
+async def close_websockets(http: aiohttp.ClientSession) -> None:
+    for ws in _OPENED.pop(http, []):
+        await ws.close()
+
+
 async def connect(url: str, http: aiohttp.ClientSession, *, batch: bool = True) -> WireClient:
     """A WebSocket to the server at `url` (offering batches, unless not), past its challenge."""
     ws = await http.ws_connect(url.replace("http", "ws") + "/v1/ws",
                                protocols=(wire.BATCH_SUBPROTOCOL,) if batch else (),
                                max_msg_size=8 * 1024 * 1024)
+    _OPENED.setdefault(http, []).append(ws)
     client = WireClient(ws)
     client.challenge = await client.recv()
     assert client.challenge["t"] == "challenge" and client.challenge["server"] == url, \
         client.challenge
     return client
+
+
+async def logged_in(line: LocalLine, http: aiohttp.ClientSession, dirs: dict[str, Path],
+                    name: str) -> tuple[WireClient, str, DeviceKeys]:
+    """A WebSocket logged in as the provisioned terminal `name`'s device."""
+    client = await connect(line.url, http)
+    device, keys = device_of(dirs, name)
+    assert (await client.login(device, keys, line.url))["t"] == "welcome"
+    return client, device, keys
 
 
 def device_of(dirs: dict[str, Path], name: str) -> tuple[str, DeviceKeys]:
@@ -270,5 +304,6 @@ class HostileRelay:
         return client
 
 
-__all__ = ["HostileRelay", "LocalLine", "WireClient", "active_call", "connect",
-           "device_of", "frames", "wait_for", "wait_until"]
+__all__ = ["HostileRelay", "LocalLine", "WireClient", "active_call", "close_websockets",
+           "connect", "device_of", "frames", "local_line", "logged_in", "wait_for",
+           "wait_until"]

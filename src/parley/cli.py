@@ -412,6 +412,75 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(data: Path) -> bool:
+    try:
+        control_request(data, "GET", "/api/status")
+    except LocalError:
+        return False
+    return True
+
+
+def cmd_alarms(args: argparse.Namespace) -> int:
+    from parley.terminal.store import TerminalStore
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    store = TerminalStore(data)
+    try:
+        alarms = [a.to_json() for a in store.alarms(include_acknowledged=args.all)]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(alarms))
+        return 0
+    if not alarms:
+        print("no open alarms" + ("" if args.all else " ('--all' lists acknowledged ones too)"))
+        return 0
+    for alarm in alarms:
+        times = f" x{alarm['count']}" if alarm["count"] > 1 else ""
+        state = f"acknowledged {_when(alarm['acked_ms'])}" if alarm["acked_ms"] else "OPEN"
+        print(f"#{alarm['id']:<4} {state}  {alarm['title']} [{alarm['code']}]{times}")
+        print(f"      last {_when(alarm['last_ms'])}"
+              + (f", first {_when(alarm['first_ms'])}" if alarm["count"] > 1 else ""))
+        print(f"      {alarm['message']}")
+        if alarm["hint"]:
+            print(f"      what to do: {alarm['hint']}")
+        if alarm["ack_note"]:
+            print(f"      note: {alarm['ack_note']}")
+    open_ones = [a for a in alarms if not a["acked_ms"]]
+    if open_ones:
+        print(f"{len(open_ones)} open; once dealt with: parley alarms ack ID ... (or --all)")
+    return 0
+
+
+def cmd_alarms_ack(args: argparse.Namespace) -> int:
+    from parley.terminal.store import TerminalStore
+
+    if not args.ids and not args.all:
+        raise LocalError("name the alarms to acknowledge", code=ErrorCode.BAD_MESSAGE,
+                         hint="parley alarms ack ID ... (numbers from 'parley alarms'), or --all")
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    ids = None if args.all else args.ids
+    if _running(data):  # through the terminal, so that its pages update at once
+        body: dict[str, Any] = {"all": True} if ids is None else {"ids": ids}
+        done = control_request(data, "POST", "/api/alarms/ack",
+                               {**body, "note": args.note or ""})["acknowledged"]
+    else:
+        store = TerminalStore(data)
+        try:
+            done = store.acknowledge_alarms(ids, now_ms(), args.note or "")
+        finally:
+            store.close()
+    missing = sorted(set(ids or []) - set(done))
+    if done:
+        print(f"acknowledged: {', '.join(f'#{i}' for i in done)}")
+    if missing:
+        raise LocalError(f"no open alarm {', '.join(f'#{i}' for i in missing)}",
+                         code=ErrorCode.BAD_MESSAGE, hint="'parley alarms' lists the open ones")
+    if not done:
+        print("no open alarms")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parley.demo import run_demo
 
@@ -526,6 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "hangup", "hang up the running terminal's call", cmd_hangup, DATA_OPTION)
     p = command(sub, "status", "the running terminal's status", cmd_status, DATA_OPTION)
     p.add_argument("--json", action="store_true")
+
+    # alarms
+    alarms = command(sub, "alarms", "security alarms, kept until an operator acknowledges them",
+                     cmd_alarms, DATA_OPTION)
+    alarms.add_argument("--all", action="store_true", help="acknowledged ones too")
+    alarms.add_argument("--json", action="store_true")
+    asub = alarms.add_subparsers(dest="alarms_command", metavar="ACTION")
+    p = command(asub, "list", "list the open alarms (the default)", cmd_alarms, DATA_OPTION)
+    p.add_argument("--all", action="store_true", help="acknowledged ones too")
+    p.add_argument("--json", action="store_true")
+    p = command(asub, "ack", "acknowledge alarms that have been dealt with", cmd_alarms_ack,
+                DATA_OPTION)
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="alarm numbers")
+    p.add_argument("--all", action="store_true", help="every open alarm")
+    p.add_argument("--note", help="what was done about it, kept with the alarm")
 
     # demo
     p = command(sub, "demo", "the whole line on this machine: a server and two terminals",

@@ -229,3 +229,34 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
     assert all(n > 0 for n in summary["video_frames"].values())
     assert all(n > 0 for n in summary["audio_frames"].values())
     assert summary["setup_ms"] > 0
+
+
+def test_alarms_are_listed_and_acknowledged_from_the_command_line(tmp_path: Path) -> None:
+    from parley.terminal.store import TerminalStore
+
+    data = ["--data", str(tmp_path / "t")]
+    run("terminal", "init", "--name", "desk", *data)
+    store = TerminalStore(tmp_path / "t")
+    for _ in range(3):
+        forged = store.raise_alarm(code="bad_signature", title="Forged or altered message",
+                                   message="an envelope from moscow/desk does not verify",
+                                   hint="it was dropped", call_id=None, subject="moscow/desk",
+                                   now_ms=1_800_000_000_000)
+    other = store.raise_alarm(code="wrong_recipient", title="Misrouted message",
+                              message="meant for moscow/spare", hint="", call_id=None,
+                              subject="moscow/spare", now_ms=1_800_000_001_000)
+    store.close()
+    listed = run("alarms", *data).stdout
+    assert f"#{forged.id}" in listed and " x3" in listed and "OPEN" in listed
+    assert "what to do: it was dropped" in listed and "2 open" in listed
+    done = run("alarms", "ack", str(forged.id), "--note", "reported", *data)
+    assert f"acknowledged: #{forged.id}" in done.stdout
+    assert json.loads(run("alarms", "--json", *data).stdout)[0]["id"] == other.id
+    everything = run("alarms", "--all", *data).stdout
+    assert f"#{forged.id}    acknowledged " in everything and "note: reported" in everything
+    missing = run("alarms", "ack", "999", *data, check=False)
+    assert missing.returncode == 2 and "no open alarm #999" in missing.stderr
+    nothing = run("alarms", "ack", *data, check=False)
+    assert nothing.returncode == 2 and "--all" in nothing.stderr
+    assert "acknowledged" in run("alarms", "ack", "--all", *data).stdout
+    assert "no open alarms" in run("alarms", *data).stdout

@@ -26,7 +26,8 @@ from parley.lab import create_parties, enroll_terminal
 from parley.media.robot import dtls_fingerprint
 from parley.media.tracks import SynthAudioTrack, TestPatternTrack
 from parley.terminal.app import Terminal
-from tests.harness import HostileRelay, LocalLine, frames, wait_until
+from parley.terminal.link import ServerLink
+from tests.harness import HostileRelay, LocalLine, device_of, frames, wait_until
 
 W, M = "washington/hotline", "moscow/hotline"
 
@@ -261,3 +262,110 @@ async def test_unverified_peer_is_refused_with_how_to_verify(line: LocalLine) ->
     refused = next(a for a in moscow.alarms if a["code"] == ErrorCode.NOT_VERIFIED)
     assert "parley keys verify washington" in refused["hint"]
     await assert_no_media(washington, moscow)
+
+
+async def test_a_flood_of_forgeries_cannot_push_a_genuine_alarm_out_of_sight(
+        hostile: Hostile) -> None:
+    washington = await hostile.line.terminal("washington")
+    await hostile.line.terminal("moscow", auto_answer=True)
+    # The genuine alarm: an envelope meant for moscow, delivered to washington.
+    misrouted = hostile.forge(M, M, "call.ice", {"call_id": "c", "candidate": ""})
+    await hostile.relay.inject(W, {"t": "deliver", "env": misrouted.to_json()})
+    await wait_until(lambda: ErrorCode.WRONG_RECIPIENT in alarm_codes(washington), 10,
+                     "the genuine alarm")
+    genuine = next(a for a in washington.alarms if a["code"] == ErrorCode.WRONG_RECIPIENT)
+    # Then 200 forgeries in moscow's name, which would once have flushed it out.
+    for n in range(200):
+        forged = hostile.forge(M, W, "call.ice", {"call_id": f"f{n}", "candidate": ""})
+        await hostile.relay.inject(W, {"t": "deliver", "env": forged.to_json()})
+
+    def forgeries() -> int:
+        return sum(a["count"] for a in washington.alarms if a["code"] == ErrorCode.BAD_SIGNATURE)
+
+    await wait_until(lambda: forgeries() == 200, 30, "200 forgeries counted")
+    assert [a["id"] for a in washington.alarms if a["code"] == ErrorCode.BAD_SIGNATURE] \
+        == [next(a["id"] for a in washington.alarms if a["code"] == ErrorCode.BAD_SIGNATURE)]
+    assert genuine["id"] in [a["id"] for a in washington.status()["alarms"]]
+    # Only an operator's acknowledgement takes it off the open list; it is kept.
+    washington.acknowledge_alarms([genuine["id"]], "misrouting reported to the line host")
+    assert genuine["id"] not in [a["id"] for a in washington.alarms]
+    assert ErrorCode.BAD_SIGNATURE in alarm_codes(washington)
+    kept = {a.id: a for a in washington.store.alarms(include_acknowledged=True)}
+    assert kept[genuine["id"]].acked_ms is not None
+
+
+async def test_an_offer_held_past_the_callers_patience_rings_nothing(
+        hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    from parley.core import call as call_module
+
+    monkeypatch.setattr(call_module, "REACH_TIMEOUT_MS", 1_500)  # the caller's patience
+    held: list[dict[str, Any]] = []
+
+    async def hold(direction: str, device: str | None,
+                   frame: dict[str, Any]) -> dict[str, Any] | None:
+        # The server takes the offer (and the cancel after it), says "delivered", and waits.
+        if direction == "down" and device == M and frame.get("t") == "deliver" \
+                and frame["env"]["type"] in ("call.offer", "call.end"):
+            held.append(frame)
+            return None
+        return frame
+
+    hostile.relay.tamper = hold
+    washington = await hostile.line.terminal("washington")
+    moscow = await hostile.line.terminal("moscow", auto_answer=True)
+    placed = await washington.place_call("moscow")
+    ended = await washington.wait_for_call(
+        lambda c: c.call_id == placed.call_id and c.state is CallState.ENDED, 10)
+    assert ended.end_reason is EndReason.UNREACHABLE
+    hostile.relay.tamper = None
+    offer = next(f for f in held if f["env"]["type"] == "call.offer")
+    await hostile.relay.inject(M, offer)  # delivered late, without its cancel
+    late = await moscow.wait_for_call(lambda c: c.call_id == placed.call_id, 10)
+    assert late.state is CallState.ENDED and late.end_reason is EndReason.MISSED
+    assert "after its caller gave up" in (late.alarm or "")
+    await asyncio.sleep(0.5)
+    assert not moscow.sessions and not moscow.final_stats, "no camera, no microphone"
+    sent_by_moscow = [f["env"]["type"] for d, dev, f in hostile.relay.log
+                      if d == "up" and dev == M and f.get("t") == "send"]
+    assert "call.ringing" not in sent_by_moscow and "call.answer" not in sent_by_moscow
+
+
+async def test_an_envelope_not_opened_for_a_passing_reason_stays_on_the_server_until_it_is(
+        hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    from parley.terminal import link as link_module
+
+    monkeypatch.setattr(link_module, "REQUEST_TIMEOUT_S", 1.0)
+    # A stored envelope waits for moscow while it is offline: a (genuine) tamper notice
+    # from washington, which moscow can only open after looking washington up.
+    w_id, w_keys = device_of(hostile.dirs, "washington")
+    notice = seal_envelope(w_keys, w_id, hostile.public(M), "notice.tamper",
+                           {"envelope_id": "x" * 22, "envelope_type": "call.offer",
+                            "code": "bad_signature"}, now_ms())
+    sender = ServerLink(hostile.relay.url, w_id, w_keys, receive=False)
+    await sender.connect_once()
+    assert await sender.send_envelope(notice, ephemeral=False) == "stored"
+    await sender.close()
+    dropping = True
+
+    async def no_directory(direction: str, device: str | None,
+                           frame: dict[str, Any]) -> dict[str, Any] | None:
+        if dropping and direction == "down" and device == M and frame.get("t") == "directory":
+            return None  # the lookup times out
+        return frame
+
+    hostile.relay.tamper = no_directory
+    moscow = await hostile.line.terminal("moscow")
+    assert hostile.line.server is not None
+    store = hostile.line.server.store
+
+    def acked() -> bool:
+        return any(d == "up" and dev == M and f.get("t") == "ack" and f["id"] == notice.id
+                   for d, dev, f in hostile.relay.log)
+
+    await asyncio.sleep(2.5)  # the first try timed out, and the retry too
+    assert not acked() and [row[1] for row in store.pending(M, 0, 10)] == [notice.id]
+    assert moscow.alarms == []
+    dropping = False  # the directory answers again: the next try opens it
+    await wait_until(acked, 15, "the acknowledgement once it was handled")
+    assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)  # what the notice reported
+    await wait_until(lambda: store.pending(M, 0, 10) == [], 5, "gone from the server")

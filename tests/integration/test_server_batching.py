@@ -28,15 +28,7 @@ from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.core.relay.fastpath import quick_send
 from parley.core.relay.limits import Limits
 from parley.terminal.link import ServerLink
-from tests.harness import LocalLine, WireClient, connect, device_of, wait_until
-
-
-async def logged_in(line: LocalLine, http: aiohttp.ClientSession, dirs: dict[str, Path],
-                    name: str) -> tuple[WireClient, str, DeviceKeys]:
-    client = await connect(line.url, http)
-    device, keys = device_of(dirs, name)
-    assert (await client.login(device, keys, line.url))["t"] == "welcome"
-    return client, device, keys
+from tests.harness import LocalLine, connect, device_of, local_line, logged_in, wait_until
 
 
 def envelope_to(keys: DeviceKeys, sender: str, recipient: DevicePublicKeys,
@@ -271,9 +263,7 @@ async def test_limits_per_message_and_per_frame(line: LocalLine,
 
 async def test_rate_limit_counts_every_frame_of_a_batch(tmp_path: Path,
                                                         http: aiohttp.ClientSession) -> None:
-    line = LocalLine(tmp_path)
-    await line.start(limits=Limits(rate_limit=5.0))
-    try:
+    async with local_line(tmp_path, Limits(rate_limit=5.0)) as line:
         dirs = await line.provision(verify=False)
         client, _, _ = await logged_in(line, http, dirs, "washington")
         await client.send(*({"t": "ping", "ref": f"p{n}"} for n in range(15)))
@@ -283,8 +273,6 @@ async def test_rate_limit_counts_every_frame_of_a_batch(tmp_path: Path,
         assert [r["t"] for r in replies] == ["pong"] * 10 + ["error"] * 5
         assert [r["ref"] for r in replies] == [f"p{n}" for n in range(15)]
         assert {r["code"] for r in replies[10:]} == {"rate_limited"}
-    finally:
-        await line.stop()
 
 
 async def test_a_refused_login_ends_the_batch_it_came_in(

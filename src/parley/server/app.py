@@ -67,10 +67,12 @@ class Connection:
     """A WebSocket as the relay's `Port`: frames into its outbox, closes when asked."""
 
     def __init__(self, ws: web.WebSocketResponse, outbox: Outbox,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Future[Any]]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Future[Any]],
+                 guard: Guard | None) -> None:
         self.ws = ws
         self.outbox = outbox
         self._spawn = spawn
+        self.guard = guard  # its TCP connection, until it logs in (then None)
         self.closing: asyncio.Future[Any] | None = None
 
     def put(self, frame: str) -> None:
@@ -88,6 +90,11 @@ class Connection:
         with contextlib.suppress(TimeoutError, ConnectionError):
             await asyncio.wait_for(self.outbox.flush(), CLOSE_FLUSH_S)  # the error first
         self.outbox.close()
+        if self.guard is not None and code in _HELD:
+            # Not logged in: answered once, now held unread (see server.listener), so that
+            # a flood of junk cannot come straight back.
+            self.guard.hold()
+            return
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     def abort(self, code: int, reason: str) -> None:
@@ -208,18 +215,18 @@ class LineServer:
                                    protocols=(wire.BATCH_SUBPROTOCOL,))
         await ws.prepare(request)
         batched = ws.ws_protocol == wire.BATCH_SUBPROTOCOL
-        conn = Connection(ws, Outbox(ws.send_str, batched=batched,
-                                     before_write=self._make_durable), self._background)
         guard = self._listener_guard(request)
+        conn = Connection(ws, Outbox(ws.send_str, batched=batched,
+                                     before_write=self._make_durable), self._background, guard)
         relay = self.relay
         session = relay.connect(conn, str(request.remote), now_ms(), batched=batched)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     relay.receive(session, msg.data, now_ms())
-                    if guard is not None and session.device is not None:
-                        self.admission.authenticated(guard)
-                        guard = None
+                    if conn.guard is not None and session.device is not None:
+                        self.admission.authenticated(conn.guard)
+                        conn.guard = None
                     if self.store.group_open:
                         self._commit_soon()
                     while session.congested:  # a recipient that does not keep up slows us
@@ -241,6 +248,9 @@ class LineServer:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.closing)
             conn.outbox.close()
+            if conn.guard is not None and conn.guard.held:
+                # Returning would have aiohttp send a close frame: stay until it is let go.
+                await conn.guard.gone.wait()
         return ws
 
     def _listener_guard(self, request: web.Request) -> Guard | None:
@@ -278,6 +288,12 @@ class LineServer:
         return task
 
 
+# Connections closed for junk before login, or for not logging in, are held, not closed
+# (see _close). A refused login is closed at once, with its code: a terminal whose key is
+# wrong deserves a clear answer, and an attacker pays for a whole login each time.
+_HELD = frozenset({wire.CloseCode.NOT_LOGGED_IN, wire.CloseCode.LOGIN_TIMEOUT})
+
+
 class _Metrics:
     """The relay's and the admission's counters, read at scrape time (nothing on the hot path)."""
 
@@ -286,28 +302,32 @@ class _Metrics:
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
-        relay, admission = server.relay, server.admission
-        gauges = {
-            "devices_online": ("Devices with a receiving session.", len(relay.online)),
-            "sessions": ("WebSocket sessions, logged in or not.", len(relay.sessions)),
-            "connections": ("TCP connections admitted.", admission.connections),
-            "connections_unauthenticated": ("Connections not logged in.",
-                                            admission.unauthenticated),
-            "mailbox_envelopes": ("Envelopes stored awaiting delivery.",
-                                  relay.quota.waiting()[0]),
-            "mailbox_bytes": ("Bytes stored awaiting delivery.", relay.quota.waiting()[1]),
-        }
-        for name, (help_, value) in gauges.items():
+        relay, admission, listener = server.relay, server.admission, server.listener
+        waiting = relay.quota.waiting()
+        gauges = [
+            ("devices_online", "Devices with a receiving session.", len(relay.online)),
+            ("sessions", "WebSocket sessions, logged in or not.", len(relay.sessions)),
+            ("connections", "TCP connections admitted.", admission.connections),
+            ("connections_unauthenticated", "Connections not logged in.",
+             admission.unauthenticated),
+            ("connections_held", "Refused or pushed-out connections held before closing.",
+             listener.held if listener else 0),
+            ("mailbox_envelopes", "Envelopes stored awaiting delivery.", waiting[0]),
+            ("mailbox_bytes", "Bytes stored awaiting delivery.", waiting[1]),
+        ]
+        counters = [(name, f"Relay: {name.replace('_', ' ')}.", value)
+                    for name, value in relay.counters.__dict__.items()] + [
+            ("connections_refused", "Connections refused by the connection limits.",
+             admission.refused),
+            ("connections_evicted", "Connections not logged in, pushed out for newer ones.",
+             admission.evicted),
+            ("connections_held", "Connections held unread before closing, in all.",
+             listener.held_total if listener else 0),
+        ]
+        for name, help_, value in gauges:
             yield GaugeMetricFamily(f"parley_{name}", help_, value=value)
-        for name, value in relay.counters.__dict__.items():
-            yield CounterMetricFamily(f"parley_{name}", f"Relay: {name.replace('_', ' ')}.",
-                                      value=value)
-        yield CounterMetricFamily("parley_connections_refused",
-                                  "Connections refused by the connection limits.",
-                                  value=admission.refused)
-        yield CounterMetricFamily("parley_connections_evicted",
-                                  "Connections not logged in, pushed out for newer ones.",
-                                  value=admission.evicted)
+        for name, help_, value in counters:
+            yield CounterMetricFamily(f"parley_{name}", help_, value=value)
 
 
 async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]:

@@ -3,11 +3,18 @@
 aiohttp serves HTTP and WebSockets well but has no notion of how many
 connections one address may hold. So the server listens itself
 (`loop.create_server`) and wraps each connection's aiohttp protocol in a
-`Guard`, which asks the pure `Admission` first: a connection it refuses gets a
-short ``503`` and is closed; one it pushes out to make room (the oldest not
-logged in) is aborted. Only public interfaces of aiohttp are used: the
-runner's `server` (the protocol factory) and the protocol methods asyncio
-calls, which the guard passes on unchanged.
+`Guard`, which asks the pure `Admission` first. Only public interfaces of
+aiohttp are used: the runner's `server` (the protocol factory) and the
+protocol methods asyncio calls, which the guard passes on unchanged.
+
+A connection refused (it gets a short ``503``), pushed out to make room (the
+oldest not logged in), or closed by the relay for junk before login is *held*
+first (`Guard.hold`): nothing more it sends is read or answered, and it is
+closed only after ``hold_refused`` seconds. Closed at once, a flood's
+connections come straight back -- measured here, tens of thousands a second,
+which is the server's whole time spent accepting them; held, a flood of N
+connections comes back at most N times per hold. At most ``max_held`` are held
+at once; past that they are closed at once.
 
 Connections that never send a whole request are closed by aiohttp itself
 after its keep-alive timeout, armed from the moment a connection is made (the
@@ -47,6 +54,9 @@ class Guard(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.source = ""
+        self.held = False
+        self._release: asyncio.TimerHandle | None = None
+        self.gone = asyncio.Event()  # set once the connection is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -54,30 +64,35 @@ class Guard(asyncio.Protocol):
         self.source = str(peer[0]) if peer else "unknown"
         listener = self._listener
         verdict = listener.admission.open(self, self.source)
+        self.transport = transport
         for victim in verdict.evict:
             listener.note("pushed out a connection that had not logged in", victim.source)
-            victim.evict()
+            victim.hold()
         if not verdict.admitted:
             listener.note(f"refused a connection: {verdict.reason}", self.source)
-            transport.write(_refusal(verdict.reason))
-            transport.close()
+            self.hold(_refusal(verdict.reason))
             return
-        self.transport = transport
         listener.guards[transport] = self
         self._inner = listener.factory()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
+        if self._inner is not None and not self.held:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        listener = self._listener
         if self.transport is not None:
-            self._listener.guards.pop(self.transport, None)
-            self._listener.admission.closed(self)
+            listener.guards.pop(self.transport, None)
+            listener.admission.closed(self)
+        if self.held:
+            listener.held -= 1
+            if self._release is not None:
+                self._release.cancel()
+        self.gone.set()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -89,9 +104,26 @@ class Guard(asyncio.Protocol):
         if self._inner is not None:
             self._inner.resume_writing()
 
-    def evict(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+    def hold(self, last_words: bytes = b"") -> None:
+        """Read and answer nothing more; close after the hold time (then say `last_words`)."""
+        transport, listener = self.transport, self._listener
+        if self.held or transport is None or transport.is_closing():
+            return
+        listener.admission.closed(self)  # it no longer counts as anyone's connection
+        if listener.held >= listener.max_held:
+            transport.abort()
+            return
+        self.held = True
+        listener.held += 1
+        listener.held_total += 1
+        transport.pause_reading()
+
+        def release() -> None:
+            if last_words:
+                transport.write(last_words)
+            transport.close()
+
+        self._release = asyncio.get_running_loop().call_later(listener.hold_s, release)
 
 
 class Listener:
@@ -99,6 +131,10 @@ class Listener:
                  ) -> None:
         self.factory = factory
         self.admission = admission
+        self.hold_s = admission.limits.hold_refused
+        self.max_held = admission.limits.max_held
+        self.held = 0  # connections held now
+        self.held_total = 0
         self.guards: dict[Any, Guard] = {}  # transport -> its guard
         self._server: asyncio.Server | None = None
         self._noted: dict[str, tuple[float, int]] = {}  # message -> (last logged, since)

@@ -27,22 +27,28 @@ def _uptime(ms: int) -> str:
 def render_status(store: ServerStore, online: set[str], counters: dict[str, Any],
                   uptime_ms: int) -> str:
     e = html.escape
-    devices = store.devices()
+    devices = store.device_records()
+    active = [d for d in devices if d.revoked_ms is None]
     rows = "".join(
         f"<tr><td>{e(p.name)}</td><td>{e(p.display)}</td><td>{e(p.timezone)}</td></tr>"
         for p in store.principals())
     lines = "".join(f"<tr><td>{e(a)}</td><td>⇄</td><td>{e(b)}</td></tr>"
                     for a, b in store.lines())
+    def state(device_id: str, revoked: bool) -> tuple[str, str]:
+        if revoked:
+            return "off", "revoked"
+        return ("on", "online") if device_id in online else ("off", "offline")
+
     devs = "".join(
-        f"<tr><td>{e(d.device_id)}</td><td class=\"{'on' if d.device_id in online else 'off'}\">"
-        f"{'online' if d.device_id in online else 'offline'}</td>"
+        f"<tr><td>{e(d.device_id)}</td><td class=\"{state(d.device_id, bool(d.revoked_ms))[0]}\">"
+        f"{state(d.device_id, bool(d.revoked_ms))[1]}</td>"
         f"<td><code>{e(d.fingerprint)}</code></td></tr>" for d in devices)
     stats = " · ".join(f"{e(k)} {v}" for k, v in counters.items())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="10"><title>Parley line server</title>
 <style>{_STYLE}</style></head><body><main>
 <h1>Parley line server</h1>
-<div class="muted">up {_uptime(uptime_ms)} · {len(online)} of {len(devices)} devices online ·
+<div class="muted">up {_uptime(uptime_ms)} · {len(online)} of {len(active)} devices online ·
 {e(stats)}</div>
 <p class="muted">This server routes sealed envelopes. It never sees message or call content,
 and terminals do not trust the keys it lists: they check them against keys verified in person.

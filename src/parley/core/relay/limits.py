@@ -21,7 +21,13 @@ Connections (before anyone has proved who they are):
   longest an HTTP request body may take;
 * before login the only frame allowed is the ``hello``: anything else is
   answered once and the connection closed, so errors to someone who has not
-  logged in are never amplified.
+  logged in are never amplified;
+* ``hold_refused``: a connection refused, pushed out, or closed for junk
+  before login is not read any more and is held that many seconds before it
+  is closed (at most ``max_held`` at once; past that, closed at once). A flood
+  whose connections were simply closed would open them again at once, and
+  the server would spend itself accepting them; held, each costs one file
+  descriptor and one timer until then.
 
 Devices (after login):
 
@@ -55,6 +61,8 @@ class Limits:
     login_timeout: float = 10.0
     header_timeout: float = 5.0
     read_timeout: float = 10.0
+    hold_refused: float = 5.0
+    max_held: int = 2048
     max_sessions_per_device: int = 8
     rate_limit: float = 500.0
     byte_rate_limit: float = 8 * 1024 * 1024
@@ -99,6 +107,10 @@ LIMIT_HELP = {
     "header_timeout": "seconds a connection may take to send a whole HTTP request, and may"
                         " stay idle between requests",
     "read_timeout": "seconds an HTTP request body may take",
+    "hold_refused": "seconds a refused or pushed-out connection, or one closed for junk before"
+                    " login, is held unread before it is closed (so a flood cannot reconnect"
+                    " at once)",
+    "max_held": "connections held that way at once; past that they are closed at once",
     "max_sessions_per_device": "sessions one device may hold; a newer one closes the oldest",
     "rate_limit": "frames per second each device may send (all its connections together), in"
                   " bursts of twice that; more are refused with rate_limited",
@@ -113,3 +125,19 @@ LIMIT_HELP = {
     "mailbox_window_kib": "KiB of stored envelopes sent to a device before it acknowledges them",
 }
 assert set(LIMIT_HELP) == {f.name for f in fields(Limits)}
+
+
+def limits_markdown() -> str:
+    """docs/server-limits.md, generated from `Limits` so that the two cannot drift apart."""
+    lines = ["# Line server limits", "",
+             "Generated from `Limits` in `src/parley/core/relay/limits.py` by `scripts/gen-docs`;",
+             "a test fails when this file and the code disagree. Each is a `parley server`",
+             "option, an environment variable and a key of `[server]` in `parley.toml`.", "",
+             "| option | environment | default | what it limits |", "|---|---|---|---|"]
+    for spec in fields(Limits):
+        flag = spec.name.replace("_", "-")
+        default = spec.default
+        shown = f"{default:g}" if isinstance(default, float) else f"{default:,}"
+        lines.append(f"| `--{flag}` | `PARLEY_{spec.name.upper()}` | {shown} |"
+                     f" {LIMIT_HELP[spec.name]} |")
+    return "\n".join(lines) + "\n"
