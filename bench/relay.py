@@ -26,10 +26,11 @@ server echoes message for message, the best a bare echo can do.
 * Memory: the server's resident set (VmRSS) idle, then with 2,000 logged-in
   devices connected and idle; the echo server with 2,000 idle connections.
 
-The per-device rate limit (500 messages/s by default) exists to stop one
-device flooding the line; with two terminals it, not the server, would set
-the throughput. The capacity runs therefore start the server with
-``--rate-limit 1000000``; one run at the default shows the limit at work.
+The per-device rate limits (500 frames and 8 MiB a second by default) exist to
+stop one device flooding the line; with two terminals they, not the server,
+would set the throughput. The capacity runs therefore start the server with
+``--rate-limit 1000000 --byte-rate-limit 1000000000000``; one run at the
+defaults shows the limits at work.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class Bench:
 
     async def servers(self, data: Path, rate_limit: float | None = CAPACITY_RATE_LIMIT
                       ) -> tuple[Child, str, Child, str]:
-        extra = ["--rate-limit", str(rate_limit)] if rate_limit else []
+        extra = ["--rate-limit", str(rate_limit), "--byte-rate-limit", str(10**12)] \
+            if rate_limit else []
         parley, parley_url = await start_server_process(data, self.logs, name=f"server-{data.name}",
                                                         extra_args=extra)
         try:
@@ -286,7 +288,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             f"with the default per-device limit (500/s each), 2 terminals get"
             f" {out['per_s']:,.0f} envelopes/s through and the rest are refused with"
             " rate_limited: the limit, not the server, binds; the rows above use"
-            f" --rate-limit {CAPACITY_RATE_LIMIT}")
+            f" --rate-limit {CAPACITY_RATE_LIMIT} and no byte limit to speak of")
     finally:
         await limited.stop()
 

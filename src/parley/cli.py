@@ -407,8 +407,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  call {call['direction']} {call['peer']}: {call['state']}"
               + (f" ({call['end_reason']})" if call["end_reason"] else "")
               + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
-    for alarm in status["alarms"][-5:]:
-        print(f"  ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")
+    alarms = status["alarms"]
+    for alarm in alarms[-5:]:
+        times = f" (x{alarm['count']})" if alarm.get("count", 1) > 1 else ""
+        print(f"  ALARM #{alarm['id']} {alarm['title']} [{alarm['code']}]{times}:"
+              f" {alarm['message']}")
+    if alarms:
+        print(f"  {len(alarms)} open alarm(s): 'parley alarms' lists them, 'parley alarms ack'"
+              " acknowledges")
     return 0
 
 

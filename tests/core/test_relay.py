@@ -204,6 +204,10 @@ def test_the_mailbox_quota_refuses_with_quota_exceeded_and_frees_as_acks_come(
     assert "nothing was lost" in refusal["hint"]
     line.commit()
     assert len(line.store.pending(M, 0, 100)) == 5 == line.relay.quota.waiting()[0]
+    # One sent again (its "sent" was lost) is stored already: told so, full or not.
+    line.send(sender, {"t": "send", "env": line.envelope(W, M, n=0) | {"id": ids[0]},
+                       "ref": "again"})
+    assert port.take()[-1] == {"t": "sent", "id": ids[0], "status": "stored", "ref": "again"}
     # Bytes count too: one large envelope does not fit beside the others.
     big = line.envelope(W, M2, size=150_000)
     for n in range(7):

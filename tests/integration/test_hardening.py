@@ -31,7 +31,7 @@ from parley.lab import create_parties, enroll_terminal
 from parley.server.store import ServerStore
 from parley.terminal.link import ServerLink
 from parley.terminal.store import TerminalStore
-from tests.harness import LocalLine, device_of, local_line, logged_in, wait_until
+from tests.harness import LocalLine, connect, device_of, local_line, logged_in, wait_until
 
 PARLEY = [sys.executable, "-m", "parley"]
 
@@ -196,6 +196,21 @@ async def test_a_verified_party_gaining_a_device_raises_an_alarm_and_calls_ring_
     assert new_device() == []
     kept = washington.store.alarms(include_acknowledged=True)
     assert any(a.id == alarm["id"] and a.acked_ms and a.ack_note for a in kept)
+
+
+async def test_a_server_stops_at_once_while_it_holds_connections(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with local_line(tmp_path, Limits(hold_refused=30.0)) as line:
+        for _ in range(3):
+            junk = await connect(line.url, http)
+            await junk.send("{not json")
+            assert (await junk.recv())["t"] == "error"
+        assert line.server is not None and line.server.listener is not None
+        await wait_until(lambda: line.server is not None and line.server.listener is not None
+                         and line.server.listener.held == 3, 5, "three held")
+        started = asyncio.get_running_loop().time()
+        await line.stop_server()
+        assert asyncio.get_running_loop().time() - started < 5.0  # not the 30 s hold
 
 
 def test_data_directories_and_databases_are_private_and_loose_ones_are_refused(

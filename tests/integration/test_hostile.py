@@ -369,3 +369,13 @@ async def test_an_envelope_not_opened_for_a_passing_reason_stays_on_the_server_u
     await wait_until(acked, 15, "the acknowledgement once it was handled")
     assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)  # what the notice reported
     await wait_until(lambda: store.pending(M, 0, 10) == [], 5, "gone from the server")
+    # Delivered again (as after a lost acknowledgement): acknowledged again, no alarm.
+    again = next(f for d, dev, f in hostile.relay.log
+                 if d == "down" and dev == M and f.get("t") == "deliver")
+    acks_before = sum(1 for d, dev, f in hostile.relay.log if d == "up" and dev == M
+                      and f.get("t") == "ack")
+    await hostile.relay.inject(M, again)
+    await wait_until(lambda: sum(1 for d, dev, f in hostile.relay.log if d == "up"
+                                 and dev == M and f.get("t") == "ack") > acks_before, 5,
+                     "the second acknowledgement")
+    assert ErrorCode.REPLAY not in alarm_codes(moscow)

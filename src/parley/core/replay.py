@@ -62,6 +62,10 @@ class ReplayGuard:
                 hint="a delayed or replayed envelope was dropped; check the clocks if this repeats",
             )
 
+    def seen(self, envelope_id: str) -> bool:
+        """Was an envelope with this id accepted before (and is it still remembered)?"""
+        return envelope_id in self._seen
+
     def remember(self, envelope: Envelope) -> int | None:
         """Remember the id; return until when it must be kept (None: for good)."""
         age = self.max_age_ms(envelope.type)

@@ -90,6 +90,7 @@ class Guard(asyncio.Protocol):
             listener.admission.closed(self)
         if self.held:
             listener.held -= 1
+            listener.holding.discard(self)
             if self._release is not None:
                 self._release.cancel()
         self.gone.set()
@@ -116,6 +117,7 @@ class Guard(asyncio.Protocol):
         self.held = True
         listener.held += 1
         listener.held_total += 1
+        listener.holding.add(self)
         transport.pause_reading()
 
         def release() -> None:
@@ -135,6 +137,7 @@ class Listener:
         self.max_held = admission.limits.max_held
         self.held = 0  # connections held now
         self.held_total = 0
+        self.holding: set[Guard] = set()
         self.guards: dict[Any, Guard] = {}  # transport -> its guard
         self._server: asyncio.Server | None = None
         self._noted: dict[str, tuple[float, int]] = {}  # message -> (last logged, since)
@@ -156,10 +159,14 @@ class Listener:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Accept no more, and let go of the connections held (the server is stopping)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for guard in list(self.holding):
+            if guard.transport is not None:
+                guard.transport.abort()
 
     def guard(self, transport: Any) -> Guard | None:
         return self.guards.get(transport)

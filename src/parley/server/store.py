@@ -411,6 +411,10 @@ class ServerStore:
                               (recipient, envelope_id)).fetchone()
         return (row[0], int(row[1])) if row else None
 
+    def waiting(self, recipient: str, envelope_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM mailbox WHERE recipient=? AND id=?",
+                               (recipient, envelope_id)).fetchone() is not None
+
     def mailbox_usage(self) -> list[tuple[str, str, int, int]]:
         rows = self.db.execute("SELECT recipient, sender, COUNT(*), SUM(length(body)) FROM"
                                " mailbox GROUP BY recipient, sender")

@@ -273,6 +273,12 @@ class Terminal:
                 log.warning("dropped %s from %s: this terminal does not know that kind",
                             envelope.type, envelope.sender)
                 return
+            if kind.stored and self.replay.seen(envelope.id):
+                # Delivered again because our acknowledgement was lost (a server restart):
+                # handled already, so acknowledged again, and no alarm.
+                log.info("%s %s from %s came again; acknowledged again", envelope.type,
+                         envelope.id, envelope.sender)
+                return
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
             self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)

@@ -93,6 +93,9 @@ class RelayStore(Protocol):
     def delivered(self, recipient: str, envelope_id: str) -> tuple[str, int] | None:
         """Delete an acknowledged envelope: (its sender, its size), or None if not there."""
 
+    def waiting(self, recipient: str, envelope_id: str) -> bool:
+        """Is this envelope stored for `recipient` (not yet acknowledged)?"""
+
     def mailbox_usage(self) -> Iterable[tuple[str, str, int, int]]:
         """What waits: (recipient, sender, envelopes, bytes) for every pair."""
 
@@ -291,13 +294,10 @@ class Relay:
         try:
             if device is not None:
                 frames, size, _ = self._rates[device]
-                if not (frames.take(now_ms) and size.take(now_ms, len(raw))):
-                    self.counters.rate_limited += 1
-                    ref = _ref_of(raw)
-                    raise RemoteError("too many messages; slow down",
-                                      code=ErrorCode.RATE_LIMITED,
-                                      hint=f"this server takes {self.limits.rate_limit:g}"
-                                           " frames a second from each device")
+                if not frames.take(now_ms):
+                    self._rate_limited(raw, f"{self.limits.rate_limit:g} frames")
+                if not size.take(now_ms, len(raw)):
+                    self._rate_limited(raw, f"{self.limits.byte_rate_limit / 1024 / 1024:g} MiB")
                 quick = quick_send(raw)
                 if quick is not None:  # the common case, checked in one go (see fastpath)
                     msg, header = quick
@@ -322,8 +322,17 @@ class Relay:
                 self._directory(session, msg)
             elif kind == "ping":
                 self._send(session, {"t": "pong", "ref": ref, "time": now_ms})
+        except _RateLimited as limited:
+            self._reply_error(session, limited.error, limited.ref)
         except RemoteError as exc:
             self._bad(session, exc, ref, now_ms)
+
+    def _rate_limited(self, raw: str, what: str) -> None:
+        self.counters.rate_limited += 1
+        raise _RateLimited(_ref_of(raw), RemoteError(
+            "too many messages; slow down", code=ErrorCode.RATE_LIMITED,
+            hint=f"this server takes {what} a second from each device, in bursts of twice"
+                 " that; this one was refused: send it again shortly"))
 
     def _bad(self, session: Session, exc: ParleyError, ref: str | None, now_ms: int) -> None:
         """Answer a refused frame; close a connection that has spent its budget."""
@@ -430,6 +439,10 @@ class Relay:
         try:
             self.quota.check(sender, recipient, size)
         except RemoteError as exc:
+            if self.store.waiting(recipient, envelope_id):  # sent again: it is stored already
+                self._send(session, {"t": "sent", "id": envelope_id, "status": "stored",
+                                     "ref": ref})
+                return
             self.counters.quota_exceeded += 1
             self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref,
                                                    envelope_id))
@@ -593,6 +606,14 @@ class Relay:
 
     def _reply_error(self, session: Session, exc: ParleyError, ref: str | None = None) -> None:
         self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref))
+
+
+class _RateLimited(Exception):
+    """A frame refused for its device's rate: answered (with its ref), costing no budget."""
+
+    def __init__(self, ref: str | None, error: RemoteError) -> None:
+        super().__init__(error.message)
+        self.ref, self.error = ref, error
 
 
 def _ref_of(raw: str) -> str | None:
