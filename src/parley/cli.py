@@ -330,8 +330,8 @@ def cmd_keys_forget(args: argparse.Namespace) -> int:
 
 # --- talking to a running terminal ----------------------------------------------------------
 
-def control_request(data: Path, method: str, path: str, body: dict[str, Any] | None = None
-                    ) -> Any:
+def control_request(data: Path, method: str, path: str, body: dict[str, Any] | None = None,
+                    *, raw: bytes | None = None, timeout: float = 20) -> Any:
     from parley.terminal.store import CONTROL_FILE
 
     try:
@@ -341,10 +341,12 @@ def control_request(data: Path, method: str, path: str, body: dict[str, Any] | N
                          hint=f"start it with 'parley terminal run --data {data}'") from None
     req = urllib.request.Request(
         info["url"] + path, method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"})
+        data=raw if raw is not None else json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {info['token']}",
+                 "Content-Type": "application/octet-stream" if raw is not None
+                 else "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         err = json.loads(exc.read() or b"{}").get("error", {})
@@ -487,6 +489,135 @@ def cmd_alarms_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _message_line(m: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["time_ms"] / 1000))
+    who = "you" if m["outgoing"] else m["sender"]
+    if m["kind"] == "lost":
+        return f"{when}  !! {m['text']}"
+    if m["kind"] == "file":
+        f = m["file"]
+        what = f"[file {f['name']}, {f['size']:,} bytes" + (
+            f", {f['done']}/{f['chunks']} parts" if m["state"] in ("receiving", "queued") else "")
+        what += f", {m['state']}]" + (f" {m['text']}" if m["text"] else "")
+    else:
+        what = m["text"]
+    status = ""
+    if m["outgoing"]:
+        ds = m["deliveries"]
+        read = [d["device"] for d in ds if d["read_ms"]]
+        delivered = [d["device"] for d in ds if d["delivered_ms"]]
+        status = (f"  (read by {', '.join(read)})" if read else
+                  f"  (delivered to {', '.join(delivered)})" if delivered else
+                  f"  ({m['state']})")
+    return f"{when}  {who}: {what}{status}"
+
+
+def cmd_message_send(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    if (args.text is None) == (args.file is None):
+        raise LocalError("give the text, or --file PATH", code=ErrorCode.BAD_MESSAGE,
+                         hint="parley message send --to moscow \"the text\"")
+    if args.file is not None:
+        from urllib.parse import urlencode
+
+        try:
+            content = args.file.read_bytes()
+        except OSError as exc:
+            raise LocalError(f"cannot read {args.file}: {exc.strerror}",
+                             code=ErrorCode.BAD_CONFIG) from None
+        query = urlencode({"to": args.to, "name": args.file.name,
+                           "caption": args.caption or ""})
+        info = control_request(data, "POST", f"/api/messages/file?{query}", raw=content,
+                               timeout=120)
+        print(f"queued {info['file']['name']} ({info['file']['size']:,} bytes,"
+              f" {info['file']['chunks']} parts) for {args.to}: message {info['msg_id']}")
+    else:
+        info = control_request(data, "POST", "/api/messages", {"to": args.to,
+                                                                "text": args.text})
+        print(f"queued for {args.to}: message {info['msg_id']}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        found = [m for m in control_request(data, "GET", f"/api/messages?party={args.to}"
+                                            "&limit=1000")["messages"]
+                 if m["msg_id"] == info["msg_id"]]
+        if found and found[0]["deliveries"] and all(d["delivered_ms"]
+                                                    for d in found[0]["deliveries"]):
+            print(f"delivered to {', '.join(d['device'] for d in found[0]['deliveries'])}")
+            return 0
+        time.sleep(0.2)
+    print(f"not yet delivered after {args.wait:g} s; it stays queued and is sent as soon as it"
+          " can be")
+    return 1
+
+
+def _messages_offline(data: Path, fn: Callable[[Any], Any]) -> Any:
+    """Read the terminal's messages from its store (when it is not running)."""
+    from parley.terminal.message_store import MessageStore
+    from parley.terminal.store import TerminalStore
+
+    store = TerminalStore(data)
+    try:
+        return fn(MessageStore(store.db, data))
+    finally:
+        store.close()
+
+
+def cmd_message_list(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    query = f"/api/messages?limit={args.limit}" + (f"&party={args.party}" if args.party else "")
+    if _running(data):
+        got = control_request(data, "GET", query)
+        messages, unread = got["messages"], got["unread"]
+        if not args.keep_unread:
+            for party in sorted({m["party"] for m in messages if not m["outgoing"]
+                                 and not m["read_ms"]}):
+                control_request(data, "POST", "/api/messages/read", {"party": party})
+    else:
+        raise LocalError("the terminal is not running", code=ErrorCode.BAD_CONFIG,
+                         hint=f"start it ('parley terminal --data {data}'); it holds the"
+                              " messages and tells their senders what was read")
+    if args.json:
+        print(json.dumps({"messages": messages, "unread": unread}))
+        return 0
+    current = None
+    for m in messages:
+        if m["party"] != current:
+            current = m["party"]
+            print(f"-- {current}")
+        print("  " + _message_line(m))
+    if not messages:
+        print("no messages yet" + (f" with {args.party}" if args.party else ""))
+    return 0
+
+
+def cmd_message_search(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    from urllib.parse import quote
+
+    if _running(data):
+        found = control_request(data, "GET", f"/api/messages/search?q={quote(args.query)}")
+        messages = found["messages"]
+    else:  # the index is the terminal's own: no server is asked
+        from parley.terminal.messages import search_terms
+
+        messages = _messages_offline(data, lambda ms: [
+            {**m.__dict__, "text": m.body, "time_ms": m.time_ms} for m in
+            ms.search(search_terms(args.query), 50)] if search_terms(args.query) else [])
+    if args.json:
+        print(json.dumps(messages))
+        return 0
+    for m in messages:
+        if "deliveries" in m:
+            print(f"{m['party']}: {_message_line(m)}")
+        else:
+            print(f"{m['party']}: {m['sender']}: {m['text'] or m.get('file_name') or ''}")
+    if not messages:
+        print(f"nothing matches {args.query!r}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parley.demo import run_demo
 
@@ -600,6 +731,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", action="store_true", help="voice only, like a phone call")
     command(sub, "hangup", "hang up the running terminal's call", cmd_hangup, DATA_OPTION)
     p = command(sub, "status", "the running terminal's status", cmd_status, DATA_OPTION)
+    p.add_argument("--json", action="store_true")
+
+    # messages
+    message = sub.add_parser("message", help="hotline messages: send, list, search",
+                             description="hotline messages: end-to-end encrypted text and"
+                             " files to the other party of a line, through the running"
+                             " terminal")
+    msub = message.add_subparsers(dest="message_command", metavar="ACTION", required=True)
+    p = command(msub, "send", "send a message or a file to a party", cmd_message_send,
+                DATA_OPTION)
+    p.add_argument("--to", required=True, help="the party, e.g. moscow")
+    p.add_argument("text", nargs="?", help="the message (quote it)")
+    p.add_argument("--file", type=Path, help="send this file (25 MB at most)")
+    p.add_argument("--caption", help="with --file: a line of text with it")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for the delivery receipts")
+    p = command(msub, "list", "the conversations, newest last (and mark them read)",
+                cmd_message_list, DATA_OPTION)
+    p.add_argument("--party", help="only this party's conversation")
+    p.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    p.add_argument("--keep-unread", action="store_true",
+                   help="do not mark what is listed as read")
+    p.add_argument("--json", action="store_true")
+    p = command(msub, "search", "search this terminal's messages (its own index; nothing"
+                " leaves it)", cmd_message_search, DATA_OPTION)
+    p.add_argument("query", help='words; "a phrase"; a prefix*')
     p.add_argument("--json", action="store_true")
 
     # alarms

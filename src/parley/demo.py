@@ -10,8 +10,13 @@ line) and pins the keys; then hands over:
 * by default, washington gets a browser UI (the URL is printed on a line that
   starts with ``ui: ``) and moscow is a robot that answers at once;
   ``--human moscow`` gives moscow a UI too;
-* ``--headless`` places one robot-to-robot call, lets it run, hangs up, stops
-  everything and prints a summary (``--json``: one JSON object, last line).
+* ``--headless`` places one robot-to-robot call, exchanges 100 hotline messages
+  each way during it (each side then reads them, so that read receipts come
+  back), hangs up, stops everything and prints a summary (``--json``: one JSON
+  object, last line).
+
+In the interactive demo a robot side also answers every message it is sent,
+so that the person at washington sees a conversation, with receipts.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from parley.lab import PARTIES as SIDES
 from parley.lab import provision_line
 
 PARLEY = [sys.executable, "-m", "parley"]
+DEMO_MESSAGES = 100  # each way, in the headless demo
 
 class Control:
     """A client for a running terminal's local API."""
@@ -105,10 +111,10 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
                     print(f"ui: {urls[name]}", flush=True)
                     say(f"   ^ {name}'s terminal: open this in a browser on this machine")
             if robots:
-                say(f"{', '.join(sorted(robots))} is a robot: it answers calls at once and sends"
-                    " a test pattern and a tone")
+                say(f"{', '.join(sorted(robots))} is a robot: it answers calls and messages at"
+                    " once, and sends a test pattern and a tone")
             say("Ctrl-C stops the demo.")
-            await _follow(controls, say)
+            await _follow(controls, say, robots)
             return 0
     finally:
         for child in reversed(children):
@@ -143,6 +149,7 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
         else:
             await asyncio.sleep(0.02)
     say(f"media flowing {setup_ms} ms after the call was placed")
+    messages = await _exchange_messages(wash, moscow, DEMO_MESSAGES, say)
     await asyncio.sleep(max(0.0, duration_s - (time.monotonic() - started)))
     await wash.call("POST", f"/api/calls/{placed['call_id']}/hangup")
     ended = {"caller": await wash.wait_state(placed["call_id"], {"ended"}, 10),
@@ -156,25 +163,84 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
         "setup_ms": setup_ms,
         "video_frames": {k: v.get("video", {}).get("frames", 0) for k, v in stats.items()},
         "audio_frames": {k: v.get("audio", {}).get("frames", 0) for k, v in stats.items()},
+        "messages": messages,
     }
     say(f"hung up: caller {ended['caller']['end_reason']}, callee {ended['callee']['end_reason']}")
     ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
           and all(n > 0 for n in summary["video_frames"].values())
-          and all(n > 0 for n in summary["audio_frames"].values()))
+          and all(n > 0 for n in summary["audio_frames"].values())
+          and messages["sent"] == messages["delivered"] == messages["read_receipts"]
+          == 2 * DEMO_MESSAGES)
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
         say(f"verified: {summary['verified']}; frames received -- video {summary['video_frames']},"
             f" audio {summary['audio_frames']}")
+        say(f"messages: {messages['sent']} sent, {messages['delivered']} delivered,"
+            f" {messages['read_receipts']} read receipts")
         say("demo call OK" if ok else "demo call FAILED")
     return 0 if ok else 1
 
 
-async def _follow(controls: dict[str, Control], say: Any) -> None:
+async def _exchange_messages(wash: Control, moscow: Control, count: int,
+                             say: Any) -> dict[str, int]:
+    """`count` messages each way, each side reading what it got; what the senders saw."""
+    sides = {"washington": (wash, "moscow"), "moscow": (moscow, "washington")}
+
+    async def send(name: str) -> None:
+        control, peer = sides[name]
+        for n in range(count):
+            await control.call("POST", "/api/messages",
+                               {"to": peer, "text": f"{name} to {peer}, message {n + 1}"})
+
+    await asyncio.gather(*(send(name) for name in sides))
+    say(f"{count} messages sent each way during the call")
+
+    async def outgoing(name: str) -> list[dict[str, Any]]:
+        control, peer = sides[name]
+        got = await control.call("GET", f"/api/messages?party={peer}&limit=1000")
+        return [m for m in got["messages"] if m["outgoing"]]
+
+    async def all_have(key: str) -> bool:
+        for name in sides:
+            mine = await outgoing(name)
+            if len(mine) < count or not all(m["deliveries"] and all(d[key] for d in
+                                                                    m["deliveries"])
+                                            for m in mine):
+                return False
+        return True
+
+    async def wait_all(key: str, deadline: float) -> None:
+        """Poll the terminals' API (what a person's page would show) until `key` is in."""
+        while time.monotonic() < deadline:
+            if await all_have(key):
+                return
+            await asyncio.sleep(0.1)
+
+    deadline = time.monotonic() + 30
+    await wait_all("delivered_ms", deadline)
+    for control, peer in sides.values():  # each person reads the conversation
+        await control.call("POST", "/api/messages/read", {"party": peer})
+    await wait_all("read_ms", deadline)
+    mine = [m for name in sides for m in await outgoing(name)]
+    summary = {
+        "sent": sum(m["state"] == "sent" for m in mine),
+        "delivered": sum(bool(m["deliveries"]) and all(d["delivered_ms"] for d in
+                                                        m["deliveries"]) for m in mine),
+        "read_receipts": sum(bool(m["deliveries"]) and all(d["read_ms"] for d in
+                                                            m["deliveries"]) for m in mine),
+    }
+    say(f"messages: {summary['delivered']} of {len(mine)} delivered,"
+        f" {summary['read_receipts']} read")
+    return summary
+
+
+async def _follow(controls: dict[str, Control], say: Any, robots: set[str]) -> None:
     """Print each side's call events as they happen, until Ctrl-C."""
 
     async def follow(name: str, control: Control) -> None:
         url = control.base.replace("http://", "ws://") + f"/api/events?token={control.token}"
+        answered: set[str] = set()
         async with control.http.ws_connect(url) as ws:
             seen: dict[str, str] = {}
             async for msg in ws:
@@ -190,6 +256,18 @@ async def _follow(controls: dict[str, Control], say: Any) -> None:
                 elif event.get("t") == "alarm":
                     alarm = event["alarm"]
                     say(f"[{name}] ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")
+                elif event.get("t") == "message" and not event["message"]["outgoing"] \
+                        and event["message"]["msg_id"] not in answered:
+                    message = event["message"]
+                    if message["kind"] == "text" and message["state"] == "shown":
+                        answered.add(message["msg_id"])
+                        say(f"[{name}] message from {message['sender']}: {message['text'][:200]}")
+                        if name in robots:  # a robot reads it and answers
+                            await control.call("POST", "/api/messages/read",
+                                               {"party": message["party"]})
+                            await control.call("POST", "/api/messages", {
+                                "to": message["party"],
+                                "text": f"{name} (a robot) received: {message['text'][:500]}"})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

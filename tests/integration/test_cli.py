@@ -229,6 +229,8 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
     assert all(n > 0 for n in summary["video_frames"].values())
     assert all(n > 0 for n in summary["audio_frames"].values())
     assert summary["setup_ms"] > 0
+    # 100 messages each way during the call, each delivered and read.
+    assert summary["messages"] == {"sent": 200, "delivered": 200, "read_receipts": 200}
 
 
 def test_alarms_are_listed_and_acknowledged_from_the_command_line(tmp_path: Path) -> None:

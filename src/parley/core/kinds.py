@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from . import notice, schema
 from .call import OFFER_MAX_AGE_MS, PAYLOADS, SIGNALING_MAX_AGE_MS
+from .messages import PAYLOADS as MESSAGE_PAYLOADS
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,12 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     # calls that were live when it was sent (CallBook.tamper_reported).
     Kind(notice.TAMPER, notice.TAMPER_FIELDS, notice.MAX_AGE_MS, stored=True,
          call_signaling=False),
+    # Messages wait on the server for as long as their recipient is away, and are
+    # accepted however late they come (their ids are remembered for good).
+    *(Kind(name, fields, None, stored=True, call_signaling=False)
+      for name, fields in MESSAGE_PAYLOADS.items()),
 )}
-assert set(KINDS) >= set(PAYLOADS), "every call payload has its kind"
+assert set(KINDS) >= set(PAYLOADS) | set(MESSAGE_PAYLOADS), "every payload has its kind"
 
 
 def kind_of(type_: str) -> Kind | None:

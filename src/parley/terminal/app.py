@@ -60,11 +60,13 @@ from parley.core.errors import (
 )
 from parley.core.keys import split_device_id
 from parley.core.kinds import kind_of
+from parley.core.messages import PAYLOADS as MESSAGE_PAYLOADS
 from parley.core.replay import ReplayGuard
 from parley.core.trust import Trust, verify_hint
 from parley.media.engine import MediaEngine, MediaSession
 from parley.media.robot import RobotMedia, RobotOptions
 from parley.terminal.link import ServerLink
+from parley.terminal.messages import Messenger
 from parley.terminal.peers import PeerBook
 from parley.terminal.store import AlarmRecord, TerminalStore
 
@@ -84,6 +86,8 @@ class TerminalConfig:
     ui_port: int = 0
     media: str = "robot"  # "robot" (aiortc here) or "browser" (the person's web UI)
     robot: RobotOptions = field(default_factory=RobotOptions)
+    # False only for the messages benchmark's baseline (relayed, not stored, by the server).
+    messages_stored: bool = True
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -107,6 +111,11 @@ class Terminal:
                                on_presence=self._on_presence, on_state=self._on_link_state,
                                on_roster=self._on_roster)
         self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm)
+        self.messages = Messenger(
+            keys=self.keys, me=self.me, store=self.store, link=self.link, peers=self.peers,
+            require_verified=lambda: self.book.require_verified, publish=self._publish,
+            alarm=lambda call_id, alarm, subject: self._alarm(call_id, alarm, subject=subject),
+            stored=config.messages_stored)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
@@ -125,6 +134,7 @@ class Terminal:
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(coro) for coro in
                        (self.link.run(), self._timers(), self._watch_peers())]
+        self.messages.start()
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -142,6 +152,7 @@ class Terminal:
         for session in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await session.close()
+        await self.messages.stop()
         await self.link.close()
         self.store.close()
 
@@ -220,6 +231,7 @@ class Terminal:
             "lines": self.link.peers,
             "calls": [c.to_json() for c in self.book.calls()],
             "alarms": self.alarms,
+            "unread": self.messages.unread(),
         }
 
     @property
@@ -281,6 +293,14 @@ class Terminal:
                 return
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
+            if envelope.type in MESSAGE_PAYLOADS:
+                # Its id remembered and the message committed together, and only then
+                # acknowledged (below): a crash anywhere loses nothing and shows nothing twice.
+                with self.messages.ms.batch():
+                    self.store.remember_envelope(envelope.id, self.replay.remember(envelope),
+                                                 now)
+                    self.messages.receive(envelope, payload, trust, now)
+                return
             self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
         except SecurityAlarm as alarm:
             self._tampered(envelope, alarm)
@@ -363,6 +383,7 @@ class Terminal:
         self._publish({"t": "link", "connected": up, "detail": why})
         if up:  # a device gained while we were away is told at once
             self._spawn_lane_task(self._refresh_peers())
+            self.messages.link_up()
 
     def _on_roster(self, party: str) -> None:
         """The server says `party`'s devices changed: look (its word is not trusted)."""

@@ -36,6 +36,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from parley.clock import now_ms
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
+from parley.core.messages import MAX_FILE
 from parley.core.schema import parse_json
 from parley.core.trust import Trust, party_trust, party_warning
 from parley.terminal.app import Terminal
@@ -46,6 +47,20 @@ MAX_PAGE_MESSAGE = 128 * 1024  # an SDP (32 KiB at most) with room to spare
 PAGE_QUEUE = 1000
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
                 ".svg": "image/svg+xml", ".png": "image/png"}
+
+
+def _int_query(request: web.Request, name: str, default: int | None, lo: int, hi: int
+               ) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise LocalError(f"{name} must be a whole number", code=ErrorCode.BAD_MESSAGE) from None
+    if not lo <= value <= hi:
+        raise LocalError(f"{name} must be from {lo} to {hi}", code=ErrorCode.BAD_MESSAGE)
+    return value
 
 
 def _error(exc: ParleyError, status: int = 400) -> web.Response:
@@ -112,6 +127,12 @@ class ControlServer:
             web.post("/api/call", self.call),
             web.get("/api/calls/{call_id}", self.call_info),
             web.post("/api/calls/{call_id}/{op}", self.call_op),
+            web.get("/api/messages", self.messages),
+            web.post("/api/messages", self.send_message),
+            web.post("/api/messages/file", self.send_file),
+            web.post("/api/messages/read", self.read_messages),
+            web.get("/api/messages/search", self.search_messages),
+            web.get("/api/files/{msg_id}", self.download),
             web.get("/api/alarms", self.alarms),
             web.post("/api/alarms/ack", self.acknowledge_alarms),
             web.get("/api/events", self.events),
@@ -261,6 +282,58 @@ class ControlServer:
         else:
             raise web.HTTPNotFound()
         return web.json_response(info.to_json())
+
+    async def messages(self, request: web.Request) -> web.Response:
+        party = request.query.get("party") or None
+        limit = _int_query(request, "limit", 200, 1, 1000) or 200
+        before = _int_query(request, "before", None, 1, 2**62)
+        messenger = self.terminal.messages
+        return web.json_response({"messages": messenger.conversation(party, limit, before),
+                                  "unread": messenger.unread()})
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        to, text = body.get("to"), body.get("text")
+        if not isinstance(to, str) or not isinstance(text, str):
+            raise LocalError("give to (a party) and text", code=ErrorCode.BAD_MESSAGE)
+        return web.json_response(await self.terminal.messages.send_text(to, text))
+
+    async def send_file(self, request: web.Request) -> web.Response:
+        to, name = request.query.get("to"), request.query.get("name")
+        if not to or not name:
+            raise LocalError("give ?to=PARTY&name=FILENAME, and the file as the body",
+                             code=ErrorCode.BAD_MESSAGE)
+        data = bytearray()
+        async for block in request.content.iter_chunked(1 << 20):
+            data += block
+            if len(data) > MAX_FILE:
+                raise LocalError(f"a file may be {MAX_FILE / 1e6:.0f} MB at most",
+                                 code=ErrorCode.TOO_LARGE)
+        kind = request.query.get("type") or request.content_type or "application/octet-stream"
+        return web.json_response(await self.terminal.messages.send_file(
+            to, bytes(data), name, kind, request.query.get("caption", "")))
+
+    async def read_messages(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        party = body.get("party")
+        if not isinstance(party, str):
+            raise LocalError("give party", code=ErrorCode.BAD_MESSAGE)
+        return web.json_response({"read": self.terminal.messages.mark_read(party)})
+
+    async def search_messages(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "")
+        if len(query) > 500:
+            raise LocalError("a search is 500 characters at most", code=ErrorCode.TOO_LARGE)
+        return web.json_response({"messages": self.terminal.messages.search(query)})
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        path, message = self.terminal.messages.file(request.match_info["msg_id"])
+        name = "".join(ch if ch.isalnum() or ch in "._- " else "_"
+                       for ch in message.file_name or "file") or "file"
+        return web.FileResponse(path, headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
     async def alarms(self, request: web.Request) -> web.Response:
         everything = request.query.get("all") in ("1", "true", "yes")

@@ -86,6 +86,10 @@ class PeerBook:
             return await self.refresh(party)
         return cached
 
+    def cached(self, party: str) -> PartyListing | None:
+        """The listing last fetched for `party`, however old (None: never fetched)."""
+        return self._parties.get(party)
+
     def set_online(self, device: str, online: bool) -> None:
         listing = self._parties.get(device.split("/", 1)[0])
         if listing is not None:

@@ -1,0 +1,395 @@
+"""A terminal's messages on disk: what was sent and received, what waits to be sent.
+
+The tables live in the terminal's own database (`terminal.db`, WAL, 0600):
+
+    messages     one row per message, sent or received (text, or a file's header),
+                 with its state and its place in the conversation (`shown`)
+    deliveries   per outgoing message and recipient device: stored, delivered, read
+    outbox       envelopes still to be sent to the server, retried with backoff
+                 until the server says it stored them
+    streams      per (conversation, sender device): the next sequence number to
+                 show, and what came early (`core.messages.Stream`)
+    send_seq     our own next sequence number per conversation
+    first_sent   where our numbering began for each recipient device
+    chunks_in    which chunks of an incoming file have arrived (and from whom)
+    receipts_due receipts owed, written with what they acknowledge and sent in
+                 batches (one receipt names many messages)
+    messages_fts the full-text index of the texts and file names (SQLite FTS5,
+                 on this terminal only: nothing of it leaves it)
+
+File contents are kept beside the database, in ``files/`` (0700): an outgoing
+file's copy (so that it can be sent again after a restart), an incoming one
+as its chunks arrive, at their offsets.
+
+Every change that must go with another (a message shown and its stream moved
+on; a message queued and its envelopes) is made in one transaction (`batch`),
+committed before anything is acknowledged to the server or reported as done.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parley.core.messages import Stream
+from parley.files import private_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    msg_id TEXT PRIMARY KEY, conv TEXT NOT NULL, party TEXT NOT NULL,
+    outgoing INTEGER NOT NULL, sender TEXT NOT NULL, seq INTEGER NOT NULL,
+    kind TEXT NOT NULL, body TEXT NOT NULL DEFAULT '',
+    file_name TEXT, file_type TEXT, file_size INTEGER, file_sha256 TEXT, chunks INTEGER,
+    chunks_done INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL, shown INTEGER, time_ms INTEGER NOT NULL, received_ms INTEGER,
+    read_ms INTEGER, error TEXT,
+    UNIQUE (conv, sender, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_party ON messages (party, shown);
+CREATE TABLE IF NOT EXISTS deliveries (
+    msg_id TEXT NOT NULL, device TEXT NOT NULL, stored_ms INTEGER, delivered_ms INTEGER,
+    read_ms INTEGER, PRIMARY KEY (msg_id, device)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    envelope_id TEXT PRIMARY KEY, recipient TEXT NOT NULL, type TEXT NOT NULL,
+    msg_id TEXT, chunk INTEGER, payload TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_ms INTEGER NOT NULL, last_error TEXT, created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_try_ms);
+CREATE TABLE IF NOT EXISTS streams (
+    conv TEXT NOT NULL, sender TEXT NOT NULL, next_seq INTEGER NOT NULL, held TEXT NOT NULL,
+    gap_since_ms INTEGER, asked_ms INTEGER, PRIMARY KEY (conv, sender)
+);
+CREATE TABLE IF NOT EXISTS send_seq (conv TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS first_sent (
+    conv TEXT NOT NULL, device TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    PRIMARY KEY (conv, device)
+);
+CREATE TABLE IF NOT EXISTS chunks_in (
+    msg_id TEXT NOT NULL, idx INTEGER NOT NULL, sender TEXT NOT NULL, PRIMARY KEY (msg_id, idx)
+);
+CREATE TABLE IF NOT EXISTS receipts_due (
+    device TEXT NOT NULL, conv TEXT NOT NULL, kind TEXT NOT NULL, msg_id TEXT NOT NULL,
+    PRIMARY KEY (device, conv, kind, msg_id)
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+    body, file_name, content='messages', content_rowid='rowid');
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, body, file_name) VALUES (new.rowid, new.body,
+                                                              coalesce(new.file_name, ''));
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body, file_name)
+        VALUES ('delete', old.rowid, old.body, coalesce(old.file_name, ''));
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body, file_name ON messages
+BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body, file_name)
+        VALUES ('delete', old.rowid, old.body, coalesce(old.file_name, ''));
+    INSERT INTO messages_fts (rowid, body, file_name) VALUES (new.rowid, new.body,
+                                                              coalesce(new.file_name, ''));
+END;
+"""
+
+_COLUMNS = ("msg_id, conv, party, outgoing, sender, seq, kind, body, file_name, file_type,"
+            " file_size, file_sha256, chunks, chunks_done, state, shown, time_ms,"
+            " received_ms, read_ms, error")
+
+
+@dataclass
+class Message:
+    msg_id: str
+    conv: str
+    party: str  # the other party of the conversation
+    outgoing: bool
+    sender: str  # the device that wrote it
+    seq: int
+    kind: str  # text | file | lost
+    body: str
+    file_name: str | None
+    file_type: str | None
+    file_size: int | None
+    file_sha256: str | None
+    chunks: int | None
+    chunks_done: int
+    state: str  # out: queued, sent, failed; in: held, shown, receiving, complete, corrupt
+    shown: int | None
+    time_ms: int
+    received_ms: int | None
+    read_ms: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    envelope_id: str
+    recipient: str
+    type: str
+    msg_id: str | None
+    chunk: int | None
+    payload: dict[str, Any] | None
+    attempts: int
+    next_try_ms: int
+
+
+class MessageStore:
+    def __init__(self, db: sqlite3.Connection, data_dir: Path) -> None:
+        self.db = db
+        self.files = private_dir(data_dir / "files")
+        db.executescript(SCHEMA)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction: everything in it is committed together, or nothing is."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _next(self, name: str) -> int:
+        self.db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET"
+                        " value=value+1", (name,))
+        return int(self.db.execute("SELECT value FROM counters WHERE name=?",
+                                   (name,)).fetchone()[0])
+
+    # -- messages ---------------------------------------------------------------------
+
+    def next_seq(self, conv: str) -> int:
+        self.db.execute("INSERT INTO send_seq VALUES (?, 1) ON CONFLICT(conv) DO UPDATE SET"
+                        " next_seq=next_seq+1", (conv,))
+        return int(self.db.execute("SELECT next_seq FROM send_seq WHERE conv=?",
+                                   (conv,)).fetchone()[0])
+
+    def first_sent(self, conv: str, device: str, seq: int) -> int:
+        """Where our numbering began for `device` (recorded with its first message)."""
+        self.db.execute("INSERT OR IGNORE INTO first_sent VALUES (?,?,?)", (conv, device, seq))
+        return int(self.db.execute("SELECT first_seq FROM first_sent WHERE conv=? AND device=?",
+                                   (conv, device)).fetchone()[0])
+
+    def add(self, message: Message, *, show: bool) -> Message:
+        if show:
+            message.shown = self._next("shown")
+        self.db.execute(f"INSERT INTO messages ({_COLUMNS}) VALUES"
+                        f" ({','.join('?' * 20)})", _row(message))
+        return message
+
+    def show(self, msg_id: str) -> None:
+        # A held text is now shown; a held file shows as receiving (or stays complete, if
+        # all of it came while it waited for its turn).
+        self.db.execute("UPDATE messages SET shown=?, state=CASE WHEN state!='held' THEN state"
+                        " WHEN kind='file' THEN 'receiving' ELSE 'shown' END"
+                        " WHERE msg_id=? AND shown IS NULL", (self._next("shown"), msg_id))
+
+    def get(self, msg_id: str) -> Message | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE msg_id=?",
+                              (msg_id,)).fetchone()
+        return _message(row) if row else None
+
+    def by_seq(self, conv: str, sender: str, seq: int) -> Message | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE conv=? AND sender=? AND"
+                              " seq=?", (conv, sender, seq)).fetchone()
+        return _message(row) if row else None
+
+    def set_state(self, msg_id: str, state: str, error: str | None = None) -> None:
+        self.db.execute("UPDATE messages SET state=?, error=coalesce(?, error) WHERE msg_id=?",
+                        (state, error, msg_id))
+
+    def chunk_done(self, msg_id: str) -> int:
+        self.db.execute("UPDATE messages SET chunks_done=chunks_done+1 WHERE msg_id=?",
+                        (msg_id,))
+        return int(self.db.execute("SELECT chunks_done FROM messages WHERE msg_id=?",
+                                   (msg_id,)).fetchone()[0])
+
+    def conversation(self, party: str | None, limit: int = 200,
+                     before: int | None = None) -> list[Message]:
+        """The latest `limit` messages shown (of one party's conversation), oldest first."""
+        query = f"SELECT {_COLUMNS} FROM messages WHERE shown IS NOT NULL"
+        args: list[Any] = []
+        if party is not None:
+            query += " AND party=?"
+            args.append(party)
+        if before is not None:
+            query += " AND shown<?"
+            args.append(before)
+        rows = self.db.execute(query + " ORDER BY shown DESC LIMIT ?", (*args, limit))
+        return [_message(r) for r in rows][::-1]
+
+    def unread(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT party, COUNT(*) FROM messages WHERE outgoing=0 AND"
+                               " shown IS NOT NULL AND read_ms IS NULL AND kind!='lost'"
+                               " GROUP BY party")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def mark_read(self, party: str, now_ms: int) -> list[Message]:
+        """Every shown, unread incoming message of `party`'s conversation, now read."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE party=? AND outgoing=0"
+                               " AND shown IS NOT NULL AND read_ms IS NULL AND kind!='lost'",
+                               (party,)).fetchall()
+        self.db.execute("UPDATE messages SET read_ms=? WHERE party=? AND outgoing=0 AND shown"
+                        " IS NOT NULL AND read_ms IS NULL AND kind!='lost'", (now_ms, party))
+        return [_message(r) for r in rows]
+
+    def search(self, query: str, limit: int = 50) -> list[Message]:
+        """Messages whose text or file name matches (FTS5: words, "phrases", prefix*)."""
+        rows = self.db.execute(
+            f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} FROM"
+            " messages_fts f JOIN messages m ON m.rowid = f.rowid WHERE messages_fts MATCH ?"
+            " AND m.shown IS NOT NULL ORDER BY rank LIMIT ?", (query, limit))
+        return [_message(r) for r in rows]
+
+    # -- deliveries of what we sent ---------------------------------------------------------
+
+    def add_delivery(self, msg_id: str, device: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO deliveries (msg_id, device) VALUES (?,?)",
+                        (msg_id, device))
+
+    def delivered(self, msg_id: str, device: str, column: str, now_ms: int) -> bool:
+        """Record a receipt; False if it named no message we sent to that device."""
+        assert column in ("stored_ms", "delivered_ms", "read_ms")
+        cur = self.db.execute(f"UPDATE deliveries SET {column}=coalesce({column}, ?) WHERE"
+                              " msg_id=? AND device=?", (now_ms, msg_id, device))
+        return cur.rowcount == 1
+
+    def deliveries(self, msg_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT device, stored_ms, delivered_ms, read_ms FROM deliveries"
+                               " WHERE msg_id=? ORDER BY device", (msg_id,))
+        return [{"device": r[0], "stored_ms": r[1], "delivered_ms": r[2], "read_ms": r[3]}
+                for r in rows]
+
+    def recipients(self, msg_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT device FROM deliveries WHERE msg_id=?",
+                                              (msg_id,))]
+
+    def undelivered_counts(self) -> tuple[int, int]:
+        """(outgoing messages, those every recipient device has confirmed delivered)."""
+        row = self.db.execute(
+            "SELECT COUNT(*), SUM(done) FROM (SELECT m.msg_id, MIN(d.delivered_ms IS NOT NULL)"
+            " AS done FROM messages m JOIN deliveries d ON d.msg_id = m.msg_id WHERE"
+            " m.outgoing=1 GROUP BY m.msg_id)").fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    # -- the outbox ---------------------------------------------------------------------------
+
+    def enqueue(self, envelope_id: str, recipient: str, type_: str, now_ms: int, *,
+                msg_id: str | None = None, chunk: int | None = None,
+                payload: dict[str, Any] | None = None) -> None:
+        self.db.execute("INSERT OR IGNORE INTO outbox (envelope_id, recipient, type, msg_id,"
+                        " chunk, payload, next_try_ms, created_ms) VALUES (?,?,?,?,?,?,?,?)",
+                        (envelope_id, recipient, type_, msg_id, chunk,
+                         json.dumps(payload) if payload is not None else None, now_ms, now_ms))
+
+    def due(self, now_ms: int, limit: int, skip: set[str]) -> list[OutboxEntry]:
+        rows = self.db.execute("SELECT envelope_id, recipient, type, msg_id, chunk, payload,"
+                               " attempts, next_try_ms FROM outbox WHERE next_try_ms<=? ORDER BY"
+                               " created_ms, rowid LIMIT ?", (now_ms, limit + len(skip)))
+        out = [OutboxEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None,
+                           r[6], r[7]) for r in rows if r[0] not in skip]
+        return out[:limit]
+
+    def next_due_ms(self) -> int | None:
+        row = self.db.execute("SELECT MIN(next_try_ms) FROM outbox").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def outbox_size(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def sent(self, envelope_id: str) -> bool:
+        return self.db.execute("DELETE FROM outbox WHERE envelope_id=?",
+                               (envelope_id,)).rowcount == 1
+
+    def retry_later(self, envelope_id: str, next_try_ms: int, error: str) -> None:
+        self.db.execute("UPDATE outbox SET attempts=attempts+1, next_try_ms=?, last_error=?"
+                        " WHERE envelope_id=?", (next_try_ms, error, envelope_id))
+
+    def retry_now(self, now_ms: int) -> None:
+        """The server is back: everything waiting to be sent goes again now."""
+        self.db.execute("UPDATE outbox SET next_try_ms=? WHERE next_try_ms>?", (now_ms, now_ms))
+
+    def pending_for(self, msg_id: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE msg_id=?",
+                                   (msg_id,)).fetchone()[0])
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def stream(self, conv: str, sender: str) -> Stream:
+        row = self.db.execute("SELECT next_seq, held, gap_since_ms, asked_ms FROM streams WHERE"
+                              " conv=? AND sender=?", (conv, sender)).fetchone()
+        if row is None:
+            return Stream()
+        return Stream(row[0], set(json.loads(row[1])), row[2], row[3])
+
+    def save_stream(self, conv: str, sender: str, stream: Stream) -> None:
+        self.db.execute("INSERT INTO streams VALUES (?,?,?,?,?,?) ON CONFLICT(conv, sender) DO"
+                        " UPDATE SET next_seq=excluded.next_seq, held=excluded.held,"
+                        " gap_since_ms=excluded.gap_since_ms, asked_ms=excluded.asked_ms",
+                        (conv, sender, stream.next_seq, json.dumps(sorted(stream.held)),
+                         stream.gap_since_ms, stream.asked_ms))
+
+    def streams_with_gaps(self) -> list[tuple[str, str, Stream]]:
+        rows = self.db.execute("SELECT conv, sender FROM streams WHERE held != '[]'")
+        return [(r[0], r[1], self.stream(r[0], r[1])) for r in rows.fetchall()]
+
+    # -- incoming chunks --------------------------------------------------------------------
+
+    def chunk_arrived(self, msg_id: str, index: int, sender: str) -> bool:
+        """Note chunk `index` of `msg_id`; False if it had come before."""
+        return self.db.execute("INSERT OR IGNORE INTO chunks_in VALUES (?,?,?)",
+                               (msg_id, index, sender)).rowcount == 1
+
+    def chunks_from(self, msg_id: str, sender: str) -> tuple[int, int]:
+        """Chunks of `msg_id` that came: (from `sender`, from anyone else)."""
+        rows = self.db.execute("SELECT sender=?, COUNT(*) FROM chunks_in WHERE msg_id=? GROUP BY"
+                               " sender=?", (sender, msg_id, sender)).fetchall()
+        counts = {bool(r[0]): int(r[1]) for r in rows}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    def set_chunks_done(self, msg_id: str, done: int) -> None:
+        self.db.execute("UPDATE messages SET chunks_done=? WHERE msg_id=?", (done, msg_id))
+
+    # -- receipts owed ------------------------------------------------------------------------
+
+    def owe_receipt(self, device: str, conv: str, kind: str, msg_id: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO receipts_due VALUES (?,?,?,?)",
+                        (device, conv, kind, msg_id))
+
+    def receipts_owed(self, limit: int) -> list[tuple[str, str, str, list[str]]]:
+        """Owed receipts, grouped: (device, conv, kind, up to `limit` message ids)."""
+        rows = self.db.execute("SELECT device, conv, kind, msg_id FROM receipts_due ORDER BY"
+                               " rowid").fetchall()
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for device, conv, kind, msg_id in rows:
+            ids = groups.setdefault((device, conv, kind), [])
+            if len(ids) < limit:
+                ids.append(msg_id)
+        return [(*key, ids) for key, ids in groups.items()]
+
+    def receipts_sent(self, device: str, conv: str, kind: str, ids: list[str]) -> None:
+        self.db.executemany("DELETE FROM receipts_due WHERE device=? AND conv=? AND kind=? AND"
+                            " msg_id=?", [(device, conv, kind, i) for i in ids])
+
+    def file_path(self, msg_id: str, outgoing: bool) -> Path:
+        return private_dir(self.files / ("out" if outgoing else "in")) / msg_id
+
+
+def _row(m: Message) -> tuple[Any, ...]:
+    return (m.msg_id, m.conv, m.party, int(m.outgoing), m.sender, m.seq, m.kind, m.body,
+            m.file_name, m.file_type, m.file_size, m.file_sha256, m.chunks, m.chunks_done,
+            m.state, m.shown, m.time_ms, m.received_ms, m.read_ms, m.error)
+
+
+def _message(row: Any) -> Message:
+    values = list(row)
+    values[3] = bool(values[3])
+    return Message(*values)
