@@ -9,91 +9,22 @@ no media may flow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection
 
 from parley.clock import now_ms
-from parley.core.call import CallState, EndReason, dtls_statement
-from parley.core.encoding import b64e, random_id
-from parley.core.envelope import Envelope, seal_envelope
+from parley.core.call import CallState, EndReason
+from parley.core.encoding import random_id
+from parley.core.envelope import seal_envelope
 from parley.core.errors import ErrorCode, LocalError
-from parley.core.keys import DeviceKeys
 from parley.lab import create_parties, enroll_terminal
-from parley.media.robot import dtls_fingerprint
-from parley.media.tracks import SynthAudioTrack, TestPatternTrack
 from parley.terminal.app import Terminal
 from parley.terminal.link import ServerLink
-from tests.harness import HostileRelay, LocalLine, device_of, frames, wait_until
+from tests.harness import LocalLine, device_of, frames, wait_until
+from tests.hostile import Hostile, M, W, alarm_codes, hostile, on_send
 
-W, M = "washington/hotline", "moscow/hotline"
-
-
-class Hostile:
-    def __init__(self, line: LocalLine, relay: HostileRelay, dirs: dict[str, Path]) -> None:
-        self.line, self.relay, self.dirs = line, relay, dirs
-        self.attacker = DeviceKeys.generate()
-        self.peers: list[RTCPeerConnection] = []
-
-    def public(self, device: str) -> Any:
-        assert self.line.server is not None
-        return self.line.server.store.device(device)  # the server's directory, as the relay has it
-
-    async def attacker_offer(self, claimed_sender: str, call_id: str) -> dict[str, Any]:
-        """A genuine offer from the attacker's own aiortc peer, in someone else's name."""
-        pc = RTCPeerConnection()  # never started towards anyone: no ICE servers used
-        self.peers.append(pc)
-        pc.addTrack(SynthAudioTrack())
-        pc.addTrack(TestPatternTrack(160, 120))
-        await pc.setLocalDescription(await pc.createOffer())
-        fingerprint = dtls_fingerprint(pc.getTransceivers()[0].sender.transport)
-        return {"call_id": call_id, "sdp": pc.localDescription.sdp, "dtls": fingerprint,
-                "media": "video", "dtls_sig": b64e(self.attacker.sign(
-                    dtls_statement(call_id, "caller", claimed_sender, fingerprint)))}
-
-    def forge(self, sender: str, recipient: str, type_: str, payload: dict[str, Any],
-              envelope_id: str | None = None) -> Envelope:
-        """Sealed properly to the recipient (its key is public), signed by the attacker."""
-        return seal_envelope(self.attacker, sender, self.public(recipient), type_, payload,
-                             now_ms(), envelope_id)
-
-    async def close(self) -> None:
-        for pc in self.peers:
-            await pc.close()
-
-
-@pytest.fixture
-async def hostile(tmp_path: Path) -> AsyncIterator[Hostile]:
-    relay = HostileRelay()
-    await relay.bind()
-    line = LocalLine(tmp_path)
-    await line.start(public_url=relay.url)
-    relay.upstream = line.url
-    dirs = await line.provision(via=relay.url)
-    h = Hostile(line, relay, dirs)
-    try:
-        yield h
-    finally:
-        await h.close()
-        await line.stop()
-        await relay.stop()
-
-
-def on_send(type_: str, rewrite: Any, sender: str | None = None) -> Any:
-    """A tamper hook that rewrites the envelope of each `send` of one type, on its way up."""
-
-    async def tamper(direction: str, device: str | None,
-                     frame: dict[str, Any]) -> dict[str, Any] | None:
-        if direction == "up" and frame.get("t") == "send" and frame["env"]["type"] == type_ \
-                and sender in (None, device):
-            return {**frame, "env": await rewrite(frame["env"])}
-        return frame
-
-    return tamper
-
+__all__ = ["hostile"]  # the fixture, used below
 
 async def call_until_ended(hostile: Hostile) -> tuple[Terminal, Terminal, Any]:
     washington = await hostile.line.terminal("washington")
@@ -110,10 +41,6 @@ async def media_frames(terminal: Terminal) -> int:
     for call_id in set(terminal.sessions) | set(terminal.final_stats):
         total += sum((await frames(terminal, call_id)).values())
     return total
-
-
-def alarm_codes(terminal: Terminal) -> list[str]:
-    return [a["code"] for a in terminal.alarms]
 
 
 async def assert_no_media(*terminals: Terminal) -> None:
@@ -369,13 +296,45 @@ async def test_an_envelope_not_opened_for_a_passing_reason_stays_on_the_server_u
     await wait_until(acked, 15, "the acknowledgement once it was handled")
     assert ErrorCode.BAD_SIGNATURE in alarm_codes(moscow)  # what the notice reported
     await wait_until(lambda: store.pending(M, 0, 10) == [], 5, "gone from the server")
-    # Delivered again (as after a lost acknowledgement): acknowledged again, no alarm.
+    # The server confirmed the ack: delivered again now, it is a replay.
+    await wait_until(lambda: store_confirmed(moscow, notice.id), 5, "the ack confirmed")
     again = next(f for d, dev, f in hostile.relay.log
                  if d == "down" and dev == M and f.get("t") == "deliver")
-    acks_before = sum(1 for d, dev, f in hostile.relay.log if d == "up" and dev == M
-                      and f.get("t") == "ack")
     await hostile.relay.inject(M, again)
-    await wait_until(lambda: sum(1 for d, dev, f in hostile.relay.log if d == "up"
-                                 and dev == M and f.get("t") == "ack") > acks_before, 5,
-                     "the second acknowledgement")
+    await wait_until(lambda: ErrorCode.REPLAY in alarm_codes(moscow), 5, "the replay alarm")
+
+
+def store_confirmed(terminal: Terminal, envelope_id: str) -> bool:
+    return terminal.store.ack_confirmed(envelope_id)
+
+
+async def test_a_stored_envelope_delivered_again_after_a_lost_ack_is_no_alarm(
+        hostile: Hostile) -> None:
+    # The server "crashes" before committing the ack: its confirmation never comes, and
+    # the envelope is delivered again, which the terminal acknowledges again quietly.
+    async def lose_confirmations(direction: str, device: str | None,
+                                 frame: dict[str, Any]) -> dict[str, Any] | None:
+        return None if direction == "down" and frame.get("t") == "acked" else frame
+
+    hostile.relay.tamper = lose_confirmations
+    w_id, w_keys = device_of(hostile.dirs, "washington")
+    moscow = await hostile.line.terminal("moscow")
+    notice = seal_envelope(w_keys, w_id, hostile.public(M), "notice.tamper",
+                           {"envelope_id": "y" * 22, "envelope_type": "call.offer",
+                            "code": "bad_signature"}, now_ms())
+    sender = ServerLink(hostile.relay.url, w_id, w_keys, receive=False)
+    await sender.connect_once()
+    await sender.send_envelope(notice, ephemeral=False)
+    await sender.close()
+
+    def acks() -> int:
+        return sum(1 for d, dev, f in hostile.relay.log if d == "up" and dev == M
+                   and f.get("t") == "ack" and f["id"] == notice.id)
+
+    await wait_until(lambda: acks() == 1, 10, "the first acknowledgement")
+    first = next(f for d, dev, f in hostile.relay.log
+                 if d == "down" and dev == M and f.get("t") == "deliver")
+    await hostile.relay.inject(M, first)
+    await wait_until(lambda: acks() == 2, 5, "acknowledged again")
     assert ErrorCode.REPLAY not in alarm_codes(moscow)
+    assert not moscow.store.ack_confirmed(notice.id)

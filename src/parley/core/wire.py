@@ -18,6 +18,7 @@ then, in any order::
     client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}
     server -> {"t":"presence","device":...,"online":...}
     server -> {"t":"roster","party":...}        (that party's devices changed: look again)
+    server -> {"t":"acked","ids":[...]}         (these acks are committed: deleted for good)
     server -> {"t":"error","code":...,"message":...,"hint":...,"ref":...}
 
 ``hello.sig`` is the device's Ed25519 signature over `auth_statement`: the
@@ -26,7 +27,10 @@ server or one session cannot be replayed at another. Before login the hello
 is the only frame allowed: anything else is answered once and the connection
 closed (`CloseCode`). ``ephemeral`` envelopes
 (call signaling) are delivered now or refused with ``recipient_offline``;
-others are stored until the recipient acknowledges them.
+others are stored until the recipient acknowledges them. The server answers
+the acks of each message with one ``acked`` once they are committed: an
+envelope delivered again after that is a replay, while one delivered again
+before it (the ack was lost in a crash) is an ordinary second delivery.
 
 Batches. Each WebSocket message carries one frame, unless the connection
 negotiated the subprotocol `BATCH_SUBPROTOCOL` (the client offers it in
@@ -108,6 +112,7 @@ SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
                       list, max_len=100), "ref": _REF},
     "presence": {"t": schema.text(16), "device": _DEVICE, "online": schema.boolean()},
     "roster": {"t": schema.text(16), "party": schema.text(NAME_MAX)},
+    "acked": {"t": schema.text(16), "ids": schema.Field(list, max_len=MAX_BATCH)},
     "pong": {"t": schema.text(16), "ref": _REF, "time": schema.integer(0, 2**53,
                                                                       required=False)},
     "error": {"t": schema.text(16), "code": schema.text(40), "message": schema.text(2000),

@@ -109,7 +109,7 @@ class Terminal:
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
-                               on_roster=self._on_roster)
+                               on_roster=self._on_roster, on_acked=self.store.confirm_acks)
         self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm)
         self.messages = Messenger(
             keys=self.keys, me=self.me, store=self.store, link=self.link, peers=self.peers,
@@ -286,6 +286,13 @@ class Terminal:
                             envelope.type, envelope.sender)
                 return
             if kind.stored and self.replay.seen(envelope.id):
+                if self.store.ack_confirmed(envelope.id):
+                    raise SecurityAlarm(
+                        f"{envelope.type} {envelope.id} from {envelope.sender} was delivered"
+                        " again after the server had confirmed it deleted",
+                        code=ErrorCode.REPLAY,
+                        hint="a replay by the server: it was dropped; report it if it"
+                             " repeats")
                 # Delivered again because our acknowledgement was lost (a server restart):
                 # handled already, so acknowledged again, and no alarm.
                 log.info("%s %s from %s came again; acknowledged again", envelope.type,

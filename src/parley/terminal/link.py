@@ -66,6 +66,7 @@ class ServerLink:
         on_presence: Callable[[str, bool], None] | None = None,
         on_state: Callable[[bool, str], None] | None = None,
         on_roster: Callable[[str], None] | None = None,
+        on_acked: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.origin = server_origin(server_url)
         self.device_id = device_id
@@ -75,6 +76,7 @@ class ServerLink:
         self._on_presence = on_presence
         self._on_state = on_state
         self._on_roster = on_roster
+        self._on_acked = on_acked
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._outbox: Outbox | None = None  # for self._ws
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -170,7 +172,8 @@ class ServerLink:
                 self._ws = self._outbox = None
                 for fut in self._pending.values():
                     if not fut.done():
-                        fut.set_exception(RemoteError("the connection to the server dropped"))
+                        fut.set_exception(RemoteError("the connection to the server dropped",
+                                                      code=ErrorCode.SERVER_ERROR))
                 self._pending.clear()
         closed = _CLOSED.get(ws.close_code or 0)
         if closed is not None:
@@ -264,6 +267,8 @@ class ServerLink:
             self._on_presence(msg["device"], msg["online"])
         elif kind == "roster" and self._on_roster is not None:
             self._on_roster(msg["party"])
+        elif kind == "acked" and self._on_acked is not None:
+            self._on_acked([i for i in msg["ids"] if isinstance(i, str) and len(i) <= 32])
         elif kind == "error":
             log.warning("server error: %s (%s)", msg["message"], msg["code"])
 

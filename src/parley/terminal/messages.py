@@ -204,7 +204,15 @@ class Messenger:
         if party == self.party:
             raise LocalError("messages go to the other party of a line",
                              code=ErrorCode.BAD_CONFIG, hint="name the other party")
-        listing = await self.peers.listing(party, fresh=True)
+        try:
+            listing = await self.peers.listing(party, fresh=True)
+        except RemoteError as exc:
+            if exc.code is not ErrorCode.SERVER_ERROR:
+                raise
+            # The server is away: queue it for the devices we know (it goes when it is back).
+            listing = self.peers.cached(party) or self.peers.pinned_listing(party)
+            if not listing.devices:
+                raise
         chosen: list[str] = []
         refused: list[str] = []
         for device in sorted(listing.devices):

@@ -86,6 +86,11 @@ class PeerBook:
             return await self.refresh(party)
         return cached
 
+    def pinned_listing(self, party: str) -> PartyListing:
+        """What this terminal knows of `party` without the server: the devices it pinned."""
+        pins = {keys.device_id: keys for keys, _, _ in self.store.pins() if keys.party == party}
+        return PartyListing(pins, set(), 0)
+
     def cached(self, party: str) -> PartyListing | None:
         """The listing last fetched for `party`, however old (None: never fetched)."""
         return self._parties.get(party)

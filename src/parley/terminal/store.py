@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS pins (
     device_id TEXT PRIMARY KEY, sign BLOB NOT NULL, kem BLOB NOT NULL, kem_sig BLOB NOT NULL,
     safety_number TEXT NOT NULL, verified_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seen_envelopes (id TEXT PRIMARY KEY, until_ms INTEGER);
+CREATE TABLE IF NOT EXISTS seen_envelopes (id TEXT PRIMARY KEY, until_ms INTEGER,
+                                           confirmed INTEGER);
 CREATE TABLE IF NOT EXISTS call_log (
     call_id TEXT PRIMARY KEY, info TEXT NOT NULL, ended_ms INTEGER
 );
@@ -106,6 +107,9 @@ class TerminalStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(seen_envelopes)")}
+        if "confirmed" not in columns:  # a terminal from before acks were confirmed
+            self.db.execute("ALTER TABLE seen_envelopes ADD COLUMN confirmed INTEGER")
         self._next_seen_sweep_ms = 0
 
     @classmethod
@@ -194,10 +198,20 @@ class TerminalStore:
         return dict(self.db.execute("SELECT id, until_ms FROM seen_envelopes"))
 
     def remember_envelope(self, envelope_id: str, until_ms: int | None, now_ms: int) -> None:
-        self.db.execute("INSERT OR IGNORE INTO seen_envelopes VALUES (?,?)",
+        self.db.execute("INSERT OR IGNORE INTO seen_envelopes (id, until_ms) VALUES (?,?)",
                         (envelope_id, until_ms))
         if now_ms >= self._next_seen_sweep_ms:  # a line runs for years: drop what expired
             self._forget_seen(now_ms)
+
+    def confirm_acks(self, ids: list[str]) -> None:
+        """The server committed these acks: delivered again, they would be replays."""
+        self.db.executemany("UPDATE seen_envelopes SET confirmed=1 WHERE id=?",
+                            [(i,) for i in ids])
+
+    def ack_confirmed(self, envelope_id: str) -> bool:
+        row = self.db.execute("SELECT confirmed FROM seen_envelopes WHERE id=?",
+                              (envelope_id,)).fetchone()
+        return bool(row and row[0])
 
     def _forget_seen(self, now_ms: int) -> None:
         self.db.execute("DELETE FROM seen_envelopes WHERE until_ms IS NOT NULL AND until_ms < ?",

@@ -137,6 +137,7 @@ class Session:
     inflight_bytes: int = 0
     cursor: int = 0
     backlog: bool = True
+    acked: list[str] = field(default_factory=list)  # acks of this message, to confirm
 
     @property
     def who(self) -> str:
@@ -273,16 +274,20 @@ class Relay:
             return
         if not session.batched:
             self._frame(session, raw, now_ms)
-            return
-        try:
-            frames = wire.split_batch(raw)
-        except RemoteError as exc:
-            self._bad(session, exc, None, now_ms)
-            return
-        for frame in frames:
-            if session.closed:  # the rest of a batch that came with a failed login
-                break
-            self._frame(session, frame, now_ms)
+        else:
+            try:
+                frames = wire.split_batch(raw)
+            except RemoteError as exc:
+                self._bad(session, exc, None, now_ms)
+                return
+            for frame in frames:
+                if session.closed:  # the rest of a batch that came with a failed login
+                    break
+                self._frame(session, frame, now_ms)
+        if session.acked:
+            # Written after the store's group is committed, like every frame (see Outbox).
+            self._send(session, {"t": "acked", "ids": session.acked})
+            session.acked = []
 
     def binary(self, session: Session, now_ms: int) -> None:
         self._bad(session, RemoteError(
@@ -318,6 +323,7 @@ class Relay:
                 self._relay(session, msg, (env.id, env.sender, env.recipient), now_ms)
             elif kind == "ack":
                 self._ack(device, msg["id"])
+                session.acked.append(msg["id"])
             elif kind == "directory":
                 self._directory(session, msg)
             elif kind == "ping":
