@@ -161,6 +161,7 @@ class WireClient:
         self.challenge: dict[str, Any] = {}
         self.frames: deque[str] = deque()
         self.messages: list[str] = []  # every message received, as received
+        self.acked: list[str] = []  # the envelope ids the server confirmed acknowledged
 
     async def send(self, *frames: dict[str, Any] | str) -> None:
         """All `frames` in one message (a batch, if more than one)."""
@@ -168,12 +169,17 @@ class WireClient:
                                          for f in frames))
 
     async def recv(self) -> dict[str, Any]:
-        while not self.frames:
-            msg = await asyncio.wait_for(self.ws.receive(), 5)
-            assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
-            self.messages.append(msg.data)
-            self.frames.extend(msg.data.split("\n") if self.batched else [msg.data])
-        return dict(json.loads(self.frames.popleft()))
+        """The next frame, but for the server's confirmations of acks (kept in `acked`)."""
+        while True:
+            while not self.frames:
+                msg = await asyncio.wait_for(self.ws.receive(), 5)
+                assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a frame, got {msg.type}"
+                self.messages.append(msg.data)
+                self.frames.extend(msg.data.split("\n") if self.batched else [msg.data])
+            frame = dict(json.loads(self.frames.popleft()))
+            if frame.get("t") != "acked":
+                return frame
+            self.acked += frame["ids"]
 
     async def recv_n(self, n: int) -> list[dict[str, Any]]:
         return [await self.recv() for _ in range(n)]

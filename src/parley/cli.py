@@ -189,6 +189,22 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_codes(args: argparse.Namespace) -> int:
+    codes = _server_store(args).unspent_codes(now_ms())
+    for party, device, created, expires in codes:
+        what = f"replaces {device}" if device else "enrolls a new device"
+        print(f"{party:20} {what:40} made {_when(created)}, expires {_when(expires)}")
+    if not codes:
+        print("no unspent enrollment codes")
+    return 0
+
+
+def cmd_cancel_code(args: argparse.Namespace) -> int:
+    party = _server_store(args).cancel_code(args.code, now_ms())
+    print(f"the code for {party} is cancelled: it enrolls nothing now")
+    return 0
+
+
 def cmd_device_log(args: argparse.Namespace) -> int:
     for event in _server_store(args).device_log(args.limit):
         line = f"{_when(event.time_ms)}  {event.action:9} {event.device}"
@@ -669,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
                    help="how long the code is valid (default 24h)")
     p.add_argument("--quiet", action="store_true", help="print only the code")
+    command(ssub, "codes", "the enrollment codes not spent yet (not the codes themselves: only"
+            " their hashes are kept)", cmd_codes, SERVER_OPTIONS[:1])
+    p = command(ssub, "cancel-code", "cancel an enrollment code given out by mistake",
+                cmd_cancel_code, SERVER_OPTIONS[:1])
+    p.add_argument("code")
     p = command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
                 SERVER_OPTIONS[:1])
     p.add_argument("--json", action="store_true")

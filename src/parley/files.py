@@ -67,9 +67,16 @@ def check_private(paths: list[Path], *, what: str, secret: bool) -> None:
     """
     for path in paths:
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            info = path.stat()
         except FileNotFoundError:
             continue
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid != os.getuid():
+            raise LocalError(
+                f"{path} belongs to another user (uid {info.st_uid}); refusing to use {what}"
+                " that someone else controls", code=ErrorCode.BAD_CONFIG,
+                hint=f"run Parley as the user that owns it, or 'chown -R {os.getuid()}"
+                     f" {path}' if it should be yours")
         fix = f"chmod {'700' if path.is_dir() else '600'} {path}"
         if mode & 0o022 or (secret and mode & 0o077):
             kind = "writable" if mode & 0o022 else "readable"

@@ -539,3 +539,26 @@ def test_tampering_ends_calls_only_where_it_touched_call_signaling() -> None:
     assert wire.state(W, call_id)[0] is CallState.RINGBACK
     book.envelope_tampered(M, "env-10", "call.media", forged, moscow, wire.now)
     assert wire.state(W, call_id) == (CallState.ENDED, EndReason.INTERCEPTED)
+
+
+def test_a_callee_that_answers_a_call_already_given_up_is_told_once() -> None:
+    wire = Wire()
+    wire.drop = {"call.offer", "call.end"}
+    call_id = wire.place()
+    offer = next(a for side, a in wire.sent if a.type == "call.offer")
+    wire.now = NOW + REACH_TIMEOUT_MS - 1  # it reaches the callee just in time...
+    wire.drop = {"call.ringing", "call.end"}  # ...but its ringing, and the cancel, are lost
+    wire.run(M, wire.books[M].receive(wire.books[W].me, Trust.VERIFIED, "call.offer",
+                                      offer.payload, wire.now))
+    wire.now = NOW + REACH_TIMEOUT_MS + 1
+    wire.run(W, wire.books[W].handle_timer(wire.now))
+    assert wire.state(W, call_id) == (CallState.ENDED, EndReason.UNREACHABLE)
+    assert wire.state(M, call_id)[0] is CallState.RINGING
+    ringing = next(a for side, a in wire.sent if a.type == "call.ringing")
+    wire.drop = set()
+    wire.run(W, wire.books[W].receive(wire.books[M].me, Trust.VERIFIED, "call.ringing",
+                                      ringing.payload, wire.now))
+    assert wire.state(M, call_id) == (CallState.ENDED, EndReason.MISSED)  # it stops ringing
+    again = wire.books[W].receive(wire.books[M].me, Trust.VERIFIED, "call.ringing",
+                                  ringing.payload, wire.now)
+    assert again == []  # told once, no loop

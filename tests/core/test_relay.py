@@ -189,7 +189,8 @@ def test_malformed_frames_spend_a_budget_then_the_connection_is_closed(line: Lin
 
 def test_the_mailbox_quota_refuses_with_quota_exceeded_and_frees_as_acks_come(
         tmp_path: Path) -> None:
-    line = Line(tmp_path, Limits(mailbox_envelopes=5, mailbox_mib=1.0, sender_envelopes=8))
+    line = Line(tmp_path, Limits(mailbox_envelopes=5, mailbox_mib=1.0, sender_envelopes=8,
+                                 sender_share=1.0))
     sender, port = line.login(W)
     ids = []
     for n in range(7):
@@ -225,6 +226,8 @@ def test_the_mailbox_quota_refuses_with_quota_exceeded_and_frees_as_acks_come(
     delivered = [f["env"]["id"] for f in rport.take()]
     assert delivered == ids[:5]
     line.send(reader, *({"t": "ack", "id": i} for i in delivered))
+    # One confirmation for the acks of that message, once they are in the store's group.
+    assert rport.take() == [{"t": "acked", "ids": delivered}]
     line.send(sender, {"t": "send", "env": line.envelope(W, M, n=9), "ref": "again"})
     assert port.take()[-1]["t"] == "sent"
     line.commit()
@@ -252,7 +255,9 @@ def test_a_mailbox_arrives_in_a_window_topped_up_by_acks_and_in_order(tmp_path: 
         line.send(reader, {"t": "ack", "id": got[-4 if len(got) >= 4 else 0]})
         line.send(reader, *({"t": "ack", "id": i} for i in got))
         line.commit()
-        more = [f["env"]["id"] for f in port.take()]
+        frames = port.take()
+        assert any(f["t"] == "acked" for f in frames), "acks are confirmed"
+        more = [f["env"]["id"] for f in frames if f["t"] == "deliver"]
         assert more, "acks made room"
         got += more
     assert got == [e["id"] for e in [*stored, late]], "each once, in the order stored"
@@ -260,7 +265,7 @@ def test_a_mailbox_arrives_in_a_window_topped_up_by_acks_and_in_order(tmp_path: 
     # With nothing waiting, new ones go at once.
     now = line.envelope(W, M, n=100)
     line.send(sender, {"t": "send", "env": now})
-    assert [f["env"]["id"] for f in port.take()] == [now["id"]]
+    assert [f["env"]["id"] for f in port.take() if f["t"] == "deliver"] == [now["id"]]
     assert sport.take()[-1]["status"] == "delivered"
 
 
@@ -385,3 +390,116 @@ def test_a_replaced_device_logs_in_only_with_its_new_keys(line: Line) -> None:
     refused = line.store.device_log()[-1]
     assert (refused.action, refused.device) == ("refused", M) and "10.9.9.9" in refused.detail
     assert line.store.enroll(other, "spare", bundle, line.now).device_id == "moscow/spare"
+
+
+def test_one_sender_may_fill_only_its_share_of_a_mailbox(tmp_path: Path) -> None:
+    line = Line(tmp_path, Limits(mailbox_envelopes=10, sender_share=0.3))
+    first, port = line.login(W)
+    for n in range(4):
+        line.send(first, {"t": "send", "env": line.envelope(W, M, n=n), "ref": f"w{n}"})
+    replies = port.take()
+    assert [r["t"] for r in replies] == ["sent"] * 3 + ["error"]
+    assert replies[3]["code"] == "quota_exceeded"
+    assert "as much of its mailbox as one sender may fill (30%)" in replies[3]["message"]
+    other, port2 = line.login(W2)  # another sender is not shut out by the first
+    line.send(other, {"t": "send", "env": line.envelope(W2, M), "ref": "w2"})
+    assert port2.take()[-1]["t"] == "sent"
+
+
+def test_a_revoked_devices_mailbox_is_emptied_and_counted_out(line: Line) -> None:
+    sender, _ = line.login(W)
+    for n in range(3):
+        line.send(sender, {"t": "send", "env": line.envelope(W, M, n=n)})
+    line.commit()
+    assert line.relay.quota.waiting()[0] == 3
+    line.store.revoke_device(M, line.now, "lost")
+    line.relay.directory_changed()
+    assert line.relay.quota.waiting() == (0, 0) and line.store.pending(M, 0, 10) == []
+
+
+def test_an_ack_of_what_was_sent_costs_no_rate_so_a_large_mailbox_drains(tmp_path: Path
+                                                                         ) -> None:
+    line = Line(tmp_path, Limits(rate_limit=20, mailbox_window=30))
+    sender, _ = line.login(W)
+    for n in range(200):
+        line.relay._rates[W][0].tokens = 10  # the sender is not what is measured here
+        line.send(sender, {"t": "send", "env": line.envelope(W, M, n=n)})
+    line.commit()
+    reader, port = line.login(M)
+    got: list[str] = []
+    while len(got) < 200:
+        delivered = [f["env"]["id"] for f in port.take() if f["t"] == "deliver"]
+        assert delivered, f"delivery stalled after {len(got)}"
+        got += delivered
+        line.send(reader, *({"t": "ack", "id": i} for i in delivered))
+        line.commit()
+    assert len(set(got)) == 200
+    # An ack of something not in flight pays like any frame.
+    line.relay._rates[M][0].tokens = 0
+    line.send(reader, {"t": "ack", "id": "not-in-flight"})
+    assert port.take()[-1]["code"] == "rate_limited"
+
+
+def test_a_connection_that_has_said_nothing_is_pushed_out_before_one_logging_in() -> None:
+    admission: Admission[str] = Admission(Limits(max_unauthenticated_per_source=3))
+    admission.open("genuine", "10.0.0.9")
+    admission.spoke("genuine")  # it sent its request the moment it connected
+    evicted = [h for n in range(50) for h in admission.open(f"silent{n}", "10.0.0.9").evict]
+    assert "genuine" not in evicted and len(evicted) == 48
+    # Only when everyone has spoken does age alone decide.
+    admission.spoke("silent48")
+    admission.spoke("silent49")
+    assert admission.open("late", "10.0.0.9").evict == ["genuine"]
+
+
+def test_call_signaling_is_never_stored(line: Line) -> None:
+    sender, port = line.login(W)
+    env = seal_envelope(line.keys[W], W, line.keys[M].public(M), "call.ice",
+                        {"call_id": "c", "candidate": ""}, line.now).to_json()
+    line.send(sender, {"t": "send", "env": env, "ref": "x"})
+    refused = port.take()[-1]
+    assert refused["code"] == "bad_message" and "never stored" in refused["message"]
+    assert line.store.pending(M, 0, 10) == []
+
+
+def test_an_envelope_larger_than_the_window_is_still_delivered(tmp_path: Path) -> None:
+    line = Line(tmp_path, Limits(mailbox_window_kib=1))
+    reader, port = line.login(M)
+    sender, _ = line.login(W)
+    for n in range(2):
+        line.send(sender, {"t": "send", "env": line.envelope(W, M, size=5000, n=n)})
+    first = [f for f in port.take() if f["t"] == "deliver"]
+    assert len(first) == 1  # the window holds one, whatever its size
+    line.send(reader, {"t": "ack", "id": first[0]["env"]["id"]})
+    assert len([f for f in port.take() if f["t"] == "deliver"]) == 1
+
+
+def test_a_device_over_its_rate_is_read_no_more_until_it_may_send_again(tmp_path: Path
+                                                                        ) -> None:
+    line = Line(tmp_path, Limits(rate_limit=10))
+    session, _ = line.login(W)
+    assert line.relay.pause_for(session, line.now) == 0
+    line.send(session, *({"t": "ping", "ref": f"p{n}"} for n in range(25)))
+    pause = line.relay.pause_for(session, line.now)
+    assert 0.05 <= pause <= 2.0
+    assert line.relay.pause_for(session, line.now + int(pause * 1000) + 1) == 0
+
+
+def test_a_replacement_code_works_once_and_only_the_latest_and_revoke_cancels_it(
+        line: Line) -> None:
+    from parley.core.errors import RemoteError
+
+    keys = DeviceKeys.generate().public("x/x").to_json()
+    bundle = {k: keys[k] for k in ("sign", "kem", "kem_sig")}
+    stale = line.store.replace_device(M, 60_000, line.now, "")
+    latest = line.store.replace_device(M, 60_000, line.now, "")
+    with pytest.raises(RemoteError):
+        line.store.enroll(stale, "desk", bundle, line.now)  # superseded
+    line.store.enroll(latest, "desk", bundle, line.now)
+    # Revoking a device whose replacement is pending cancels that code too.
+    pending = line.store.replace_device(M2, 60_000, line.now, "")
+    line.store.revoke_device(M2, line.now, "after all, no")
+    with pytest.raises(RemoteError) as err:
+        line.store.enroll(pending, "robot", bundle, line.now)
+    assert err.value.code == "enroll_code_used"
+    assert line.store.revoked(M2)

@@ -59,7 +59,8 @@ async def test_four_connections_of_one_device_share_one_rate(tmp_path: Path,
 async def test_a_full_mailbox_refuses_with_quota_exceeded_and_the_store_stays_in_bounds(
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     quota_mib = 2.0
-    async with local_line(tmp_path, Limits(mailbox_mib=quota_mib, mailbox_window_kib=600)) as line:
+    async with local_line(tmp_path, Limits(mailbox_mib=quota_mib, mailbox_window_kib=600,
+                                           sender_share=1.0)) as line:
         dirs = await line.provision(verify=False)
         w_id, w_keys = device_of(dirs, "washington")
         m_id, m_keys = device_of(dirs, "moscow")
@@ -255,3 +256,72 @@ def test_data_directories_and_databases_are_private_and_loose_ones_are_refused(
     with pytest.raises(LocalError) as err:
         TerminalStore(tmp_path / "term")
     assert "terminal.db" in err.value.message and "chmod 600" in err.value.hint
+
+
+async def test_a_held_connection_that_never_reads_is_gone_after_its_hold(
+        tmp_path: Path) -> None:
+    async with local_line(tmp_path, Limits(hold_refused=0.5)) as line:
+        assert line.server is not None and line.server.listener is not None
+        listener = line.server.listener
+        _reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # pipelined, and nothing of the answers ever read
+                writer.write(request * 50)
+                await asyncio.sleep(0)
+        await wait_until(lambda: listener.held >= 1, 5, "held for sending too much")
+        await wait_until(lambda: listener.held == 0 and not listener.guards, 10,
+                         "let go of, though it never read")
+        writer.close()
+
+
+def test_the_server_raises_its_open_file_limit_for_its_connections() -> None:
+    import resource
+
+    from parley.server.listener import ensure_fds
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert ensure_fds(4096 + 2048 + 256) >= min(6400, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_files_owned_by_another_user_are_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    ServerStore(tmp_path / "srv" / "server.db").close()
+    os.chown(tmp_path / "srv" / "server.db", 12345, 12345)
+    with pytest.raises(LocalError) as err:
+        ServerStore(tmp_path / "srv" / "server.db")
+    assert "belongs to another user" in err.value.message and "chown" in err.value.hint
+
+
+async def test_a_recipient_that_does_not_read_is_closed_and_its_senders_go_on(
+        tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    from parley.server import app as server_app
+
+    monkeypatch.setattr(server_app, "CONGESTED_S", 1.0)
+    async with local_line(tmp_path, Limits(rate_limit=100_000,
+                                           byte_rate_limit=10**12)) as line:
+        dirs = await line.provision(verify=False)
+        w_id, w_keys = device_of(dirs, "washington")
+        m_id, m_keys = device_of(dirs, "moscow")
+        # moscow logs in with a socket it never reads from again.
+        stuck, _, _ = await logged_in(line, http, dirs, "moscow")
+        sender, _, _ = await logged_in(line, http, dirs, "washington")
+        big = {"t": "send", "ephemeral": True, "env": seal_envelope(
+            w_keys, w_id, m_keys.public(m_id), "call.ice",
+            {"call_id": "c", "candidate": "x" * 100_000}, 1).to_json()}
+        for _ in range(300):
+            await sender.send(big)
+        await sender.send({"t": "ping", "ref": "after"})
+        replies = []
+        while not replies or replies[-1].get("ref") != "after":
+            replies.append(await asyncio.wait_for(sender.recv(), 20))
+        assert replies[-1]["t"] == "pong"  # the sender was not held up for ever
+        await wait_until(lambda: line.server is not None
+                         and m_id not in line.server.relay.online, 5,
+                         "the recipient that did not read closed")
+        assert not stuck.ws.closed or stuck.ws.close_code is not None

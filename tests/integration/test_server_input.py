@@ -7,6 +7,7 @@ pair stays connected and keeps working throughout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -59,14 +60,17 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
             assert asyncio.get_running_loop().time() - started >= hold - 0.2, (junk, closing)
             assert not c.frames  # nothing more was answered
 
-        # Wrong signature on the challenge: refused and closed.
+        # Wrong signature on the challenge: refused, then held unread and closed (a flood of
+        # bad logins costs the server a connection each, not a login each).
         device, _ = device_of(dirs, "washington")
         c = await connect(line.url, http, batch=False)
         reply = await c.login(device, DeviceKeys.generate(), line.url)
         assert (reply["t"], reply["code"]) == ("error", "auth_failed")
-        closing = await asyncio.wait_for(c.ws.receive(), 5)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        assert c.ws.close_code == 4001
+        await c.send({"t": "ping", "ref": "still there?"})
+        closing = await asyncio.wait_for(c.ws.receive(), hold + 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR)
+        assert not c.frames
 
         # A login signed for another server (or replayed from another session): refused.
         device, keys = device_of(dirs, "moscow")
@@ -113,12 +117,16 @@ async def test_bad_input_gets_clear_errors_while_others_keep_talking(
         reply = await c.recv()
         assert reply["code"] == "bad_message" and "is not you" in reply["message"]
 
-        # Far too large: the server closes that one connection (1009) and lives on.
+        # Far too much before logging in: the server stops reading that one connection
+        # (it keeps nothing of it but what it had read) and closes it; it lives on.
         c2 = await connect(line.url, http, batch=False)
-        await c2.send("x" * (2 * 1024 * 1024))
-        closing = await asyncio.wait_for(c2.ws.receive(), 5)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        assert c2.ws.close_code == 1009
+        with contextlib.suppress(ConnectionError):
+            await c2.send("x" * (2 * 1024 * 1024))
+        closing = await asyncio.wait_for(c2.ws.receive(), hold + 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR)
+        assert line.server is not None and line.server.listener is not None
+        assert line.server.listener.held_total >= 1
 
         # Binary frames are refused politely.
         await c.ws.send_bytes(b"\x00\x01")

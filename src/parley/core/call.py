@@ -415,6 +415,7 @@ class Call:
     local_nonce: bytes = field(default_factory=lambda: secrets.token_bytes(SAS_NONCE_BYTES))
     remote_nonce: bytes | None = None
     remote_commit: str | None = None
+    told_late: bool = False  # ended here, and the peer, late, told so once
 
     @property
     def role(self) -> str:
@@ -731,6 +732,13 @@ class CallBook:
                 code=ErrorCode.BAD_MESSAGE, hint="it was ignored",
             )
         if call.state is CallState.ENDED:
+            if call.direction == "outgoing" and type_ in ("call.ringing", "call.answer") \
+                    and not call.told_late and call.end_reason is not EndReason.INTERCEPTED:
+                # Our offer reached it after we had given up (and our cancel did not): tell
+                # it, so that it stops ringing for a call that is over.
+                call.told_late = True
+                return [self._send(call, "call.end", {"call_id": call_id,
+                                                      "reason": "cancelled"})]
             return []
         if type_ == "call.ringing":
             if call.state is CallState.DIALING:
@@ -775,7 +783,9 @@ class CallBook:
             elif call.state in (CallState.RINGBACK, CallState.RINGING):
                 actions += self._fire(call, CallEvent.RING_TIMEOUT, now_ms, local=True)
             else:
-                call.alarm = "the media connection did not come up in time"
+                call.alarm = "the media connection did not come up in time" \
+                    if not (call.handshake_checked and call.remote_nonce is None) else \
+                    "the caller never opened its SAS commitment (its call.confirm did not come)"
                 actions += self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
         return actions
 

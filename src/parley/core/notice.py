@@ -10,10 +10,10 @@ whichever direction was tampered with. A hostile server can drop the notice,
 but that only turns an alarm on one side into a failed call on the other.
 
 Notices are never sent about notices (no loops) and at most once per peer per
-`NOTICE_INTERVAL_MS` (no amplification). A notice is stored until delivered,
-but it ages: after `MAX_AGE_MS` it is refused as stale, and it only ends calls
-that had begun when it was sent, so that a server holding one back cannot
-later end an unrelated call as "intercepted".
+`NOTICE_INTERVAL_MS` (no amplification). A notice is stored until delivered, for
+a week at most (`MAX_AGE_MS`), and it only ends calls that had begun when it
+was sent, so that a server holding one back cannot later end an unrelated call
+as "intercepted".
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from .errors import ErrorCode
 
 TAMPER = "notice.tamper"
 NOTICE_INTERVAL_MS = 5_000
-MAX_AGE_MS = 60_000
+# A week: a device away for days still learns what was reported in its name, and a held
+# notice cannot end a later call (it only ends calls that had begun when it was sent).
+MAX_AGE_MS = 7 * 86_400_000
 TAMPER_FIELDS = {
     "envelope_id": schema.text(32),
     "envelope_type": schema.text(40),

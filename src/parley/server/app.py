@@ -68,11 +68,12 @@ class Connection:
 
     def __init__(self, ws: web.WebSocketResponse, outbox: Outbox,
                  spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Future[Any]],
-                 guard: Guard | None) -> None:
+                 guard: Guard | None, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.outbox = outbox
         self._spawn = spawn
         self.guard = guard  # its TCP connection, until it logs in (then None)
+        self._transport = transport
         self.closing: asyncio.Future[Any] | None = None
 
     def put(self, frame: str) -> None:
@@ -95,13 +96,26 @@ class Connection:
             # a flood of junk cannot come straight back.
             self.guard.hold()
             return
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        await self._close_or_cut(code, reason[:120])
 
     def abort(self, code: int, reason: str) -> None:
         """Close without writing what is queued (it may speak of what was never stored)."""
         self.outbox.close()
         if self.closing is None:
-            self.closing = self._spawn(self.ws.close(code=code, message=reason.encode()))
+            self.closing = self._spawn(self._close_or_cut(code, reason))
+
+    def cut(self) -> None:
+        """Drop the connection now: a peer that does not read would never see a close."""
+        self.outbox.close()
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def _close_or_cut(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()),
+                                   CLOSE_FLUSH_S)
+        except (TimeoutError, ConnectionError):
+            self.cut()
 
 
 class LineServer:
@@ -217,7 +231,8 @@ class LineServer:
         batched = ws.ws_protocol == wire.BATCH_SUBPROTOCOL
         guard = self._listener_guard(request)
         conn = Connection(ws, Outbox(ws.send_str, batched=batched,
-                                     before_write=self._make_durable), self._background, guard)
+                                     before_write=self._make_durable), self._background, guard,
+                          request.transport)
         relay = self.relay
         session = relay.connect(conn, str(request.remote), now_ms(), batched=batched)
         try:
@@ -225,14 +240,15 @@ class LineServer:
                 if msg.type == WSMsgType.TEXT:
                     relay.receive(session, msg.data, now_ms())
                     if conn.guard is not None and session.device is not None:
-                        self.admission.authenticated(conn.guard)
+                        conn.guard.authenticated()
                         conn.guard = None
                     if self.store.group_open:
                         self._commit_soon()
                     while session.congested:  # a recipient that does not keep up slows us
-                        congested = session.congested.pop()
-                        assert isinstance(congested, Connection)
-                        await congested.outbox.room()
+                        await self._wait_for_reader(session.congested.pop())
+                    pause = relay.pause_for(session, now_ms())
+                    if pause > 0:  # over its rate: read nothing until it may send again
+                        await asyncio.sleep(pause)
                 elif msg.type == WSMsgType.BINARY:
                     relay.binary(session, now_ms())
                 elif msg.type == WSMsgType.ERROR:
@@ -252,6 +268,15 @@ class LineServer:
                 # Returning would have aiohttp send a close frame: stay until it is let go.
                 await conn.guard.gone.wait()
         return ws
+
+    async def _wait_for_reader(self, port: Any) -> None:
+        """Wait (a while) for a recipient's outbox to drain; one that never reads is closed."""
+        assert isinstance(port, Connection)
+        try:
+            await asyncio.wait_for(port.outbox.room(), CONGESTED_S)
+        except TimeoutError:
+            log.warning("dropping a connection that read nothing for %.0f s", CONGESTED_S)
+            port.cut()
 
     def _listener_guard(self, request: web.Request) -> Guard | None:
         listener = self.listener
@@ -275,6 +300,7 @@ class LineServer:
             # acknowledged; acks lost with it mean envelopes delivered twice, which
             # terminals drop as replays.
             log.exception("could not commit the mailbox; closing every connection")
+            self.relay.reload_quota()  # what the failed group added and removed is undone
             for session in list(self.relay.sessions):
                 session.closed = True
                 port = session.port
@@ -288,10 +314,13 @@ class LineServer:
         return task
 
 
-# Connections closed for junk before login, or for not logging in, are held, not closed
-# (see _close). A refused login is closed at once, with its code: a terminal whose key is
-# wrong deserves a clear answer, and an attacker pays for a whole login each time.
-_HELD = frozenset({wire.CloseCode.NOT_LOGGED_IN, wire.CloseCode.LOGIN_TIMEOUT})
+# Connections closed for junk before login, a refused login or not logging in are held,
+# not closed (see _close): the error has been sent and read, and what a flood of them
+# would cost is a connection each, not a login each. (A terminal whose key is wrong reads
+# its error at login, before any close.)
+_HELD = frozenset({wire.CloseCode.NOT_LOGGED_IN, wire.CloseCode.LOGIN_TIMEOUT,
+                   wire.CloseCode.LOGIN_REFUSED})
+CONGESTED_S = 10.0  # a recipient that does not read for this long is closed, not waited for
 
 
 class _Metrics:

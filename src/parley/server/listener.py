@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ from parley.core.relay.admission import Admission
 
 log = logging.getLogger("parley.server")
 LOG_EVERY_S = 10.0
+RELEASE_GRACE_S = 1.0
 
 
 def _refusal(reason: str) -> bytes:
@@ -44,6 +46,28 @@ def _refusal(reason: str) -> bytes:
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+FDS_BESIDE = 256  # files the server needs beside its connections (its database, logs...)
+
+
+def ensure_fds(wanted: int) -> int:
+    """Raise this process's limit on open files towards `wanted`; what it is now.
+
+    Typical defaults (1024) are below what the connection limits need; past the
+    limit, accept fails and nobody, genuine or not, gets in.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < wanted:
+        log.warning("this process may open %d files, fewer than the %d the connection limits"
+                    " need: past it, nobody gets in. Raise it (ulimit -n %d, or LimitNOFILE="
+                    "%d for systemd), or lower --max-connections and --max-held", soft, wanted,
+                    wanted, wanted)
+    return soft
 
 
 class Guard(asyncio.Protocol):
@@ -57,6 +81,8 @@ class Guard(asyncio.Protocol):
         self.held = False
         self._release: asyncio.TimerHandle | None = None
         self.gone = asyncio.Event()  # set once the connection is closed
+        self.received = 0  # bytes, until it logs in (then None)
+        self.logged_in = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -77,8 +103,18 @@ class Guard(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is not None and not self.held:
-            self._inner.data_received(data)
+        if self._inner is None or self.held:
+            return
+        if not self.logged_in:
+            if not self.received:
+                self._listener.admission.spoke(self)
+            self.received += len(data)
+            if self.received > self._listener.unauthenticated_bytes:
+                self._listener.note("held a connection that sent too much before logging in",
+                                    self.source)
+                self.hold()
+                return
+        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -123,9 +159,17 @@ class Guard(asyncio.Protocol):
         def release() -> None:
             if last_words:
                 transport.write(last_words)
+            # A close waits for the write buffer, which a client that does not read keeps
+            # full: the last words have a moment, then the connection goes regardless.
             transport.close()
+            self._release = asyncio.get_running_loop().call_later(RELEASE_GRACE_S,
+                                                                  transport.abort)
 
         self._release = asyncio.get_running_loop().call_later(listener.hold_s, release)
+
+    def authenticated(self) -> None:
+        self.logged_in = True
+        self._listener.admission.authenticated(self)
 
 
 class Listener:
@@ -135,6 +179,7 @@ class Listener:
         self.admission = admission
         self.hold_s = admission.limits.hold_refused
         self.max_held = admission.limits.max_held
+        self.unauthenticated_bytes = int(admission.limits.unauthenticated_kib * 1024)
         self.held = 0  # connections held now
         self.held_total = 0
         self.holding: set[Guard] = set()
@@ -144,6 +189,8 @@ class Listener:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; the port actually bound (for port 0)."""
+        limits = self.admission.limits
+        ensure_fds(limits.max_connections + limits.max_held + FDS_BESIDE)
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(lambda: Guard(self), host, port,

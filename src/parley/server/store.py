@@ -233,6 +233,11 @@ class ServerStore:
                                       hint="check it for typos or ask the server operator for"
                                            " a new one")
                 party, expires_ms, used_ms, bound = row
+                if bound is not None and not self.revoked(bound):
+                    raise RemoteError(
+                        f"this replacement code for {bound} is no longer valid: the device"
+                        " was enrolled again since", code=ErrorCode.ENROLL_CODE_INVALID,
+                        hint="ask the server operator for a new one")
                 if used_ms is not None:
                     raise RemoteError("this enrollment code has already been used",
                                       code=ErrorCode.ENROLL_CODE_USED,
@@ -268,6 +273,7 @@ class ServerStore:
                     self.db.execute("UPDATE devices SET sign=?, kem=?, kem_sig=?, enrolled_ms=?,"
                                     " revoked_ms=NULL WHERE id=?",
                                     (public.sign, public.kem, public.kem_sig, now_ms, ident))
+                    self._cancel_codes(ident, now_ms)  # any other code for it is spent now
                 else:
                     self.db.execute(
                         "INSERT INTO devices (id, party, name, sign, kem, kem_sig, enrolled_ms)"
@@ -284,23 +290,64 @@ class ServerStore:
         return public
 
     def replace_device(self, ident: str, ttl_ms: int, now_ms: int, reason: str) -> str:
-        """Revoke `ident`'s keys now; a one-time code that enrolls its new keys."""
+        """Revoke `ident`'s keys now; a one-time code that enrolls its new keys.
+
+        Only the latest code works: one issued before it is cancelled.
+        """
         record = self._device_record(ident)
         party, _ = split_device_id(ident)
         with self.transaction():
-            self.db.execute("UPDATE devices SET revoked_ms=? WHERE id=?", (now_ms, ident))
+            self._revoke(ident, now_ms)
+            self._cancel_codes(ident, now_ms)
             code = self._new_code(party, ttl_ms, now_ms, ident)
             self._log(now_ms, "replace", ident, record.fingerprint,
                       reason or "keys revoked; a replacement code was issued")
         return code
 
     def revoke_device(self, ident: str, now_ms: int, reason: str) -> None:
+        """Revoke `ident`: no login, no routing to it, and no pending replacement code."""
         record = self._device_record(ident)
-        if record.revoked_ms is not None:
-            raise LocalError(f"{ident} is revoked already", code=ErrorCode.BAD_CONFIG)
         with self.transaction():
-            self.db.execute("UPDATE devices SET revoked_ms=? WHERE id=?", (now_ms, ident))
-            self._log(now_ms, "revoked", ident, record.fingerprint, reason)
+            cancelled = self._cancel_codes(ident, now_ms)
+            if record.revoked_ms is not None and not cancelled:
+                raise LocalError(f"{ident} is revoked already", code=ErrorCode.BAD_CONFIG,
+                                 hint=f"'parley server device replace {ident}' enrolls new"
+                                      " keys for it")
+            self._revoke(ident, now_ms)
+            self._log(now_ms, "revoked", ident, record.fingerprint,
+                      reason + (" (its replacement code was cancelled)" if cancelled else ""))
+
+    def _revoke(self, ident: str, now_ms: int) -> None:
+        # What waits for it was sealed to the keys now revoked: nobody will read it.
+        self.db.execute("UPDATE devices SET revoked_ms=coalesce(revoked_ms, ?) WHERE id=?",
+                        (now_ms, ident))
+        self.db.execute("DELETE FROM mailbox WHERE recipient=?", (ident,))
+
+    def _cancel_codes(self, ident: str, now_ms: int) -> int:
+        """Spend every unspent replacement code bound to `ident`; how many there were."""
+        return self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
+                               " device=? AND used_ms IS NULL", (now_ms, ident)).rowcount
+
+    def cancel_code(self, code: str, now_ms: int) -> str:
+        """Spend an unspent code unused (a code given out by mistake); the party it was for."""
+        with self.transaction():
+            row = self.db.execute("SELECT party, device FROM enroll_codes WHERE code_hash=? AND"
+                                  " used_ms IS NULL", (_hash_code(code),)).fetchone()
+            if row is None:
+                raise LocalError("no unspent code like that", code=ErrorCode.ENROLL_CODE_INVALID,
+                                 hint="'parley server codes' lists the unspent ones")
+            self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
+                            " code_hash=?", (now_ms, _hash_code(code)))
+            self._log(now_ms, "cancelled", row[1] or f"{row[0]}/(new device)", None,
+                      "an enrollment code was cancelled")
+        return str(row[0])
+
+    def unspent_codes(self, now_ms: int) -> list[tuple[str, str | None, int, int]]:
+        """(party, device it replaces, created, expires) of every code still good."""
+        rows = self.db.execute("SELECT party, device, created_ms, expires_ms FROM enroll_codes"
+                               " WHERE used_ms IS NULL AND expires_ms>=? ORDER BY created_ms",
+                               (now_ms,))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _device_record(self, ident: str) -> DeviceRecord:
         split_device_id(ident)

@@ -128,6 +128,7 @@ class Terminal:
         self._wake = asyncio.Event()
         self._listeners: set[Listener] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._opening: set[str] = set()  # ids of envelopes being handled now
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -271,20 +272,36 @@ class Terminal:
             if isinstance(ident, str) and len(ident) <= 32:
                 await self.link.ack(ident)  # dropped for good: do not send it again
             return
+        if envelope.id in self._opening:
+            return  # being handled already (a retry, and the server delivering it again)
+        self._opening.add(envelope.id)
+        try:
+            handled = await self._handle(envelope, raw, attempt)
+        finally:
+            self._opening.discard(envelope.id)
+        if handled:
+            # Only now, whatever its kind: the server deletes what it stored (an ack of an
+            # ephemeral one changes nothing), and nothing is acknowledged unread.
+            await self.link.ack(envelope.id)
+
+    async def _handle(self, envelope: Envelope, raw: dict[str, Any], attempt: int) -> bool:
+        """Handle or deliberately drop one envelope; False: not yet (it stays on the server)."""
         now = now_ms()
         kind = kind_of(envelope.type)
-        handled = True  # or deliberately dropped: either way, acknowledged if stored
+        if envelope.recipient != self.device_id:
+            # Nothing in an envelope not meant for us has been checked, its sender least of
+            # all: an alarm about the server, and nothing it names is ended or blamed.
+            self._alarm(None, SecurityAlarm(
+                f"the server delivered an envelope meant for {envelope.recipient}"
+                f" (claiming to be from {envelope.sender}) to this device",
+                code=ErrorCode.WRONG_RECIPIENT,
+                hint="it was dropped unread; the server is misrouting or tampering"))
+            return True
+        if kind is None:
+            log.warning("dropped %s from %s: this terminal does not know that kind",
+                        envelope.type, envelope.sender)
+            return True
         try:
-            if envelope.recipient != self.device_id:
-                raise SecurityAlarm(
-                    f"the server delivered an envelope meant for {envelope.recipient}"
-                    f" (from {envelope.sender}) to this device",
-                    code=ErrorCode.WRONG_RECIPIENT,
-                    hint="it was dropped unread; the server is misrouting or tampering")
-            if kind is None:
-                log.warning("dropped %s from %s: this terminal does not know that kind",
-                            envelope.type, envelope.sender)
-                return
             if kind.stored and self.replay.seen(envelope.id):
                 if self.store.ack_confirmed(envelope.id):
                     raise SecurityAlarm(
@@ -297,40 +314,36 @@ class Terminal:
                 # handled already, so acknowledged again, and no alarm.
                 log.info("%s %s from %s came again; acknowledged again", envelope.type,
                          envelope.id, envelope.sender)
-                return
+                return True
             self.replay.check(envelope, now)
             payload, keys, trust = await self._open(envelope)
             if envelope.type in MESSAGE_PAYLOADS:
-                # Its id remembered and the message committed together, and only then
-                # acknowledged (below): a crash anywhere loses nothing and shows nothing twice.
+                # Its id remembered and the message committed together, and acknowledged
+                # only after: a crash anywhere loses nothing and shows nothing twice.
                 with self.messages.ms.batch():
                     self.store.remember_envelope(envelope.id, self.replay.remember(envelope),
                                                  now)
                     self.messages.receive(envelope, payload, trust, now)
-                return
+                return True
             self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
         except SecurityAlarm as alarm:
             self._tampered(envelope, alarm)
-            return
+            return True
         except RemoteError as exc:
-            if exc.code is ErrorCode.SERVER_ERROR and attempt < len(RETRY_DELAYS_S):
-                handled = False  # the directory did not answer: try again shortly
+            if exc.code is not ErrorCode.SERVER_ERROR:
+                log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
+                return True
+            if attempt < len(RETRY_DELAYS_S):  # the directory did not answer: again shortly
                 log.warning("could not open %s from %s yet (%s); trying again in %.0f s",
                             envelope.type, envelope.sender, exc, RETRY_DELAYS_S[attempt])
                 self._retry(raw, attempt)
-            elif exc.code is ErrorCode.SERVER_ERROR:
-                handled = False  # left on the server: it comes again at the next login
+            else:  # left on the server: it comes again at the next login
                 log.warning("could not open %s from %s: %s; it stays on the server",
                             envelope.type, envelope.sender, exc)
-            else:
-                log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
-            return
+            return False
         except ParleyError as exc:
             log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
-            return
-        finally:
-            if handled and (kind is None or kind.stored):
-                await self.link.ack(envelope.id)
+            return True
         if envelope.type == notice.TAMPER:
             try:
                 self._run(self.book.tamper_reported(envelope.sender, payload, envelope.time_ms,
@@ -343,11 +356,12 @@ class Terminal:
             except SecurityAlarm as alarm:
                 self._alarm(payload.get("call_id") if isinstance(payload.get("call_id"), str)
                             else None, alarm, subject=envelope.sender)
-                return
+                return True
             except ParleyError as exc:
                 log.warning("bad %s from %s: %s", envelope.type, envelope.sender, exc)
-                return
+                return True
             self._run(actions)
+        return True
 
     def _retry(self, raw: dict[str, Any], attempt: int) -> None:
         async def again() -> None:

@@ -117,8 +117,10 @@ class TerminalStore:
         """Generate this device's keys. Refuses to overwrite an existing terminal."""
         check_name(device_name, what="device name")
         private_dir(data_dir)
-        if not (data_dir / KEY_FILE).exists():
-            data_dir.chmod(0o700)  # the operator's own new terminal: for its owner alone
+        if not any(data_dir.iterdir()):
+            data_dir.chmod(0o700)  # an empty directory made for it: for its owner alone
+        else:
+            check_private([data_dir], what="this terminal's data", secret=True)
         key_path = data_dir / KEY_FILE
         if key_path.exists():
             raise LocalError(
@@ -230,12 +232,13 @@ class TerminalStore:
                 "SELECT COUNT(*) FROM alarms WHERE acked_ms IS NULL").fetchone()[0] \
                 >= MAX_OPEN_ALARMS:
             key = f"{code}|*"  # so many open: fold the rest of this code into one
-            message = f"many more alarms of this kind (the latest: {message})"
+            message = f"many more alarms of this kind (the first: {message})"
             row = self.db.execute("SELECT id FROM alarms WHERE key=? AND acked_ms IS NULL",
                                   (key,)).fetchone()
         if row is not None:
-            self.db.execute("UPDATE alarms SET count=count+1, last_ms=?, message=?, hint=?"
-                            " WHERE id=?", (now_ms, message, hint, row[0]))
+            # Counted, and its first words kept: what came later cannot rewrite them.
+            self.db.execute("UPDATE alarms SET count=count+1, last_ms=? WHERE id=?",
+                            (now_ms, row[0]))
             ident = int(row[0])
         else:
             cur = self.db.execute(

@@ -10,9 +10,11 @@ a flood is made of, and they may share their address with a genuine terminal
 (on loopback, or behind one NAT). So when they are too many -- from one
 address, or in all -- the newest is let in and the *oldest* not logged in is
 pushed out (from the address that holds the most of them, when the total is
-what is full): whoever holds connections open without logging in loses them
-to whoever comes next, and a terminal that logs in at once (a few
-milliseconds on loopback) always gets through. Only the hard caps on all
+what is full), and of those, one that has not sent a byte goes before one
+that has: whoever holds connections open without logging in loses them to
+whoever comes next, and a terminal, which sends its request the moment it
+connects and logs in a few milliseconds later, always gets through -- even
+among thousands of connections opened to say nothing. Only the hard caps on all
 connections refuse outright, and only when nothing unauthenticated is left to
 push out.
 """
@@ -40,8 +42,10 @@ class Admission(Generic[H]):
         self.limits = limits
         self._source: dict[H, str] = {}
         self._per_source: dict[str, int] = {}
-        # Per address, those not logged in, oldest first (dicts keep insertion order).
+        # Per address, those not logged in, oldest first (dicts keep insertion order);
+        # and of those, the ones that have sent nothing yet.
         self._unauth: dict[str, dict[H, None]] = {}
+        self._silent: dict[str, dict[H, None]] = {}
         self._unauth_total = 0
         self.refused = 0
         self.evicted = 0
@@ -82,8 +86,18 @@ class Admission(Generic[H]):
         self._source[handle] = source
         self._per_source[source] = self._per_source.get(source, 0) + 1
         self._unauth.setdefault(source, {})[handle] = None
+        self._silent.setdefault(source, {})[handle] = None
         self._unauth_total += 1
         return Verdict(True, evict)
+
+    def spoke(self, handle: H) -> None:
+        """It sent its first bytes: pushed out now only after those that have not."""
+        source = self._source.get(handle)
+        silent = self._silent.get(source) if source is not None else None
+        if source is not None and silent is not None and handle in silent:
+            del silent[handle]
+            if not silent:
+                del self._silent[source]
 
     def authenticated(self, handle: H) -> None:
         """It logged in: it no longer counts as, or can be pushed out as, unauthenticated."""
@@ -109,6 +123,11 @@ class Admission(Generic[H]):
             self._unauth_total -= 1
             if not pending:
                 del self._unauth[source]
+        silent = self._silent.get(source)
+        if silent is not None and handle in silent:
+            del silent[handle]
+            if not silent:
+                del self._silent[source]
 
     def _refuse(self, reason: str) -> Verdict[H]:
         self.refused += 1
@@ -120,9 +139,9 @@ class Admission(Generic[H]):
         return max(self._unauth, key=lambda source: len(self._unauth[source]))
 
     def _push_out(self, source: str) -> H:
-        """Forget the oldest unauthenticated connection from `source`; the caller closes it."""
-        pending = self._unauth[source]
-        handle = next(iter(pending))
+        """Forget the oldest unauthenticated connection from `source` (of those, one that
+        has said nothing first); the caller closes it."""
+        handle = next(iter(self._silent.get(source) or self._unauth[source]))
         self.evicted += 1
         self.closed(handle)
         return handle

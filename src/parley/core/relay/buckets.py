@@ -32,6 +32,11 @@ class TokenBucket:
         self.tokens -= amount
         return True
 
+    def wait_ms(self, now_ms: int) -> float:
+        """How long until a take would succeed (0: now)."""
+        self._refill(now_ms)
+        return 0.0 if self.tokens > 0 else (1 - self.tokens) / self._per_ms
+
     def full(self, now_ms: int) -> bool:
         """Would a fresh bucket be the same? (Then forgetting this one gives nobody more.)"""
         self._refill(now_ms)

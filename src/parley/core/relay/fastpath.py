@@ -30,7 +30,8 @@ from parley.core import wire
 from parley.core.envelope import ENVELOPE_FIELDS, MAX_CIPHERTEXT, TYPE_CHARS
 from parley.core.keys import NAME_CHARS, NAME_MAX
 
-Header = tuple[str, str, str]  # what the server reads of an envelope: id, sender, recipient
+Header = tuple[str, str, str, str]  # what the server reads of an envelope: id, sender,
+# recipient, type
 
 def _bound(value: int | None) -> int:
     assert value is not None, "the schema table sets this bound"
@@ -99,4 +100,4 @@ def quick_send(raw: str) -> tuple[dict[str, Any], Header] | None:
             or not _base64(env["ct"], _CT_MAX)
             or not _base64(env["sig"], _SIG_CHARS) or len(env["sig"]) != _SIG_CHARS):
         return None
-    return msg, (ident, sender, recipient)
+    return msg, (ident, sender, recipient, kind)

@@ -22,12 +22,14 @@ Connections (before anyone has proved who they are):
 * before login the only frame allowed is the ``hello``: anything else is
   answered once and the connection closed, so errors to someone who has not
   logged in are never amplified;
-* ``hold_refused``: a connection refused, pushed out, or closed for junk
-  before login is not read any more and is held that many seconds before it
-  is closed (at most ``max_held`` at once; past that, closed at once). A flood
-  whose connections were simply closed would open them again at once, and
-  the server would spend itself accepting them; held, each costs one file
-  descriptor and one timer until then.
+* ``unauthenticated_kib``: what a connection may send before it logs in;
+* ``hold_refused``: a connection refused, pushed out, sending more than that,
+  or closed for junk or a refused login is not read any more and is held that
+  many seconds before it is closed (at most ``max_held`` at once; past that,
+  closed at once). A flood whose connections were simply closed would open
+  them again at once, and the server would spend itself accepting them;
+  held, each costs one file descriptor, one timer and what it sent (at most
+  ``unauthenticated_kib``) until then.
 
 Devices (after login):
 
@@ -38,7 +40,8 @@ Devices (after login):
   bursts of ``BAD_FRAME_BURST``; past that its connection is closed;
 * ``mailbox_envelopes`` / ``mailbox_mib``: what may wait on the server for
   one device; ``sender_envelopes`` / ``sender_mib``: what one device may
-  have waiting for others. Past either the sender gets ``quota_exceeded``;
+  have waiting for others; ``sender_share``: the part of one mailbox one
+  sender may fill. Past any of them the sender gets ``quota_exceeded``;
 * ``mailbox_window`` / ``mailbox_window_kib``: stored envelopes sent to a
   device and not yet acknowledged; the rest follow as acknowledgements come.
 """
@@ -63,6 +66,7 @@ class Limits:
     read_timeout: float = 10.0
     hold_refused: float = 5.0
     max_held: int = 2048
+    unauthenticated_kib: float = 128.0
     max_sessions_per_device: int = 8
     rate_limit: float = 500.0
     byte_rate_limit: float = 8 * 1024 * 1024
@@ -71,12 +75,17 @@ class Limits:
     mailbox_mib: float = 256.0
     sender_envelopes: int = 20_000
     sender_mib: float = 256.0
+    sender_share: float = 0.5
     mailbox_window: int = 500
     mailbox_window_kib: float = 4096.0
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
+            if spec.name == "sender_share" and isinstance(value, int | float) and value > 1:
+                raise LocalError(f"sender_share is a fraction of a mailbox, not {value!r}",
+                                 code=ErrorCode.BAD_CONFIG,
+                                 hint="set --sender-share between 0 and 1 (default 0.5)")
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 flag = "--" + spec.name.replace("_", "-")
                 raise LocalError(
@@ -111,6 +120,8 @@ LIMIT_HELP = {
                     " login, is held unread before it is closed (so a flood cannot reconnect"
                     " at once)",
     "max_held": "connections held that way at once; past that they are closed at once",
+    "unauthenticated_kib": "KiB a connection may send before it logs in (an enrollment, a"
+                           " login or a page of the status is far less); past that it is held",
     "max_sessions_per_device": "sessions one device may hold; a newer one closes the oldest",
     "rate_limit": "frames per second each device may send (all its connections together), in"
                   " bursts of twice that; more are refused with rate_limited",
@@ -121,6 +132,8 @@ LIMIT_HELP = {
     "mailbox_mib": "MiB that may wait on the server for one device",
     "sender_envelopes": "envelopes one device may have waiting for others",
     "sender_mib": "MiB one device may have waiting for others",
+    "sender_share": "the share of one device's mailbox (in envelopes and in bytes) that any one"
+                    " sender may fill, so that one peer cannot shut the others out",
     "mailbox_window": "stored envelopes sent to a device before it acknowledges them",
     "mailbox_window_kib": "KiB of stored envelopes sent to a device before it acknowledges them",
 }

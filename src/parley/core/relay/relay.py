@@ -36,6 +36,7 @@ from ..encoding import b64d, b64e
 from ..envelope import Envelope
 from ..errors import ErrorCode, ParleyError, RemoteError
 from ..keys import DevicePublicKeys, split_device_id
+from ..kinds import kind_of
 from .buckets import TokenBucket
 from .fastpath import Header, quick_send
 from .limits import BAD_FRAME_BURST, Limits
@@ -151,9 +152,11 @@ class Quota:
         self.limits = limits
         self.recipients: dict[str, list[int]] = {}  # device -> [envelopes, bytes]
         self.senders: dict[str, list[int]] = {}
+        self.pairs: dict[str, list[int]] = {}  # "sender recipient" -> [envelopes, bytes]
         for recipient, sender, count, size in usage:
             self._add(self.recipients, recipient, count, size)
             self._add(self.senders, sender, count, size)
+            self._add(self.pairs, f"{sender} {recipient}", count, size)
 
     @staticmethod
     def _add(table: dict[str, list[int]], device: str, count: int, size: int) -> None:
@@ -178,6 +181,17 @@ class Quota:
                 hint=f"nothing was lost: send it again once {recipient} has come online and"
                      " read what waits (the server operator sets --mailbox-envelopes and"
                      " --mailbox-mib)")
+        pair = self.pairs.get(f"{sender} {recipient}", (0, 0))
+        share = limits.sender_share
+        if pair[0] + 1 > share * limits.mailbox_envelopes or \
+                pair[1] + size > share * limits.mailbox_bytes:
+            raise RemoteError(
+                f"you already have {pair[0]:,} envelopes ({_mib(pair[1])}) waiting for"
+                f" {recipient}, as much of its mailbox as one sender may fill"
+                f" ({share:.0%}); this one was not stored",
+                code=ErrorCode.QUOTA_EXCEEDED,
+                hint=f"nothing was lost: send it again once {recipient} has read what waits"
+                     " (the server operator sets --sender-share)")
         mine = self.senders.get(sender, (0, 0))
         if mine[0] + 1 > limits.sender_envelopes or mine[1] + size > limits.sender_bytes:
             raise RemoteError(
@@ -192,10 +206,12 @@ class Quota:
     def added(self, sender: str, recipient: str, size: int) -> None:
         self._add(self.recipients, recipient, 1, size)
         self._add(self.senders, sender, 1, size)
+        self._add(self.pairs, f"{sender} {recipient}", 1, size)
 
     def removed(self, sender: str, recipient: str, size: int) -> None:
         self._add(self.recipients, recipient, -1, -size)
         self._add(self.senders, sender, -1, -size)
+        self._add(self.pairs, f"{sender} {recipient}", -1, -size)
 
     def waiting(self) -> tuple[int, int]:
         """Envelopes and bytes waiting on the server, in all."""
@@ -296,6 +312,9 @@ class Relay:
     def _frame(self, session: Session, raw: str, now_ms: int) -> None:
         ref = None
         device = session.device
+        if device is not None and len(raw) <= 200 and '"ack"' in raw \
+                and self._inflight_ack(session, raw):
+            return  # an ack of what we sent it costs no rate: the window bounds those
         try:
             if device is not None:
                 frames, size, _ = self._rates[device]
@@ -320,7 +339,7 @@ class Relay:
                     hint="answer the challenge with a signed hello first")
             elif kind == "send":
                 env = Envelope.from_json(msg["env"])
-                self._relay(session, msg, (env.id, env.sender, env.recipient), now_ms)
+                self._relay(session, msg, (env.id, env.sender, env.recipient, env.type), now_ms)
             elif kind == "ack":
                 self._ack(device, msg["id"])
                 session.acked.append(msg["id"])
@@ -332,6 +351,41 @@ class Relay:
             self._reply_error(session, limited.error, limited.ref)
         except RemoteError as exc:
             self._bad(session, exc, ref, now_ms)
+
+    def _inflight_ack(self, session: Session, raw: str) -> bool:
+        """Handle an ack of an envelope in flight to this device; False: not one."""
+        assert session.device is not None
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return False
+        ident = msg.get("id") if isinstance(msg, dict) and msg.keys() == {"t", "id"} \
+            and msg["t"] == "ack" else None
+        if not isinstance(ident, str) or not any(
+                ident in s.inflight for s in self.online.get(session.device, ())):
+            return False
+        self._ack(session.device, ident)
+        session.acked.append(ident)
+        return True
+
+    def pause_for(self, session: Session, now_ms: int) -> float:
+        """Seconds before reading more from this session: its device is over its rate.
+
+        Instead of reading, parsing and refusing what a device sends too fast, the
+        adapter stops reading its socket until tokens are back, which costs nothing
+        (the kernel holds the rest, and the sender waits for it).
+        """
+        if session.device is None:
+            return 0.0
+        buckets = self._rates.get(session.device)
+        if buckets is None:
+            return 0.0
+        return min(2.0, max(buckets[0].wait_ms(now_ms), buckets[1].wait_ms(now_ms)) / 1000)
+
+    def reload_quota(self) -> None:
+        """Count what waits from the store again (after a commit failed, or another process
+        changed the mailboxes)."""
+        self.quota = Quota(self.limits, self.store.mailbox_usage())
 
     def _rate_limited(self, raw: str, what: str) -> None:
         self.counters.rate_limited += 1
@@ -421,7 +475,7 @@ class Relay:
         """Deliver or store a checked envelope, if it comes from this device and may go there."""
         party = session.party
         assert party is not None
-        envelope_id, sender, recipient = header
+        envelope_id, sender, recipient, type_ = header
         if sender != session.device:
             raise RemoteError(f"envelope sender {sender} is not you ({session.device})",
                               hint="sign in as the device that sends")
@@ -441,6 +495,12 @@ class Relay:
             self._send(session, {"t": "sent", "id": envelope_id, "status": "delivered",
                                  "ref": ref})
             return
+        registered = kind_of(type_)
+        if registered is not None and not registered.stored:
+            # Call signaling is now or never; stored, it would wait for an ack that the
+            # recipient never sends for it, and fill the mailbox for good.
+            raise RemoteError(f"{type_} envelopes are never stored; send them ephemeral",
+                              hint="set ephemeral: true")
         size = len(body)
         try:
             self.quota.check(sender, recipient, size)
@@ -465,7 +525,8 @@ class Relay:
         for target in targets:
             if target.backlog:
                 continue  # older ones wait for it in the store: it goes after them
-            if len(target.inflight) >= window or target.inflight_bytes + size > window_bytes:
+            if target.inflight and (len(target.inflight) >= window
+                                    or target.inflight_bytes + size > window_bytes):
                 target.backlog = True  # it waits in the store until acks make room
                 continue
             target.inflight[envelope_id] = size
@@ -569,6 +630,7 @@ class Relay:
     def directory_changed(self) -> None:
         """Devices were enrolled, replaced or revoked (here or by the admin CLI)."""
         self._routes.clear()
+        self.reload_quota()  # a revoked device's mailbox is emptied with it
         before, self._device_keys = self._device_keys, self.store.device_keys()
         changed = {d for d in set(before) | set(self._device_keys)
                    if before.get(d) != self._device_keys.get(d)}
@@ -623,9 +685,10 @@ class _RateLimited(Exception):
 
 
 def _ref_of(raw: str) -> str | None:
-    """A refused frame's ref, if it is an object with a short string one (for the reply)."""
+    """A refused frame's ref, if it is a small object with a short string one (a large
+    frame is not parsed only to be refused: its sender is told without it)."""
     try:
-        msg = orjson.loads(raw) if len(raw) <= wire.MAX_FRAME else None
+        msg = orjson.loads(raw) if len(raw) <= 4096 else None
     except orjson.JSONDecodeError:
         return None
     ref = msg.get("ref") if isinstance(msg, dict) else None
