@@ -153,3 +153,43 @@ async def _wait_message(terminal: Terminal, msg_id: str, ok: Any,
 
     await wait_until(check, timeout, f"message {msg_id}")
     return found
+
+
+async def test_a_file_transfer_cut_by_a_server_restart_resumes_without_starting_over(
+        line: LocalLine) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow")
+    sends: list[str] = []  # every chunk envelope washington hands the server
+    original = washington.link.send_envelope
+
+    async def counting(envelope: Any, *, ephemeral: bool) -> str:
+        if envelope.type == "msg.chunk":
+            sends.append(envelope.id)
+        return await original(envelope, ephemeral=ephemeral)
+
+    washington.link.send_envelope = counting  # type: ignore[method-assign]
+    data = os.urandom(20 * 1000 * 1000)
+    sent = await washington.messages.send_file("moscow", data, "archive.bin",
+                                               "application/octet-stream")
+    chunks = sent["file"]["chunks"]
+    await wait_until(lambda: washington.messages.ms.outbox_size() < chunks * 2 // 3, 30,
+                     "a third stored by the server")
+    await line.restart_server()  # every connection drops; the server keeps what it stored
+    waiting = washington.messages.ms.outbox_size()
+    assert 0 < waiting < chunks, "part of it was stored before the restart"
+
+    def complete() -> list[dict[str, Any]]:
+        return [m for m in moscow.messages.conversation("washington")
+                if m["kind"] == "file" and m["state"] == "complete"]
+
+    await wait_until(lambda: bool(complete()), 60, "the whole file after the restart")
+    path, _ = moscow.messages.file(complete()[0]["msg_id"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    # It went on from where it was: what had been stored was not sent again (only what
+    # was in flight at the moment of the restart could be).
+    from parley.terminal.messages import WINDOW
+
+    assert len(set(sends)) == chunks
+    assert len(sends) - chunks <= WINDOW
+    await _wait_message(washington, sent["msg_id"], delivered_to_all, 30)

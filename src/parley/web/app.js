@@ -42,6 +42,10 @@ class App {
     this.verifyErrors = new Map(); // device -> message
     this.sasCompact = new Set(); // call ids whose SAS the person confirmed
     this.notice = "";
+    this.conversations = new Map(); // party -> Map(msg_id -> message), as the terminal sent them
+    this.unread = {}; // party -> messages not yet read here
+    this.messagesParty = null; // the party whose Messages pane is open
+    this.reading = new Set(); // parties whose read receipts are on their way
   }
 
   start() {
@@ -51,6 +55,8 @@ class App {
     }
     this.#connect();
     setInterval(() => this.#tick(), SAMPLE_MS);
+    // A conversation on screen counts as read only while someone can see the page.
+    document.addEventListener("visibilitychange", () => this.render());
   }
 
   // -- the events socket ----------------------------------------------------------------
@@ -92,6 +98,11 @@ class App {
       case Incoming.ALARMS:
         this.alarms = message.alarms;
         return this.render();
+      case Incoming.MESSAGE: return this.#onMessageEvent(message.message);
+      case Incoming.MESSAGES_UNREAD:
+      case Incoming.MESSAGES_READ:
+        this.unread = message.unread;
+        return this.render();
       case Incoming.PROBLEM:
         this.notice = `Not delivered: ${message.problem.message}.${message.problem.hint ? ` ${message.problem.hint}` : ""}`;
         return this.render();
@@ -114,6 +125,8 @@ class App {
 
   #onStatus(status) {
     this.status = status;
+    this.unread = status.unread || {};
+    for (const party of this.conversations.keys()) this.#loadMessages(party);
     this.alarms = status.alarms || [];
     this.calls = new Map(status.calls.map((call) => [call.call_id, call]));
     const live = status.calls.filter((call) => call.state !== CallState.ENDED && !this.#ringingHere(call));
@@ -174,6 +187,43 @@ class App {
     }
     this.render();
     this.#refreshParties(); // a changed key shows in the list at once
+  }
+
+  // -- messages --------------------------------------------------------------------------
+
+  #onMessageEvent(message) {
+    let conversation = this.conversations.get(message.party);
+    if (!conversation) {
+      conversation = new Map();
+      this.conversations.set(message.party, conversation);
+    }
+    conversation.set(message.msg_id, message);
+    this.render();
+  }
+
+  async #loadMessages(party) {
+    try {
+      const got = await this.api.messages(party);
+      this.conversations.set(party, new Map(got.messages.map((m) => [m.msg_id, m])));
+      this.unread = got.unread;
+    } catch (err) {
+      this.notice = `Could not load the messages with ${party}: ${err.message}`;
+    }
+    this.render();
+  }
+
+  #messagesOf(party) {
+    const conversation = this.conversations.get(party);
+    if (!conversation) return [];
+    return [...conversation.values()].sort((a, b) => (a.order ?? 0) - (b.order ?? 0));
+  }
+
+  // A conversation on the screen of a page the person is looking at has been read.
+  #markRead(party) {
+    if (!party || !this.unread[party] || this.reading.has(party)) return;
+    if (document.visibilityState !== "visible") return;
+    this.reading.add(party);
+    this.api.readMessages(party).catch(() => {}).finally(() => this.reading.delete(party));
   }
 
   // -- parties ---------------------------------------------------------------------------
@@ -283,6 +333,25 @@ class App {
         if (this.focusCallId) this.sasCompact.add(this.focusCallId);
         this.render();
       },
+      openMessages: (party) => {
+        this.notice = "";
+        this.messagesParty = party;
+        this.pane = "messages";
+        if (!this.conversations.has(party)) this.#loadMessages(party);
+        this.render();
+      },
+      closeMessages: () => {
+        this.messagesParty = null;
+        this.pane = this.#focusedLiveCall() ? "call" : "home";
+        this.render();
+      },
+      sendMessage: (party, text) => this.#attempt(async () => {
+        this.#onMessageEvent(await this.api.sendMessage(party, text));
+      }),
+      sendFile: (party, file) => this.#attempt(async () => {
+        this.#onMessageEvent(await this.api.sendFile(party, file));
+      }),
+      fileUrl: (msgId) => this.api.fileUrl(msgId),
       openVerify: (party) => {
         this.notice = "";
         this.verifyParty = party;
@@ -358,10 +427,15 @@ class App {
     const order = status?.lines || [];
     view.showParties(order.map((party) => this.parties.get(party) || emptyParty(party)));
     view.showAlarmList(this.alarms);
+    view.showUnread(this.unread);
 
     const call = this.calls.get(this.focusCallId);
     const pane = this.pane === "call" && !call ? "home" : this.pane;
     view.showPane(pane);
+    if (pane === "messages" && this.messagesParty) {
+      view.showMessages(this.messagesParty, this.#messagesOf(this.messagesParty));
+      this.#markRead(this.messagesParty);
+    }
     if (pane === "verify" && this.verifyParty) {
       view.showVerification(this.verifyParty, this.parties.get(this.verifyParty)?.devices || [], this.verifyErrors);
     }
@@ -370,11 +444,20 @@ class App {
         sasCompact: this.sasCompact.has(call.call_id), now: Date.now(),
       });
       view.showQuality(this.stats.get(call.call_id) || null);
+      // Messages from the party on the line show beside the call, without leaving it.
+      const live = call.state !== CallState.ENDED;
+      if (live && !this.conversations.has(call.peer_party)) {
+        this.conversations.set(call.peer_party, new Map());
+        this.#loadMessages(call.peer_party);
+      }
+      view.showCallMessages(live ? call.peer_party : null, this.#messagesOf(call.peer_party));
+      if (live && pane === "call") this.#markRead(call.peer_party);
     }
     if (pane !== this.shownPane) {
       this.shownPane = pane;
       if (pane === "call") view.focusCall();
       if (pane === "verify") view.focusVerification();
+      if (pane === "messages") view.focusMessages();
     }
 
     const ringing = this.#ringingCall();

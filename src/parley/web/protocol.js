@@ -17,6 +17,9 @@ export const Incoming = Object.freeze({
   ALARM: "alarm", // {alarm: {id, time_ms, count, call_id, subject, code, title, message, hint}}
   ALARMS: "alarms", // {alarms: [...]}: the open alarms, after some were acknowledged
   PROBLEM: "problem", // {problem: {code, message, hint, about}}: something we sent was refused
+  MESSAGE: "message", // {message}: a message was queued, arrived, or its receipts changed
+  MESSAGES_UNREAD: "messages.unread", // {unread: {party: n}}
+  MESSAGES_READ: "messages.read", // {party, unread}: this person read a conversation
   VERIFIED: "verified", // {device, party}: a peer was marked verified
   ERROR: "error", // {error: {code, message}}: the terminal refused our message
   PAGE_ROLE: "page.role", // {media}: whether this page does the terminal's media
@@ -77,7 +80,10 @@ export class TerminalApi {
   async #request(method, path, body) {
     const headers = { Authorization: `Bearer ${this.token}` };
     const init = { method, headers, cache: "no-store" };
-    if (body !== undefined) {
+    if (body instanceof Blob) {
+      headers["Content-Type"] = "application/octet-stream";
+      init.body = body;
+    } else if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
@@ -105,6 +111,15 @@ export class TerminalApi {
   decline(callId) { return this.#callOp(callId, "decline"); }
   hangup(callId) { return this.#callOp(callId, "hangup"); }
   setMedia(callId, audio, video) { return this.#callOp(callId, "media", { audio, video }); }
+  messages(party) { return this.#request("GET", `/api/messages?party=${encodeURIComponent(party)}&limit=500`); }
+  sendMessage(to, text) { return this.#request("POST", "/api/messages", { to, text }); }
+  async sendFile(to, file) {
+    const query = new URLSearchParams({ to, name: file.name, type: file.type || "application/octet-stream" });
+    return this.#request("POST", `/api/messages/file?${query}`, file);
+  }
+  readMessages(party) { return this.#request("POST", "/api/messages/read", { party }); }
+  // A file's download address (the token in it: a link cannot carry a header).
+  fileUrl(msgId) { return `/api/files/${encodeURIComponent(msgId)}?token=${encodeURIComponent(this.token)}`; }
   acknowledgeAlarms(ids) {
     return this.#request("POST", "/api/alarms/ack", ids === null ? { all: true } : { ids });
   }

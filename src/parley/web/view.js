@@ -2,6 +2,7 @@
 // app's state. Text goes in through textContent only; nothing here talks to
 // the terminal or to WebRTC.
 
+import { ConversationView } from "./messages.js";
 import { CallState, EndReason, MediaKind, Trust } from "./protocol.js";
 
 const ALARMS_SHOWN = 10;
@@ -65,6 +66,8 @@ export class View {
       alarmsPanel: $("alarms-panel"), alarmList: $("alarm-list"), alarmCount: $("alarm-count"),
       alarmAckAll: $("alarm-ack-all"),
       home: $("home-pane"), verify: $("verify-pane"), call: $("call-pane"),
+      messagesPane: $("messages-pane"), messagesParty: $("messages-party"),
+      messagesClose: $("messages-close"), callMessages: $("call-messages"),
       verifyParty: $("verify-party"), verifyPartyAgain: $("verify-party-again"),
       verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
       callDirection: $("call-direction"), callPeer: $("call-peer"), callState: $("call-state"),
@@ -81,6 +84,13 @@ export class View {
       alarm: $("alarm"), alarmTitle: $("alarm-title"), alarmMessage: $("alarm-message"),
       alarmHint: $("alarm-hint"), alarmCode: $("alarm-code"), alarmAck: $("alarm-ack"),
     };
+    const conversationActions = {
+      send: (party, text) => actions.sendMessage(party, text),
+      sendFile: (party, file) => actions.sendFile(party, file),
+      downloadUrl: (msgId) => actions.fileUrl(msgId),
+    };
+    this.conversation = new ConversationView(doc, $("conversation"), conversationActions);
+    this.callConversation = new ConversationView(doc, this.el.callMessages, conversationActions);
     this.partyTemplate = doc.getElementById("party-template");
     this.deviceTemplate = doc.getElementById("device-template");
     this.partyItems = new Map(); // party -> <li>
@@ -94,6 +104,7 @@ export class View {
   #wire() {
     const { el, actions } = this;
     el.verifyClose.addEventListener("click", () => actions.closeVerify());
+    el.messagesClose.addEventListener("click", () => actions.closeMessages());
     el.mute.addEventListener("click", () => actions.toggleMute());
     el.camera.addEventListener("click", () => actions.toggleCamera());
     el.hangup.addEventListener("click", () => actions.hangup());
@@ -112,7 +123,8 @@ export class View {
         if (event.key === "Escape") actions.decline();
         return;
       }
-      const typing = event.target instanceof HTMLInputElement;
+      const typing = event.target instanceof HTMLInputElement
+        || event.target instanceof HTMLTextAreaElement;
       if (typing || event.ctrlKey || event.metaKey || event.altKey || el.call.hidden) return;
       if (event.key === "m" || event.key === "M") actions.toggleMute();
       if (event.key === "v" || event.key === "V") actions.toggleCamera();
@@ -144,6 +156,33 @@ export class View {
     this.el.home.hidden = name !== "home";
     this.el.verify.hidden = name !== "verify";
     this.el.call.hidden = name !== "call";
+    this.el.messagesPane.hidden = name !== "messages";
+  }
+
+  // -- messages --------------------------------------------------------------------------
+
+  showMessages(party, messages) {
+    this.el.messagesParty.textContent = party;
+    this.conversation.show(party, messages);
+  }
+
+  // Beside a call: the conversation with the party called, as it comes.
+  showCallMessages(party, messages) {
+    this.el.callMessages.hidden = !party;
+    if (party) this.callConversation.show(party, messages);
+  }
+
+  focusMessages() { this.conversation.focus(); }
+
+  showUnread(unread) {
+    for (const [party, item] of this.partyItems) {
+      const badge = byId(item, "unread");
+      const count = unread[party] || 0;
+      badge.hidden = count === 0;
+      badge.textContent = count ? String(count) : "";
+      byId(item, "messages-button").setAttribute(
+        "aria-label", `Messages with ${party}${count ? `, ${count} unread` : ""}`);
+    }
   }
 
   // -- lines and parties ----------------------------------------------------------------
@@ -175,7 +214,8 @@ export class View {
     byId(item, "party-name").textContent = party;
     for (const [testid, action] of [["call-button", () => this.actions.call(party, MediaKind.VIDEO)],
       ["voice-call-button", () => this.actions.call(party, MediaKind.AUDIO)],
-      ["verify-button", () => this.actions.openVerify(party)]]) {
+      ["verify-button", () => this.actions.openVerify(party)],
+      ["messages-button", () => this.actions.openMessages(party)]]) {
       const button = byId(item, testid);
       button.dataset.party = party;
       button.addEventListener("click", action);
