@@ -25,10 +25,10 @@ from typing import Any
 
 from bench.common import REPO, Result, machine, print_table, say
 
-BENCHES = ("setup", "latency", "quality", "relay", "flood")
+BENCHES = ("setup", "latency", "quality", "relay", "flood", "messages")
 REQUIRED = ("setup_ratio", "setup_ms_median", "mouth_to_ear_ms_p95", "pesq_clean",
             "pesq_opus_only", "pesq_loss5", "relay_ratio", "idle_2000_mib", "flood_ratio",
-            "flood_max_rtt_ms", "flood_login_ms_max")
+            "flood_max_rtt_ms", "flood_login_ms_max", "messages_per_s", "messages_p99_ms")
 
 
 async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
@@ -44,6 +44,9 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     if name == "flood":
         from bench import flood
         return await flood.run(root, quick=args.quick)
+    if name == "messages":
+        from bench import messages
+        return await messages.run(root, quick=args.quick)
     from bench import relay
     return await relay.run(root, quick=args.quick, profile=args.profile)
 

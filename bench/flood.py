@@ -141,7 +141,7 @@ async def run(root: Path, *, quick: bool) -> Result:
     seconds = 6.0 if quick else 20.0
     logs = root / "flood-logs"
     # Default limits, but for the per-device rate: the pair, one in flight, goes faster
-    # than the 500 frames a second a device may send, and it is not what is measured.
+    # than the 2,000 frames a second a device may send, and it is not what is measured.
     server, url = await start_server_process(root / "flood-server", logs,
                                              extra_args=["--rate-limit", "100000"])
     flood: Child | None = None

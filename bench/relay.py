@@ -26,7 +26,7 @@ server echoes message for message, the best a bare echo can do.
 * Memory: the server's resident set (VmRSS) idle, then with 2,000 logged-in
   devices connected and idle; the echo server with 2,000 idle connections.
 
-The per-device rate limits (500 frames and 8 MiB a second by default) exist to
+The per-device rate limits (2,000 frames and 8 MiB a second by default) exist to
 stop one device flooding the line; with two terminals they, not the server,
 would set the throughput. The capacity runs therefore start the server with
 ``--rate-limit 1000000 --byte-rate-limit 1000000000000``; one run at the
@@ -285,7 +285,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
         f["relay_2_default_limit_refused_per_s"] = r(
             out["errors"] / (seconds + 3.5), 0)
         result.notes.append(
-            f"with the default per-device limit (500/s each), 2 terminals get"
+            f"with the default per-device limit (2,000/s each), 2 terminals get"
             f" {out['per_s']:,.0f} envelopes/s through and the rest are refused with"
             " rate_limited: the limit, not the server, binds; the rows above use"
             f" --rate-limit {CAPACITY_RATE_LIMIT} and no byte limit to speak of")

@@ -75,6 +75,8 @@ TERMINAL_OPTIONS = [
            " person's web UI)", "robot"),
     Option("play", "send this media file instead of the test pattern and tone", type=Path),
     Option("record", "record received media to DIR/<call>.webm", type=Path),
+    Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
+           " server (nothing waits for a recipient that is away)", False, flag=True),
     Option("log-level", "debug, info, warning or error", "info"),
 ]
 DATA_OPTION = [Option("data", "terminal data directory", default_home() / "terminal", type=Path)]
@@ -261,6 +263,7 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
     return TerminalConfig(
         data_dir=cfg["data"], server_url=cfg["server"], require_verified=cfg["require_verified"],
         auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
+        messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]))
 
 

@@ -182,6 +182,34 @@ def test_an_operator_sets_up_a_line_verifies_and_calls(tmp_path: Path,
     live = [c for c in status["calls"] if c["state"] == "active"]
     assert live and live[0]["verified"] is True
     assert "hung up" in run("hangup", *dirs["washington"]).stdout
+
+    # Hotline messages from the command line, through the running terminals.
+    sent = run("message", "send", "--to", "moscow", "Agenda: the treaty, item 4", "--wait",
+               "10", *dirs["washington"])
+    assert "queued for moscow" in sent.stdout and "delivered to moscow/desk" in sent.stdout
+    doc = tmp_path / "annex.txt"
+    doc.write_text("annex A\n" * 1000)
+    filed = run("message", "send", "--to", "moscow", "--file", str(doc), "--caption",
+                "the annex", "--wait", "10", *dirs["washington"])
+    assert "annex.txt (8,000 bytes, 1 parts)" in filed.stdout and "delivered" in filed.stdout
+    listed = run("message", "list", "--party", "washington", *dirs["moscow"]).stdout
+    assert "washington/desk: Agenda: the treaty, item 4" in listed
+    assert "[file annex.txt, 8,000 bytes, complete] the annex" in listed
+    def read_by_moscow() -> bool:  # moscow listed them: its read receipts come back
+        shown = json.loads(run("message", "list", "--json", "--keep-unread",
+                               *dirs["washington"]).stdout)
+        mine = [m for m in shown["messages"] if m["outgoing"]]
+        return len(mine) == 2 and all(d["read_ms"] for m in mine for d in m["deliveries"])
+
+    deadline = time.monotonic() + 10
+    while not read_by_moscow():
+        assert time.monotonic() < deadline, "moscow's read receipts never came"
+        time.sleep(0.2)
+    found = run("message", "search", "treat*", *dirs["moscow"]).stdout
+    assert "Agenda: the treaty" in found
+    assert "nothing matches" in run("message", "search", "missiles", *dirs["moscow"]).stdout
+    refused = run("message", "send", "--to", "moscow", *dirs["washington"], check=False)
+    assert refused.returncode == 2 and "give the text, or --file PATH" in refused.stderr
     assert "call ended" not in term_w.stop()
     term_m.stop()
     assert not (tmp_path / "washington" / "control.json").exists()

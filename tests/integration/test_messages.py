@@ -193,3 +193,29 @@ async def test_a_file_transfer_cut_by_a_server_restart_resumes_without_starting_
     assert len(set(sends)) == chunks
     assert len(sends) - chunks <= WINDOW
     await _wait_message(washington, sent["msg_id"], delivered_to_all, 30)
+
+
+async def test_the_terminals_own_index_finds_words_prefixes_and_file_names(
+        line: LocalLine) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow")
+    for text in ("The ceasefire holds in the north", "Delegations arrive Thursday evening",
+                 'A "quoted" word, and AND OR NOT: plain text, not a query'):
+        await washington.messages.send_text("moscow", text)
+    await washington.messages.send_file("moscow", b"x" * 1000, "protocol-annex.pdf",
+                                        "application/pdf")
+    await wait_until(lambda: len(moscow.messages.conversation("washington")) == 4, 10, "all")
+
+    def found(query: str) -> list[str]:
+        return [m["text"] or m["file"]["name"] for m in moscow.messages.search(query)]
+
+    assert found("ceasefire") == ["The ceasefire holds in the north"]
+    assert found("deleg*") == ["Delegations arrive Thursday evening"]
+    assert found("thursday evening") == ["Delegations arrive Thursday evening"]
+    assert found("annex") == ["protocol-annex.pdf"]
+    assert found('"quoted" AND OR') == ['A "quoted" word, and AND OR NOT: plain text, not a query']
+    assert found("missiles") == [] and found("   ") == []
+    # The sender's own copies are searchable where they were written, too.
+    assert [m["text"] for m in washington.messages.search("ceasefire")] == [
+        "The ceasefire holds in the north"]

@@ -115,7 +115,7 @@ class Terminal:
             keys=self.keys, me=self.me, store=self.store, link=self.link, peers=self.peers,
             require_verified=lambda: self.book.require_verified, publish=self._publish,
             alarm=lambda call_id, alarm, subject: self._alarm(call_id, alarm, subject=subject),
-            stored=config.messages_stored)
+            stored=config.messages_stored, listened=lambda: bool(self._listeners))
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}

@@ -15,7 +15,10 @@ The tables live in the terminal's own database (`terminal.db`, WAL, 0600):
     receipts_due receipts owed, written with what they acknowledge and sent in
                  batches (one receipt names many messages)
     messages_fts the full-text index of the texts and file names (SQLite FTS5,
-                 on this terminal only: nothing of it leaves it)
+                 on this terminal only: nothing of it leaves it), brought up to
+                 date in batches (`index_pending`: each second, and before every
+                 search) -- a message is never changed once stored, and
+                 indexing each as it came was most of a busy terminal's work
 
 File contents are kept beside the database, in ``files/`` (0700): an outgoing
 file's copy (so that it can be sent again after a restart), an incoming one
@@ -61,6 +64,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_try_ms INTEGER NOT NULL, last_error TEXT, created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_try_ms);
+CREATE INDEX IF NOT EXISTS outbox_message ON outbox (msg_id);
 CREATE TABLE IF NOT EXISTS streams (
     conv TEXT NOT NULL, sender TEXT NOT NULL, next_seq INTEGER NOT NULL, held TEXT NOT NULL,
     gap_since_ms INTEGER, asked_ms INTEGER, PRIMARY KEY (conv, sender)
@@ -80,21 +84,6 @@ CREATE TABLE IF NOT EXISTS receipts_due (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body, file_name, content='messages', content_rowid='rowid');
-CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, body, file_name) VALUES (new.rowid, new.body,
-                                                              coalesce(new.file_name, ''));
-END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, body, file_name)
-        VALUES ('delete', old.rowid, old.body, coalesce(old.file_name, ''));
-END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body, file_name ON messages
-BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, body, file_name)
-        VALUES ('delete', old.rowid, old.body, coalesce(old.file_name, ''));
-    INSERT INTO messages_fts (rowid, body, file_name) VALUES (new.rowid, new.body,
-                                                              coalesce(new.file_name, ''));
-END;
 """
 
 _COLUMNS = ("msg_id, conv, party, outgoing, sender, seq, kind, body, file_name, file_type,"
@@ -143,6 +132,8 @@ class MessageStore:
         self.db = db
         self.files = private_dir(data_dir / "files")
         db.executescript(SCHEMA)
+        for trigger in ("insert", "delete", "update"):  # indexed in batches now
+            db.execute(f"DROP TRIGGER IF EXISTS messages_fts_{trigger}")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -241,8 +232,24 @@ class MessageStore:
                         " IS NOT NULL AND read_ms IS NULL AND kind!='lost'", (now_ms, party))
         return [_message(r) for r in rows]
 
+    def index_pending(self) -> int:
+        """Add what was stored since the last time to the full-text index; how many."""
+        row = self.db.execute("SELECT value FROM counters WHERE name='fts_rowid'").fetchone()
+        done = int(row[0]) if row else 0
+        last = self.db.execute("SELECT MAX(rowid) FROM messages").fetchone()[0]
+        if last is None or last <= done:
+            return 0
+        with self.batch():
+            self.db.execute("INSERT INTO messages_fts (rowid, body, file_name) SELECT rowid,"
+                            " body, coalesce(file_name, '') FROM messages WHERE rowid>? AND"
+                            " rowid<=?", (done, last))
+            self.db.execute("INSERT INTO counters VALUES ('fts_rowid', ?) ON CONFLICT(name) DO"
+                            " UPDATE SET value=excluded.value", (last,))
+        return int(last - done)
+
     def search(self, query: str, limit: int = 50) -> list[Message]:
         """Messages whose text or file name matches (FTS5: words, "phrases", prefix*)."""
+        self.index_pending()
         rows = self.db.execute(
             f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} FROM"
             " messages_fts f JOIN messages m ON m.rowid = f.rowid WHERE messages_fts MATCH ?"
@@ -291,9 +298,10 @@ class MessageStore:
                          json.dumps(payload) if payload is not None else None, now_ms, now_ms))
 
     def due(self, now_ms: int, limit: int, skip: set[str]) -> list[OutboxEntry]:
+        # In the order queued (rowid), reading no further than the first `limit` due.
         rows = self.db.execute("SELECT envelope_id, recipient, type, msg_id, chunk, payload,"
                                " attempts, next_try_ms FROM outbox WHERE next_try_ms<=? ORDER BY"
-                               " created_ms, rowid LIMIT ?", (now_ms, limit + len(skip)))
+                               " rowid LIMIT ?", (now_ms, limit + len(skip)))
         out = [OutboxEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None,
                            r[6], r[7]) for r in rows if r[0] not in skip]
         return out[:limit]
@@ -308,6 +316,12 @@ class MessageStore:
     def sent(self, envelope_id: str) -> bool:
         return self.db.execute("DELETE FROM outbox WHERE envelope_id=?",
                                (envelope_id,)).rowcount == 1
+
+    def mark_sent_if_done(self, msg_id: str) -> bool:
+        """'sent' once nothing of a queued message waits in the outbox; True if it was so."""
+        return self.db.execute(
+            "UPDATE messages SET state='sent' WHERE msg_id=? AND state='queued' AND NOT EXISTS"
+            " (SELECT 1 FROM outbox WHERE msg_id=?)", (msg_id, msg_id)).rowcount == 1
 
     def retry_later(self, envelope_id: str, next_try_ms: int, error: str) -> None:
         self.db.execute("UPDATE outbox SET attempts=attempts+1, next_try_ms=?, last_error=?"

@@ -48,7 +48,9 @@ from parley.terminal.store import TerminalStore
 log = logging.getLogger("parley.messages")
 
 WINDOW = 64  # envelopes in flight to the server at once
-RECEIPT_DELAY_S = 0.05  # receipts owed are gathered this long, then sent as one
+# Receipts owed are sent at the end of the turn that owed them: one receipt names every
+# message of that turn (a mailbox arrives many to a turn), and none waits longer.
+RECEIPT_DELAY_S = 0.0
 TIMER_S = 1.0  # how often open gaps are looked at
 BACKOFF_FIRST_MS = 1_000
 BACKOFF_MAX_MS = 60_000
@@ -73,7 +75,8 @@ class Sending:
 class Messenger:
     def __init__(self, *, keys: DeviceKeys, me: DevicePublicKeys, store: TerminalStore,
                  link: ServerLink, peers: PeerBook, require_verified: Callable[[], bool],
-                 publish: Publish, alarm: AlarmSink, stored: bool = True) -> None:
+                 publish: Publish, alarm: AlarmSink, stored: bool = True,
+                 listened: Callable[[], bool] = lambda: True) -> None:
         self._keys = keys
         self.me = me
         self.device_id = me.device_id
@@ -84,7 +87,9 @@ class Messenger:
         self.peers = peers
         self._require_verified = require_verified
         self._publish = publish
+        self._listened = listened  # is any page or client following events?
         self._alarm = alarm
+        self._to_announce: dict[str, None] = {}  # message ids whose news goes out this turn
         # False only for the messages benchmark's baseline: the same path, relayed
         # ephemerally instead of stored by the server.
         self._stored = stored
@@ -152,7 +157,9 @@ class Messenger:
                     self.ms.owe_receipt(message.sender, message.conv, "read", message.msg_id)
         if read:
             self._receipts_later()
-            self._publish({"t": "messages.read", "party": party, "unread": self.ms.unread()})
+            if self._listened():
+                self._publish({"t": "messages.read", "party": party,
+                               "unread": self.ms.unread()})
         return len(read)
 
     def conversation(self, party: str | None, limit: int = 200,
@@ -205,7 +212,9 @@ class Messenger:
             raise LocalError("messages go to the other party of a line",
                              code=ErrorCode.BAD_CONFIG, hint="name the other party")
         try:
-            listing = await self.peers.listing(party, fresh=True)
+            # The cached listing (a minute old at most, and looked at again whenever the
+            # server says the party's devices changed): not a round trip per message.
+            listing = await self.peers.listing(party)
         except RemoteError as exc:
             if exc.code is not ErrorCode.SERVER_ERROR:
                 raise
@@ -262,7 +271,7 @@ class Messenger:
                 self.ms.add_delivery(message.msg_id, device)
                 self.ms.first_sent(conv, device, seq)
                 self._enqueue_message(message, device, now)
-        self._publish({"t": "message", "message": self.info(message)})
+        self._announce([message.msg_id])
         self._wake.set()
         return message
 
@@ -357,22 +366,16 @@ class Messenger:
 
     def _done(self, entry: OutboxEntry) -> None:
         now = now_ms()
-        message = None
         with self.ms.batch():
             if not self.ms.sent(entry.envelope_id):
                 return
-            if entry.msg_id is not None and entry.type in ("msg.text", "msg.file", "msg.chunk"):
-                message = self.ms.get(entry.msg_id)
-                if message is not None and message.outgoing:
-                    if entry.type != "msg.chunk":
-                        self.ms.delivered(message.msg_id, entry.recipient, "stored_ms", now)
-                    if self.ms.pending_for(message.msg_id) == 0 and message.state == "queued":
-                        self.ms.set_state(message.msg_id, "sent")
-                        message.state = "sent"
-        if message is not None and message.outgoing and (
-                entry.type != "msg.chunk" or entry.chunk is None
-                or entry.chunk % 8 == 0 or message.state == "sent"):
-            self._publish({"t": "message", "message": self.info(message)})
+            if entry.msg_id is None or entry.type not in ("msg.text", "msg.file", "msg.chunk"):
+                return
+            if entry.type != "msg.chunk":
+                self.ms.delivered(entry.msg_id, entry.recipient, "stored_ms", now)
+            done = self.ms.mark_sent_if_done(entry.msg_id)
+        if entry.type != "msg.chunk" or done or (entry.chunk or 0) % 8 == 0:
+            self._announce([entry.msg_id])
 
     def _failed(self, entry: OutboxEntry, exc: RemoteError) -> None:
         now = now_ms()
@@ -403,9 +406,7 @@ class Messenger:
                 self.ms.set_state(message.msg_id, "failed", f"not sent to {entry.recipient}:"
                                                             f" {why}")
         if message is not None:
-            refreshed = self.ms.get(message.msg_id)
-            if refreshed is not None:
-                self._publish({"t": "message", "message": self.info(refreshed)})
+            self._announce([message.msg_id])
 
     # -- receipts owed -----------------------------------------------------------------------
 
@@ -493,7 +494,7 @@ class Messenger:
             self._file_header(message, sender)
         elif sender_party != self.party:
             self.ms.owe_receipt(sender, conv, "delivered", msg_id)
-        self._after_commit(lambda: self._announce([m.msg_id for m in shown] or [msg_id]))
+        self._announce([m.msg_id for m in shown] or [msg_id])
 
     def _file_header(self, message: Message, sender: str) -> None:
         """Chunks may have come before their header: count those, and finish if whole."""
@@ -527,7 +528,7 @@ class Messenger:
         if done == message.chunks:
             self._file_complete(message)
         elif done % 8 == 0:
-            self._after_commit(lambda: self._announce([msg_id]))
+            self._announce([msg_id])
 
     def _file_complete(self, message: Message) -> None:
         path = self.ms.file_path(message.msg_id, outgoing=False)
@@ -546,7 +547,7 @@ class Messenger:
             self.ms.set_state(message.msg_id, "complete")
             if split_device_id(message.sender)[0] != self.party:
                 self.ms.owe_receipt(message.sender, message.conv, "delivered", message.msg_id)
-        self._after_commit(lambda: self._announce([message.msg_id]))
+        self._announce([message.msg_id])
 
     def _receipt(self, sender: str, payload: dict[str, Any], now: int) -> None:
         ids = core.check_receipt_ids(payload["ids"])
@@ -560,7 +561,7 @@ class Messenger:
         if len(changed) < len(ids):
             log.info("a %s receipt from %s named %d messages not sent to it", payload["kind"],
                      sender, len(ids) - len(changed))
-        self._after_commit(lambda: self._announce(changed))
+        self._announce(changed)
 
     def _resend(self, sender: str, payload: dict[str, Any], now: int) -> None:
         conv, lo, hi = payload["conv"], payload["from_seq"], payload["to_seq"]
@@ -587,12 +588,23 @@ class Messenger:
         asyncio.get_running_loop().call_soon(then)
 
     def _announce(self, ids: list[str]) -> None:
+        """Tell pages about these messages once this turn's work is committed, each once
+        however often it changed; the unread counts once for all of them."""
+        first = not self._to_announce
+        self._to_announce.update(dict.fromkeys(ids))
+        if first:
+            asyncio.get_running_loop().call_soon(self._flush_announcements)
+
+    def _flush_announcements(self) -> None:
+        ids, self._to_announce = list(self._to_announce), {}
+        if self.ms.db.execute("SELECT 1 FROM receipts_due LIMIT 1").fetchone():
+            self._receipts_later()
+        if not self._listened():
+            return
         for msg_id in ids:
             message = self.ms.get(msg_id)
             if message is not None and (message.shown is not None or message.outgoing):
                 self._publish({"t": "message", "message": self.info(message)})
-        if self.ms.db.execute("SELECT 1 FROM receipts_due LIMIT 1").fetchone():
-            self._receipts_later()
         self._publish({"t": "messages.unread", "unread": self.ms.unread()})
 
     # -- gaps ------------------------------------------------------------------------------------
@@ -602,6 +614,7 @@ class Messenger:
             await asyncio.sleep(TIMER_S)
             try:
                 self.check_gaps(now_ms())
+                self.ms.index_pending()
             except Exception:
                 log.exception("looking at message gaps failed")
 

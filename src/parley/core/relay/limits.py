@@ -68,12 +68,12 @@ class Limits:
     max_held: int = 2048
     unauthenticated_kib: float = 128.0
     max_sessions_per_device: int = 8
-    rate_limit: float = 500.0
+    rate_limit: float = 2000.0
     byte_rate_limit: float = 8 * 1024 * 1024
     bad_frame_limit: float = 60.0
-    mailbox_envelopes: int = 20_000
+    mailbox_envelopes: int = 50_000
     mailbox_mib: float = 256.0
-    sender_envelopes: int = 20_000
+    sender_envelopes: int = 50_000
     sender_mib: float = 256.0
     sender_share: float = 0.5
     mailbox_window: int = 500
