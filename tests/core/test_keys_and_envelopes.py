@@ -144,12 +144,28 @@ def test_unknown_kinds_are_short_lived_and_known_kinds_say_how_they_travel() -> 
     assert not any(KINDS[k].stored for k in KINDS if k.startswith("call."))
     assert KINDS["notice.tamper"].stored and not KINDS["notice.tamper"].call_signaling
     assert ends_calls("call.answer") and not ends_calls("notice.tamper")
-    # Messages are stored, never age out, and touch no call.
+    # Messages are stored, wait a month at most, and touch no call.
     for kind in ("msg.text", "msg.file", "msg.chunk", "msg.receipt", "msg.resend"):
-        assert KINDS[kind].stored and KINDS[kind].max_age_ms is None
+        assert KINDS[kind].stored and KINDS[kind].max_age_ms == 30 * 86_400_000
         assert not ends_calls(kind)
     late = seal_envelope(device("w"), W, pub("m", M), "msg.text", {"x": 1}, NOW)
-    ReplayGuard().check(late, NOW + 365 * 86_400_000)
+    ReplayGuard().check(late, NOW + 29 * 86_400_000)
+
+
+def test_the_replay_table_forgets_each_id_once_it_could_no_longer_be_accepted() -> None:
+    guard = ReplayGuard(max_age=lambda type_: 1_000 if type_ == "call.ice" else 100_000)
+    short = [seal_envelope(device("w"), W, pub("m", M), "call.ice", {"x": i}, NOW)
+             for i in range(3_000)]
+    long = seal_envelope(device("w"), W, pub("m", M), "msg.text", {"x": 1}, NOW)
+    for env in [*short, long]:
+        guard.check(env, NOW)
+        guard.remember(env)
+    assert len(guard) == 3_001
+    probe = seal_envelope(device("w"), W, pub("m", M), "call.ice", {"x": -1}, NOW + 70_000)
+    guard.check(probe, NOW + 70_000)  # past the short ids' time: they are gone
+    assert len(guard) == 1 and guard.seen(long.id) and not guard.seen(short[0].id)
+    with pytest.raises(SecurityAlarm):  # the one still remembered is still caught
+        guard.check(long, NOW + 70_000)
 
 
 def test_safety_number_is_symmetric_60_digits_and_changes_with_any_key() -> None:

@@ -10,6 +10,7 @@ from parley.core.errors import RemoteError
 from parley.core.messages import (
     GAP_WAIT_MS,
     LOST_AFTER_MS,
+    LOST_KEPT,
     MAX_TEXT,
     PAYLOADS,
     Stream,
@@ -60,19 +61,37 @@ def test_an_open_gap_is_asked_about_then_declared_lost_and_what_waited_is_shown(
         assert place(stream, seq, 1, NOW + 100).hold
     assert gap_due(stream, NOW) == NOW + 100 + GAP_WAIT_MS
     assert handle_gap(stream, NOW + 100 + GAP_WAIT_MS - 1).ask is None  # not yet
-    asked = handle_gap(stream, NOW + 100 + GAP_WAIT_MS)
+    # However long it has been open (a terminal away for an hour), it is asked first.
+    asked_at = NOW + 3_600_000
+    asked = handle_gap(stream, asked_at)
     assert asked.ask == (2, 4) and asked.lost is None
-    assert place(stream, 3, 1, NOW + 5_000).hold  # part of it came
-    lost = handle_gap(stream, NOW + 100 + GAP_WAIT_MS + LOST_AFTER_MS)
+    assert place(stream, 3, 1, asked_at + 500).hold  # part of it came
+    assert handle_gap(stream, asked_at + LOST_AFTER_MS - 1).lost is None  # asked again only
+    lost = handle_gap(stream, asked_at + LOST_AFTER_MS)
     assert lost.lost == (2, 2) and lost.show == (3,)
     # What remains of the gap (4) is a new gap, asked about and declared lost in turn.
-    later = NOW + 100 + GAP_WAIT_MS + LOST_AFTER_MS
+    later = asked_at + LOST_AFTER_MS
     assert handle_gap(stream, later + GAP_WAIT_MS).ask == (4, 4)
     final = handle_gap(stream, later + GAP_WAIT_MS + LOST_AFTER_MS)
     assert final.lost == (4, 4) and final.show == (5, 6)
     assert stream.next_seq == 7 and gap_due(stream, later) is None
-    # A message declared lost that comes after all is a duplicate: never shown late.
+    # One declared lost that comes after all is shown then, marked late, and only once.
+    late = place(stream, 2, 1, later)
+    assert late.show == (2,) and late.late
     assert place(stream, 2, 1, later).duplicate
+
+
+def test_a_gap_as_wide_as_the_numbering_is_remembered_in_bounded_memory() -> None:
+    stream = Stream()
+    place(stream, 1, 1, NOW)
+    assert place(stream, 2**53, 1, NOW).hold  # a sender that jumps to the end of its numbers
+    asked = handle_gap(stream, NOW + GAP_WAIT_MS)
+    assert asked.ask is not None and asked.ask[1] - asked.ask[0] < 500
+    lost = handle_gap(stream, NOW + GAP_WAIT_MS + LOST_AFTER_MS)
+    assert lost.lost == (2, 2**53 - 1) and lost.show == (2**53,)
+    assert len(stream.lost) == LOST_KEPT  # the newest numbers, not 2**53 of them
+    assert place(stream, 2**53 - 1, 1, NOW).late
+    assert place(stream, 2, 1, NOW).duplicate  # too old to be remembered: dropped
 
 
 def test_conversations_belong_to_their_line() -> None:
@@ -88,13 +107,17 @@ def test_conversations_belong_to_their_line() -> None:
 
 
 def test_payload_limits_and_file_checks() -> None:
-    text = {"conv": "moscow|washington", "seq": 1, "first": 1, "msg_id": "m1",
-            "text": "x" * MAX_TEXT}
+    text = {"conv": "moscow|washington", "seq": 1, "first": 1,
+            "msg_id": "AbCdEfGhIjKlMnOpQrStUv", "text": "x" * MAX_TEXT}
     validate(text, PAYLOADS["msg.text"], what="msg.text")
     with pytest.raises(RemoteError):
         validate({**text, "text": "x" * (MAX_TEXT + 1)}, PAYLOADS["msg.text"], what="msg.text")
     with pytest.raises(RemoteError):
         validate({**text, "conv": "not a conversation"}, PAYLOADS["msg.text"], what="msg.text")
+    # A message id is never a path (it names files), nor anything but random_id's alphabet.
+    for bad in ("../../terminal.db", "/root/.ssh/x", "short", "a" * 33, "AbCdEfGhIjKlMnOp.."):
+        with pytest.raises(RemoteError):
+            validate({**text, "msg_id": bad}, PAYLOADS["msg.text"], what="msg.text")
     with pytest.raises(RemoteError) as err:
         check_text("x" * (MAX_TEXT + 1))
     assert "--file" in err.value.hint

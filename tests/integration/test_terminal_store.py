@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from parley.core.messages import MAX_AGE_MS
 from parley.terminal.store import SEEN_SWEEP_MS, TerminalStore
 from tests.harness import LocalLine
 
@@ -12,6 +13,7 @@ async def test_expired_envelope_ids_leave_the_replay_table_while_the_terminal_ru
     store = TerminalStore(line.root / "washington")
     try:
         t0 = 1_800_000_000_000
+        # (An id once kept for good, as message ids were: kept a message's lifetime now.)
         store.remember_envelope("kept-for-good", None, t0)
         store.remember_envelope("call-1", t0 + 1_000, t0)
         store.remember_envelope("call-2", t0 + 1_000, t0 + 2_000)  # expired, but no sweep yet
@@ -20,6 +22,7 @@ async def test_expired_envelope_ids_leave_the_replay_table_while_the_terminal_ru
         later = t0 + SEEN_SWEEP_MS
         store.remember_envelope("call-3", later + 1_000, later)
         rows = dict(store.db.execute("SELECT id, until_ms FROM seen_envelopes"))
-        assert rows == {"kept-for-good": None, "call-3": later + 1_000}
+        assert rows == {"kept-for-good": t0 + MAX_AGE_MS, "call-3": later + 1_000}
+        assert set(store.seen_envelopes(t0 + MAX_AGE_MS + 1)) == set()
     finally:
         store.close()

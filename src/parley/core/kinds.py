@@ -8,9 +8,9 @@ one `Kind` per type, and everything else asks `kind_of`:
 
 * ``fields``: the schema its payload is checked against once it is opened;
 * ``max_age_ms``: how long after its signed send time it may still be
-  accepted (`replay.ReplayGuard` refuses it as ``stale`` after that; None: no
-  limit, for what is stored until read). The ids of envelopes with a limit are
-  remembered for that long, which bounds the replay table;
+  accepted (`replay.ReplayGuard` refuses it as ``stale`` after that). The ids
+  of accepted envelopes are remembered for that long, which bounds the replay
+  table;
 * ``stored``: stored and forwarded by the server until the recipient
   acknowledges it (False: *ephemeral*, delivered now or refused with
   ``recipient_offline``, and never acknowledged);
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from . import notice, schema
 from .call import OFFER_MAX_AGE_MS, PAYLOADS, SIGNALING_MAX_AGE_MS
+from .messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
 from .messages import PAYLOADS as MESSAGE_PAYLOADS
 
 
@@ -59,9 +60,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     # calls that were live when it was sent (CallBook.tamper_reported).
     Kind(notice.TAMPER, notice.TAMPER_FIELDS, notice.MAX_AGE_MS, stored=True,
          call_signaling=False),
-    # Messages wait on the server for as long as their recipient is away, and are
-    # accepted however late they come (their ids are remembered for good).
-    *(Kind(name, fields, None, stored=True, call_signaling=False)
+    # Messages wait on the server while their recipient is away: a month at most (a
+    # sender asks again for what is missing beyond that; see core.messages).
+    *(Kind(name, fields, MESSAGE_MAX_AGE_MS, stored=True, call_signaling=False)
       for name, fields in MESSAGE_PAYLOADS.items()),
 )}
 assert set(KINDS) >= set(PAYLOADS) | set(MESSAGE_PAYLOADS), "every payload has its kind"

@@ -56,8 +56,24 @@ MAX_RESEND = 500  # sequence numbers one resend request asks for
 GAP_WAIT_MS = 3_000  # a gap this old is asked about (the mailbox may still be arriving)
 LOST_AFTER_MS = 30_000  # ...and this long after asking, declared lost
 RESEND_AGAIN_MS = 10_000
+# How long a message envelope may wait on the server and still be accepted. An older one
+# is refused as stale (and what it carried is asked for again, as for any gap); the ids
+# of those accepted are remembered as long, which bounds the replay table.
+MAX_AGE_MS = 30 * 24 * 3600 * 1000
+# Numbers declared lost that are remembered (so that one coming after all is shown, late):
+# the newest this many of a stream. A gap can be as wide as a sender's numbering jumps.
+LOST_KEPT = 1_000
 
-_ID = schema.text(32)
+MESSAGE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def check_message_id(value: str) -> None:
+    """A message id as `random_id` writes them: never a path, never markup."""
+    if not 16 <= len(value) <= 32 or not set(value) <= MESSAGE_ID_CHARS:
+        raise RemoteError(f"{value[:40]!r} is not a message id")
+
+
+_ID = schema.Field(str, max_len=32, check=check_message_id)
 _CONV = schema.Field(str, max_len=2 * NAME_MAX + 1,
                      check=lambda v: parse_conversation(v))
 _SEQ = schema.integer(1, 2**53)
@@ -107,9 +123,13 @@ def check_conversation(conv: str, me: str, sender: str) -> None:
 
 
 def check_receipt_ids(ids: list[object]) -> list[str]:
-    if not all(isinstance(i, str) and 0 < len(i) <= 32 for i in ids):
-        raise RemoteError("msg.receipt.ids must be message ids")
-    return [str(i) for i in ids]
+    out = []
+    for ident in ids:
+        if not isinstance(ident, str):
+            raise RemoteError("msg.receipt.ids must be message ids")
+        check_message_id(ident)
+        out.append(ident)
+    return out
 
 
 def chunk_count(size: int) -> int:
@@ -141,23 +161,27 @@ class Stream:
     """What a device knows of one sender device's messages in one conversation.
 
     `next_seq` is the next one to show (0: none seen yet); `held` the sequence
-    numbers that came early; the gap is what lies between. The terminal
-    persists this.
+    numbers that came early; the gap is what lies between. `lost` are numbers
+    declared lost: one that comes after all is shown then, marked late, never
+    dropped. The terminal persists this.
     """
 
     next_seq: int = 0
     held: set[int] = field(default_factory=set)
     gap_since_ms: int | None = None  # when the current gap was first seen
     asked_ms: int | None = None  # when we last asked for it again
+    first_asked_ms: int | None = None  # when we first asked (the lost clock runs from it)
+    lost: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
 class Placement:
     """What to do with a sequenced message that just arrived."""
 
-    duplicate: bool = False  # shown (or declared lost) already: drop it, acknowledge it
+    duplicate: bool = False  # shown already: drop it, acknowledge it
     show: tuple[int, ...] = ()  # show these now, in this order (it, and held ones after it)
     hold: bool = False  # keep it, not shown, until the gap before it is filled
+    late: bool = False  # it was declared lost, and came after all: show it, marked late
 
 
 def place(stream: Stream, seq: int, first: int, now_ms: int) -> Placement:
@@ -166,6 +190,9 @@ def place(stream: Stream, seq: int, first: int, now_ms: int) -> Placement:
         # The first we hear of this sender here, or it began again for us after
         # everything we had was shown: its numbering for us starts at `first`.
         stream.next_seq = min(first, seq) if stream.next_seq == 0 else first
+    if seq in stream.lost:
+        stream.lost.discard(seq)
+        return Placement(show=(seq,), late=True)
     if seq < stream.next_seq or seq in stream.held:
         return Placement(duplicate=True)
     if seq > stream.next_seq:
@@ -180,7 +207,7 @@ def place(stream: Stream, seq: int, first: int, now_ms: int) -> Placement:
         shown.append(stream.next_seq)
         stream.next_seq += 1
     stream.gap_since_ms = None if not stream.held else now_ms
-    stream.asked_ms = None
+    stream.asked_ms = stream.first_asked_ms = None
     return Placement(show=tuple(shown))
 
 
@@ -195,20 +222,26 @@ def gap_due(stream: Stream, now_ms: int) -> int | None:
     """When `handle_gap` has something to do for this stream (None: nothing pending)."""
     if not stream.held or stream.gap_since_ms is None:
         return None
-    if stream.asked_ms is None:
+    if stream.asked_ms is None or stream.first_asked_ms is None:
         return stream.gap_since_ms + GAP_WAIT_MS
-    return min(stream.asked_ms + RESEND_AGAIN_MS, stream.gap_since_ms + GAP_WAIT_MS
-               + LOST_AFTER_MS)
+    return min(stream.asked_ms + RESEND_AGAIN_MS, stream.first_asked_ms + LOST_AFTER_MS)
 
 
 def handle_gap(stream: Stream, now_ms: int) -> GapAction:
-    """Ask about a gap that stays open; declare it lost once asking has not filled it."""
+    """Ask about a gap that stays open; declare it lost once asking has not filled it.
+
+    The terminal calls this only while it is connected, so a gap is always asked
+    about first, and the time it waits for an answer is time the sender could
+    answer in.
+    """
     due = gap_due(stream, now_ms)
     if due is None or now_ms < due:
         return GapAction()
-    assert stream.gap_since_ms is not None
     missing = (stream.next_seq, min(stream.held) - 1)
-    if now_ms >= stream.gap_since_ms + GAP_WAIT_MS + LOST_AFTER_MS:
+    if stream.first_asked_ms is not None and now_ms >= stream.first_asked_ms + LOST_AFTER_MS:
+        stream.lost.update(range(max(missing[0], missing[1] + 1 - LOST_KEPT), missing[1] + 1))
+        if len(stream.lost) > LOST_KEPT:
+            stream.lost = set(sorted(stream.lost)[-LOST_KEPT:])
         stream.next_seq = missing[1] + 1
         shown = []
         while stream.next_seq in stream.held:
@@ -216,8 +249,10 @@ def handle_gap(stream: Stream, now_ms: int) -> GapAction:
             shown.append(stream.next_seq)
             stream.next_seq += 1
         stream.gap_since_ms = now_ms if stream.held else None
-        stream.asked_ms = None
+        stream.asked_ms = stream.first_asked_ms = None
         return GapAction(lost=missing, show=tuple(shown))
     stream.asked_ms = now_ms
+    if stream.first_asked_ms is None:
+        stream.first_asked_ms = now_ms
     ask = (missing[0], min(missing[1], missing[0] + MAX_RESEND - 1))
     return GapAction(ask=ask)

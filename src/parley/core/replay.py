@@ -6,14 +6,15 @@ it has seen and a time outside the window allowed for that kind of payload.
 
 How old an envelope may be depends on its kind (`kinds.max_age_ms`): call
 signaling is only meaningful for seconds, so a held offer or a stale tamper
-notice is refused; the ids of such envelopes are remembered for as long as they
-could still be accepted, which bounds memory. Kinds that are stored and
-forwarded until read have no age limit; their ids are remembered for good.
-The terminal's store keeps the ids across a restart.
+notice is refused; messages wait on the server for a month at most. The id of
+every envelope accepted is remembered for as long as it could still be
+accepted, which bounds memory, and is forgotten then (cheaply: the next to
+expire is always at hand). The terminal's store keeps the ids across a restart.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
 
 from . import kinds
@@ -35,6 +36,8 @@ class ReplayGuard:
         # id -> time after which it may be forgotten (None: never). The terminal
         # persists this, so a replay is caught across a restart too.
         self._seen: dict[str, int | None] = dict(seen or {})
+        self._expiry = [(until, key) for key, until in self._seen.items() if until is not None]
+        heapq.heapify(self._expiry)
 
     def check(self, envelope: Envelope, now_ms: int) -> None:
         """Raise a SecurityAlarm for a replayed or out-of-window envelope."""
@@ -71,13 +74,15 @@ class ReplayGuard:
         age = self.max_age_ms(envelope.type)
         until = None if age is None else envelope.time_ms + age + self._skew
         self._seen[envelope.id] = until
+        if until is not None:
+            heapq.heappush(self._expiry, (until, envelope.id))
         return until
 
     def _expire(self, now_ms: int) -> None:
-        if len(self._seen) < 1024:
-            return
-        for key in [k for k, until in self._seen.items() if until is not None and until < now_ms]:
-            del self._seen[key]
+        while self._expiry and self._expiry[0][0] < now_ms:
+            until, key = heapq.heappop(self._expiry)
+            if self._seen.get(key) == until:
+                del self._seen[key]
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -74,6 +74,14 @@ MIGRATIONS: list[str] = [
         device TEXT NOT NULL, fingerprint TEXT, detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 3: what was acknowledged is remembered (its id only) as long as it could come again
+    """
+    CREATE TABLE acked (
+        recipient TEXT NOT NULL, id TEXT NOT NULL, stored_ms INTEGER NOT NULL,
+        PRIMARY KEY (recipient, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX acked_time ON acked (stored_ms);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -451,12 +459,31 @@ class ServerStore:
         return [(r[0], r[1], r[2]) for r in rows]
 
     def delivered(self, recipient: str, envelope_id: str) -> tuple[str, int] | None:
-        """Delete an acknowledged envelope (in the open group): its sender and size."""
+        """Delete an acknowledged envelope (in the open group): its sender and size.
+
+        Its id is kept (`acked`): a sender that never heard "sent" sends it again, and
+        it must not be stored -- and delivered -- a second time.
+        """
         self._join_group()
         row = self.db.execute("DELETE FROM mailbox WHERE recipient=? AND id=?"
-                              " RETURNING sender, length(body)",
+                              " RETURNING sender, length(body), stored_ms",
                               (recipient, envelope_id)).fetchone()
-        return (row[0], int(row[1])) if row else None
+        if row is None:
+            return None
+        self.db.execute("INSERT OR IGNORE INTO acked VALUES (?,?,?)",
+                        (recipient, envelope_id, row[2]))
+        return row[0], int(row[1])
+
+    def was_delivered(self, recipient: str, envelope_id: str) -> bool:
+        """Was this envelope stored for `recipient`, and acknowledged (recently)?"""
+        return self.db.execute("SELECT 1 FROM acked WHERE recipient=? AND id=?",
+                               (recipient, envelope_id)).fetchone() is not None
+
+    def forget_acked(self, stored_before_ms: int) -> int:
+        """Forget acknowledged ids stored before then (in the open group); how many."""
+        self._join_group()
+        return self.db.execute("DELETE FROM acked WHERE stored_ms<?",
+                               (stored_before_ms,)).rowcount
 
     def waiting(self, recipient: str, envelope_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM mailbox WHERE recipient=? AND id=?",

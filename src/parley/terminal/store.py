@@ -30,6 +30,7 @@ from typing import Any
 
 from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DeviceKeys, DevicePublicKeys, check_name
+from parley.core.messages import MAX_AGE_MS
 from parley.files import (
     check_private,
     create_private_file,
@@ -196,6 +197,9 @@ class TerminalStore:
     # -- replay protection across restarts -------------------------------------------
 
     def seen_envelopes(self, now_ms: int) -> dict[str, int | None]:
+        # Message ids were once kept for good: they are kept as long as a message is now.
+        self.db.execute("UPDATE seen_envelopes SET until_ms=? WHERE until_ms IS NULL",
+                        (now_ms + MAX_AGE_MS,))
         self._forget_seen(now_ms)
         return dict(self.db.execute("SELECT id, until_ms FROM seen_envelopes"))
 

@@ -37,6 +37,8 @@ from ..envelope import Envelope
 from ..errors import ErrorCode, ParleyError, RemoteError
 from ..keys import DevicePublicKeys, split_device_id
 from ..kinds import kind_of
+from ..messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
+from ..replay import MAX_FUTURE_SKEW_MS
 from .buckets import TokenBucket
 from .fastpath import Header, quick_send
 from .limits import BAD_FRAME_BURST, Limits
@@ -44,6 +46,10 @@ from .limits import BAD_FRAME_BURST, Limits
 # Errors that say the client itself sent something malformed; these spend its budget.
 _MALFORMED = frozenset({ErrorCode.BAD_MESSAGE, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_TYPE})
 BUCKET_SWEEP_MS = 10_000
+# An acknowledged envelope's id is kept as long as its recipient would take the same id
+# again for a replay: a sender that never heard "sent" may send it again that late.
+ACKED_KEPT_MS = MESSAGE_MAX_AGE_MS + MAX_FUTURE_SKEW_MS
+ACKED_SWEEP_MS = 3_600_000
 
 
 class Port(Protocol):
@@ -96,6 +102,12 @@ class RelayStore(Protocol):
 
     def waiting(self, recipient: str, envelope_id: str) -> bool:
         """Is this envelope stored for `recipient` (not yet acknowledged)?"""
+
+    def was_delivered(self, recipient: str, envelope_id: str) -> bool:
+        """Was it stored for `recipient`, and acknowledged, within `ACKED_KEPT_MS`?"""
+
+    def forget_acked(self, stored_before_ms: int) -> int:
+        """Forget the acknowledged ids stored before then."""
 
     def mailbox_usage(self) -> Iterable[tuple[str, str, int, int]]:
         """What waits: (recipient, sender, envelopes, bytes) for every pair."""
@@ -240,6 +252,7 @@ class Relay:
         self._directory_version = store.directory_version()
         self._device_keys = store.device_keys()
         self._next_sweep_ms = now_ms + BUCKET_SWEEP_MS
+        self._next_acked_sweep_ms = now_ms  # the first tick forgets what aged out while away
         self.quota = Quota(limits, store.mailbox_usage())
 
     # -- connections ------------------------------------------------------------------
@@ -505,18 +518,20 @@ class Relay:
         try:
             self.quota.check(sender, recipient, size)
         except RemoteError as exc:
-            if self.store.waiting(recipient, envelope_id):  # sent again: it is stored already
-                self._send(session, {"t": "sent", "id": envelope_id, "status": "stored",
-                                     "ref": ref})
+            if self.store.waiting(recipient, envelope_id) or \
+                    self.store.was_delivered(recipient, envelope_id):
+                self._sent_again(session, recipient, envelope_id, ref)
                 return
             self.counters.quota_exceeded += 1
             self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref,
                                                    envelope_id))
             return
+        if self.store.was_delivered(recipient, envelope_id):
+            self._sent_again(session, recipient, envelope_id, ref)
+            return
         seq = self.store.store_envelope(envelope_id, sender, recipient, body, now_ms)
-        if seq is None:  # sent again (its "sent" was lost): it waits already, once
-            self._send(session, {"t": "sent", "id": envelope_id, "status": "stored",
-                                 "ref": ref})
+        if seq is None:
+            self._sent_again(session, recipient, envelope_id, ref)
             return
         self.quota.added(sender, recipient, size)
         self.counters.stored += 1
@@ -540,6 +555,13 @@ class Relay:
             self.counters.relayed += 1
         self._send(session, {"t": "sent", "id": envelope_id,
                              "status": "delivered" if delivered else "stored", "ref": ref})
+
+    def _sent_again(self, session: Session, recipient: str, envelope_id: str,
+                    ref: Any) -> None:
+        """An envelope sent again because its "sent" was lost: it waits already, or was
+        delivered already -- either way once, and its sender is told so."""
+        status = "stored" if self.store.waiting(recipient, envelope_id) else "delivered"
+        self._send(session, {"t": "sent", "id": envelope_id, "status": status, "ref": ref})
 
     def _route(self, party: str, recipient: str) -> None:
         """May `party` send to `recipient`? A yes is remembered until the directory changes."""
@@ -621,6 +643,9 @@ class Relay:
         if version != self._directory_version:
             self._directory_version = version
             self.directory_changed()
+        if now_ms >= self._next_acked_sweep_ms:
+            self._next_acked_sweep_ms = now_ms + ACKED_SWEEP_MS
+            self.store.forget_acked(now_ms - ACKED_KEPT_MS)
         if now_ms >= self._next_sweep_ms:
             self._next_sweep_ms = now_ms + BUCKET_SWEEP_MS
             for device in [d for d, buckets in self._rates.items() if d not in self._of_device
