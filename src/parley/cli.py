@@ -20,6 +20,7 @@ from parley import __version__
 from parley.clock import now_ms
 from parley.config import Option, add_options, default_home, resolve
 from parley.core.errors import ErrorCode, LocalError, ParleyError
+from parley.printable import printable
 
 log = logging.getLogger("parley")
 
@@ -428,6 +429,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  call {call['direction']} {call['peer']}: {call['state']}"
               + (f" ({call['end_reason']})" if call["end_reason"] else "")
               + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
+    unread = status.get("unread") or {}
+    if unread:
+        print("  unread messages: " + ", ".join(f"{party} {n}" for party, n in
+                                                sorted(unread.items()))
+              + " ('parley message list --party PARTY' reads them)")
     alarms = status["alarms"]
     for alarm in alarms[-5:]:
         times = f" (x{alarm['count']})" if alarm.get("count", 1) > 1 else ""
@@ -468,7 +474,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         print(f"#{alarm['id']:<4} {state}  {alarm['title']} [{alarm['code']}]{times}")
         print(f"      last {_when(alarm['last_ms'])}"
               + (f", first {_when(alarm['first_ms'])}" if alarm["count"] > 1 else ""))
-        print(f"      {alarm['message']}")
+        print(f"      {printable(alarm['message'], newlines=False)}")
         if alarm["hint"]:
             print(f"      what to do: {alarm['hint']}")
         if alarm["ack_note"]:
@@ -510,18 +516,22 @@ def cmd_alarms_ack(args: argparse.Namespace) -> int:
 
 def _message_line(m: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["time_ms"] / 1000))
-    who = "you" if m["outgoing"] else m["sender"]
+    who = m["sender"] if not m["outgoing"] else "you" if m.get("mine", True) else \
+        f"you, on {m['sender']}"
+    if m.get("late"):
+        who += " (came late, after it was declared lost)"
+    text = printable(m["text"] or "").replace("\n", "\n      ")  # the other side's words
     if m["kind"] == "lost":
-        return f"{when}  !! {m['text']}"
+        return f"{when}  !! {text}"
     if m["kind"] == "file":
         f = m["file"]
-        what = f"[file {f['name']}, {f['size']:,} bytes" + (
+        what = f"[file {printable(f['name'], newlines=False)}, {f['size']:,} bytes" + (
             f", {f['done']}/{f['chunks']} parts" if m["state"] in ("receiving", "queued") else "")
-        what += f", {m['state']}]" + (f" {m['text']}" if m["text"] else "")
+        what += f", {m['state']}]" + (f" {text}" if text else "")
     else:
-        what = m["text"]
+        what = text
     status = ""
-    if m["outgoing"]:
+    if m["outgoing"] and m.get("mine", True):
         ds = m["deliveries"]
         read = [d["device"] for d in ds if d["read_ms"]]
         delivered = [d["device"] for d in ds if d["delivered_ms"]]
@@ -592,7 +602,10 @@ def cmd_message_list(args: argparse.Namespace) -> int:
         if not args.keep_unread:
             for party in sorted({m["party"] for m in messages if not m["outgoing"]
                                  and not m["read_ms"]}):
-                control_request(data, "POST", "/api/messages/read", {"party": party})
+                # Read as far as what was printed: not what arrived since.
+                upto = max(m["order"] or 0 for m in messages if m["party"] == party)
+                control_request(data, "POST", "/api/messages/read",
+                                {"party": party, "upto": upto})
     else:
         raise LocalError("the terminal is not running", code=ErrorCode.BAD_CONFIG,
                          hint=f"start it ('parley terminal --data {data}'); it holds the"
@@ -619,11 +632,11 @@ def cmd_message_search(args: argparse.Namespace) -> int:
         found = control_request(data, "GET", f"/api/messages/search?q={quote(args.query)}")
         messages = found["messages"]
     else:  # the index is the terminal's own: no server is asked
-        from parley.terminal.messages import search_terms
+        from parley.terminal.messages import search
 
         messages = _messages_offline(data, lambda ms: [
             {**m.__dict__, "text": m.body, "time_ms": m.time_ms} for m in
-            ms.search(search_terms(args.query), 50)] if search_terms(args.query) else [])
+            search(ms, args.query, 50)])
     if args.json:
         print(json.dumps(messages))
         return 0
@@ -631,7 +644,8 @@ def cmd_message_search(args: argparse.Namespace) -> int:
         if "deliveries" in m:
             print(f"{m['party']}: {_message_line(m)}")
         else:
-            print(f"{m['party']}: {m['sender']}: {m['text'] or m.get('file_name') or ''}")
+            print(f"{m['party']}: {m['sender']}:"
+                  f" {printable(m['text'] or m.get('file_name') or '', newlines=False)}")
     if not messages:
         print(f"nothing matches {args.query!r}")
     return 0

@@ -207,6 +207,13 @@ def test_an_operator_sets_up_a_line_verifies_and_calls(tmp_path: Path,
         time.sleep(0.2)
     found = run("message", "search", "treat*", *dirs["moscow"]).stdout
     assert "Agenda: the treaty" in found
+    # A message that would clear the screen or read backwards is printed as escapes.
+    run("message", "send", "--to", "moscow", "pay \x1b[2J\u202e001 \u2066ok\u2069\nline 2",
+        "--wait", "10", *dirs["washington"])
+    listed = run("message", "list", "--party", "washington", *dirs["moscow"]).stdout
+    assert "\x1b" not in listed and "\u202e" not in listed and "\u2066" not in listed
+    assert "pay \\x1b[2J\\u202e001 \\u2066ok\\u2069\n      line 2" in listed
+    assert "Agenda" in run("message", "search", "Agenda \x07\x1b", *dirs["moscow"]).stdout
     assert "nothing matches" in run("message", "search", "missiles", *dirs["moscow"]).stdout
     refused = run("message", "send", "--to", "moscow", *dirs["washington"], check=False)
     assert refused.returncode == 2 and "give the text, or --file PATH" in refused.stderr

@@ -96,7 +96,10 @@ async def test_every_message_arrives_once_in_order_through_server_and_receiver_c
         assert [msg_id for msg_id, _, _ in got] == sent  # each once, in the order sent
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             assert conn.execute("SELECT COUNT(*) FROM messages WHERE outgoing=0").fetchone() \
-                == (MESSAGES,)
+                == (MESSAGES,)  # and so no notice of a message lost
+            # Crashes are not attacks: nothing the receiver saw looked like a replay.
+            assert conn.execute("SELECT code, message FROM alarms").fetchall() == []
+            assert conn.execute("SELECT COUNT(*) FROM messages WHERE late=1").fetchone() == (0,)
 
         def receipts() -> int:
             return int(washington.store.db.execute(

@@ -30,6 +30,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -315,10 +316,13 @@ class ControlServer:
 
     async def read_messages(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        party = body.get("party")
+        party, upto = body.get("party"), body.get("upto")
         if not isinstance(party, str):
             raise LocalError("give party", code=ErrorCode.BAD_MESSAGE)
-        return web.json_response({"read": self.terminal.messages.mark_read(party)})
+        if upto is not None and (type(upto) is not int or upto < 0):
+            raise LocalError("upto is the order of the last message read (a whole number)",
+                             code=ErrorCode.BAD_MESSAGE)
+        return web.json_response({"read": self.terminal.messages.mark_read(party, upto)})
 
     async def search_messages(self, request: web.Request) -> web.Response:
         query = request.query.get("q", "")
@@ -328,11 +332,15 @@ class ControlServer:
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         path, message = self.terminal.messages.file(request.match_info["msg_id"])
-        name = "".join(ch if ch.isalnum() or ch in "._- " else "_"
-                       for ch in message.file_name or "file") or "file"
+        name = message.file_name or "file"
+        # Plain ASCII for every browser, and the name as it was (RFC 6266 / 5987) for
+        # those that read filename*: never a quote or a line break of the sender's.
+        plain = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._- ") else "_"
+                        for ch in name) or "file"
         return web.FileResponse(path, headers={
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": f"attachment; filename=\"{plain}\";"
+                                   f" filename*=UTF-8''{quote(name, safe='')}",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
     async def alarms(self, request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ committed before anything is acknowledged to the server or reported as done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -50,13 +51,13 @@ CREATE TABLE IF NOT EXISTS messages (
     file_name TEXT, file_type TEXT, file_size INTEGER, file_sha256 TEXT, chunks INTEGER,
     chunks_done INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL, shown INTEGER, time_ms INTEGER NOT NULL, received_ms INTEGER,
-    read_ms INTEGER, error TEXT,
+    read_ms INTEGER, error TEXT, late INTEGER NOT NULL DEFAULT 0,
     UNIQUE (conv, sender, seq)
 );
 CREATE INDEX IF NOT EXISTS messages_party ON messages (party, shown);
 CREATE TABLE IF NOT EXISTS deliveries (
     msg_id TEXT NOT NULL, device TEXT NOT NULL, stored_ms INTEGER, delivered_ms INTEGER,
-    read_ms INTEGER, PRIMARY KEY (msg_id, device)
+    read_ms INTEGER, own INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (msg_id, device)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     envelope_id TEXT PRIMARY KEY, recipient TEXT NOT NULL, type TEXT NOT NULL,
@@ -67,7 +68,8 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_try_ms);
 CREATE INDEX IF NOT EXISTS outbox_message ON outbox (msg_id);
 CREATE TABLE IF NOT EXISTS streams (
     conv TEXT NOT NULL, sender TEXT NOT NULL, next_seq INTEGER NOT NULL, held TEXT NOT NULL,
-    gap_since_ms INTEGER, asked_ms INTEGER, PRIMARY KEY (conv, sender)
+    gap_since_ms INTEGER, asked_ms INTEGER, first_asked_ms INTEGER,
+    lost TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (conv, sender)
 );
 CREATE TABLE IF NOT EXISTS send_seq (conv TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS first_sent (
@@ -88,7 +90,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
 
 _COLUMNS = ("msg_id, conv, party, outgoing, sender, seq, kind, body, file_name, file_type,"
             " file_size, file_sha256, chunks, chunks_done, state, shown, time_ms,"
-            " received_ms, read_ms, error")
+            " received_ms, read_ms, error, late")
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Message:
     received_ms: int | None
     read_ms: int | None
     error: str | None
+    late: bool = False  # declared lost, then it came after all
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,12 @@ class MessageStore:
         db.executescript(SCHEMA)
         for trigger in ("insert", "delete", "update"):  # indexed in batches now
             db.execute(f"DROP TRIGGER IF EXISTS messages_fts_{trigger}")
+        for table, column, kind in (("messages", "late", "INTEGER NOT NULL DEFAULT 0"),
+                                    ("streams", "first_asked_ms", "INTEGER"),
+                                    ("streams", "lost", "TEXT NOT NULL DEFAULT '[]'"),
+                                    ("deliveries", "own", "INTEGER NOT NULL DEFAULT 0")):
+            if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -173,7 +182,7 @@ class MessageStore:
         if show:
             message.shown = self._next("shown")
         self.db.execute(f"INSERT INTO messages ({_COLUMNS}) VALUES"
-                        f" ({','.join('?' * 20)})", _row(message))
+                        f" ({','.join('?' * 21)})", _row(message))
         return message
 
     def show(self, msg_id: str) -> None:
@@ -219,18 +228,28 @@ class MessageStore:
 
     def unread(self) -> dict[str, int]:
         rows = self.db.execute("SELECT party, COUNT(*) FROM messages WHERE outgoing=0 AND"
-                               " shown IS NOT NULL AND read_ms IS NULL AND kind!='lost'"
-                               " GROUP BY party")
+                               " shown IS NOT NULL AND read_ms IS NULL AND (kind='text' OR"
+                               " (kind='file' AND state='complete')) GROUP BY party")
         return {r[0]: int(r[1]) for r in rows}
 
-    def mark_read(self, party: str, now_ms: int) -> list[Message]:
-        """Every shown, unread incoming message of `party`'s conversation, now read."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE party=? AND outgoing=0"
-                               " AND shown IS NOT NULL AND read_ms IS NULL AND kind!='lost'",
-                               (party,)).fetchall()
-        self.db.execute("UPDATE messages SET read_ms=? WHERE party=? AND outgoing=0 AND shown"
-                        " IS NOT NULL AND read_ms IS NULL AND kind!='lost'", (now_ms, party))
+    _READABLE = ("party=? AND outgoing=0 AND shown IS NOT NULL AND shown<=? AND read_ms IS"
+                 " NULL AND (kind='text' OR (kind='file' AND state='complete'))")
+
+    def mark_read(self, party: str, upto: int, now_ms: int) -> list[Message]:
+        """What the person saw of `party`'s conversation (shown up to `upto`), now read.
+
+        Only what can be read: a text, or a file that arrived whole -- never one still
+        coming or damaged, so a read receipt never claims more than was there.
+        """
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE {self._READABLE}",
+                               (party, upto)).fetchall()
+        self.db.execute(f"UPDATE messages SET read_ms=? WHERE {self._READABLE}",
+                        (now_ms, party, upto))
         return [_message(r) for r in rows]
+
+    def last_shown(self) -> int:
+        row = self.db.execute("SELECT MAX(shown) FROM messages").fetchone()
+        return int(row[0] or 0)
 
     def index_pending(self) -> int:
         """Add what was stored since the last time to the full-text index; how many."""
@@ -258,33 +277,37 @@ class MessageStore:
 
     # -- deliveries of what we sent ---------------------------------------------------------
 
-    def add_delivery(self, msg_id: str, device: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO deliveries (msg_id, device) VALUES (?,?)",
-                        (msg_id, device))
+    def add_delivery(self, msg_id: str, device: str, *, own: bool = False) -> None:
+        """`device` is sent `msg_id`; `own`: one of our own party's other devices, sent a
+        copy -- it may ask for it again, but its receipts are not the recipient's."""
+        self.db.execute("INSERT OR IGNORE INTO deliveries (msg_id, device, own) VALUES"
+                        " (?,?,?)", (msg_id, device, int(own)))
 
     def delivered(self, msg_id: str, device: str, column: str, now_ms: int) -> bool:
         """Record a receipt; False if it named no message we sent to that device."""
         assert column in ("stored_ms", "delivered_ms", "read_ms")
         cur = self.db.execute(f"UPDATE deliveries SET {column}=coalesce({column}, ?) WHERE"
-                              " msg_id=? AND device=?", (now_ms, msg_id, device))
+                              " msg_id=? AND device=? AND own=0", (now_ms, msg_id, device))
         return cur.rowcount == 1
 
     def deliveries(self, msg_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT device, stored_ms, delivered_ms, read_ms FROM deliveries"
-                               " WHERE msg_id=? ORDER BY device", (msg_id,))
+                               " WHERE msg_id=? AND own=0 ORDER BY device", (msg_id,))
         return [{"device": r[0], "stored_ms": r[1], "delivered_ms": r[2], "read_ms": r[3]}
                 for r in rows]
 
-    def recipients(self, msg_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT device FROM deliveries WHERE msg_id=?",
-                                              (msg_id,))]
+    def recipients(self, msg_id: str) -> dict[str, bool]:
+        """Every device `msg_id` was sent to (our own others among them): confirmed
+        delivered?"""
+        return {r[0]: r[1] is not None for r in self.db.execute(
+            "SELECT device, delivered_ms FROM deliveries WHERE msg_id=?", (msg_id,))}
 
     def undelivered_counts(self) -> tuple[int, int]:
         """(outgoing messages, those every recipient device has confirmed delivered)."""
         row = self.db.execute(
             "SELECT COUNT(*), SUM(done) FROM (SELECT m.msg_id, MIN(d.delivered_ms IS NOT NULL)"
             " AS done FROM messages m JOIN deliveries d ON d.msg_id = m.msg_id WHERE"
-            " m.outgoing=1 GROUP BY m.msg_id)").fetchone()
+            " m.outgoing=1 AND d.own=0 GROUP BY m.msg_id)").fetchone()
         return int(row[0] or 0), int(row[1] or 0)
 
     # -- the outbox ---------------------------------------------------------------------------
@@ -298,10 +321,14 @@ class MessageStore:
                          json.dumps(payload) if payload is not None else None, now_ms, now_ms))
 
     def due(self, now_ms: int, limit: int, skip: set[str]) -> list[OutboxEntry]:
-        # In the order queued (rowid), reading no further than the first `limit` due.
-        rows = self.db.execute("SELECT envelope_id, recipient, type, msg_id, chunk, payload,"
-                               " attempts, next_try_ms FROM outbox WHERE next_try_ms<=? ORDER BY"
-                               " rowid LIMIT ?", (now_ms, limit + len(skip)))
+        # In the order queued (rowid), reading no further than the first `limit` due; a
+        # file's parts only once the server has its header for that recipient, so that
+        # they never arrive before it.
+        rows = self.db.execute(
+            "SELECT envelope_id, recipient, type, msg_id, chunk, payload, attempts, next_try_ms"
+            " FROM outbox o WHERE next_try_ms<=? AND NOT (type='msg.chunk' AND EXISTS (SELECT 1"
+            " FROM outbox h WHERE h.msg_id=o.msg_id AND h.recipient=o.recipient AND"
+            " h.type='msg.file')) ORDER BY rowid LIMIT ?", (now_ms, limit + len(skip)))
         out = [OutboxEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None,
                            r[6], r[7]) for r in rows if r[0] not in skip]
         return out[:limit]
@@ -331,6 +358,10 @@ class MessageStore:
         """The server is back: everything waiting to be sent goes again now."""
         self.db.execute("UPDATE outbox SET next_try_ms=? WHERE next_try_ms>?", (now_ms, now_ms))
 
+    def pending_to(self, msg_id: str, device: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE msg_id=? AND recipient=?",
+                                   (msg_id, device)).fetchone()[0])
+
     def pending_for(self, msg_id: str) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE msg_id=?",
                                    (msg_id,)).fetchone()[0])
@@ -338,18 +369,24 @@ class MessageStore:
     # -- streams ----------------------------------------------------------------------------
 
     def stream(self, conv: str, sender: str) -> Stream:
-        row = self.db.execute("SELECT next_seq, held, gap_since_ms, asked_ms FROM streams WHERE"
-                              " conv=? AND sender=?", (conv, sender)).fetchone()
+        row = self.db.execute("SELECT next_seq, held, gap_since_ms, asked_ms, first_asked_ms,"
+                              " lost FROM streams WHERE conv=? AND sender=?",
+                              (conv, sender)).fetchone()
         if row is None:
             return Stream()
-        return Stream(row[0], set(json.loads(row[1])), row[2], row[3])
+        return Stream(row[0], set(json.loads(row[1])), row[2], row[3], row[4],
+                      set(json.loads(row[5])))
 
     def save_stream(self, conv: str, sender: str, stream: Stream) -> None:
-        self.db.execute("INSERT INTO streams VALUES (?,?,?,?,?,?) ON CONFLICT(conv, sender) DO"
-                        " UPDATE SET next_seq=excluded.next_seq, held=excluded.held,"
-                        " gap_since_ms=excluded.gap_since_ms, asked_ms=excluded.asked_ms",
+        self.db.execute("INSERT INTO streams (conv, sender, next_seq, held, gap_since_ms,"
+                        " asked_ms, first_asked_ms, lost) VALUES (?,?,?,?,?,?,?,?) ON"
+                        " CONFLICT(conv, sender) DO UPDATE SET next_seq=excluded.next_seq,"
+                        " held=excluded.held, gap_since_ms=excluded.gap_since_ms,"
+                        " asked_ms=excluded.asked_ms, first_asked_ms=excluded.first_asked_ms,"
+                        " lost=excluded.lost",
                         (conv, sender, stream.next_seq, json.dumps(sorted(stream.held)),
-                         stream.gap_since_ms, stream.asked_ms))
+                         stream.gap_since_ms, stream.asked_ms, stream.first_asked_ms,
+                         json.dumps(sorted(stream.lost))))
 
     def streams_with_gaps(self) -> list[tuple[str, str, Stream]]:
         rows = self.db.execute("SELECT conv, sender FROM streams WHERE held != '[]'")
@@ -362,15 +399,9 @@ class MessageStore:
         return self.db.execute("INSERT OR IGNORE INTO chunks_in VALUES (?,?,?)",
                                (msg_id, index, sender)).rowcount == 1
 
-    def chunks_from(self, msg_id: str, sender: str) -> tuple[int, int]:
-        """Chunks of `msg_id` that came: (from `sender`, from anyone else)."""
-        rows = self.db.execute("SELECT sender=?, COUNT(*) FROM chunks_in WHERE msg_id=? GROUP BY"
-                               " sender=?", (sender, msg_id, sender)).fetchall()
-        counts = {bool(r[0]): int(r[1]) for r in rows}
-        return counts.get(True, 0), counts.get(False, 0)
-
-    def set_chunks_done(self, msg_id: str, done: int) -> None:
-        self.db.execute("UPDATE messages SET chunks_done=? WHERE msg_id=?", (done, msg_id))
+    def chunks_finished(self, msg_id: str) -> None:
+        """The file is whole (or given up): which parts came no longer matters."""
+        self.db.execute("DELETE FROM chunks_in WHERE msg_id=?", (msg_id,))
 
     # -- receipts owed ------------------------------------------------------------------------
 
@@ -393,17 +424,21 @@ class MessageStore:
         self.db.executemany("DELETE FROM receipts_due WHERE device=? AND conv=? AND kind=? AND"
                             " msg_id=?", [(device, conv, kind, i) for i in ids])
 
-    def file_path(self, msg_id: str, outgoing: bool) -> Path:
-        return private_dir(self.files / ("out" if outgoing else "in")) / msg_id
+    def file_path(self, msg_id: str, sender: str) -> Path:
+        """Where a file's bytes are kept: named by a hash, so that nothing a peer sends
+        (its message id, its file name) ever becomes part of a path."""
+        name = hashlib.sha256(f"{sender}\x00{msg_id}".encode()).hexdigest()[:40]
+        return private_dir(self.files / name[:2]) / name
 
 
 def _row(m: Message) -> tuple[Any, ...]:
     return (m.msg_id, m.conv, m.party, int(m.outgoing), m.sender, m.seq, m.kind, m.body,
             m.file_name, m.file_type, m.file_size, m.file_sha256, m.chunks, m.chunks_done,
-            m.state, m.shown, m.time_ms, m.received_ms, m.read_ms, m.error)
+            m.state, m.shown, m.time_ms, m.received_ms, m.read_ms, m.error, int(m.late))
 
 
 def _message(row: Any) -> Message:
     values = list(row)
     values[3] = bool(values[3])
+    values[20] = bool(values[20])
     return Message(*values)

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,21 +141,22 @@ class Messenger:
         name = Path(name).name.strip()[:255] or "file"
         recipients = await self._recipients(party)
         msg_id = random_id()
-        path = self.ms.file_path(msg_id, outgoing=True)
+        path = self.ms.file_path(msg_id, self.device_id)
         _write_private(path, data)  # our own copy: sent again from it after a restart
         message = self._queue(party, recipients, "file", body=caption, msg_id=msg_id,
                               file=(name, type_[:127] or "application/octet-stream", len(data),
                                     hashlib.sha256(data).hexdigest()))
         return self.info(message)
 
-    def mark_read(self, party: str) -> int:
-        """The person has read `party`'s conversation: read receipts to its senders."""
+    def mark_read(self, party: str, upto: int | None = None) -> int:
+        """The person has read `party`'s conversation, as far as `upto` (the `order` of the
+        last message they were shown; None: all of it): read receipts to its senders."""
         now = now_ms()
         with self.ms.batch():
-            read = self.ms.mark_read(party, now)
+            read = self.ms.mark_read(party, self.ms.last_shown() if upto is None else upto,
+                                     now)
             for message in read:
-                if split_device_id(message.sender)[0] != self.party:
-                    self.ms.owe_receipt(message.sender, message.conv, "read", message.msg_id)
+                self.ms.owe_receipt(message.sender, message.conv, "read", message.msg_id)
         if read:
             self._receipts_later()
             if self._listened():
@@ -167,18 +169,18 @@ class Messenger:
         return [self.info(m) for m in self.ms.conversation(party, limit, before)]
 
     def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
-        match = search_terms(query)
-        return [self.info(m) for m in self.ms.search(match, limit)] if match else []
+        return [self.info(m) for m in search(self.ms, query, limit)]
 
     def file(self, msg_id: str) -> tuple[Path, Message]:
         message = self.ms.get(msg_id)
         if message is None or message.kind != "file" or message.shown is None:
             raise LocalError(f"no file {msg_id!r}", code=ErrorCode.NO_SUCH_CALL)
-        if not message.outgoing and message.state != "complete":
-            raise LocalError(f"{message.file_name} has not arrived whole yet"
-                             f" ({message.chunks_done} of {message.chunks} parts)",
+        if message.sender != self.device_id and message.state != "complete":
+            raise LocalError(f"{message.file_name} has not arrived whole"
+                             f" ({message.chunks_done} of {message.chunks} parts"
+                             f"{', and damaged' if message.state == 'corrupt' else ''})",
                              code=ErrorCode.INVALID_STATE)
-        return self.ms.file_path(msg_id, message.outgoing), message
+        return self.ms.file_path(msg_id, message.sender), message
 
     def unread(self) -> dict[str, int]:
         return self.ms.unread()
@@ -191,23 +193,27 @@ class Messenger:
             "order": message.shown, "time_ms": message.time_ms,
             "received_ms": message.received_ms, "read_ms": message.read_ms,
             "error": message.error, "file": None, "deliveries": [],
+            # Sent from this device (an outgoing message may be a copy of what another of
+            # our own devices sent: it has no receipts here).
+            "mine": message.sender == self.device_id, "late": message.late,
         }
         if message.kind == "file":
             out["file"] = {"name": message.file_name, "type": message.file_type,
                            "size": message.file_size, "sha256": message.file_sha256,
                            "chunks": message.chunks, "done": message.chunks_done}
-        if message.outgoing:
+        if out["mine"]:
             out["deliveries"] = self.ms.deliveries(message.msg_id)
             if message.kind == "file" and message.chunks is not None:
-                total = (message.chunks + 1) * max(1, len(out["deliveries"]))
+                total = (message.chunks + 1) * max(1, len(self.ms.recipients(message.msg_id)))
                 out["file"]["done"] = round(
                     (total - self.ms.pending_for(message.msg_id)) / total * message.chunks)
         return out
 
     # -- queueing -----------------------------------------------------------------------------
 
-    async def _recipients(self, party: str) -> list[str]:
-        """Every device of `party` we may send to, and our own other devices."""
+    async def _recipients(self, party: str) -> tuple[list[str], list[str]]:
+        """Every device of `party` we may send to; and our own other devices, which are
+        sent a copy (so that the conversation reads the same on each)."""
         if party == self.party:
             raise LocalError("messages go to the other party of a line",
                              code=ErrorCode.BAD_CONFIG, hint="name the other party")
@@ -234,13 +240,14 @@ class Messenger:
                                  hint=f"ask {party}'s operator to enroll a terminal")
             raise LocalError(f"no device of {party} is verified here: the message was not"
                              " queued", code=ErrorCode.NOT_VERIFIED, hint=verify_hint(party))
+        mine: list[str] = []
         with contextlib.suppress(ParleyError):  # our own other devices, where we can reach them
             own = await self.peers.listing(self.party)
-            chosen += [d for d in sorted(own.devices) if d != self.device_id
-                       and self._trust(d, own.devices[d]) is not None]
+            mine = [d for d in sorted(own.devices) if d != self.device_id
+                    and self._trust(d, own.devices[d]) is not None]
         if refused:
             log.info("not sending to %s: not verified here", ", ".join(refused))
-        return chosen
+        return chosen, mine
 
     def _trust(self, device: str, listed: DevicePublicKeys | None) -> DevicePublicKeys | None:
         """The keys to seal to `device`, if our policy lets us send it anything."""
@@ -252,7 +259,8 @@ class Messenger:
             return None
         return keys
 
-    def _queue(self, party: str, recipients: list[str], kind: str, *, body: str,
+    def _queue(self, party: str, recipients: tuple[list[str], list[str]], kind: str, *,
+               body: str,
                msg_id: str | None = None,
                file: tuple[str, str, int, str] | None = None) -> Message:
         now = now_ms()
@@ -267,8 +275,9 @@ class Messenger:
                 file_type=type_, file_size=size, file_sha256=sha, chunks=chunks,
                 chunks_done=0, state="queued", shown=None, time_ms=now, received_ms=None,
                 read_ms=None, error=None), show=True)
-            for device in recipients:
-                self.ms.add_delivery(message.msg_id, device)
+            others, mine = recipients
+            for device in [*others, *mine]:
+                self.ms.add_delivery(message.msg_id, device, own=device in mine)
                 self.ms.first_sent(conv, device, seq)
                 self._enqueue_message(message, device, now)
         self._announce([message.msg_id])
@@ -347,7 +356,7 @@ class Messenger:
             return None
         if entry.type == "msg.chunk":
             assert entry.chunk is not None
-            with self.ms.file_path(message.msg_id, outgoing=True).open("rb") as f:
+            with self.ms.file_path(message.msg_id, message.sender).open("rb") as f:
                 f.seek(entry.chunk * core.CHUNK_BYTES)
                 data = f.read(core.CHUNK_BYTES)
             return {"msg_id": message.msg_id, "index": entry.chunk, "data": b64e(data)}
@@ -456,13 +465,21 @@ class Messenger:
             raise RemoteError(f"{envelope.type} says its sender began at {first}, after {seq}")
         lo, hi = core.parse_conversation(conv)
         party = hi if lo == self.party else lo
+        # A copy of what another of our own devices sent: ours, as the person sees it --
+        # never unread here, never acknowledged with receipts.
+        copy = sender_party == self.party
         msg_id = payload["msg_id"]
         existing = self.ms.get(msg_id)
         if existing is not None:
             if existing.sender != sender or existing.seq != seq:
                 self._conflict(sender, f"message {msg_id} came again with another sender or"
                                        " number")
-            return  # the same message again: shown once already
+            elif not copy and (existing.kind == "text" or existing.state == "complete"):
+                # The same message again: shown once already. Sent again because our
+                # receipt never reached its sender, so the receipt goes again.
+                self.ms.owe_receipt(sender, conv, "delivered", msg_id)
+                self._announce([])
+            return
         other = self.ms.by_seq(conv, sender, seq)
         if other is not None:
             self._conflict(sender, f"{sender} sent two different messages numbered {seq}")
@@ -473,15 +490,18 @@ class Messenger:
         stream = self.ms.stream(conv, sender)
         placement = core.place(stream, seq, first, now)
         if placement.duplicate:
-            return  # it was declared lost, or shown: never shown (again) now
+            return  # shown already, or too long ago lost: never shown (again) now
+        if placement.late:
+            log.warning("message %d from %s, declared lost, came after all", seq, sender)
         message = Message(
-            msg_id=msg_id, conv=conv, party=party, outgoing=False, sender=sender, seq=seq,
+            msg_id=msg_id, conv=conv, party=party, outgoing=copy, sender=sender, seq=seq,
             kind=kind, body=payload.get("text", ""),
             file_name=payload.get("name"), file_type=payload.get("type"),
             file_size=payload.get("size"), file_sha256=payload.get("sha256"),
             chunks=payload.get("chunks"), chunks_done=0,
             state="held" if placement.hold else ("receiving" if kind == "file" else "shown"),
-            shown=None, time_ms=envelope.time_ms, received_ms=now, read_ms=None, error=None)
+            shown=None, time_ms=envelope.time_ms, received_ms=now, read_ms=None, error=None,
+            late=placement.late)
         self.ms.add(message, show=not placement.hold)
         shown = [message] if not placement.hold else []
         for later in placement.show[1:]:
@@ -490,52 +510,51 @@ class Messenger:
                 self.ms.show(held.msg_id)
                 shown.append(held)
         self.ms.save_stream(conv, sender, stream)
-        if kind == "file":
-            self._file_header(message, sender)
-        elif sender_party != self.party:
+        if kind == "file" and message.chunks == 0:
+            self._file_complete(message)  # an empty file: whole as it is
+        elif kind == "text" and not copy:
             self.ms.owe_receipt(sender, conv, "delivered", msg_id)
         self._announce([m.msg_id for m in shown] or [msg_id])
 
-    def _file_header(self, message: Message, sender: str) -> None:
-        """Chunks may have come before their header: count those, and finish if whole."""
-        mine, others = self.ms.chunks_from(message.msg_id, sender)
-        if others:
-            self._conflict(sender, f"parts of {message.file_name} came from another device")
-        self.ms.set_chunks_done(message.msg_id, mine)
-        message.chunks_done = mine
-        if mine == (message.chunks or 0):
-            self._file_complete(message)
-
     def _chunk(self, sender: str, payload: dict[str, Any], now: int) -> None:
+        """A part of a file. Its sender sends a file's header before any of its parts (and
+        again before them, if asked), so a part whose header is not here is dropped."""
         msg_id, index = payload["msg_id"], payload["index"]
-        data = b64d(payload["data"], what="msg.chunk.data", max_bytes=core.CHUNK_BYTES)
         message = self.ms.get(msg_id)
-        if message is not None and (message.sender != sender or message.kind != "file"):
+        if message is None:
+            log.warning("part %d of message %s from %s came before its header; dropped",
+                        index, msg_id, sender)
+            return
+        if message.sender != sender or message.kind != "file":
             self._conflict(sender, f"a part for message {msg_id}, which is not {sender}'s file")
             return
-        if message is not None and message.chunks is not None and index >= message.chunks:
-            raise RemoteError(f"part {index} of a file of {message.chunks} parts")
+        if message.state not in ("held", "receiving"):
+            return  # whole (or damaged) already: what comes now changes nothing
+        chunks, size = message.chunks or 0, message.file_size or 0
+        if index >= chunks:
+            raise RemoteError(f"part {index} of a file of {chunks} parts")
+        data = b64d(payload["data"], what="msg.chunk.data", max_bytes=core.CHUNK_BYTES)
+        want = core.CHUNK_BYTES if index < chunks - 1 else size - index * core.CHUNK_BYTES
+        if len(data) != want:
+            raise RemoteError(f"part {index} of {message.file_name!r} carries {len(data)}"
+                              f" bytes, not {want}")
         if not self.ms.chunk_arrived(msg_id, index, sender):
             return  # came before
-        path = self.ms.file_path(msg_id, outgoing=False)
-        with _open_private(path) as f:
+        with _open_private(self.ms.file_path(msg_id, sender)) as f:
             f.seek(index * core.CHUNK_BYTES)
             f.write(data)
-        if message is None:
-            return  # its header comes after it; counted then
         done = self.ms.chunk_done(msg_id)
         message.chunks_done = done
-        if done == message.chunks:
+        if done == chunks:
             self._file_complete(message)
         elif done % 8 == 0:
             self._announce([msg_id])
 
     def _file_complete(self, message: Message) -> None:
-        path = self.ms.file_path(message.msg_id, outgoing=False)
-        if message.file_size == 0:
-            _open_private(path).close()
-        with path.open("r+b") as f:
+        path = self.ms.file_path(message.msg_id, message.sender)
+        with _open_private(path) as f:
             f.truncate(message.file_size or 0)
+        self.ms.chunks_finished(message.msg_id)
         digest = _sha256(path)
         if digest != message.file_sha256:
             self.ms.set_state(message.msg_id, "corrupt", "its SHA-256 does not match")
@@ -544,26 +563,25 @@ class Messenger:
                 " match the one its sender signed", code=ErrorCode.BAD_SIGNATURE,
                 hint="it is kept but not offered; ask for it again"), message.sender)
         else:
+            # Held (an earlier message has not come yet), it is shown whole when its turn
+            # comes (`MessageStore.show` keeps the state).
             self.ms.set_state(message.msg_id, "complete")
-            if split_device_id(message.sender)[0] != self.party:
+            if not message.outgoing:
                 self.ms.owe_receipt(message.sender, message.conv, "delivered", message.msg_id)
         self._announce([message.msg_id])
 
     def _receipt(self, sender: str, payload: dict[str, Any], now: int) -> None:
         ids = core.check_receipt_ids(payload["ids"])
         column = "delivered_ms" if payload["kind"] == "delivered" else "read_ms"
-        changed = []
-        for msg_id in ids:
-            if self.ms.delivered(msg_id, sender, column, now):
-                changed.append(msg_id)
-            if column == "read_ms":  # read implies delivered
-                self.ms.delivered(msg_id, sender, "delivered_ms", now)
+        changed = [i for i in ids if self.ms.delivered(i, sender, column, now)]
         if len(changed) < len(ids):
             log.info("a %s receipt from %s named %d messages not sent to it", payload["kind"],
                      sender, len(ids) - len(changed))
         self._announce(changed)
 
     def _resend(self, sender: str, payload: dict[str, Any], now: int) -> None:
+        """`sender` asks for our messages `from_seq` to `to_seq` again: each that was sent
+        to it, that it has not confirmed, and that is not on its way to it already."""
         conv, lo, hi = payload["conv"], payload["from_seq"], payload["to_seq"]
         core.check_conversation(conv, self.party, split_device_id(sender)[0])
         if hi < lo or hi - lo >= core.MAX_RESEND:
@@ -571,9 +589,13 @@ class Messenger:
         again = 0
         for seq in range(lo, hi + 1):
             message = self.ms.by_seq(conv, self.device_id, seq)
-            if message is not None and sender in self.ms.recipients(message.msg_id):
-                self._enqueue_message(message, sender, now)
-                again += 1
+            if message is None:
+                continue
+            confirmed = self.ms.recipients(message.msg_id).get(sender)
+            if confirmed is None or confirmed or self.ms.pending_to(message.msg_id, sender):
+                continue
+            self._enqueue_message(message, sender, now)
+            again += 1
         log.info("%s asked for messages %d to %d again; %d sent again", sender, lo, hi, again)
         self._after_commit(self._wake.set)
 
@@ -613,7 +635,10 @@ class Messenger:
         while True:
             await asyncio.sleep(TIMER_S)
             try:
-                self.check_gaps(now_ms())
+                # Only while connected: a gap is asked about before it is declared lost,
+                # and the time it waits is time its sender could answer in.
+                if self.link.connected.is_set():
+                    self.check_gaps(now_ms())
                 self.ms.index_pending()
             except Exception:
                 log.exception("looking at message gaps failed")
@@ -656,11 +681,24 @@ class Messenger:
                 self._announce(shown)
 
 
+def search(ms: MessageStore, query: str, limit: int = 50) -> list[Message]:
+    """What matches a person's search (nothing, for a search of no words)."""
+    match = search_terms(query)
+    if not match:
+        return []
+    try:
+        return ms.search(match, limit)
+    except sqlite3.OperationalError as exc:  # a query the index cannot take, however quoted
+        raise LocalError(f"cannot search for {query[:60]!r}: {exc}",
+                         code=ErrorCode.BAD_MESSAGE, hint="search for plain words") from None
+
+
 def search_terms(query: str) -> str:
     """A person's search as an FTS5 query: each word a word (quoted, so that the person's
     text is never FTS5 syntax by accident), one ending in * a prefix."""
     terms = []
-    for word in query.replace('"', " ").split():
+    clean = "".join(ch if ch.isprintable() else " " for ch in query)
+    for word in clean.replace('"', " ").split():
         stem = word.rstrip("*")
         if stem:
             terms.append(f'"{stem}"' + ("*" if word.endswith("*") else ""))
@@ -674,7 +712,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _open_private(path: Path) -> Any:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     return os.fdopen(fd, "r+b")
 
 

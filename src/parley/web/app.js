@@ -46,6 +46,7 @@ class App {
     this.unread = {}; // party -> messages not yet read here
     this.messagesParty = null; // the party whose Messages pane is open
     this.reading = new Set(); // parties whose read receipts are on their way
+    this.loading = new Map(); // party -> messages the events brought while its list loads
   }
 
   start() {
@@ -191,23 +192,33 @@ class App {
 
   // -- messages --------------------------------------------------------------------------
 
-  #onMessageEvent(message) {
+  // fresh: it came on the event stream (the latest word on it). A message as a request's
+  // answer gave it may arrive after the events that moved it on: it never replaces them.
+  #onMessageEvent(message, fresh = true) {
     let conversation = this.conversations.get(message.party);
     if (!conversation) {
       conversation = new Map();
       this.conversations.set(message.party, conversation);
     }
+    if (!fresh && conversation.has(message.msg_id)) return;
     conversation.set(message.msg_id, message);
+    if (fresh) this.loading.get(message.party)?.set(message.msg_id, message);
     this.render();
   }
 
   async #loadMessages(party) {
+    const meanwhile = new Map();
+    this.loading.set(party, meanwhile);
     try {
       const got = await this.api.messages(party);
-      this.conversations.set(party, new Map(got.messages.map((m) => [m.msg_id, m])));
+      // The list, then what the events said since it was asked for (they are newer).
+      this.conversations.set(party, new Map([...got.messages.map((m) => [m.msg_id, m]),
+        ...meanwhile]));
       this.unread = got.unread;
     } catch (err) {
       this.notice = `Could not load the messages with ${party}: ${err.message}`;
+    } finally {
+      if (this.loading.get(party) === meanwhile) this.loading.delete(party);
     }
     this.render();
   }
@@ -223,7 +234,9 @@ class App {
     if (!party || !this.unread[party] || this.reading.has(party)) return;
     if (document.visibilityState !== "visible") return;
     this.reading.add(party);
-    this.api.readMessages(party).catch(() => {}).finally(() => this.reading.delete(party));
+    // Read as far as what this page has shown: never a message that arrived since.
+    const upto = Math.max(0, ...this.#messagesOf(party).map((m) => m.order ?? 0));
+    this.api.readMessages(party, upto).catch(() => {}).finally(() => this.reading.delete(party));
   }
 
   // -- parties ---------------------------------------------------------------------------
@@ -346,10 +359,10 @@ class App {
         this.render();
       },
       sendMessage: (party, text) => this.#attempt(async () => {
-        this.#onMessageEvent(await this.api.sendMessage(party, text));
+        this.#onMessageEvent(await this.api.sendMessage(party, text), false);
       }),
       sendFile: (party, file) => this.#attempt(async () => {
-        this.#onMessageEvent(await this.api.sendFile(party, file));
+        this.#onMessageEvent(await this.api.sendFile(party, file), false);
       }),
       fileUrl: (msgId) => this.api.fileUrl(msgId),
       openVerify: (party) => {

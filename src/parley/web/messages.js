@@ -15,8 +15,9 @@ function sizeText(bytes) {
 }
 
 // sent -> delivered (to every device) -> read (by someone there); or waiting, or failed.
+// Only for what this device sent: a copy of what another of our own devices sent has none.
 export function messageStatus(message) {
-  if (!message.outgoing) return null;
+  if (!message.outgoing || message.mine === false) return null;
   if (message.state === "failed") return "failed";
   const deliveries = message.deliveries || [];
   if (deliveries.length && deliveries.some((d) => d.read_ms)) return "read";
@@ -92,8 +93,11 @@ export class ConversationView {
     const head = d.createElement("p");
     head.className = "message-head";
     const when = new Date(message.time_ms).toLocaleString();
+    const who = !message.outgoing ? message.sender
+      : message.mine === false ? `You, on ${message.sender}` : "You";
     head.textContent = message.kind === "lost" ? when
-      : `${message.outgoing ? "You" : message.sender} · ${when}`;
+      : `${who} · ${when}${message.late ? " · came late, after it was declared lost" : ""}`;
+    if (message.late) item.classList.add("late");
     const parts = [head];
     if (message.kind === "lost") {
       const notice = d.createElement("p");
@@ -134,14 +138,15 @@ export class ConversationView {
     name.className = "file-name";
     name.textContent = `${f.name} · ${sizeText(f.size)}`;
     box.append(name);
-    const whole = message.outgoing ? message.state !== "queued" || f.done >= f.chunks
+    const ours = message.outgoing && message.mine !== false; // this device's own copy
+    const whole = ours ? message.state !== "queued" || f.done >= f.chunks
       : message.state === "complete";
-    if (!whole || (message.outgoing && message.state === "queued")) {
+    if (!whole || (ours && message.state === "queued")) {
       const bar = d.createElement("progress");
       bar.dataset.testid = "file-progress";
       bar.max = Math.max(1, f.chunks);
       bar.value = f.done;
-      bar.setAttribute("aria-label", `${message.outgoing ? "sent" : "received"} ${f.done} of ${f.chunks} parts`);
+      bar.setAttribute("aria-label", `${ours ? "sent" : "received"} ${f.done} of ${f.chunks} parts`);
       box.append(bar);
     }
     if (message.state === "corrupt") {
@@ -149,7 +154,7 @@ export class ConversationView {
       bad.className = "form-error";
       bad.textContent = "It arrived damaged (its checksum does not match) and is not offered.";
       box.append(bad);
-    } else if (message.outgoing || message.state === "complete") {
+    } else if (ours || message.state === "complete") {
       const link = d.createElement("a");
       link.dataset.testid = "file-download";
       link.href = this.actions.downloadUrl(message.msg_id);

@@ -117,7 +117,7 @@ export class TerminalApi {
     const query = new URLSearchParams({ to, name: file.name, type: file.type || "application/octet-stream" });
     return this.#request("POST", `/api/messages/file?${query}`, file);
   }
-  readMessages(party) { return this.#request("POST", "/api/messages/read", { party }); }
+  readMessages(party, upto) { return this.#request("POST", "/api/messages/read", { party, upto }); }
   // A file's download address (the token in it: a link cannot carry a header).
   fileUrl(msgId) { return `/api/files/${encodeURIComponent(msgId)}?token=${encodeURIComponent(this.token)}`; }
   acknowledgeAlarms(ids) {
