@@ -111,11 +111,35 @@ class LocalLine:
         return terminal
 
     async def stop(self) -> None:
+        hung: list[AssertionError] = []
         for terminal in self.terminals:
-            with contextlib.suppress(Exception):
-                await terminal.stop()
+            try:
+                await _bounded(terminal.stop(), f"stopping the terminal {terminal.config.data_dir}")
+            except AssertionError as exc:
+                hung.append(exc)
+            except Exception:  # a terminal a test broke on purpose
+                pass
         if self._runner is not None:
-            await self._runner.cleanup()
+            await _bounded(self._runner.cleanup(), "stopping the line server")
+        if hung:
+            raise hung[0]
+
+
+STOP_TIMEOUT_S = 30.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Await one step of a teardown; one that hangs fails naming itself and what it awaits."""
+    try:
+        await asyncio.wait_for(step, STOP_TIMEOUT_S)
+    except TimeoutError:
+        stacks = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack(limit=8)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            stacks.append(f"  {task.get_name()}: {where}")
+        raise AssertionError(f"{what} took over {STOP_TIMEOUT_S:.0f} s; tasks:\n"
+                             + "\n".join(stacks)) from None
 
 
 @contextlib.asynccontextmanager
