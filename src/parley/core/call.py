@@ -112,6 +112,7 @@ class CallEvent(StrEnum):
     REFUSED_NOT_VERIFIED = "refused_not_verified"  # our policy: its key is not verified
     REFUSED_BUSY = "refused_busy"  # we are in another call
     OFFER_EXPIRED = "offer_expired"  # it came after its caller gave up
+    REFUSED_PURPOSE = "refused_purpose"  # a test call to a person, or a real one to a test set
 
 
 class EndReason(StrEnum):
@@ -143,6 +144,7 @@ _ENDINGS = {
     CallEvent.REFUSED_NOT_VERIFIED: EndReason.NOT_VERIFIED,
     CallEvent.REFUSED_BUSY: EndReason.MISSED,
     CallEvent.OFFER_EXPIRED: EndReason.MISSED,
+    CallEvent.REFUSED_PURPOSE: EndReason.REJECTED,
 }
 
 # Where the same event means something else in one state (a ring timeout here is
@@ -176,7 +178,8 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
         _E.LOCAL_ACCEPTED: _S.CONNECTING,
         **{e: _S.ENDED for e in _ENDS_ANY | {_E.LOCAL_DECLINE, _E.REMOTE_CANCEL,
                                              _E.RING_TIMEOUT, _E.REFUSED_NOT_VERIFIED,
-                                             _E.REFUSED_BUSY, _E.OFFER_EXPIRED}},
+                                             _E.REFUSED_BUSY, _E.OFFER_EXPIRED,
+                                             _E.REFUSED_PURPOSE}},
     },
     _S.CONNECTING: {
         _E.MEDIA_VERIFIED: _S.ACTIVE,
@@ -210,6 +213,7 @@ _WIRE_REASON_BY_EVENT: dict[CallEvent, str | None] = {
     CallEvent.REFUSED_NOT_VERIFIED: "not_verified",
     CallEvent.REFUSED_BUSY: "busy",
     CallEvent.OFFER_EXPIRED: None,
+    CallEvent.REFUSED_PURPOSE: "declined",
 }
 
 
@@ -257,6 +261,8 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "media": schema.text(8, choices=frozenset(MediaKind)),
         "expires": schema.integer(0, 2**53),  # ms since the epoch: the caller gives up then
         "sas_commit": schema.text(44),  # safety.sas_commitment of the caller's nonce
+        # A line test's id: a test call, answered by test sets only (core.linetest).
+        "test": schema.text(32, required=False),
     },
     "call.ringing": {"call_id": _CALL_ID},
     "call.answer": {
@@ -377,6 +383,7 @@ class CallInfo:
     remote_audio: bool
     remote_video: bool
     alarm: str | None
+    test_id: str | None = None  # a line test's call (core.linetest), never a person's
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
@@ -416,6 +423,7 @@ class Call:
     remote_nonce: bytes | None = None
     remote_commit: str | None = None
     told_late: bool = False  # ended here, and the peer, late, told so once
+    test_id: str | None = None  # a line test's call
 
     @property
     def role(self) -> str:
@@ -451,17 +459,22 @@ class Call:
             remote_audio=self.remote_audio,
             remote_video=self.remote_video and self.media is MediaKind.VIDEO,
             alarm=self.alarm,
+            test_id=self.test_id,
         )
 
 
 class CallBook:
     """Every call of one device. Pure: give it events and `now`, act on what it returns."""
 
-    def __init__(self, keys: DeviceKeys, device_id: str, *, require_verified: bool = True) -> None:
+    def __init__(self, keys: DeviceKeys, device_id: str, *, require_verified: bool = True,
+                 test_set: bool = False) -> None:
         self._keys = keys
         self.device_id = device_id
         self.me = keys.public(device_id)
         self.require_verified = require_verified
+        # A test set (core.linetest) takes part in test calls only; any other device in
+        # none: a line test never rings a person, and a person never reaches a test set.
+        self.test_set = test_set
         self._calls: dict[str, Call] = {}
         self._notices = notice.NoticeLimiter()
 
@@ -500,9 +513,16 @@ class CallBook:
         media: MediaKind,
         now_ms: int,
         call_id: str | None = None,
+        test_id: str | None = None,
     ) -> tuple[str, list[Action]]:
-        """Start an outgoing call. Raises LocalError if policy forbids it."""
+        """Start an outgoing call (a line test's, with `test_id`). LocalError if refused."""
         self._check_policy(peer, trust, outgoing=True)
+        if self.test_set != (test_id is not None):
+            raise LocalError(
+                "this terminal is a test set: it places line tests only" if self.test_set else
+                "only a test set places line tests", code=ErrorCode.INVALID_STATE,
+                hint="run 'parley linetest run' against the site's test set"
+                     if not self.test_set else "call from a person's terminal")
         if self.live():
             raise LocalError(
                 "a call is already in progress", code=ErrorCode.BUSY,
@@ -517,6 +537,7 @@ class CallBook:
             state=CallState.DIALING,
             started_ms=now_ms,
             deadline_ms=now_ms + MEDIA_SETUP_TIMEOUT_MS,
+            test_id=test_id,
         )
         call.media_started = True
         self._calls[call.call_id] = call
@@ -545,6 +566,8 @@ class CallBook:
             payload["media"] = str(call.media)
             payload["expires"] = call.deadline_ms
             payload["sas_commit"] = sas_commitment(call_id, self.device_id, call.local_nonce)
+            if call.test_id is not None:
+                payload["test"] = call.test_id
         else:
             payload["sas_nonce"] = b64e(call.local_nonce)
         description = self._send(
@@ -815,7 +838,7 @@ class CallBook:
             media=MediaKind(payload["media"]), state=CallState.RINGING, started_ms=now_ms,
             deadline_ms=now_ms + RING_TIMEOUT_MS, remote_dtls=normalize_fingerprint(
                 payload["dtls"]), remote_sdp=payload["sdp"],
-            remote_commit=payload["sas_commit"],
+            remote_commit=payload["sas_commit"], test_id=payload.get("test"),
         )
         others_live = bool(self.live())
         self._calls[call_id] = call
@@ -831,6 +854,11 @@ class CallBook:
             call.alarm = str(refusal)
             return [Alarm(call_id, refusal.code, refusal.message, refusal.hint),
                     *self._fire(call, CallEvent.REFUSED_NOT_VERIFIED, now_ms, local=True)]
+        if self.test_set != (call.test_id is not None):
+            call.alarm = ("a real call refused: this terminal is a test set" if self.test_set
+                          else "a line test refused: this terminal is not a test set;"
+                               " nothing rang")
+            return self._fire(call, CallEvent.REFUSED_PURPOSE, now_ms, local=True)
         if others_live:
             call.alarm = "missed while busy on another call"
             return self._fire(call, CallEvent.REFUSED_BUSY, now_ms, local=True)

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     DEVICE_EXISTS = "device_exists"
     DEVICE_REVOKED = "device_revoked"
     SERVER_ERROR = "server_error"
+    FORBIDDEN = "forbidden"  # allowed to nobody in this role (e.g. filing another's test)
     # security alarms
     BAD_SIGNATURE = "bad_signature"
     DECRYPT_FAILED = "decrypt_failed"
@@ -53,6 +54,7 @@ class ErrorCode(StrEnum):
     INTERCEPTED = "intercepted"  # the peer reports that it detected interception
     COMMITMENT_MISMATCH = "commitment_mismatch"  # a SAS commitment opened to another value
     NEW_DEVICE = "new_device"  # a party we verified gained a device we have not verified
+    STATUS_UNPROVEN = "status_unproven"  # the server shows a line's state without its proof
     # local: policy and misuse
     NOT_VERIFIED = "not_verified"
     NOT_ENROLLED = "not_enrolled"
@@ -126,6 +128,7 @@ _ALARM_TITLES = {
     ErrorCode.STALE: "Stale message",
     ErrorCode.COMMITMENT_MISMATCH: "Call intercepted",
     ErrorCode.NEW_DEVICE: "A verified party has a new device",
+    ErrorCode.STATUS_UNPROVEN: "The server shows a line test nobody signed",
 }
 
 

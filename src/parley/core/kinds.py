@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import notice, schema
+from . import linetest, notice, schema
 from .call import OFFER_MAX_AGE_MS, PAYLOADS, SIGNALING_MAX_AGE_MS
 from .messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
 from .messages import PAYLOADS as MESSAGE_PAYLOADS
@@ -64,6 +64,12 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     # sender asks again for what is missing beyond that; see core.messages).
     *(Kind(name, fields, MESSAGE_MAX_AGE_MS, stored=True, call_signaling=False)
       for name, fields in MESSAGE_PAYLOADS.items()),
+    # A line test's message round trip goes the way messages go (stored, then forwarded);
+    # a ping or pong held longer than a test lasts answers nothing.
+    *(Kind(name, fields, linetest.PING_MAX_AGE_MS, stored=True, call_signaling=False)
+      for name, fields in linetest.PAYLOADS.items() if name != "linetest.result"),
+    Kind("linetest.result", linetest.PAYLOADS["linetest.result"], linetest.RESULT_MAX_AGE_MS,
+         stored=True, call_signaling=False),
 )}
 assert set(KINDS) >= set(PAYLOADS) | set(MESSAGE_PAYLOADS), "every payload has its kind"
 

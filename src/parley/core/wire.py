@@ -16,6 +16,8 @@ then, in any order::
     server -> {"t":"deliver","env":{...}}                client -> {"t":"ack","id":...}
     client -> {"t":"directory","party":"moscow","ref":..} server -> {"t":"directory","ref":..,...}
     client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}
+    client -> {"t":"linetest","record":{...},"ref":..}    server -> {"t":"filed","ref":..,...}
+    client -> {"t":"lines","ref":..}                      server -> {"t":"lines","ref":..,...}
     server -> {"t":"presence","device":...,"online":...}
     server -> {"t":"roster","party":...}        (that party's devices changed: look again)
     server -> {"t":"acked","ids":[...]}         (these acks are committed: deleted for good)
@@ -98,6 +100,10 @@ CLIENT_MESSAGES: dict[str, dict[str, schema.Field]] = {
     "ack": {"t": schema.text(16), "id": schema.text(32)},
     "directory": {"t": schema.text(16), "party": schema.text(NAME_MAX), "ref": _REF},
     "ping": {"t": schema.text(16), "ref": _REF},
+    # A line test's record, signed by both ends (core.linetest), filed by one of them.
+    "linetest": {"t": schema.text(16), "record": schema.obj(), "ref": _REF},
+    # The state of this device's lines, each with its last record, as the server shows it.
+    "lines": {"t": schema.text(16), "ref": _REF},
 }
 
 SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
@@ -115,6 +121,10 @@ SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
     "acked": {"t": schema.text(16), "ids": schema.Field(list, max_len=MAX_BATCH)},
     "pong": {"t": schema.text(16), "ref": _REF, "time": schema.integer(0, 2**53,
                                                                       required=False)},
+    "filed": {"t": schema.text(16), "test_id": schema.text(32),
+              "status": schema.text(8, choices=frozenset({"green", "amber", "red"})),
+              "reasons": schema.Field(list, max_len=50), "ref": _REF},
+    "lines": {"t": schema.text(16), "lines": schema.Field(list, max_len=1000), "ref": _REF},
     "error": {"t": schema.text(16), "code": schema.text(40), "message": schema.text(2000),
               "hint": schema.text(2000, required=False), "ref": _REF,
               "id": schema.text(32, required=False)},

@@ -72,6 +72,9 @@ def handshake_fingerprint(transport: RTCDtlsTransport) -> str:
     return certificate_digest(cert, "sha-256")
 
 
+_CLOCK_RATE = {"audio": 48_000, "video": 90_000}
+
+
 @dataclass
 class ReceivedStats:
     frames: int = 0
@@ -170,7 +173,10 @@ class RobotMediaSession:
                 if s.type == "inbound-rtp":
                     out.setdefault("inbound", {})[s.kind] = {
                         "packets": s.packetsReceived, "lost": s.packetsLost,
-                        "jitter_ms": round(s.jitter * 1000, 1) if s.jitter else 0,
+                        # aiortc gives jitter in RTP timestamp units (RFC 3550), not
+                        # seconds as the browser does: Opus runs at 48 kHz, video at 90.
+                        "jitter_ms": round(s.jitter * 1000 / _CLOCK_RATE[s.kind], 2)
+                        if s.jitter else 0,
                         "bytes": getattr(s, "bytesReceived", None)}  # not in aiortc 1.16
         return out
 

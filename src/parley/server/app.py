@@ -33,14 +33,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from parley.clock import now_ms
-from parley.core import schema, wire
+from parley.core import linetest, schema, wire
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.relay.admission import Admission
 from parley.core.relay.limits import Limits
+from parley.core.relay.lines import LineBoard
 from parley.core.relay.relay import Relay, Session
 from parley.outbox import Outbox
+from parley.server.alerts import Alerter, load_alert_key
 from parley.server.listener import Guard, Listener
-from parley.server.status import render_status
+from parley.server.status import line_summaries, render_status
 from parley.server.store import DB_FILE, ServerStore
 
 log = logging.getLogger("parley.server")
@@ -48,6 +50,8 @@ log = logging.getLogger("parley.server")
 MAX_WS_MESSAGE = 1024 * 1024  # messages above this are cut off by aiohttp (close 1009)
 TICK_S = 0.25
 CLOSE_FLUSH_S = 2.0  # how long a closing connection may take to write its last frames
+LINES_TICK_MS = 1000  # how often the lines' states are looked at (a result aging out)
+LINETEST_SWEEP_MS = 3_600_000
 
 
 @dataclass
@@ -57,6 +61,11 @@ class ServerConfig:
     port: int = 8800
     public_url: str | None = None  # the origin devices sign in their login; default http://host:port
     limits: Limits = field(default_factory=Limits)
+    thresholds: linetest.Thresholds = field(default_factory=linetest.Thresholds)
+    # A line whose result has no interval of its own (a test run by hand) is red this
+    # long after twice this.
+    linetest_interval_s: int = linetest.DEFAULT_INTERVAL_S
+    alert_webhooks: list[str] = field(default_factory=list)
 
     @property
     def origin(self) -> str:
@@ -126,7 +135,14 @@ class LineServer:
         self.store = ServerStore(config.data_dir / DB_FILE)
         self._store_closed = False
         self.started_ms = now_ms()
-        self.relay = Relay(self.store, config.limits, config.origin, self.started_ms)
+        self.lines = LineBoard(self.store, config.thresholds, config.linetest_interval_s)
+        self.relay = Relay(self.store, config.limits, config.origin, self.started_ms,
+                           lines=self.lines)
+        self.alerter = Alerter(self.store, load_alert_key(config.data_dir),
+                               config.alert_webhooks, config.origin)
+        self._alerts_task: asyncio.Task[None] | None = None
+        self._next_lines_ms = 0
+        self._next_linetest_sweep_ms = 0
         self.admission: Admission[Guard] = Admission(config.limits)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
@@ -139,6 +155,7 @@ class LineServer:
             web.get("/", self.status_page),
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.metrics),
+            web.get("/lines.json", self.lines_json),
             web.post("/v1/enroll", self.enroll),
             web.get("/v1/ws", self.websocket),
         ])
@@ -152,6 +169,7 @@ class LineServer:
 
     async def _start_ticker(self, _app: web.Application) -> None:
         self._ticker = asyncio.ensure_future(self._tick())
+        self._alerts_task = asyncio.ensure_future(self.alerter.run())
 
     async def _tick(self) -> None:
         while True:
@@ -160,15 +178,33 @@ class LineServer:
                 self.relay.tick(now_ms())
             except Exception:
                 log.exception("the relay's timers failed; they run again shortly")
+            try:
+                self._tick_lines(now_ms())
+            except Exception:
+                log.exception("the lines' states could not be updated; tried again shortly")
             if self.store.group_open:
                 self._make_durable()
+
+    def _tick_lines(self, now: int) -> None:
+        if now < self._next_lines_ms:
+            return
+        self._next_lines_ms = now + LINES_TICK_MS
+        changes = self.lines.tick(now)
+        if changes:
+            self.alerter.announce(changes)
+        if now >= self._next_linetest_sweep_ms:
+            self._next_linetest_sweep_ms = now + LINETEST_SWEEP_MS
+            self.lines.forget_old(now)
 
     async def _close_store(self) -> None:
         if self._store_closed:  # a runner cleaned up twice
             return
         self._store_closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._alerts_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._make_durable()
         self.store.close()
 
@@ -187,9 +223,13 @@ class LineServer:
         return web.json_response({"ok": True, "online": len(self.relay.online)})
 
     async def status_page(self, _request: web.Request) -> web.Response:
-        html = render_status(self.store, set(self.relay.online), self.relay.counters.__dict__,
-                             now_ms() - self.started_ms)
+        html = render_status(self.store, self.lines, set(self.relay.online),
+                             self.relay.counters.__dict__, now_ms() - self.started_ms, now_ms())
         return web.Response(text=html, content_type="text/html")
+
+    async def lines_json(self, _request: web.Request) -> web.Response:
+        """The status page's lines, for tools: state, reasons, last result's figures."""
+        return web.json_response({"lines": line_summaries(self.lines, now_ms())})
 
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
@@ -353,10 +393,69 @@ class _Metrics:
             ("connections_held", "Connections held unread before closing, in all.",
              listener.held_total if listener else 0),
         ]
+        gauges.append(("alerts_waiting", "Alert deliveries waiting to be taken.",
+                       server.store.alerts_waiting()))
+        counters += [
+            ("linetests_filed", "Line test results accepted, signed by both ends.",
+             server.lines.filed),
+            ("alerts_delivered", "Alert webhook deliveries taken (2xx).",
+             server.alerter.delivered),
+            ("alerts_failed", "Alert webhook delivery attempts that failed.",
+             server.alerter.failed),
+        ]
         for name, help_, value in gauges:
             yield GaugeMetricFamily(f"parley_{name}", help_, value=value)
         for name, help_, value in counters:
             yield CounterMetricFamily(f"parley_{name}", help_, value=value)
+        refused = CounterMetricFamily(
+            "parley_linetests_refused", "Line test results refused, by reason"
+            " (a forged or one-side-signed result is bad_signature).", labels=["reason"])
+        for reason in sorted(set(server.lines.refused) | {"bad_signature"}):
+            refused.add_metric([reason], server.lines.refused[reason])
+        yield refused
+        yield from _line_metrics(server.lines, now_ms())
+
+
+def _line_metrics(board: LineBoard, now: int) -> Iterator[Metric]:
+    """Per line, named as the blackbox exporter names its probes' figures."""
+    def family(name: str, help_: str, labels: tuple[str, ...] = ("line",)) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"parley_{name}", help_, labels=list(labels))
+
+    status = family("line_status", "The line's state: 0 green, 1 amber, 2 red.")
+    success = family("linetest_success", "1 if the last line test passed (green or amber)"
+                                         " and is recent, else 0.")
+    duration = family("linetest_duration_seconds", "How long the last line test took.")
+    age = family("linetest_age_seconds", "Seconds since the last line test ended.")
+    setup = family("linetest_setup_seconds", "Call setup time, each way.", ("line", "direction"))
+    loss = family("linetest_loss_ratio", "Packets lost, each way (0-1).", ("line", "direction"))
+    jitter = family("linetest_jitter_seconds", "Audio jitter, each way.", ("line", "direction"))
+    rtt = family("linetest_rtt_seconds", "Media round-trip time (RTCP).")
+    message_rtt = family("linetest_message_rtt_seconds", "Message round trip through the"
+                                                         " server's store and forward.")
+    for state in board.states(now):
+        line = state.line
+        status.add_metric([line], linetest.SEVERITY[state.status])
+        last = board.last(line)
+        # Red covers a result too old as well: only a recent, passing test is a success.
+        success.add_metric([line], 1 if last is not None and state.status != linetest.RED
+                           else 0)
+        if last is None:
+            continue
+        record = last[0]
+        duration.add_metric([line], (record["ended_ms"] - record["started_ms"]) / 1000)
+        age.add_metric([line], max(0, now - record["ended_ms"]) / 1000)
+        shown = linetest.figures(record)
+        for way, figures in shown["ways"].items():
+            if figures["setup_ms"] is not None:
+                setup.add_metric([line, way], figures["setup_ms"] / 1000)
+            loss.add_metric([line, way], figures["loss_pct"] / 100)
+            jitter.add_metric([line, way], figures["jitter_ms"] / 1000)
+        rtts = [f["rtt_ms"] for f in shown["ways"].values() if f["rtt_ms"] is not None]
+        if rtts:
+            rtt.add_metric([line], max(rtts) / 1000)
+        if shown["message_rtt_ms"] is not None:
+            message_rtt.add_metric([line], shown["message_rtt_ms"] / 1000)
+    yield from (status, success, duration, age, setup, loss, jitter, rtt, message_rtt)
 
 
 async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]:

@@ -25,12 +25,14 @@ date at open, one step at a time (`MIGRATIONS`).
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DevicePublicKeys, check_name, device_id, split_device_id
@@ -81,6 +83,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (recipient, id)
     ) WITHOUT ROWID;
     CREATE INDEX acked_time ON acked (stored_ms);
+    """,
+    # 4: line tests signed by both ends, each line's announced state, alerts to deliver
+    """
+    CREATE TABLE linetests (
+        test_id TEXT PRIMARY KEY, line TEXT NOT NULL, caller TEXT NOT NULL,
+        callee TEXT NOT NULL, ended_ms INTEGER NOT NULL, filed_ms INTEGER NOT NULL,
+        status TEXT NOT NULL, reasons TEXT NOT NULL, record TEXT NOT NULL
+    );
+    CREATE INDEX linetests_line ON linetests (line, ended_ms);
+    CREATE TABLE line_state (
+        line TEXT PRIMARY KEY, status TEXT NOT NULL, reasons TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, body BLOB NOT NULL,
+        created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -493,3 +513,70 @@ class ServerStore:
         rows = self.db.execute("SELECT recipient, sender, COUNT(*), SUM(length(body)) FROM"
                                " mailbox GROUP BY recipient, sender")
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    # -- line tests (core.relay.lines) -------------------------------------------------
+
+    def add_linetest(self, record: dict[str, Any], filed_ms: int, status: str,
+                     reasons: list[str]) -> bool:
+        try:
+            self.db.execute(
+                "INSERT INTO linetests VALUES (?,?,?,?,?,?,?,?,?)",
+                (record["test_id"], record["line"], record["caller"], record["callee"],
+                 record["ended_ms"], filed_ms, status, json.dumps(reasons), json.dumps(record)))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def last_linetest(self, line: str) -> tuple[dict[str, Any], str, list[str]] | None:
+        row = self.db.execute("SELECT record, status, reasons FROM linetests WHERE line=?"
+                              " ORDER BY ended_ms DESC LIMIT 1", (line,)).fetchone()
+        return (json.loads(row[0]), row[1], json.loads(row[2])) if row else None
+
+    def linetest_history(self, line: str, since_ms: int, limit: int = 20_000
+                         ) -> list[tuple[dict[str, Any], str, list[str]]]:
+        """A line's results since then, oldest first."""
+        rows = self.db.execute(
+            "SELECT record, status, reasons FROM (SELECT record, status, reasons, ended_ms FROM"
+            " linetests WHERE line=? AND ended_ms>=? ORDER BY ended_ms DESC LIMIT ?)"
+            " ORDER BY ended_ms", (line, since_ms, limit))
+        return [(json.loads(r[0]), r[1], json.loads(r[2])) for r in rows]
+
+    def line_states(self) -> dict[str, tuple[str, list[str], int]]:
+        return {r[0]: (r[1], json.loads(r[2]), r[3]) for r in
+                self.db.execute("SELECT line, status, reasons, since_ms FROM line_state")}
+
+    def set_line_state(self, line: str, status: str, reasons: list[str], since_ms: int) -> None:
+        self.db.execute("INSERT INTO line_state VALUES (?,?,?,?) ON CONFLICT(line) DO UPDATE"
+                        " SET status=excluded.status, reasons=excluded.reasons,"
+                        " since_ms=excluded.since_ms", (line, status, json.dumps(reasons),
+                                                        since_ms))
+
+    def forget_linetests(self, ended_before_ms: int) -> int:
+        return self.db.execute("DELETE FROM linetests WHERE ended_ms<?",
+                               (ended_before_ms,)).rowcount
+
+    # -- alerts to deliver (server.alerts) ----------------------------------------------
+
+    def queue_alert(self, url: str, body: bytes, now_ms: int) -> None:
+        self.db.execute("INSERT INTO alerts (url, body, created_ms, next_ms) VALUES (?,?,?,?)",
+                        (url, body, now_ms, now_ms))
+
+    def due_alerts(self, now_ms: int, limit: int = 20) -> list[tuple[int, str, bytes, int, int]]:
+        """(id, url, body, attempts, created_ms) of alerts due now, oldest first."""
+        return list(self.db.execute(
+            "SELECT id, url, body, attempts, created_ms FROM alerts WHERE next_ms<=?"
+            " ORDER BY id LIMIT ?", (now_ms, limit)))
+
+    def next_alert_ms(self) -> int | None:
+        row = self.db.execute("SELECT MIN(next_ms) FROM alerts").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def alert_done(self, ident: int) -> None:
+        self.db.execute("DELETE FROM alerts WHERE id=?", (ident,))
+
+    def alert_failed(self, ident: int, next_ms: int, error: str) -> None:
+        self.db.execute("UPDATE alerts SET attempts=attempts+1, next_ms=?, last_error=?"
+                        " WHERE id=?", (next_ms, error[:300], ident))
+
+    def alerts_waiting(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])

@@ -60,11 +60,13 @@ from parley.core.errors import (
 )
 from parley.core.keys import split_device_id
 from parley.core.kinds import kind_of
+from parley.core.linetest import PAYLOADS as LINETEST_PAYLOADS
 from parley.core.messages import PAYLOADS as MESSAGE_PAYLOADS
 from parley.core.replay import ReplayGuard
 from parley.core.trust import Trust, verify_hint
 from parley.media.engine import MediaEngine, MediaSession
 from parley.media.robot import RobotMedia, RobotOptions
+from parley.terminal.linetest import LineTester, LineTestSettings
 from parley.terminal.link import ServerLink
 from parley.terminal.messages import Messenger
 from parley.terminal.peers import PeerBook
@@ -88,6 +90,8 @@ class TerminalConfig:
     robot: RobotOptions = field(default_factory=RobotOptions)
     # False only for the messages benchmark's baseline (relayed, not stored, by the server).
     messages_stored: bool = True
+    # A test set (`--test-set`) takes part in line tests only; see terminal.linetest.
+    linetest: LineTestSettings = field(default_factory=LineTestSettings)
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -105,7 +109,11 @@ class Terminal:
                              hint="pass --server or enroll first")
         self.me = self.keys.public(self.device_id)
         self.party = self.me.party
-        self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified)
+        if config.linetest.test_set and config.media != "robot":
+            raise LocalError("a test set uses robot media", code=ErrorCode.BAD_CONFIG,
+                             hint="drop --media browser: a test set never reaches a person")
+        self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified,
+                             test_set=config.linetest.test_set)
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
@@ -116,6 +124,11 @@ class Terminal:
             require_verified=lambda: self.book.require_verified, publish=self._publish,
             alarm=lambda call_id, alarm, subject: self._alarm(call_id, alarm, subject=subject),
             stored=config.messages_stored, listened=lambda: bool(self._listeners))
+        self.linetests = LineTester(
+            host=self, keys=self.keys, me=self.me, store=self.store, link=self.link,
+            peers=self.peers, settings=config.linetest, publish=self._publish,
+            alarm=lambda alarm, subject: self._alarm(None, alarm, subject=subject),
+            spawn=self._spawn_lane_task)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
@@ -136,6 +149,7 @@ class Terminal:
         self._tasks = [asyncio.ensure_future(coro) for coro in
                        (self.link.run(), self._timers(), self._watch_peers())]
         self.messages.start()
+        self.linetests.start()
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -154,6 +168,7 @@ class Terminal:
             with contextlib.suppress(Exception):
                 await session.close()
         await self.messages.stop()
+        await self.linetests.stop()
         await self.link.close()
         self.store.close()
 
@@ -163,14 +178,26 @@ class Terminal:
         self._listeners.add(listener)
         return lambda: self._listeners.discard(listener)
 
-    async def place_call(self, target: str, media: MediaKind = MediaKind.VIDEO) -> CallInfo:
+    async def place_call(self, target: str, media: MediaKind = MediaKind.VIDEO, *,
+                         test_id: str | None = None) -> CallInfo:
         device = await self.peers.resolve(target)
         trust, keys, _ = await self.peers.trust(device.device_id, fresh=True)
-        call_id, actions = self.book.place(keys, trust, media, now_ms())
+        call_id, actions = self.book.place(keys, trust, media, now_ms(), test_id=test_id)
         self._placed_at[call_id] = time.monotonic()
-        log.info("calling %s (%s, %s)", keys.device_id, media, trust)
+        log.info("calling %s (%s, %s%s)", keys.device_id, media, trust,
+                 f", line test {test_id}" if test_id else "")
         self._run(actions)
         return self.book.info(call_id)
+
+    async def place_test_call(self, target: str, test_id: str) -> CallInfo:
+        """A line test's call (test sets only: see terminal.linetest)."""
+        return await self.place_call(target, MediaKind.VIDEO, test_id=test_id)
+
+    def live_call(self, call_id: str) -> CallInfo | None:
+        try:
+            return self.book.info(call_id)
+        except LocalError:
+            return None
 
     def accept(self, call_id: str) -> CallInfo:
         self._run(self.book.accept(call_id, now_ms()))
@@ -233,6 +260,7 @@ class Terminal:
             "calls": [c.to_json() for c in self.book.calls()],
             "alarms": self.alarms,
             "unread": self.messages.unread(),
+            "test_set": self.book.test_set,
         }
 
     @property
@@ -324,6 +352,10 @@ class Terminal:
                     self.store.remember_envelope(envelope.id, self.replay.remember(envelope),
                                                  now)
                     self.messages.receive(envelope, payload, trust, now)
+                return True
+            if envelope.type in LINETEST_PAYLOADS:
+                self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
+                self.linetests.receive(envelope, payload, keys, trust)
                 return True
             self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
         except SecurityAlarm as alarm:
@@ -572,7 +604,8 @@ class Terminal:
             data["since_placed_ms"] = round((time.monotonic() - placed) * 1000, 1)
         self._publish({"t": "call", "call": data})
         if (info.state is CallState.RINGING and info.direction == "incoming"
-                and self.config.auto_answer):
+                and (self.config.auto_answer or self.book.test_set)):
+            # A test set rings only for test calls (the book refuses others) and takes them.
             try:
                 self.accept(info.call_id)
             except LocalError as exc:

@@ -66,6 +66,12 @@ CREATE INDEX IF NOT EXISTS alarms_open ON alarms (key) WHERE acked_ms IS NULL;
 CREATE TABLE IF NOT EXISTS seen_devices (
     device_id TEXT PRIMARY KEY, party TEXT NOT NULL, first_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS linetests (
+    test_id TEXT PRIMARY KEY, line TEXT NOT NULL, ended_ms INTEGER NOT NULL,
+    status TEXT NOT NULL, reasons TEXT NOT NULL, record TEXT, source TEXT NOT NULL,
+    filed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS linetests_line ON linetests (line, ended_ms);
 """
 
 
@@ -305,6 +311,37 @@ class TerminalStore:
     def recent_calls(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT info FROM call_log ORDER BY rowid DESC LIMIT ?", (limit,))
         return [json.loads(r[0]) for r in rows]
+
+    # -- line tests (terminal.linetest) -------------------------------------------------
+
+    def add_linetest(self, test_id: str, line: str, ended_ms: int, status: str,
+                     reasons: list[str], record: dict[str, Any] | None, source: str,
+                     filed: bool = False) -> bool:
+        """Keep a result (record None: a test that failed before both ends signed)."""
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO linetests VALUES (?,?,?,?,?,?,?,?)",
+            (test_id, line, ended_ms, status, json.dumps(reasons),
+             json.dumps(record) if record is not None else None, source, int(filed)))
+        return cursor.rowcount == 1
+
+    def linetests(self, line: str, since_ms: int = 0, limit: int = 5000
+                  ) -> list[dict[str, Any]]:
+        """A line's results since then, oldest first."""
+        rows = self.db.execute(
+            "SELECT test_id, ended_ms, status, reasons, record, source, filed FROM (SELECT *"
+            " FROM linetests WHERE line=? AND ended_ms>=? ORDER BY ended_ms DESC LIMIT ?)"
+            " ORDER BY ended_ms", (line, since_ms, limit))
+        return [{"test_id": r[0], "ended_ms": r[1], "status": r[2], "reasons": json.loads(r[3]),
+                 "record": json.loads(r[4]) if r[4] else None, "source": r[5],
+                 "filed": bool(r[6])} for r in rows]
+
+    def unfiled_linetests(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT record FROM linetests WHERE filed=0 AND record IS NOT"
+                               " NULL AND source='caller' ORDER BY ended_ms")
+        return [json.loads(r[0]) for r in rows]
+
+    def linetest_filed(self, test_id: str) -> None:
+        self.db.execute("UPDATE linetests SET filed=1 WHERE test_id=?", (test_id,))
 
     # -- control file ----------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from ..replay import MAX_FUTURE_SKEW_MS
 from .buckets import TokenBucket
 from .fastpath import Header, quick_send
 from .limits import BAD_FRAME_BURST, Limits
+from .lines import LineBoard
 
 # Errors that say the client itself sent something malformed; these spend its budget.
 _MALFORMED = frozenset({ErrorCode.BAD_MESSAGE, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_TYPE})
@@ -238,8 +239,10 @@ def _mib(size: int) -> str:
 class Relay:
     """Every session of one server process. Pure: give it messages and `now`."""
 
-    def __init__(self, store: RelayStore, limits: Limits, origin: str, now_ms: int) -> None:
+    def __init__(self, store: RelayStore, limits: Limits, origin: str, now_ms: int,
+                 lines: LineBoard | None = None) -> None:
         self.store = store
+        self.lines = lines  # line-test results filed and shown (None: not kept here)
         self.limits = limits
         self.origin = origin
         self.counters = Counters()
@@ -360,6 +363,8 @@ class Relay:
                 self._directory(session, msg)
             elif kind == "ping":
                 self._send(session, {"t": "pong", "ref": ref, "time": now_ms})
+            elif kind in ("linetest", "lines"):
+                self._lines(session, msg, now_ms)
         except _RateLimited as limited:
             self._reply_error(session, limited.error, limited.ref)
         except RemoteError as exc:
@@ -623,6 +628,19 @@ class Relay:
             "devices": [d.to_json() for d in devices],
             "online": [d.device_id for d in devices if d.device_id in self.online],
         })
+
+    def _lines(self, session: Session, msg: dict[str, Any], now_ms: int) -> None:
+        if self.lines is None:
+            raise RemoteError("this server keeps no line tests", code=ErrorCode.UNKNOWN_TYPE)
+        assert session.device is not None and session.party is not None
+        if msg["t"] == "lines":
+            self._send(session, {"t": "lines", "ref": msg.get("ref"),
+                                 "lines": self.lines.for_party(session.party, now_ms)})
+            return
+        status, reasons = self.lines.file(session.device, msg["record"], now_ms)
+        self._send(session, {"t": "filed", "ref": msg.get("ref"),
+                             "test_id": msg["record"]["test_id"], "status": status,
+                             "reasons": reasons[:50]})
 
     # -- time and the directory -----------------------------------------------------------
 
