@@ -52,12 +52,29 @@ def _limit_options() -> list[Option]:
                    type=int if isinstance(f.default, int) else float) for f in fields(Limits)]
 
 
+def _threshold_options() -> list[Option]:
+    """One option per line-test threshold (``--linetest-amber-loss-pct``...), from
+    `core.linetest.Thresholds`; the same for the server and the terminals."""
+    from dataclasses import fields
+
+    from parley.core.linetest import THRESHOLD_HELP, Thresholds
+
+    return [Option("linetest-" + f.name.replace("_", "-"), THRESHOLD_HELP[f.name], f.default,
+                   type=int if isinstance(f.default, int) else float)
+            for f in fields(Thresholds)]
+
+
 SERVER_OPTIONS = [
     Option("data", "server data directory", default_home() / "server", type=Path),
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
     Option("log-level", "debug, info, warning or error", "info"),
+    Option("alert-webhook", "POST each change of a line's state here (Alertmanager's webhook"
+           " format, signed: see 'parley server alert-key')", [], many=True),
+    Option("linetest-interval", "seconds between a line's scheduled tests, for a result that"
+           " does not say (a line is red after twice this without one)", 3600, type=int),
+    *_threshold_options(),
     *_limit_options(),
 ]
 TERMINAL_OPTIONS = [
@@ -78,7 +95,14 @@ TERMINAL_OPTIONS = [
     Option("record", "record received media to DIR/<call>.webm", type=Path),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
+    Option("test-set", "run as this site's test set: robot media, takes part in line tests"
+           " only, never in a real call", False, flag=True),
+    Option("linetest-every", "a test set tests each of its lines this often, in seconds"
+           " (give or take a tenth; 0: never on its own)", 3600.0, type=float),
+    Option("linetest-duration", "seconds a line test's call lasts", 10.0, type=float),
+    Option("peer-test-set", "the device name of the other sites' test sets", "testset"),
     Option("log-level", "debug, info, warning or error", "info"),
+    *_threshold_options(),
 ]
 DATA_OPTION = [Option("data", "terminal data directory", default_home() / "terminal", type=Path)]
 
@@ -88,12 +112,16 @@ DATA_OPTION = [Option("data", "terminal data directory", default_home() / "termi
 def server_config(cfg: dict[str, Any]) -> Any:
     from dataclasses import fields
 
+    from parley.core.linetest import Thresholds
     from parley.core.relay.limits import Limits
     from parley.server.app import ServerConfig
 
     limits = Limits(**{f.name: cfg[f.name] for f in fields(Limits)})
     return ServerConfig(data_dir=cfg["data"], host=cfg["host"], port=cfg["port"],
-                        public_url=cfg["public_url"], limits=limits)
+                        public_url=cfg["public_url"], limits=limits,
+                        thresholds=Thresholds.from_settings(cfg),
+                        linetest_interval_s=cfg["linetest_interval"],
+                        alert_webhooks=list(cfg["alert_webhook"]))
 
 
 def cmd_server_run(args: argparse.Namespace) -> int:
@@ -106,6 +134,24 @@ def cmd_server_run(args: argparse.Namespace) -> int:
     config = server_config(cfg)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
+    return 0
+
+
+def cmd_alert_key(args: argparse.Namespace) -> int:
+    from parley.server.alerts import SIGNATURE_HEADER, load_alert_key, public_key_text
+
+    data = resolve(args, SERVER_OPTIONS[:1], "server")["data"]
+    from parley.files import private_dir
+
+    private_dir(data)
+    key = public_key_text(load_alert_key(data))
+    if args.json:
+        print(json.dumps({"algorithm": "ed25519", "public_key": key,
+                          "header": SIGNATURE_HEADER}))
+    else:
+        print(f"ed25519 {key}")
+        print(f"  every alert webhook body is signed with this key: header {SIGNATURE_HEADER}:"
+              " ed25519=<base64 signature of the exact body>")
     return 0
 
 
@@ -255,9 +301,11 @@ def cmd_terminal_enroll(args: argparse.Namespace) -> int:
 
 
 def terminal_config(cfg: dict[str, Any]) -> Any:
+    from parley.core.linetest import Thresholds
     from parley.media.ice import IceConfig, parse_ice_server
     from parley.media.robot import RobotOptions
     from parley.terminal.app import TerminalConfig
+    from parley.terminal.linetest import LineTestSettings
 
     ice = IceConfig(servers=tuple(parse_ice_server(s) for s in cfg["ice_server"]),
                     host_addresses=tuple(cfg["ice_host"]) or None)
@@ -265,7 +313,11 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         data_dir=cfg["data"], server_url=cfg["server"], require_verified=cfg["require_verified"],
         auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
         messages_stored=not cfg["messages_relayed"],
-        robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]))
+        robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]),
+        linetest=LineTestSettings(
+            test_set=cfg["test_set"], every_s=cfg["linetest_every"] or None,
+            duration_s=cfg["linetest_duration"], thresholds=Thresholds.from_settings(cfg),
+            peer_test_set=cfg["peer_test_set"]))
 
 
 def cmd_terminal_run(args: argparse.Namespace) -> int:
@@ -651,6 +703,59 @@ def cmd_message_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _linetest_line(result: dict[str, Any]) -> str:
+    mark = {"green": "GREEN", "amber": "AMBER", "red": "RED"}[result["status"]]
+    why = "; ".join(result.get("reasons") or []) or "every figure within its threshold"
+    return f"{result['line']}: {mark} -- {why}"
+
+
+def cmd_linetest_run(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    body: dict[str, Any] = {"line": args.line, "callee": args.callee}
+    if args.duration is not None:
+        body["duration_s"] = args.duration
+    if not args.json:
+        print(f"line test of {args.line or 'this site’s line'}: a verified test call of"
+              f" {args.duration or 'the set'} s and a message round trip...", flush=True)
+    result = control_request(data, "POST", "/api/linetest", body,
+                             timeout=(args.duration or 600) + 120)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_linetest_line(result))
+        for way, f in (result.get("ways") or {}).items():
+            print(f"  {way}: setup {f['setup_ms']} ms, loss {f['loss_pct']:.1f}%, jitter"
+                  f" {f['jitter_ms']} ms, rtt {f['rtt_ms']} ms, {f['video_frames']} video"
+                  f" frames, {f['audio_frames']} audio frames,"
+                  f" {'verified' if f['verified'] else 'NOT VERIFIED'}")
+        if result.get("message_rtt_ms") is not None:
+            print(f"  message round trip {result['message_rtt_ms']} ms")
+        if result.get("signed_by"):
+            print(f"  signed by {' and '.join(result['signed_by'])};"
+                  f" {'filed with the server' if result.get('filed') else 'NOT filed yet'}")
+    return 0 if result["status"] == "green" else 1
+
+
+def cmd_linetest_status(args: argparse.Namespace) -> int:
+    from parley.core.linetest import age_text
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    view = control_request(data, "GET", "/api/lines?refresh=1")
+    if args.json:
+        print(json.dumps(view))
+        return 0
+    if not view["lines"]:
+        print("no lines yet (is the terminal connected to its server?)")
+    for line in view["lines"]:
+        age = f", last test {age_text(line['age_ms'])} ago" if line["age_ms"] is not None else ""
+        print(_linetest_line(line) + age)
+        server = line.get("server")
+        if server:
+            print(f"  the server shows it {server['status']}"
+                  + (f" -- {server['problem']}" if server.get("problem") else ""))
+    return 0 if all(line["status"] == "green" for line in view["lines"]) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parley.demo import run_demo
 
@@ -707,6 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ssub, "cancel-code", "cancel an enrollment code given out by mistake",
                 cmd_cancel_code, SERVER_OPTIONS[:1])
     p.add_argument("code")
+    p = command(ssub, "alert-key", "the public key that signs every alert webhook",
+                cmd_alert_key, SERVER_OPTIONS[:1])
+    p.add_argument("--json", action="store_true")
     p = command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
                 SERVER_OPTIONS[:1])
     p.add_argument("--json", action="store_true")
@@ -795,6 +903,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(msub, "search", "search this terminal's messages (its own index; nothing"
                 " leaves it)", cmd_message_search, DATA_OPTION)
     p.add_argument("query", help='words; "a phrase"; a prefix*')
+    p.add_argument("--json", action="store_true")
+
+    # line tests
+    linetest = sub.add_parser("linetest", help="line tests: run one, see the lines' state",
+                              description="line tests between the sites' test sets: a"
+                              " verified test call and a message round trip, signed by both"
+                              " ends")
+    lsub = linetest.add_subparsers(dest="linetest_command", metavar="ACTION", required=True)
+    p = command(lsub, "run", "run a line test now, from this site's running test set",
+                cmd_linetest_run, DATA_OPTION)
+    p.add_argument("--line", help="the line as A:B, e.g. washington:moscow (default: the"
+                   " site's only line)")
+    p.add_argument("--callee", help="the other site's test set, party/device (default"
+                   " PARTY/testset)")
+    p.add_argument("--duration", type=float, help="seconds of test call (default: the test"
+                   " set's, 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object, with status and"
+                   " reasons")
+    p = command(lsub, "status", "this site's lines as this terminal verified them, and what"
+                " the server shows", cmd_linetest_status, DATA_OPTION)
     p.add_argument("--json", action="store_true")
 
     # alarms

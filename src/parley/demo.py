@@ -12,8 +12,13 @@ line) and pins the keys; then hands over:
   ``--human moscow`` gives moscow a UI too;
 * ``--headless`` places one robot-to-robot call, exchanges 100 hotline messages
   each way during it (each side then reads them, so that read receipts come
-  back), hangs up, stops everything and prints a summary (``--json``: one JSON
-  object, last line).
+  back), hangs up, runs one line test between the two sites' test sets, stops
+  everything and prints a summary (``--json``: one JSON object, last line).
+
+Each site also runs its test set (``<party>/testset``, `terminal.linetest`),
+verified by the other site's test set and by both persons' terminals; in the
+interactive demo they test the line every minute, so the line's state shows
+in the person's page from the start.
 
 In the interactive demo a robot side also answers every message it is sent,
 so that the person at washington sees a conversation, with receipts.
@@ -35,11 +40,14 @@ import aiohttp
 
 from parley.children import START_TIMEOUT_S, Child
 from parley.core.errors import ErrorCode, LocalError
+from parley.core.linetest import TEST_SET_DEVICE
 from parley.lab import PARTIES as SIDES
-from parley.lab import provision_line
+from parley.lab import provision_line, test_set_dir
 
 PARLEY = [sys.executable, "-m", "parley"]
 DEMO_MESSAGES = 100  # each way, in the headless demo
+DEMO_LINETEST_S = 3.0  # the demo's line test calls, shorter than a real line's 10 s
+DEMO_LINETEST_EVERY_S = 60.0  # interactive: a line test a minute
 
 class Control:
     """A client for a running terminal's local API."""
@@ -88,7 +96,7 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
         children.append(server)
         server_url = await server.line("ready: ")
         say(f"line server at {server_url} (data and logs in {root})")
-        await provision_line(root / "server", server_url, root, say=say)
+        await provision_line(root / "server", server_url, root, test_sets=True, say=say)
 
         robots = set(SIDES) if headless else set(SIDES) - {"washington", *humans}
         urls = {}
@@ -102,10 +110,21 @@ async def _demo(headless: bool, as_json: bool, humans: list[str], duration_s: fl
             child = await Child.spawn(name, args, root)
             children.append(child)
             urls[name] = await child.line("ui: ")
+        for name in SIDES:
+            test_set = f"{name}-{TEST_SET_DEVICE}"
+            child = await Child.spawn(test_set, [
+                *PARLEY, "terminal", "--data", str(test_set_dir(root, name)), "--test-set",
+                "--ui-port", "0", "--ice-host", "127.0.0.1",
+                "--linetest-duration", str(DEMO_LINETEST_S),
+                "--linetest-every", "0" if headless else str(DEMO_LINETEST_EVERY_S)], root)
+            children.append(child)
+            urls[test_set] = await child.line("ui: ")
+        say("each site's test set is running (line tests: verified test calls between them)")
         async with aiohttp.ClientSession() as http:
             controls = {name: Control(url, http) for name, url in urls.items()}
             if headless:
                 return await _headless_call(controls, duration_s, as_json, say)
+            controls = {name: controls[name] for name in SIDES}
             for name in SIDES:
                 if name not in robots:
                     print(f"ui: {urls[name]}", flush=True)
@@ -166,11 +185,12 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
         "messages": messages,
     }
     say(f"hung up: caller {ended['caller']['end_reason']}, callee {ended['callee']['end_reason']}")
+    summary["linetest"] = await _line_test(controls, say)
     ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
           and all(n > 0 for n in summary["video_frames"].values())
           and all(n > 0 for n in summary["audio_frames"].values())
           and messages["sent"] == messages["delivered"] == messages["read_receipts"]
-          == 2 * DEMO_MESSAGES)
+          == 2 * DEMO_MESSAGES and summary["linetest"]["status"] == "green")
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
@@ -180,6 +200,25 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
             f" {messages['read_receipts']} read receipts")
         say("demo call OK" if ok else "demo call FAILED")
     return 0 if ok else 1
+
+
+async def _line_test(controls: dict[str, Control], say: Any) -> dict[str, Any]:
+    """One line test from washington's test set to moscow's; its result, as the CLI's."""
+    tester = controls[f"washington-{TEST_SET_DEVICE}"]
+    for name in (f"washington-{TEST_SET_DEVICE}", f"moscow-{TEST_SET_DEVICE}"):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (await controls[name].call("GET", "/api/status"))["connected"]:
+            if time.monotonic() > deadline:
+                raise LocalError("a test set could not connect to the server")
+            await asyncio.sleep(0.05)
+    say(f"line test: washington's test set calls moscow's ({DEMO_LINETEST_S:g} s) and"
+        " sends a message round trip")
+    result: dict[str, Any] = await tester.call("POST", "/api/linetest",
+                                               {"line": "washington:moscow"})
+    reasons = "; ".join(result["reasons"]) or "every figure within its threshold"
+    say(f"line test {result['status'].upper()}: {reasons}; signed by"
+        f" {' and '.join(result['signed_by']) or 'nobody'}")
+    return result
 
 
 async def _exchange_messages(wash: Control, moscow: Control, count: int,

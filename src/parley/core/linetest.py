@@ -245,6 +245,20 @@ class Thresholds:
         return cls(**given)
 
 
+THRESHOLD_HELP = {
+    "amber_loss_pct": "a line test losing more than this % of packets either way is amber",
+    "red_loss_pct": "...and red beyond this %",
+    "amber_setup_ms": "a test call taking longer than this (ms) to be verified is amber",
+    "red_setup_ms": "...and red beyond this (ms)",
+    "amber_rtt_ms": "a media round trip longer than this (ms) is amber",
+    "red_rtt_ms": "...and red beyond this (ms)",
+    "amber_jitter_ms": "audio jitter above this (ms) either way is amber",
+    "red_jitter_ms": "...and red above this (ms)",
+    "amber_message_rtt_ms": "a message round trip longer than this (ms) is amber",
+    "red_message_rtt_ms": "...and red beyond this (ms)",
+}
+
+
 def loss_pct(measured: Mapping[str, Any]) -> float:
     """The worse of audio's and video's share of packets lost, in %."""
     worst = 0.0

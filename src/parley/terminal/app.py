@@ -118,7 +118,8 @@ class Terminal:
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
                                on_roster=self._on_roster, on_acked=self.store.confirm_acks)
-        self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm)
+        self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm,
+                              test_set_name=config.linetest.peer_test_set)
         self.messages = Messenger(
             keys=self.keys, me=self.me, store=self.store, link=self.link, peers=self.peers,
             require_verified=lambda: self.book.require_verified, publish=self._publish,

@@ -134,6 +134,8 @@ class ControlServer:
             web.post("/api/messages/read", self.read_messages),
             web.get("/api/messages/search", self.search_messages),
             web.get("/api/files/{msg_id}", self.download),
+            web.get("/api/lines", self.lines),
+            web.post("/api/linetest", self.run_linetest),
             web.get("/api/alarms", self.alarms),
             web.post("/api/alarms/ack", self.acknowledge_alarms),
             web.get("/api/events", self.events),
@@ -342,6 +344,31 @@ class ControlServer:
             "Content-Disposition": f"attachment; filename=\"{plain}\";"
                                    f" filename*=UTF-8''{quote(name, safe='')}",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+    async def lines(self, request: web.Request) -> web.Response:
+        """This site's lines as this terminal sees them (``refresh``: ask the server now)."""
+        tester = self.terminal.linetests
+        if request.query.get("refresh") in ("1", "true", "yes") \
+                and self.terminal.link.connected.is_set():
+            try:
+                await tester.check_server()
+            except ParleyError as exc:
+                log.info("could not ask the server about the lines: %s", exc)
+        return web.json_response({"test_set": self.terminal.book.test_set,
+                                  "lines": tester.view()})
+
+    async def run_linetest(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        line, callee, duration = body.get("line"), body.get("callee"), body.get("duration_s")
+        if not (line is None or isinstance(line, str)) or \
+                not (callee is None or isinstance(callee, str)) or \
+                not (duration is None or (isinstance(duration, int | float)
+                                          and not isinstance(duration, bool)
+                                          and 0 < duration <= 600)):
+            raise LocalError("give line ('A:B'), and optionally callee (party/device) and"
+                             " duration_s (0-600)", code=ErrorCode.BAD_MESSAGE)
+        result = await self.terminal.linetests.run(line, callee=callee, duration_s=duration)
+        return web.json_response(result)
 
     async def alarms(self, request: web.Request) -> web.Response:
         everything = request.query.get("all") in ("1", "true", "yes")

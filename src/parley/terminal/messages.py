@@ -231,6 +231,8 @@ class Messenger:
         chosen: list[str] = []
         refused: list[str] = []
         for device in sorted(listing.devices):
+            if self.peers.is_test_set(device):
+                continue  # a test set takes part in line tests, not in conversations
             trust = self._trust(device, listing.devices[device])
             (chosen if trust is not None else refused).append(device)
         if not chosen:
@@ -244,7 +246,7 @@ class Messenger:
         with contextlib.suppress(ParleyError):  # our own other devices, where we can reach them
             own = await self.peers.listing(self.party)
             mine = [d for d in sorted(own.devices) if d != self.device_id
-                    and self._trust(d, own.devices[d]) is not None]
+                    and not self.peers.is_test_set(d) and self._trust(d, own.devices[d]) is not None]
         if refused:
             log.info("not sending to %s: not verified here", ", ".join(refused))
         return chosen, mine

@@ -47,6 +47,9 @@ class PeerBook:
     me: DevicePublicKeys
     link: ServerLink
     on_alarm: Callable[[AlarmRecord], None] | None = None
+    # The device name of the sites' test sets (terminal.linetest): never rung for a real
+    # call, never sent a person's messages.
+    test_set_name: str | None = "testset"
     _parties: dict[str, PartyListing] = field(default_factory=dict)
 
     async def refresh(self, party: str) -> PartyListing:
@@ -108,8 +111,12 @@ class PeerBook:
         trust, keys = assess(self.store.pin(device_id), listed)
         return trust, keys, listed
 
+    def is_test_set(self, device_id: str) -> bool:
+        return self.test_set_name is not None and device_id.split("/", 1)[-1] == \
+            self.test_set_name
+
     async def resolve(self, target: str) -> DevicePublicKeys:
-        """'party' or 'party/device' -> the device to call."""
+        """'party' or 'party/device' -> the device to call (a party: never its test set)."""
         party = target.split("/", 1)[0]
         listing = await self.listing(party, fresh=True)
         if "/" in target:
@@ -126,7 +133,12 @@ class PeerBook:
             return (self.store.pin(d.device_id) is None, d.device_id not in listing.online,
                     d.device_id)
 
-        return sorted(listing.devices.values(), key=rank)[0]
+        people = [d for d in listing.devices.values() if not self.is_test_set(d.device_id)]
+        if not people:
+            raise LocalError(f"{party} has only its test set enrolled",
+                             code=ErrorCode.UNKNOWN_DEVICE,
+                             hint=f"ask {party}'s operator to enroll a person's terminal")
+        return sorted(people, key=rank)[0]
 
     async def describe(self, party: str) -> list[dict[str, Any]]:
         """What the verification screen and `parley keys show` display."""
