@@ -73,10 +73,13 @@ class LocalLine:
         self.terminals: list[Terminal] = []
 
     async def start(self, public_url: str | None = None, port: int = 0,
-                    limits: Limits | None = None) -> None:
+                    limits: Limits | None = None, **server_options: Any) -> None:
+        """Start the server (again); `server_options` are `ServerConfig` fields, kept for
+        a restart."""
         self._limits = limits or getattr(self, "_limits", None) or Limits()
+        self._server_options = server_options or getattr(self, "_server_options", {})
         config = ServerConfig(data_dir=self.root / "server", port=port, public_url=public_url,
-                              limits=self._limits)
+                              limits=self._limits, **self._server_options)
         self.server, self._runner = await start_server(config)
         self.url = f"http://127.0.0.1:{config.port}"
         self.port = config.port
@@ -93,10 +96,10 @@ class LocalLine:
         await self.stop_server()
         await self.start(self._public_url, self.port)
 
-    async def provision(self, *, verify: bool = True, via: str | None = None
-                        ) -> dict[str, Path]:
+    async def provision(self, *, verify: bool = True, via: str | None = None,
+                        test_sets: bool = False) -> dict[str, Path]:
         return await provision_line(self.root / "server", via or self.url, self.root,
-                                    verify=verify)
+                                    verify=verify, test_sets=test_sets)
 
     async def terminal(self, name: str, *, server_url: str | None = None,
                        connect: bool = True, **options: Any) -> Terminal:

@@ -266,6 +266,18 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
     assert summary["setup_ms"] > 0
     # 100 messages each way during the call, each delivered and read.
     assert summary["messages"] == {"sent": 200, "delivered": 200, "read_receipts": 200}
+    # And one line test between the sites' test sets: green, verified each way, frames both
+    # ways, signed by both ends and accepted by the server (which checks both signatures).
+    test = summary["linetest"]
+    assert test["status"] == "green" and test["reasons"] == []
+    assert test["line"] == "moscow:washington" and test["verified"] is True
+    assert sorted(test["signed_by"]) == ["moscow/testset", "washington/testset"]
+    assert test["filed"] is True and test["server_status"] == "green"
+    assert set(test["ways"]) == {"washington->moscow", "moscow->washington"}
+    for way in test["ways"].values():
+        assert way["verified"] and way["video_frames"] > 0 and way["audio_frames"] > 0
+        assert way["audio_packets"] > 0 and way["loss_pct"] < 5
+    assert 0 <= test["message_rtt_ms"] < 2000
 
 
 def test_alarms_are_listed_and_acknowledged_from_the_command_line(tmp_path: Path) -> None:

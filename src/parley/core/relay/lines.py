@@ -135,8 +135,11 @@ class LineBoard:
             before = announced.get(state.line)
             if before is not None and before[0] == state.status:
                 continue
-            if before is None and state.reasons == ("never tested",):
-                # A new line starts red without an alert: nothing has gone wrong yet.
+            if (before is None and state.reasons == ("never tested",)) or (
+                    before is not None and before[1] == ["never tested"]
+                    and state.status == linetest.GREEN):
+                # A new line starts red, and turns green at its first test, without an
+                # alert: nothing has gone wrong, nor come right again.
                 self.store.set_line_state(state.line, state.status, list(state.reasons),
                                           now_ms)
                 continue
