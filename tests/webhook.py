@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +67,6 @@ class WebhookSink:
             if remaining <= 0:
                 raise AssertionError(f"{len(self.deliveries)} webhook deliveries after"
                                      f" {timeout} s, expected {count}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
         return self.deliveries

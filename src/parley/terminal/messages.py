@@ -246,7 +246,8 @@ class Messenger:
         with contextlib.suppress(ParleyError):  # our own other devices, where we can reach them
             own = await self.peers.listing(self.party)
             mine = [d for d in sorted(own.devices) if d != self.device_id
-                    and not self.peers.is_test_set(d) and self._trust(d, own.devices[d]) is not None]
+                    and not self.peers.is_test_set(d)
+                    and self._trust(d, own.devices[d]) is not None]
         if refused:
             log.info("not sending to %s: not verified here", ", ".join(refused))
         return chosen, mine
