@@ -37,8 +37,8 @@ def test_page_messages_are_the_ones_the_terminal_validates() -> None:
 
 def test_the_page_knows_every_message_the_terminal_sends_it() -> None:
     sent = set()
-    for module in ("app.py", "control.py", "browser.py", "messages.py"):  # not link.py: the
-        # server's wire
+    # Not link.py: the server's wire.
+    for module in ("app.py", "control.py", "browser.py", "messages.py", "linetest.py"):
         sent |= set(re.findall(r'"t": "([\w.]+)"', (SRC / "terminal" / module).read_text()))
     assert sent == set(js_object("Incoming").values())
 

@@ -172,6 +172,7 @@ def render_status(store: ServerStore, board: LineBoard, online: set[str],
     title = f"{worst.upper()} · Parley line server" if worst else "Parley line server"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="10"><title>{e(title)}</title>
+<link rel="icon" href="data:,">
 <style>{_STYLE}</style></head><body><main>
 <h1>Parley line server</h1>
 <div class="muted">up {_uptime(uptime_ms)} · {len(online)} of {len(active)} devices online ·

@@ -247,11 +247,31 @@ class LineTester:
         self.store.add_linetest(test_id, lid, record["ended_ms"], status, reasons, record,
                                 "caller")
         filed = await self._file(record)
-        try:
-            await self._send(keys, "linetest.result", {"record": record})
-        except ParleyError as exc:
-            log.warning("could not send line test %s to %s: %s", test_id, target, exc)
+        for to in await self._result_recipients(keys):
+            try:
+                await self._send(to, "linetest.result", {"record": record})
+            except ParleyError as exc:
+                log.warning("could not send line test %s to %s: %s", test_id, to.device_id,
+                            exc)
         return self._result(lid, record, status, reasons, filed)
+
+    async def _result_recipients(self, callee: DevicePublicKeys) -> list[DevicePublicKeys]:
+        """The callee, and every other device of both sites verified here: each site holds
+        every result, sealed to it, and checks it itself."""
+        out = {callee.device_id: callee}
+        for party in (callee.party, self.party):
+            try:
+                listing = await self.peers.listing(party)
+            except ParleyError as exc:
+                log.info("line test result not sent to %s's other devices: %s", party, exc)
+                continue
+            for device in listing.devices:
+                if device == self.me.device_id or device in out:
+                    continue
+                trust, keys, _ = await self.peers.trust(device)
+                if trust is Trust.VERIFIED:
+                    out[device] = keys
+        return list(out.values())
 
     async def _round_trip(self, keys: DevicePublicKeys, test_id: str, call_id: str
                           ) -> tuple[dict[str, Any], int]:
@@ -267,7 +287,7 @@ class LineTester:
 
     async def _file(self, record: dict[str, Any]) -> dict[str, Any]:
         try:
-            reply = await self.link.request({"t": "linetest", "record": record})
+            reply = await self.link.file_linetest(record)
         except ParleyError as exc:
             log.warning("line test %s not filed yet: %s", record["test_id"], exc)
             return {"filed": False, "error": str(exc)}
@@ -355,10 +375,15 @@ class LineTester:
     def _take_result(self, sender: str, keys: DevicePublicKeys, record: Any) -> None:
         try:
             linetest.check_record_shape(record)
-            if record["caller"] != sender or record["callee"] != self.me.device_id:
+            if record["caller"] != sender or record["line"] not in self.lines():
                 raise RemoteError(f"{sender} sent a line test between {record['caller']} and"
                                   f" {record['callee']}", code=ErrorCode.BAD_MESSAGE)
-            linetest.verify_record(record, keys, self.me)
+            callee = self._verified_keys(record["callee"])
+            if callee is None:
+                log.info("line test %s kept unchecked: %s is not verified here",
+                         record["test_id"], record["callee"])
+                return
+            linetest.verify_record(record, keys, callee)
         except SecurityAlarm as alarm:
             self._alarm(alarm, sender)
             return
@@ -366,8 +391,9 @@ class LineTester:
             log.warning("dropped a line test result from %s: %s", sender, exc)
             return
         status, reasons = linetest.evaluate(record, self.settings.thresholds)
+        role = "callee" if record["callee"] == self.me.device_id else "site"
         if self.store.add_linetest(record["test_id"], record["line"], record["ended_ms"],
-                                   status, reasons, record, "callee"):
+                                   status, reasons, record, role):
             self._publish({"t": "linetest", "result": {
                 "line": record["line"], "test_id": record["test_id"], "status": status,
                 "reasons": reasons, "caller": record["caller"], "callee": record["callee"],
@@ -470,10 +496,10 @@ class LineTester:
         terminal verified) is kept, so every terminal learns its lines' tests.
         A line it shows green or amber without such a result is an alarm.
         """
-        reply = await self.link.request({"t": "lines"})
+        entries = await self.link.lines()
         now = now_ms()
         seen: dict[str, dict[str, Any]] = {}
-        for entry in reply["lines"][:1000]:
+        for entry in entries[:1000]:
             if not isinstance(entry, dict) or not isinstance(entry.get("line"), str) \
                     or entry["line"] not in self.lines():
                 continue

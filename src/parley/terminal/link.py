@@ -310,6 +310,14 @@ class ServerLink:
         if self._outbox is not None:
             self._outbox.put(wire.encode_frame({"t": "ack", "id": envelope_id}))
 
+    async def file_linetest(self, record: dict[str, Any]) -> dict[str, Any]:
+        """File a line test's record, signed by both ends; the server's verdict."""
+        return await self.request({"t": "linetest", "record": record})
+
+    async def lines(self) -> list[Any]:
+        """This device's lines as the server shows them, each with its last record."""
+        return list((await self.request({"t": "lines"}))["lines"])
+
     async def directory(self, party: str) -> tuple[list[DevicePublicKeys], set[str]]:
         reply = await self.request({"t": "directory", "party": party})
         devices = []

@@ -6,6 +6,7 @@
 // what the person does to the terminal's API, and does the WebRTC the
 // terminal asks for (media.js). It never decides that a call is verified.
 
+import { LinePanel } from "./lines.js";
 import { CallMedia } from "./media.js";
 import { CallState, Incoming, Outgoing, TerminalApi } from "./protocol.js";
 import { Ringer } from "./ring.js";
@@ -13,6 +14,7 @@ import { View } from "./view.js";
 
 const RECONNECT_MS = 2000;
 const SAMPLE_MS = 1000;
+const LINES_MS = 30000; // the lines' view is asked for again this often (ages move on)
 export const KEEP_ENDED_CALLS = 50; // the terminal's MAX_ENDED_CALLS
 
 function emptyParty(party) {
@@ -24,6 +26,8 @@ class App {
     this.token = token;
     this.api = new TerminalApi(token);
     this.view = new View(doc, this.#actions());
+    this.linePanel = new LinePanel(doc, doc.querySelector('[data-testid="line-tests"]'));
+    this.linesSoon = null;
     this.ringer = new Ringer();
     this.events = null;
     this.status = null;
@@ -56,6 +60,7 @@ class App {
     }
     this.#connect();
     setInterval(() => this.#tick(), SAMPLE_MS);
+    setInterval(() => this.#loadLines(false), LINES_MS);
     // A conversation on screen counts as read only while someone can see the page.
     document.addEventListener("visibilitychange", () => this.render());
   }
@@ -120,12 +125,33 @@ class App {
         return this.#withMedia(message, (m) => m.addRemoteCandidate(message.candidate, message.mid, message.mline));
       case Incoming.MEDIA_LOCAL: return this.#withMedia(message, (m) => m.setLocal(message.audio, message.video));
       case Incoming.MEDIA_CLOSE: return this.#mediaClose(message.call_id);
+      case Incoming.LINETEST:
+        if (message.result) this.#linesSoon();
+        return undefined;
       default: return undefined;
+    }
+  }
+
+  // A result came: show it (once, however many events came together).
+  #linesSoon() {
+    if (this.linesSoon) return;
+    this.linesSoon = setTimeout(() => {
+      this.linesSoon = null;
+      this.#loadLines(false);
+    }, 300);
+  }
+
+  async #loadLines(refresh) {
+    try {
+      this.linePanel.show(await this.api.lines(refresh));
+    } catch (err) {
+      // the events socket tells the person if the terminal went away
     }
   }
 
   #onStatus(status) {
     this.status = status;
+    this.#loadLines(true);
     this.unread = status.unread || {};
     for (const party of this.conversations.keys()) this.#loadMessages(party);
     this.alarms = status.alarms || [];

@@ -28,6 +28,7 @@ export const Incoming = Object.freeze({
   MEDIA_REMOTE_CANDIDATE: "media.remote_candidate", // {call_id, candidate, mid, mline}
   MEDIA_LOCAL: "media.local", // {call_id, audio, video}: mute / camera off
   MEDIA_CLOSE: "media.close", // {call_id}: the call ended: release everything
+  LINETEST: "linetest", // {result} or {progress}: a line test of this site's lines
 });
 
 // Page -> terminal, on the events socket.
@@ -117,6 +118,7 @@ export class TerminalApi {
     const query = new URLSearchParams({ to, name: file.name, type: file.type || "application/octet-stream" });
     return this.#request("POST", `/api/messages/file?${query}`, file);
   }
+  lines(refresh) { return this.#request("GET", `/api/lines${refresh ? "?refresh=1" : ""}`); }
   readMessages(party, upto) { return this.#request("POST", "/api/messages/read", { party, upto }); }
   // A file's download address (the token in it: a link cannot carry a header).
   fileUrl(msgId) { return `/api/files/${encodeURIComponent(msgId)}?token=${encodeURIComponent(this.token)}`; }
