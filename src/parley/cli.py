@@ -481,6 +481,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  call {call['direction']} {call['peer']}: {call['state']}"
               + (f" ({call['end_reason']})" if call["end_reason"] else "")
               + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
+    from parley.core.linetest import age_text
+
+    for line in status.get("line_tests") or []:
+        print(f"  line {_linetest_line(line)}"
+              + (f" (tested {age_text(line['age_ms'])} ago)" if line["age_ms"] is not None
+                 else ""))
     unread = status.get("unread") or {}
     if unread:
         print("  unread messages: " + ", ".join(f"{party} {n}" for party, n in

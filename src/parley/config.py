@@ -42,6 +42,8 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML file with settings (default: parley.toml in the data dir)")
     for opt in options:
+        opt = Option(opt.name, opt.help.replace("%", "%%"), opt.default, opt.type, opt.flag,
+                     opt.many)  # argparse formats help with %
         env_note = f" [env {opt.env}]"
         default_note = f" (default: {opt.default})" if opt.default not in (None, [], False) else ""
         if opt.flag:

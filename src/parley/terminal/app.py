@@ -262,6 +262,8 @@ class Terminal:
             "alarms": self.alarms,
             "unread": self.messages.unread(),
             "test_set": self.book.test_set,
+            "line_tests": [{k: line[k] for k in ("line", "status", "reasons", "age_ms")}
+                           for line in self.linetests.view()],
         }
 
     @property
