@@ -197,8 +197,14 @@ async def test_forged_and_one_side_signed_results_are_refused_and_counted(
     person, _, _ = await logged_in(line, http, dirs, "washington")
     reply = await file(record, person)
     assert reply["t"] == "error" and reply["code"] == "forbidden", reply
-    # Junk is refused too, and none of it reached the store.
+    # Junk is refused too, and none of it reached the store: a half record, text that is
+    # not Unicode (a lone surrogate cannot be signed), ids that are not ids.
     reply = await file({"v": 1, "test_id": "x"})
+    assert reply["t"] == "error" and reply["code"] == "bad_message", reply
+    reply = await file({**record, "caller_measured": {**record["caller_measured"],
+                                                      "sas": "\ud800"}})
+    assert reply["t"] == "error" and reply["code"] == "bad_message", reply
+    reply = await file({**record, "test_id": "../../x"})
     assert reply["t"] == "error" and reply["code"] == "bad_message", reply
     rows = line.server.store.linetest_history(LINE, 0) if line.server else []
     assert [r[0]["test_id"] for r in rows] == [record["test_id"]]

@@ -95,11 +95,21 @@ def _measured(value: Any) -> None:
 
 
 _DEVICE = schema.Field(str, max_len=DEVICE_ID_MAX, check=split_device_id)
-_TEST_ID = schema.text(32)
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _plain_id(value: str) -> None:
+    if not value or not set(value) <= _ID_CHARS:
+        raise RemoteError("a line test's ids are letters, digits, - and _",
+                          code=ErrorCode.BAD_MESSAGE)
+
+
+_TEST_ID = schema.Field(str, max_len=32, check=_plain_id)
+_CALL_ID = schema.Field(str, max_len=32, check=_plain_id)
 CALLEE_PART = {
     "v": schema.integer(VERSION, VERSION),
     "test_id": _TEST_ID,
-    "call_id": schema.text(32),
+    "call_id": _CALL_ID,
     "caller": _DEVICE,
     "callee": _DEVICE,
     "measured": schema.obj(check=_measured),
@@ -114,7 +124,7 @@ def _callee_part(value: Any) -> None:
 RECORD = {
     "v": schema.integer(VERSION, VERSION),
     "test_id": _TEST_ID,
-    "call_id": schema.text(32),
+    "call_id": _CALL_ID,
     "line": schema.text(2 * NAME_MAX + 1),
     "caller": _DEVICE,
     "callee": _DEVICE,
@@ -130,7 +140,7 @@ RECORD = {
 
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     # caller -> callee, during the test call: answer with your signed part
-    "linetest.ping": {"test_id": _TEST_ID, "call_id": schema.text(32)},
+    "linetest.ping": {"test_id": _TEST_ID, "call_id": _CALL_ID},
     # callee -> caller
     "linetest.pong": {"test_id": _TEST_ID, "part": schema.obj(check=_callee_part),
                       "sig": schema.text(88)},
@@ -163,10 +173,15 @@ def countersign(keys: DeviceKeys, record: dict[str, Any]) -> dict[str, Any]:
 
 def check_record_shape(record: Any) -> dict[str, Any]:
     """A record's fields and their agreement with each other; signatures not checked."""
-    if isinstance(record, dict) and len(canonical_json(record)) > MAX_RECORD_BYTES:
+    schema.validate(record, RECORD, what="line test record")
+    try:
+        size = len(canonical_json(record))
+    except ValueError:  # a lone surrogate in some text: not text that can be signed
+        raise RemoteError("a line test record holds text that is not valid Unicode",
+                          code=ErrorCode.BAD_MESSAGE) from None
+    if size > MAX_RECORD_BYTES:
         raise RemoteError(f"a line test record is at most {MAX_RECORD_BYTES} bytes",
                           code=ErrorCode.TOO_LARGE)
-    schema.validate(record, RECORD, what="line test record")
     part = record["callee_part"]
     for name in ("test_id", "call_id", "caller", "callee"):
         if part[name] != record[name]:

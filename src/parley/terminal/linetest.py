@@ -361,7 +361,7 @@ class LineTester:
             log.warning("a line test ping from %s names no test call in progress here",
                         caller.device_id)
             return
-        part = {"v": linetest.VERSION, "test_id": ping["test_id"], "call_id": info.call_id,
+        part = {"v": linetest.VERSION, "test_id": info.test_id, "call_id": info.call_id,
                 "caller": caller.device_id, "callee": self.me.device_id,
                 "measured": measured_from(await self.host.call_stats(info.call_id), info),
                 "signed_ms": now_ms()}
@@ -488,6 +488,8 @@ class LineTester:
                     await self.check_server()
                 except ParleyError as exc:
                     log.info("could not ask the server about the lines: %s", exc)
+                except Exception:  # whatever the server sent, the watch goes on
+                    log.exception("checking what the server shows of the lines failed")
 
     async def check_server(self) -> dict[str, dict[str, Any]]:
         """Ask the server what it shows of our lines, and check it against what we can verify.
