@@ -301,7 +301,7 @@ def cmd_terminal_enroll(args: argparse.Namespace) -> int:
 
 
 def terminal_config(cfg: dict[str, Any]) -> Any:
-    from parley.core.linetest import Thresholds
+    from parley.core.linetest import DEFAULT_INTERVAL_S, Thresholds
     from parley.media.ice import IceConfig, parse_ice_server
     from parley.media.robot import RobotOptions
     from parley.terminal.app import TerminalConfig
@@ -315,7 +315,8 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]),
         linetest=LineTestSettings(
-            test_set=cfg["test_set"], every_s=cfg["linetest_every"] or None,
+            test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,
+            every_s=cfg["linetest_every"] or float(DEFAULT_INTERVAL_S),
             duration_s=cfg["linetest_duration"], thresholds=Thresholds.from_settings(cfg),
             peer_test_set=cfg["peer_test_set"]))
 

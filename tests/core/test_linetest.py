@@ -26,7 +26,8 @@ def record(caller: dict[str, Any] | None = None, callee: dict[str, Any] | None =
            *, ended_ms: int = NOW, interval_s: int = 60) -> dict[str, Any]:
     keys_a, keys_b = device(CALLER), device(CALLEE)
     part = {"v": 1, "test_id": "t1", "call_id": "c1", "caller": CALLER, "callee": CALLEE,
-            "measured": callee or measured(), "signed_ms": ended_ms - 500}
+            "measured": callee or measured(), "signed_ms": ended_ms - 500,
+            "interval_s": interval_s}
     return linetest.countersign(keys_a, {
         "v": 1, "test_id": "t1", "call_id": "c1", "line": "moscow:washington",
         "caller": CALLER, "callee": CALLEE, "started_ms": ended_ms - 11_000,
@@ -48,7 +49,9 @@ def test_a_record_signed_by_both_verifies_and_is_green() -> None:
 @pytest.mark.parametrize("tamper", [
     lambda r: r["callee_part"]["measured"].update(audio_lost=400),  # the callee's figures
     lambda r: r["caller_measured"].update(audio_lost=400),  # the caller's figures
-    lambda r: r.update(interval_s=999_999),  # anything in the record
+    lambda r: r.update(duration_ms=1),  # anything in the record
+    lambda r: (r.update(interval_s=999_999),  # the interval, which both sign
+               r["callee_part"].update(interval_s=999_999)),
     lambda r: r.update(callee_sig=r["caller_sig"]),  # a signature moved
 ])
 def test_any_change_after_signing_breaks_a_signature(tamper: Any) -> None:
@@ -75,6 +78,10 @@ def test_the_callee_part_must_be_about_the_same_test() -> None:
     rec["callee_part"]["callee"] = "moscow/other"
     with pytest.raises(RemoteError, match="the callee signed callee"):
         linetest.check_record_shape(rec)
+    kept = record()
+    kept["callee_part"]["signed_ms"] -= 86_400_000  # a part signed a day before the test
+    with pytest.raises(RemoteError, match="another time"):
+        linetest.check_record_shape(kept)
 
 
 def test_verdicts_name_the_figure_the_way_and_the_threshold() -> None:
@@ -102,9 +109,11 @@ def test_a_line_turns_red_two_intervals_after_its_last_result() -> None:
     late = linetest.line_status("l", rec, verdict, NOW + 120_001 + 3 * 60_000)
     assert late.status == "red" and late.reasons == ("no test result for 5 min 0 s",)
     assert linetest.line_status("l", None, None, NOW).reasons == ("never tested",)
-    by_hand = record(ended_ms=NOW, interval_s=0)  # the default interval applies
-    assert linetest.line_status("l", by_hand, verdict, NOW + 7_100_000, 3600).status == "green"
-    assert linetest.line_status("l", by_hand, verdict, NOW + 7_300_000, 3600).status == "red"
+    hourly = record(ended_ms=NOW, interval_s=3600)  # the record's interval, not the default
+    assert linetest.line_status("l", hourly, verdict, NOW + 7_100_000, 60).status == "green"
+    assert linetest.line_status("l", hourly, verdict, NOW + 7_300_000, 60).status == "red"
+    with pytest.raises(RemoteError, match="future"):
+        linetest.check_not_future(record(ended_ms=NOW + 61_000), NOW)
     assert linetest.age_text(2 * 3_600_000 + 3 * 60_000) == "2 h 3 min"
 
 

@@ -31,8 +31,7 @@ GREEN, RED = "rgb(63, 185, 80)", "rgb(248, 81, 73)"
 @pytest.fixture
 async def line(tmp_path: Path) -> AsyncIterator[LocalLine]:
     local = LocalLine(tmp_path)
-    # Results run by hand say no interval: the server's, short here, ages them out.
-    await local.start(linetest_interval_s=3)
+    await local.start()
     try:
         yield local
     finally:
@@ -49,7 +48,7 @@ async def status_page(browser: Browser, line: LocalLine) -> Page:
 async def test_the_status_page_and_the_persons_page_show_the_line_and_its_history(
         line: LocalLine, chromium: Browser, people: PersonFactory) -> None:
     await line.provision(test_sets=True)
-    settings = LineTestSettings(test_set=True, duration_s=0.5)
+    settings = LineTestSettings(test_set=True, duration_s=0.5, every_s=3)  # run by hand here
     washington = await line.terminal("washington-testset", linetest=settings)
     moscow = await line.terminal("moscow-testset", linetest=settings)
     person = await people("washington")
@@ -106,3 +105,12 @@ async def test_the_status_page_and_the_persons_page_show_the_line_and_its_histor
     assert await section.locator(".dot").evaluate(
         "d => getComputedStyle(d).backgroundColor") == RED
     assert (await page.title()).startswith("RED")
+    await ui.reload()
+    await panel.wait_for()
+    deadline = time.monotonic() + 10
+    while await panel.get_attribute("data-status") != "red":
+        assert time.monotonic() < deadline, "the person's page never turned red"
+        await asyncio.sleep(0.5)
+        await ui.reload()
+        await panel.wait_for()
+    assert "no test result for" in await panel.get_by_test_id("line-test-reasons").inner_text()

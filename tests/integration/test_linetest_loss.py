@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def namespace() -> str:
     if os.geteuid() != 0:
-        pytest.skip("network namespaces and iptables need root")
+        pytest.fail("network namespaces and iptables need root: run scripts/test as root")
     name = f"parley-test-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

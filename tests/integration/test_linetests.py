@@ -51,9 +51,10 @@ async def sink() -> AsyncIterator[WebhookSink]:
         await receiver.stop()
 
 
-async def start_test_set(line: LocalLine, party: str, **settings: Any) -> Terminal:
+async def start_test_set(line: LocalLine, party: str, every_s: float = 3600.0,
+                         scheduled: bool = False) -> Terminal:
     return await line.terminal(f"{party}-testset", linetest=LineTestSettings(
-        test_set=True, duration_s=settings.pop("duration_s", 1.0), **settings))
+        test_set=True, duration_s=1.0, every_s=every_s, scheduled=scheduled))
 
 
 async def server_line(http: aiohttp.ClientSession, line: LocalLine) -> dict[str, Any]:
@@ -83,11 +84,12 @@ async def test_a_stopped_test_set_turns_the_line_red_and_back_green_with_signed_
     await line.start(alert_webhooks=[sink.url])
     try:
         await line.provision(test_sets=True)
-        washington = await start_test_set(line, "washington", every_s=EVERY_S)
-        moscow = await start_test_set(line, "moscow", every_s=EVERY_S)
+        washington = await start_test_set(line, "washington", EVERY_S, scheduled=True)
+        moscow = await start_test_set(line, "moscow", EVERY_S, scheduled=True)
         person = await line.terminal("washington")
         state = await _wait_status(http, line, "green", 20)
         assert set(state["last"]["signed_by"]) == {"washington/testset", "moscow/testset"}
+        await asyncio.sleep(2.5)  # the server looks at its lines every second
         assert not sink.deliveries  # a line's first green is not an alert
 
         # Moscow's test set stops: washington's tests fail (nothing is signed, nothing is
@@ -117,7 +119,7 @@ async def test_a_stopped_test_set_turns_the_line_red_and_back_green_with_signed_
                                alert.headers[SIGNATURE_HEADER])
 
         # It comes back: the next test is green, and the line is, with a second alert.
-        moscow = await start_test_set(line, "moscow", every_s=EVERY_S)
+        moscow = await start_test_set(line, "moscow", EVERY_S, scheduled=True)
         green = await _wait_status(http, line, "green", 4 * EVERY_S + 10)
         assert green["reasons"] == []
         deliveries = await sink.wait_for(2, 15)
@@ -163,7 +165,7 @@ async def test_forged_and_one_side_signed_results_are_refused_and_counted(
     genuine = await washington.linetests.run("washington:moscow")
     assert genuine["status"] == "green" and genuine["filed"]
     record = washington.store.linetests(LINE)[-1]["record"]
-    client, device, keys = await logged_in(line, http, dirs, "washington-testset")
+    client, _, keys = await logged_in(line, http, dirs, "washington-testset")
 
     async def file(forged: dict[str, Any], via: Any = client) -> dict[str, Any]:
         await via.send({"t": "linetest", "record": forged, "ref": "f"})
@@ -193,6 +195,25 @@ async def test_forged_and_one_side_signed_results_are_refused_and_counted(
     unsigned["caller_sig"] = b64e(DeviceKeys.generate().sign(b"x"))
     reply = await file(unsigned)
     assert reply["t"] == "error" and reply["code"] == "bad_signature", reply
+    # Signed by both (both keys here) but dated a day ahead, so that it would never age;
+    # and a callee part signed at another time than the test (one kept back for later).
+    _, callee_keys = device_of(dirs, "moscow-testset")
+    day = 86_400_000
+    ahead_part = {**record["callee_part"], "test_id": "ahead000000000000000000",
+                  "signed_ms": record["ended_ms"] + day}
+    ahead = linetest.countersign(keys, {
+        **record, "test_id": ahead_part["test_id"], "started_ms": record["started_ms"] + day,
+        "ended_ms": record["ended_ms"] + day, "callee_part": ahead_part,
+        "callee_sig": linetest.sign_part(callee_keys, ahead_part)})
+    reply = await file(ahead)
+    assert reply["t"] == "error" and reply["code"] == "stale", reply
+    old_part = {**record["callee_part"], "test_id": "kept00000000000000000000",
+                "signed_ms": record["ended_ms"] - day}
+    kept = {**record, "test_id": old_part["test_id"], "callee_part": old_part,
+            "callee_sig": b64e(callee_keys.sign(linetest.callee_statement(old_part)))}
+    kept["caller_sig"] = b64e(keys.sign(linetest.record_statement(kept)))  # signed by both
+    reply = await file(kept)
+    assert reply["t"] == "error" and reply["code"] == "bad_message", reply
     # Filed by a device that is neither end.
     person, _, _ = await logged_in(line, http, dirs, "washington")
     reply = await file(record, person)
@@ -215,7 +236,7 @@ async def test_forged_and_one_side_signed_results_are_refused_and_counted(
     # The genuine one, filed again (a lost reply), is accepted once.
     reply = await file(record)
     assert reply["t"] == "filed" and reply["status"] == "green"
-    assert device == "washington/testset"
+    assert line.server is not None and len(line.server.store.linetest_history(LINE, 0)) == 1
 
 
 async def test_a_hostile_server_showing_a_dead_line_green_is_caught_by_the_terminal(
@@ -232,7 +253,7 @@ async def test_a_hostile_server_showing_a_dead_line_green_is_caught_by_the_termi
                 "message_rtt_ms": 5}
     part = {"v": 1, "test_id": "fabricated000000000000", "call_id": "c" * 22,
             "caller": "washington/testset", "callee": "moscow/testset", "measured": measured,
-            "signed_ms": now}
+            "signed_ms": now - 1500, "interval_s": 3600}
     forged = {"v": 1, "test_id": part["test_id"], "call_id": part["call_id"], "line": LINE,
               "caller": part["caller"], "callee": part["callee"], "started_ms": now - 12_000,
               "ended_ms": now - 1000, "duration_ms": 10_000, "interval_s": 3600,

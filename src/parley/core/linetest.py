@@ -46,6 +46,8 @@ DEFAULT_DURATION_S = 10
 DEFAULT_INTERVAL_S = 3600
 TEST_SET_DEVICE = "testset"  # a site's test set is <party>/testset unless told otherwise
 PING_MAX_AGE_MS = 5 * 60_000  # a ping or pong older than this answers nothing
+CLOCK_SKEW_MS = 60_000  # how far apart two sites' clocks may be
+MAX_TEST_MS = 15 * 60_000  # from the callee's signature to the record's end, at most
 RESULT_MAX_AGE_MS = 30 * 86_400_000
 MAX_RECORD_BYTES = 8 * 1024
 _CALLEE_DOMAIN = b"parley-linetest-callee-v1\x00"
@@ -106,6 +108,7 @@ def _plain_id(value: str) -> None:
 
 _TEST_ID = schema.Field(str, max_len=32, check=_plain_id)
 _CALL_ID = schema.Field(str, max_len=32, check=_plain_id)
+_INTERVAL_S = schema.integer(1, 31 * 86_400)  # the caller's test interval
 CALLEE_PART = {
     "v": schema.integer(VERSION, VERSION),
     "test_id": _TEST_ID,
@@ -114,6 +117,9 @@ CALLEE_PART = {
     "callee": _DEVICE,
     "measured": schema.obj(check=_measured),
     "signed_ms": schema.integer(0, 2**53),
+    # The interval the caller tests at, as its ping said: the callee signs it too, so that
+    # no single end can make one result keep the line green for longer.
+    "interval_s": _INTERVAL_S,
 }
 
 
@@ -131,7 +137,7 @@ RECORD = {
     "started_ms": schema.integer(0, 2**53),
     "ended_ms": schema.integer(0, 2**53),
     "duration_ms": schema.integer(0, 3_600_000),  # of the call, as asked
-    "interval_s": schema.integer(0, 31 * 86_400),  # the scheduler's (0: run by hand)
+    "interval_s": _INTERVAL_S,  # the caller's test interval: red after twice this
     "callee_part": schema.obj(check=_callee_part),
     "callee_sig": schema.text(88),
     "caller_measured": schema.obj(check=_measured),
@@ -140,7 +146,7 @@ RECORD = {
 
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     # caller -> callee, during the test call: answer with your signed part
-    "linetest.ping": {"test_id": _TEST_ID, "call_id": _CALL_ID},
+    "linetest.ping": {"test_id": _TEST_ID, "call_id": _CALL_ID, "interval_s": _INTERVAL_S},
     # callee -> caller
     "linetest.pong": {"test_id": _TEST_ID, "part": schema.obj(check=_callee_part),
                       "sig": schema.text(88)},
@@ -183,7 +189,7 @@ def check_record_shape(record: Any) -> dict[str, Any]:
         raise RemoteError(f"a line test record is at most {MAX_RECORD_BYTES} bytes",
                           code=ErrorCode.TOO_LARGE)
     part = record["callee_part"]
-    for name in ("test_id", "call_id", "caller", "callee"):
+    for name in ("test_id", "call_id", "caller", "callee", "interval_s"):
         if part[name] != record[name]:
             raise RemoteError(f"the callee signed {name} {part[name]!r}, the record says"
                               f" {record[name]!r}", code=ErrorCode.BAD_MESSAGE)
@@ -195,8 +201,21 @@ def check_record_shape(record: Any) -> dict[str, Any]:
                           code=ErrorCode.BAD_MESSAGE)
     if record["ended_ms"] < record["started_ms"]:
         raise RemoteError("the record ends before it starts", code=ErrorCode.BAD_MESSAGE)
+    signed = part["signed_ms"]
+    if not record["ended_ms"] - MAX_TEST_MS <= signed <= record["ended_ms"] + CLOCK_SKEW_MS:
+        # A callee's signature from another time: a part kept back to be filed later.
+        raise RemoteError("the callee signed its part at another time than the test ended",
+                          code=ErrorCode.BAD_MESSAGE)
     checked: dict[str, Any] = record
     return checked
+
+
+def check_not_future(record: Mapping[str, Any], now_ms: int) -> None:
+    """A result that ends after now (beyond clock skew) would never age: refused."""
+    if record["ended_ms"] > now_ms + CLOCK_SKEW_MS:
+        raise RemoteError(f"line test {record['test_id']} ends"
+                          f" {age_text(record['ended_ms'] - now_ms)} in the future",
+                          code=ErrorCode.STALE, hint="check the test sets' clocks")
 
 
 def verify_record(record: Any, caller: DevicePublicKeys | None,
@@ -329,7 +348,7 @@ def evaluate(record: Mapping[str, Any], t: Thresholds = Thresholds()) -> tuple[s
     for side, m in sides.items():
         check(m.get("setup_ms"), t.amber_setup_ms, t.red_setup_ms,
               lambda v: f"setup {_fmt_ms(v)}", _fmt_ms, side)
-        check(m.get("jitter_us", 0) / 1000, t.amber_jitter_ms, t.red_jitter_ms,
+        check((m.get("jitter_us") or 0) / 1000, t.amber_jitter_ms, t.red_jitter_ms,
               lambda v: f"jitter {v:.0f} ms", lambda v: f"{v:g} ms", side)
     rtts = [m["rtt_ms"] for m in sides.values() if m.get("rtt_ms") is not None]
     check(max(rtts) if rtts else None, t.amber_rtt_ms, t.red_rtt_ms,
@@ -381,7 +400,7 @@ def line_status(line: str, last: Mapping[str, Any] | None, evaluated: tuple[str,
     """
     if last is None or evaluated is None:
         return LineState(line, RED, ("never tested",), None, default_interval_s)
-    interval_s = last["interval_s"] or default_interval_s
+    interval_s = last.get("interval_s") or default_interval_s
     age = now_ms - last["ended_ms"]
     if age > 2 * interval_s * 1000:
         return LineState(line, RED, (f"no test result for {age_text(age)}",), last["ended_ms"],
@@ -422,7 +441,7 @@ def figures(record: Mapping[str, Any]) -> dict[str, Any]:
     for _side, m, sender, receiver in sides:
         ways[f"{split_device_id(sender)[0]}->{split_device_id(receiver)[0]}"] = {
             "setup_ms": m.get("setup_ms"), "rtt_ms": m.get("rtt_ms"),
-            "jitter_ms": round(m.get("jitter_us", 0) / 1000, 1),
+            "jitter_ms": round((m.get("jitter_us") or 0) / 1000, 1),
             "loss_pct": round(loss_pct(m), 2),
             "audio_packets": m["audio_packets"], "video_packets": m["video_packets"],
             "audio_frames": m["audio_frames"], "video_frames": m["video_frames"],

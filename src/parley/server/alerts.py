@@ -153,12 +153,18 @@ class Alerter:
                               separators=(",", ":")).encode()
             for url in self.urls:
                 self.store.queue_alert(url, body, now)
+
+    def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         try:
             while True:
-                await self._deliver_due()
+                try:
+                    await self._deliver_due()
+                except Exception:  # the store was busy, say: the alerts wait, they are kept
+                    log.exception("alert delivery failed; trying again shortly")
+                    await asyncio.sleep(FIRST_RETRY_S)
                 upcoming = self.store.next_alert_ms()
                 timeout = None if upcoming is None else max(0.05, (upcoming - now_ms()) / 1000)
                 self._wake.clear()
@@ -169,7 +175,15 @@ class Alerter:
                 await self._http.close()
 
     async def _deliver_due(self) -> None:
-        for ident, url, body, attempts, created in self.store.due_alerts(now_ms()):
+        # Each webhook is told its alerts in order: while one waits for a retry, the later
+        # ones for that webhook wait behind it (a "resolved" never overtakes its "firing").
+        blocked: set[str] = set()
+        for ident, url, body, attempts, created, next_ms in self.store.pending_alerts():
+            if url in blocked:
+                continue
+            if next_ms > now_ms():
+                blocked.add(url)
+                continue
             try:
                 await self._post(url, body)
             except Exception as exc:  # whatever the receiver did, the alert waits for it
@@ -184,6 +198,7 @@ class Alerter:
                 delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** attempts) * random.uniform(0.8, 1)
                 log.warning("alert to %s failed (%s); again in %.0f s", url, error, delay)
                 self.store.alert_failed(ident, now + int(delay * 1000), error)
+                blocked.add(url)
             else:
                 self.delivered += 1
                 self.store.alert_done(ident)

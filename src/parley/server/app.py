@@ -191,7 +191,13 @@ class LineServer:
         self._next_lines_ms = now + LINES_TICK_MS
         changes = self.lines.tick(now)
         if changes:
-            self.alerter.announce(changes)
+            # The alerts queued and the changes marked announced together: a crash between
+            # the two neither loses an alert nor sends one twice.
+            self._make_durable()
+            with self.store.transaction():
+                self.alerter.announce(changes)
+                self.lines.mark(changes, now)
+            self.alerter.wake()
         if now >= self._next_linetest_sweep_ms:
             self._next_linetest_sweep_ms = now + LINETEST_SWEEP_MS
             self.lines.forget_old(now)
@@ -341,6 +347,7 @@ class LineServer:
             # terminals drop as replays.
             log.exception("could not commit the mailbox; closing every connection")
             self.relay.reload_quota()  # what the failed group added and removed is undone
+            self.lines.forget_cached()  # ...and line tests filed in it
             for session in list(self.relay.sessions):
                 session.closed = True
                 port = session.port

@@ -532,7 +532,7 @@ class ServerStore:
                               " ORDER BY ended_ms DESC LIMIT 1", (line,)).fetchone()
         return (json.loads(row[0]), row[1], json.loads(row[2])) if row else None
 
-    def linetest_history(self, line: str, since_ms: int, limit: int = 20_000
+    def linetest_history(self, line: str, since_ms: int, limit: int = 5_000
                          ) -> list[tuple[dict[str, Any], str, list[str]]]:
         """A line's results since then, oldest first."""
         rows = self.db.execute(
@@ -561,11 +561,11 @@ class ServerStore:
         self.db.execute("INSERT INTO alerts (url, body, created_ms, next_ms) VALUES (?,?,?,?)",
                         (url, body, now_ms, now_ms))
 
-    def due_alerts(self, now_ms: int, limit: int = 20) -> list[tuple[int, str, bytes, int, int]]:
-        """(id, url, body, attempts, created_ms) of alerts due now, oldest first."""
+    def pending_alerts(self, limit: int = 200) -> list[tuple[int, str, bytes, int, int, int]]:
+        """(id, url, body, attempts, created_ms, next_ms) of alerts to deliver, oldest first."""
         return list(self.db.execute(
-            "SELECT id, url, body, attempts, created_ms FROM alerts WHERE next_ms<=?"
-            " ORDER BY id LIMIT ?", (now_ms, limit)))
+            "SELECT id, url, body, attempts, created_ms, next_ms FROM alerts ORDER BY id"
+            " LIMIT ?", (limit,)))
 
     def next_alert_ms(self) -> int | None:
         row = self.db.execute("SELECT MIN(next_ms) FROM alerts").fetchone()

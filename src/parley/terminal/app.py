@@ -194,6 +194,9 @@ class Terminal:
         """A line test's call (test sets only: see terminal.linetest)."""
         return await self.place_call(target, MediaKind.VIDEO, test_id=test_id)
 
+    def in_call(self) -> bool:
+        return bool(self.book.live())
+
     def live_call(self, call_id: str) -> CallInfo | None:
         try:
             return self.book.info(call_id)

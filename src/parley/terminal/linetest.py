@@ -55,7 +55,10 @@ BUSY_RETRY_S = (1.0, 4.0)
 @dataclass
 class LineTestSettings:
     test_set: bool = False
-    every_s: float | None = None  # the scheduler's interval (test sets; None: none)
+    # The interval this test set tests at (signed in each result, by both ends: the line
+    # is red after twice it without one), and whether it schedules tests itself.
+    every_s: float = float(linetest.DEFAULT_INTERVAL_S)
+    scheduled: bool = False
     duration_s: float = linetest.DEFAULT_DURATION_S
     thresholds: linetest.Thresholds = field(default_factory=linetest.Thresholds)
     peer_test_set: str = linetest.TEST_SET_DEVICE  # the other site's test set's device name
@@ -75,6 +78,9 @@ class CallHost(Protocol):
     def hangup(self, call_id: str) -> CallInfo: ...
 
     def live_call(self, call_id: str) -> CallInfo | None: ...
+
+    def in_call(self) -> bool:
+        """Is this terminal in a call now (a line test it answers, say)?"""
 
 
 def measured_from(stats: dict[str, Any], info: CallInfo) -> dict[str, Any]:
@@ -130,7 +136,7 @@ class LineTester:
 
     def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._watch_server()))
-        if self.settings.test_set and self.settings.every_s:
+        if self.settings.test_set and self.settings.scheduled:
             self._tasks.append(asyncio.ensure_future(self._schedule(self.settings.every_s)))
 
     async def stop(self) -> None:
@@ -163,8 +169,12 @@ class LineTester:
                              hint="run the test from one of the line's two test sets")
         return linetest.line_id(a, b), b if a == self.party else a
 
+    @property
+    def interval_s(self) -> int:
+        return max(1, round(self.settings.every_s))
+
     async def run(self, line: str | None = None, *, callee: str | None = None,
-                  duration_s: float | None = None, interval_s: int = 0) -> dict[str, Any]:
+                  duration_s: float | None = None) -> dict[str, Any]:
         """Run one line test from this test set; its result (status, reasons, figures)."""
         if not self.settings.test_set:
             raise LocalError(f"{self.me.device_id} is not a test set",
@@ -184,7 +194,7 @@ class LineTester:
         try:
             return await self._run(lid, target, test_id,
                                    self.settings.duration_s if duration_s is None
-                                   else duration_s, interval_s)
+                                   else duration_s, self.interval_s)
         finally:
             self._running.pop(lid, None)
 
@@ -195,6 +205,10 @@ class LineTester:
         await self._file_pending()
         try:
             placed = await self.host.place_test_call(target, test_id)
+        except LocalError as exc:
+            if exc.code is ErrorCode.BUSY:
+                raise  # this test set is answering a test itself: not a failure of the line
+            return self._failed(lid, test_id, target, started, f"could not call {target}: {exc}")
         except ParleyError as exc:
             return self._failed(lid, test_id, target, started, f"could not call {target}: {exc}")
         try:
@@ -223,7 +237,7 @@ class LineTester:
             if trust is not Trust.VERIFIED:
                 raise LocalError(f"{target}'s key is not verified here",
                                  code=ErrorCode.NOT_VERIFIED)
-            pong, rtt_ms = await self._round_trip(keys, test_id, info.call_id)
+            pong, rtt_ms = await self._round_trip(keys, test_id, info.call_id, interval_s)
         except (ParleyError, TimeoutError) as exc:
             self.host.hangup(info.call_id)
             why = str(exc) if isinstance(exc, ParleyError) else \
@@ -231,18 +245,22 @@ class LineTester:
             return self._failed(lid, test_id, target, started, why)
         mine["message_rtt_ms"] = rtt_ms
         self.host.hangup(info.call_id)
-        record = linetest.countersign(self.keys, {
-            "v": linetest.VERSION, "test_id": test_id, "call_id": info.call_id, "line": lid,
-            "caller": self.me.device_id, "callee": target, "started_ms": started,
-            "ended_ms": now_ms(), "duration_ms": int(duration_s * 1000),
-            "interval_s": interval_s, "callee_part": pong["part"], "callee_sig": pong["sig"],
-            "caller_measured": mine})
         try:
+            record = linetest.countersign(self.keys, {
+                "v": linetest.VERSION, "test_id": test_id, "call_id": info.call_id,
+                "line": lid, "caller": self.me.device_id, "callee": target,
+                "started_ms": started, "ended_ms": now_ms(),
+                "duration_ms": int(duration_s * 1000), "interval_s": interval_s,
+                "callee_part": pong["part"], "callee_sig": pong["sig"],
+                "caller_measured": mine})
             linetest.verify_record(record, self.me, keys)
-        except ParleyError as exc:  # the callee's part or signature is not its own
-            self._alarm(SecurityAlarm(f"line test {test_id}: {exc.message}",
-                                      code=ErrorCode.BAD_SIGNATURE, hint=exc.hint), target)
-            return self._failed(lid, test_id, target, started, str(exc))
+        except (ParleyError, ValueError) as exc:  # the callee's part is not about this test
+            why = exc.message if isinstance(exc, ParleyError) else "its part is not valid text"
+            self._alarm(SecurityAlarm(f"line test {test_id}: {target} answered with a part"
+                                      f" that does not hold: {why}",
+                                      code=ErrorCode.BAD_SIGNATURE,
+                                      hint="the test counts as failed"), target)
+            return self._failed(lid, test_id, target, started, f"bad answer: {why}")
         status, reasons = linetest.evaluate(record, self.settings.thresholds)
         self.store.add_linetest(test_id, lid, record["ended_ms"], status, reasons, record,
                                 "caller")
@@ -273,13 +291,14 @@ class LineTester:
                     out[device] = keys
         return list(out.values())
 
-    async def _round_trip(self, keys: DevicePublicKeys, test_id: str, call_id: str
-                          ) -> tuple[dict[str, Any], int]:
+    async def _round_trip(self, keys: DevicePublicKeys, test_id: str, call_id: str,
+                          interval_s: int) -> tuple[dict[str, Any], int]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pongs[test_id] = (keys.device_id, future)
         try:
             sent = time.monotonic()
-            await self._send(keys, "linetest.ping", {"test_id": test_id, "call_id": call_id})
+            await self._send(keys, "linetest.ping", {"test_id": test_id, "call_id": call_id,
+                                                     "interval_s": interval_s})
             pong = await asyncio.wait_for(future, PONG_WAIT_S)
             return pong, round((time.monotonic() - sent) * 1000)
         finally:
@@ -289,7 +308,11 @@ class LineTester:
         try:
             reply = await self.link.file_linetest(record)
         except ParleyError as exc:
-            log.warning("line test %s not filed yet: %s", record["test_id"], exc)
+            if exc.code is not ErrorCode.SERVER_ERROR:  # refused: filing it again won't help
+                log.error("the server refused line test %s: %s", record["test_id"], exc)
+                self.store.linetest_filed(record["test_id"])
+            else:
+                log.warning("line test %s not filed yet: %s", record["test_id"], exc)
             return {"filed": False, "error": str(exc)}
         self.store.linetest_filed(record["test_id"])
         return {"filed": True, "server_status": reply.get("status")}
@@ -364,7 +387,7 @@ class LineTester:
         part = {"v": linetest.VERSION, "test_id": info.test_id, "call_id": info.call_id,
                 "caller": caller.device_id, "callee": self.me.device_id,
                 "measured": measured_from(await self.host.call_stats(info.call_id), info),
-                "signed_ms": now_ms()}
+                "signed_ms": now_ms(), "interval_s": ping["interval_s"]}
         try:
             await self._send(caller, "linetest.pong", {
                 "test_id": ping["test_id"], "part": part,
@@ -378,6 +401,7 @@ class LineTester:
             if record["caller"] != sender or record["line"] not in self.lines():
                 raise RemoteError(f"{sender} sent a line test between {record['caller']} and"
                                   f" {record['callee']}", code=ErrorCode.BAD_MESSAGE)
+            linetest.check_not_future(record, now_ms())
             callee = self._verified_keys(record["callee"])
             if callee is None:
                 log.info("line test %s kept unchecked: %s is not verified here",
@@ -418,7 +442,11 @@ class LineTester:
     async def _scheduled_run(self, lid: str, every_s: float) -> None:
         for attempt in range(2):
             try:
-                result = await self.run(lid, interval_s=max(1, round(every_s)))
+                if self.host.in_call():  # answering the other site's test: its turn
+                    await asyncio.sleep(random.uniform(*BUSY_RETRY_S))
+                    if self.host.in_call():
+                        return
+                result = await self.run(lid)
             except LocalError as exc:
                 log.warning("scheduled line test of %s: %s", lid, exc)
                 return
@@ -451,8 +479,7 @@ class LineTester:
             last = signed[-1] if signed else None
             state = linetest.line_status(
                 lid, last["record"] if last else None,
-                (last["status"], last["reasons"]) if last else None, now,
-                int(self.settings.every_s or linetest.DEFAULT_INTERVAL_S))
+                (last["status"], last["reasons"]) if last else None, now, self.interval_s)
             status, reasons = state.status, list(state.reasons)
             newest = rows[-1] if rows else None
             if newest is not None and newest["record"] is None and \
@@ -526,6 +553,10 @@ class LineTester:
         else:
             try:
                 linetest.check_record_shape(record)
+                if record["line"] != lid:
+                    raise RemoteError(f"it is a result of the line {record['line']}",
+                                      code=ErrorCode.BAD_MESSAGE)
+                linetest.check_not_future(record, now)
                 keys = [self._verified_keys(record[w]) for w in ("caller", "callee")]
                 if keys[0] is None or keys[1] is None:
                     missing = [record[w] for w, k in zip(("caller", "callee"), keys,
@@ -539,7 +570,8 @@ class LineTester:
                 status, reasons = linetest.evaluate(record, self.settings.thresholds)
                 self.store.add_linetest(record["test_id"], lid, record["ended_ms"], status,
                                         reasons, record, "server", filed=True)
-                state = linetest.line_status(lid, record, (status, reasons), now)
+                state = linetest.line_status(lid, record, (status, reasons), now,
+                                             self.interval_s)
                 if linetest.SEVERITY[claimed] < linetest.SEVERITY[state.status]:
                     why = (f"its own result says {state.status}"
                            f" ({'; '.join(state.reasons)})")

@@ -90,9 +90,7 @@ class LineBoard:
             if tuple(sorted((a, b))) not in set(self.store.lines()):
                 raise RemoteError(f"there is no line between {a} and {b}",
                                   code=ErrorCode.NO_LINE)
-            if record["ended_ms"] > now_ms + 60_000:
-                raise RemoteError("the record ends in the future", code=ErrorCode.BAD_MESSAGE,
-                                  hint="check the test set's clock")
+            linetest.check_not_future(record, now_ms)
             try:
                 linetest.verify_record(record, self.store.device(record["caller"]),
                                        self.store.device(record["callee"]))
@@ -128,13 +126,16 @@ class LineBoard:
         return [self.state(line, now_ms) for line in self.line_names()]
 
     def tick(self, now_ms: int) -> list[Change]:
-        """Lines whose state differs from what was last announced; now announced."""
+        """Lines whose state differs from what was last announced (`mark` them once the
+        alerts for them are queued, in the same transaction)."""
         announced = self.store.line_states()
         changes = []
         for state in self.states(now_ms):
             before = announced.get(state.line)
-            if before is not None and before[0] == state.status:
-                continue
+            untested = before is not None and before[1] == ["never tested"]
+            if before is not None and before[0] == state.status and not (
+                    untested and state.reasons != ("never tested",)):
+                continue  # (a first result that is red is a change from "never tested")
             if (before is None and state.reasons == ("never tested",)) or (
                     before is not None and before[1] == ["never tested"]
                     and state.status == linetest.GREEN):
@@ -144,11 +145,20 @@ class LineBoard:
                                           now_ms)
                 continue
             last = self.last(state.line)
-            self.store.set_line_state(state.line, state.status, list(state.reasons), now_ms)
             changes.append(Change(state.line, before[0] if before else None,
                                   before[2] if before else None, state,
                                   last[0]["test_id"] if last else None))
         return changes
+
+    def mark(self, changes: list[Change], now_ms: int) -> None:
+        """These changes are announced."""
+        for change in changes:
+            self.store.set_line_state(change.line, change.state.status,
+                                      list(change.state.reasons), now_ms)
+
+    def forget_cached(self) -> None:
+        """What the store holds may not be what was cached (a commit failed)."""
+        self._last.clear()
 
     def forget_old(self, now_ms: int) -> int:
         return self.store.forget_linetests(now_ms - KEPT_MS)
