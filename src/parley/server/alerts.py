@@ -175,15 +175,20 @@ class Alerter:
                 await self._http.close()
 
     async def _deliver_due(self) -> None:
-        # Each webhook is told its alerts in order: while one waits for a retry, the later
-        # ones for that webhook wait behind it (a "resolved" never overtakes its "firing").
-        blocked: set[str] = set()
+        """Deliver what is due: each webhook its alerts in order (while one waits for a
+        retry, the later ones wait behind it, so a "resolved" never overtakes its
+        "firing"), and the webhooks side by side (one that does not answer holds up no
+        other)."""
+        queues: dict[str, list[tuple[int, bytes, int, int, int]]] = {}
         for ident, url, body, attempts, created, next_ms in self.store.pending_alerts():
-            if url in blocked:
-                continue
+            queues.setdefault(url, []).append((ident, body, attempts, created, next_ms))
+        await asyncio.gather(*(self._deliver_to(url, queue) for url, queue in queues.items()))
+
+    async def _deliver_to(self, url: str, queue: list[tuple[int, bytes, int, int, int]]
+                          ) -> None:
+        for ident, body, attempts, created, next_ms in queue:
             if next_ms > now_ms():
-                blocked.add(url)
-                continue
+                return
             try:
                 await self._post(url, body)
             except Exception as exc:  # whatever the receiver did, the alert waits for it
@@ -198,10 +203,9 @@ class Alerter:
                 delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** attempts) * random.uniform(0.8, 1)
                 log.warning("alert to %s failed (%s); again in %.0f s", url, error, delay)
                 self.store.alert_failed(ident, now + int(delay * 1000), error)
-                blocked.add(url)
-            else:
-                self.delivered += 1
-                self.store.alert_done(ident)
+                return
+            self.delivered += 1
+            self.store.alert_done(ident)
 
     async def _post(self, url: str, body: bytes) -> None:
         if self._http is None:
