@@ -25,11 +25,23 @@ from parley.printable import printable
 log = logging.getLogger("parley")
 
 
+_DURATION_UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+DURATION_HELP = "a duration such as 90s, 30m, 24h, 1h30m or 7d"
+
+
 def _duration_ms(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] * 1000
+    """'24h', '90m', '1h30m', '7d', '45s' (a bare number: seconds) -> milliseconds."""
+    spec = text.strip().lower()
+    parts = re.findall(r"(\d+)([dhms])", spec)
+    if re.fullmatch(r"\d+", spec):
+        total = int(spec) * 1000
+    elif parts and "".join(n + u for n, u in parts) == spec:
+        total = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {DURATION_HELP}")
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be more than nothing")
+    return total
 
 
 def _setup_logging(level: str) -> None:
@@ -127,7 +139,7 @@ def server_config(cfg: dict[str, Any]) -> Any:
 def cmd_server_run(args: argparse.Namespace) -> int:
     from parley.server.app import run_server
 
-    cfg = resolve(args, SERVER_OPTIONS, "server", args.data)
+    cfg = resolve(args, SERVER_OPTIONS, "server", getattr(args, "data", None))
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s: reachable beyond this machine", cfg["host"])
@@ -158,7 +170,7 @@ def cmd_alert_key(args: argparse.Namespace) -> int:
 def _server_store(args: argparse.Namespace) -> Any:
     from parley.server.store import ServerStore
 
-    cfg = resolve(args, SERVER_OPTIONS[:1], "server", args.data)
+    cfg = resolve(args, SERVER_OPTIONS[:1], "server", getattr(args, "data", None))
     return ServerStore(cfg["data"] / "server.db")
 
 
@@ -269,7 +281,7 @@ def _ttl_text(ttl: int) -> str:
 
 def _server_address(args: argparse.Namespace) -> str:
     """The URL terminals enroll at, as this server's configuration says."""
-    cfg = resolve(args, SERVER_OPTIONS, "server", args.data)
+    cfg = resolve(args, SERVER_OPTIONS, "server", getattr(args, "data", None))
     return (cfg["public_url"] or f"http://{cfg['host']}:{cfg['port']}").rstrip("/")
 
 
@@ -284,7 +296,7 @@ def cmd_terminal_init(args: argparse.Namespace) -> int:
     print(f"new device {args.name!r} in {data}")
     print(f"device fingerprint: {public.fingerprint}")
     print("next: parley terminal enroll --server URL --code CODE" + (
-        f" --data {data}" if args.data else ""))
+        f" --data {data}" if getattr(args, "data", None) else ""))
     return 0
 
 
@@ -777,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="parley", description="Parley: a verifiable, end-to-end encrypted line for direct"
         " talks. Start with 'parley demo'.")
     parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected failure, show the Python traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(parent: Any, name: str, help_: str, fn: Callable[[argparse.Namespace], int],
@@ -812,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_enroll_code, SERVER_OPTIONS[:1])
     p.add_argument("party")
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
-                   help="how long the code is valid (default 24h)")
+                   help=f"how long the code is valid: {DURATION_HELP} (default 24h)")
     p.add_argument("--quiet", action="store_true", help="print only the code")
     command(ssub, "codes", "the enrollment codes not spent yet (not the codes themselves: only"
             " their hashes are kept)", cmd_codes, SERVER_OPTIONS[:1])
@@ -838,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
                 SERVER_OPTIONS[:1])
     p.add_argument("device", help="party/device, e.g. washington/desk")
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
-                   help="how long the code is valid (default 24h)")
+                   help=f"how long the code is valid: {DURATION_HELP} (default 24h)")
     p.add_argument("--reason", help="why, for the device log")
     p = command(dsub, "revoke", "revoke a device: it can no longer log in or be reached",
                 cmd_device_revoke, SERVER_OPTIONS[:1])
@@ -976,6 +990,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, LocalError) else 3
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a defect, not a mistake of the operator's
+        if args.debug:
+            raise
+        print(f"parley: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  what to do: run it again with 'parley --debug ...' and report what it"
+              " prints", file=sys.stderr)
+        return 4
 
 
 __all__ = ["main"]

@@ -39,7 +39,11 @@ class Option:
 
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    parser.add_argument("--config", type=Path, default=None,
+    """Add `options` as flags. A command and its subcommands may take the same options
+    (``parley server --data D principal add`` and ``parley server principal add --data
+    D``): none has a default in the parsed arguments (`resolve` supplies it), so a
+    subcommand's parser never overwrites what was given before its name."""
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="TOML file with settings (default: parley.toml in the data dir)")
     for opt in options:
         opt = Option(opt.name, opt.help.replace("%", "%%"), opt.default, opt.type, opt.flag,
@@ -47,15 +51,16 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         env_note = f" [env {opt.env}]"
         default_note = f" (default: {opt.default})" if opt.default not in (None, [], False) else ""
         if opt.flag:
-            parser.add_argument(f"--{opt.name}", dest=opt.key, default=None,
+            parser.add_argument(f"--{opt.name}", dest=opt.key, default=argparse.SUPPRESS,
                                 action=argparse.BooleanOptionalAction,
                                 help=opt.help + default_note + env_note)
         elif opt.many:
-            parser.add_argument(f"--{opt.name}", dest=opt.key, default=None, action="append",
-                                type=opt.type, help=opt.help + env_note + " (repeatable)")
+            parser.add_argument(f"--{opt.name}", dest=opt.key, default=argparse.SUPPRESS,
+                                action="append", type=opt.type,
+                                help=opt.help + env_note + " (repeatable)")
         else:
-            parser.add_argument(f"--{opt.name}", dest=opt.key, default=None, type=opt.type,
-                                help=opt.help + default_note + env_note)
+            parser.add_argument(f"--{opt.name}", dest=opt.key, default=argparse.SUPPRESS,
+                                type=opt.type, help=opt.help + default_note + env_note)
 
 
 def _from_text(opt: Option, text: str) -> Any:
@@ -78,8 +83,8 @@ def resolve(args: argparse.Namespace, options: Sequence[Option], section: str,
             data_dir: Path | None = None) -> dict[str, Any]:
     """Merge flags > environment > TOML [section] > defaults."""
     table: dict[str, Any] = {}
-    path = args.config or (Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG")
-                           else None)
+    path = getattr(args, "config", None) or (
+        Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG") else None)
     if path is None and data_dir is not None and (data_dir / "parley.toml").is_file():
         path = data_dir / "parley.toml"
     if path is not None:

@@ -87,3 +87,52 @@ def check_private(paths: list[Path], *, what: str, secret: bool) -> None:
                 hint=f"run '{fix}' (and check who may have changed or copied it)")
         if mode & 0o077:
             log.warning("%s is readable by other users (mode %o); run '%s'", path, mode, fix)
+
+
+LOCK_FILE = "lock"
+
+
+class DataLock:
+    """One process at a time on a data directory: a second is refused, naming the first.
+
+    ``flock`` on ``lock`` in the directory (0600), holding the owner's PID; the
+    kernel lets go when the process ends, however it ends, so a crash leaves
+    nothing to clean up. A refused process has touched nothing of the first
+    one's (it takes the lock before it opens anything else).
+    """
+
+    def __init__(self, data_dir: Path, what: str) -> None:
+        self.path = data_dir / LOCK_FILE
+        self.data_dir = data_dir
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> DataLock:
+        import fcntl
+
+        private_dir(self.data_dir)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LocalError(f"{self.what} in {self.data_dir} is already running"
+                             f" (PID {holder})", code=ErrorCode.BUSY,
+                             hint=f"stop it first (kill {holder}), or give this one"
+                                  " another --data") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # and with it the lock
+            self._fd = None
+
+    def __enter__(self) -> DataLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()

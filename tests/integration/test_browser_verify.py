@@ -53,6 +53,19 @@ async def test_verifying_a_peer_from_its_safety_number(line: LocalLine, people: 
     await page.get_by_test_id("typed-number").fill(wrong)
     await page.get_by_test_id("mark-verified").click()
     await expect(page.get_by_test_id("verify-error")).to_contain_text("does not match")
+    # ...said as a typo (one group off), not as an interception, and a number cut short is
+    # said as such; only a number wrong throughout warns of different keys.
+    await expect(page.get_by_test_id("verify-error")).to_contain_text("group 12")
+    await expect(page.get_by_test_id("verify-error")).not_to_contain_text("differ")
+    await page.get_by_test_id("typed-number").fill(digits(theirs)[:10])
+    await page.get_by_test_id("mark-verified").click()
+    await expect(page.get_by_test_id("verify-error")).to_contain_text(
+        "a safety number has 60 digits; you entered 10")
+    await page.get_by_test_id("typed-number").fill(
+        "".join(str((int(d) + 5) % 10) for d in digits(theirs)))
+    await page.get_by_test_id("mark-verified").click()
+    await expect(page.get_by_test_id("verify-error")).to_contain_text(
+        "do not mark it verified: the keys the server gave us differ")
     assert washington.terminal.store.pin("moscow/hotline") is None
 
     await page.get_by_test_id("typed-number").fill(theirs)

@@ -61,6 +61,8 @@ class ErrorCode(StrEnum):
     NO_SUCH_CALL = "no_such_call"
     INVALID_STATE = "invalid_state"
     BAD_CONFIG = "bad_config"
+    INVALID_INPUT = "invalid_input"  # what the operator typed is not of the right form
+    SAFETY_NUMBER_TYPO = "safety_number_typo"  # a few groups differ: a typing mistake
     BUSY = "busy"
 
     @classmethod

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from .encoding import b64e, canonical_json, group
-from .errors import RemoteError
+from .errors import ErrorCode, LocalError, RemoteError
 from .keys import DevicePublicKeys
 
 _SAFETY = b"parley-safety-number-v1\x00"
@@ -48,6 +48,32 @@ def safety_number(a: DevicePublicKeys, b: DevicePublicKeys) -> str:
     """60 digits in 12 groups of 5, the same whichever side computes it."""
     halves = sorted([_safety_half(a), _safety_half(b)])
     return group("".join(halves), 5)
+
+
+SAFETY_DIGITS = 60
+SAFETY_GROUP = 5
+TYPO_GROUPS = 3  # at most this many groups of five differing reads as a typing mistake
+
+
+def compare_safety_number(typed: str, expected: str) -> list[int]:
+    """The groups (1-12) in which what an operator typed differs from `expected`.
+
+    Raises LocalError (``invalid_input``) for what is not a safety number at all:
+    other characters than digits, spaces and dashes, or not 60 digits.
+    """
+    stray = sorted({ch for ch in typed if not (ch.isdigit() or ch in " -\t\r\n")})
+    if stray:
+        raise LocalError(f"a safety number is digits only; you typed {''.join(stray)[:10]!r}",
+                         code=ErrorCode.INVALID_INPUT,
+                         hint="type the 60 digits, in groups of five if you like")
+    digits = "".join(ch for ch in typed if ch.isdigit())
+    want = "".join(ch for ch in expected if ch.isdigit())
+    if len(digits) != SAFETY_DIGITS:
+        raise LocalError(f"a safety number has {SAFETY_DIGITS} digits; you entered"
+                         f" {len(digits)}", code=ErrorCode.INVALID_INPUT,
+                         hint="type all twelve groups of five")
+    return [i // SAFETY_GROUP + 1 for i in range(0, SAFETY_DIGITS, SAFETY_GROUP)
+            if digits[i:i + SAFETY_GROUP] != want[i:i + SAFETY_GROUP]]
 
 
 def normalize_safety_number(text: str) -> str:

@@ -39,6 +39,7 @@ from parley.core.relay.admission import Admission
 from parley.core.relay.limits import Limits
 from parley.core.relay.lines import LineBoard
 from parley.core.relay.relay import Relay, Session
+from parley.files import DataLock
 from parley.outbox import Outbox
 from parley.server.alerts import Alerter, load_alert_key
 from parley.server.listener import Guard, Listener
@@ -485,7 +486,12 @@ async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]
 
 async def run_server(config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
                      ) -> None:
-    """Serve until cancelled."""
+    """Serve until cancelled (one process per data directory: see `DataLock`)."""
+    with DataLock(config.data_dir, "a line server"):
+        await _serve(config, on_ready)
+
+
+async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None) -> None:
     _server, runner = await start_server(config)
     if on_ready is not None:
         on_ready(f"http://{config.host}:{config.port}")

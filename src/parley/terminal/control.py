@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import itertools
 import logging
@@ -154,7 +155,18 @@ class ControlServer:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise LocalError(f"the UI port {self.port} on {self.host} is in use (another"
+                                 " terminal?)", code=ErrorCode.BAD_CONFIG,
+                                 hint="stop the other process, or choose another --ui-port"
+                                      " (0: any free port)") from None
+            raise LocalError(f"cannot serve the UI on {self.host}:{self.port}:"
+                             f" {exc.strerror}", code=ErrorCode.BAD_CONFIG,
+                             hint="check --ui-port") from None
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from parley.core.errors import ErrorCode, LocalError
+from parley.files import DataLock
 from parley.media.ice import use_host_addresses
 from parley.terminal.app import Terminal, TerminalConfig
 from parley.terminal.browser import BrowserMedia
@@ -35,10 +36,20 @@ def build_terminal(config: TerminalConfig) -> tuple[Terminal, ControlServer]:
 
 
 async def run_terminal(config: TerminalConfig, ice_hosts: list[str] | None) -> None:
+    """Run until SIGINT or SIGTERM; one process per data directory (see `DataLock`)."""
+    with DataLock(config.data_dir, "a terminal"):
+        await _run(config, ice_hosts)
+
+
+async def _run(config: TerminalConfig, ice_hosts: list[str] | None) -> None:
     use_host_addresses(ice_hosts or None)
     terminal, control = build_terminal(config)
     await terminal.start()
-    await control.start()
+    try:
+        await control.start()
+    except BaseException:
+        await terminal.stop()
+        raise
     # One line a supervisor (the demo, a script) can wait for, then a readable one.
     print(f"ui: {control.url}", flush=True)
     log.info("terminal %s ready (%s media); local UI at %s", terminal.device_id, config.media,

@@ -5,6 +5,7 @@ Layout of a terminal's data directory (mode 0700)::
     device.key     the private keys, mode 0600, written once at `init`
     terminal.db    SQLite (0600): identity, pinned peer keys, alarms, devices seen, call log
     control.json   while running: the local UI's URL and per-start token (0600)
+    lock           while running: held by the one terminal process on this directory
 
 Pins are the heart of verification: a pin records the exact public keys of a
 peer device that this terminal's operator verified by comparing the safety

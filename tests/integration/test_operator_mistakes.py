@@ -1,0 +1,155 @@
+"""The usual mistakes of an operator, each answered with one clear line and the fix.
+
+Real `parley` processes on real data directories, loopback only: options given
+before the subcommand, durations, a second process on a data directory in use,
+a port in use, and a safety number mistyped rather than mismatched.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+from parley.core.errors import ErrorCode
+from tests.integration.test_cli import Proc, procs, run
+
+__all__ = ["procs"]  # a fixture used below
+
+
+def test_options_count_wherever_they_are_given(tmp_path: Path) -> None:
+    data = str(tmp_path / "srv")
+    run("server", "--data", data, "principal", "add", "moscow", "--timezone", "Europe/Moscow")
+    assert "moscow" in run("server", "principal", "list", "--data", data).stdout
+    run("server", "principal", "add", "washington", "--data", data)
+    assert "washington" in run("server", "--data", data, "principal", "list").stdout
+    run("terminal", "--data", str(tmp_path / "t"), "init", "--name", "desk")
+    assert (tmp_path / "t" / "device.key").exists()
+    shown = run("keys", "--data", str(tmp_path / "t"), "show", check=False)
+    assert "not enrolled" in shown.stderr and str(tmp_path / "t") in shown.stderr
+
+
+def test_durations_read_as_people_write_them(tmp_path: Path) -> None:
+    data = ["--data", str(tmp_path / "srv")]
+    run("server", "principal", "add", "moscow", *data)
+    assert "for 1h30m" in run("server", "enroll-code", "moscow", "--ttl", "1h30m", *data).stdout
+    assert "for 0h45m" in run("server", "enroll-code", "moscow", "--ttl", "45m", *data).stdout
+    bad = run("server", "enroll-code", "moscow", "--ttl", "abc", *data, check=False)
+    assert bad.returncode == 2
+    assert "'abc' is not a duration such as 90s, 30m, 24h, 1h30m or 7d" in bad.stderr
+    assert "_duration_ms" not in bad.stderr
+    assert "24h, 1h30m" in run("server", "enroll-code", "--help").stdout
+
+
+def test_a_second_server_on_a_data_directory_in_use_is_refused(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    data = ["--data", str(tmp_path / "srv")]
+    first = Proc("server", "--port", "0", *data)
+    procs.append(first)
+    url = first.line("ready: ")
+    second = run("server", "--port", "0", *data, check=False)
+    assert second.returncode == 2
+    assert f"a line server in {tmp_path / 'srv'} is already running (PID" \
+           f" {first.proc.pid})" in second.stderr
+    assert f"kill {first.proc.pid}" in second.stderr and "Traceback" not in second.stderr
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:  # the first serves on
+        assert json.loads(resp.read())["ok"] is True
+    # The port in use, from another data directory: one line, the fix, no traceback.
+    port = url.rsplit(":", 1)[1]
+    clash = run("server", "--port", port, "--data", str(tmp_path / "other"), check=False)
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in clash.stderr
+    assert "choose another --port" in clash.stderr
+    first.stop()
+    again = Proc("server", "--port", "0", *data)  # the lock went with the first process
+    procs.append(again)
+    again.line("ready: ")
+
+
+def test_a_second_terminal_on_a_data_directory_in_use_is_refused(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    srv = ["--data", str(tmp_path / "srv")]
+    run("server", "principal", "add", "moscow", *srv)
+    server = Proc("server", "--port", "0", *srv)
+    procs.append(server)
+    url = server.line("ready: ")
+    code = run("server", "enroll-code", "moscow", "--quiet", *srv).stdout.strip()
+    term = ["--data", str(tmp_path / "t")]
+    run("terminal", "init", "--name", "desk", *term)
+    run("terminal", "enroll", "--server", url, "--code", code, *term)
+    first = Proc("terminal", "--ui-port", "0", *term)
+    procs.append(first)
+    first.line("ui: ")
+    control = (tmp_path / "t" / "control.json").read_text()
+    second = run("terminal", "--ui-port", "0", *term, check=False)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"a terminal in {tmp_path / 't'} is already running (PID {first.proc.pid})" \
+        in second.stderr
+    # The refused one touched nothing of the first's: its control file, its status.
+    assert (tmp_path / "t" / "control.json").read_text() == control
+    status = json.loads(run("status", "--json", *term).stdout)
+    assert status["device"] == "moscow/desk" and status["connected"]
+    # Its UI port in use, from another terminal's data: one line and the fix.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        run("terminal", "init", "--name", "spare", "--data", str(tmp_path / "u"))
+        code2 = run("server", "enroll-code", "moscow", "--quiet", *srv).stdout.strip()
+        run("terminal", "enroll", "--server", url, "--code", code2, "--data",
+            str(tmp_path / "u"))
+        clash = run("terminal", "--ui-port", str(port), "--data", str(tmp_path / "u"),
+                    check=False, timeout=30)
+    finally:
+        busy.close()
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr
+    assert f"the UI port {port} on 127.0.0.1 is in use" in clash.stderr
+    assert not (tmp_path / "u" / "control.json").exists()
+
+
+def test_a_mistyped_safety_number_is_a_typo_not_an_interception(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    srv = ["--data", str(tmp_path / "srv")]
+    for party in ("washington", "moscow"):
+        run("server", "principal", "add", party, *srv)
+    run("server", "line", "add", "washington", "moscow", *srv)
+    server = Proc("server", "--port", "0", *srv)
+    procs.append(server)
+    url = server.line("ready: ")
+    dirs = {}
+    for party in ("washington", "moscow"):
+        dirs[party] = ["--data", str(tmp_path / party)]
+        code = run("server", "enroll-code", party, "--quiet", *srv).stdout.strip()
+        run("terminal", "init", "--name", "desk", *dirs[party])
+        run("terminal", "enroll", "--server", url, "--code", code, *dirs[party])
+    def shown() -> dict[str, str]:
+        out = json.loads(run("keys", "show", "moscow", "--json", *dirs["washington"]).stdout)
+        return dict(out["peers"][0])
+
+    number = "".join(ch for ch in shown()["safety_number"] if ch.isdigit())
+
+    def verify(typed: str) -> tuple[int, str]:
+        done = run("keys", "verify", "moscow", "--safety-number", typed, *dirs["washington"],
+                   check=False)
+        return done.returncode, done.stderr
+
+    code, err = verify(number[:10])
+    assert code == 2 and "a safety number has 60 digits; you entered 10" in err
+    assert f"[{ErrorCode.INVALID_INPUT}]" in err and "key" not in err.split("[")[0]
+    code, err = verify(number[:20] + "x" + number[21:])
+    assert code == 2 and "digits only" in err
+    one_off = number[:12] + str((int(number[12]) + 1) % 10) + number[13:]  # in group 3
+    code, err = verify(one_off)
+    assert code == 2 and "group 3 of the safety number you entered does not match" in err
+    assert f"[{ErrorCode.SAFETY_NUMBER_TYPO}]" in err and "differ from the keys" not in err
+    everything = "".join(str((int(d) + 5) % 10) for d in number)
+    code, err = verify(everything)
+    assert code == 2 and f"[{ErrorCode.KEY_CHANGED}]" in err
+    assert "do not mark it verified: the keys the server gave us differ" in err
+    # None of these pinned anything; the right number does, however it is grouped.
+    assert shown()["trust"] == "unverified"
+    grouped = "-".join(number[i:i + 5] for i in range(0, 60, 5))
+    assert verify(grouped)[0] == 0
+    assert shown()["trust"] == "verified"
