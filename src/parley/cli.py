@@ -105,6 +105,8 @@ TERMINAL_OPTIONS = [
            " person's web UI)", "robot"),
     Option("play", "send this media file instead of the test pattern and tone", type=Path),
     Option("record", "record received media to DIR/<call>.webm", type=Path),
+    Option("media-timeout", "seconds without any media from the peer after which a call"
+           " ends (robot media)", 10.0, type=float),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
     Option("test-set", "run as this site's test set: robot media, takes part in line tests"
@@ -325,7 +327,8 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         data_dir=cfg["data"], server_url=cfg["server"], require_verified=cfg["require_verified"],
         auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
         messages_stored=not cfg["messages_relayed"],
-        robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"]),
+        robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
+                           silence_timeout_s=cfg["media_timeout"]),
         linetest=LineTestSettings(
             test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,
             every_s=cfg["linetest_every"] or float(DEFAULT_INTERVAL_S),

@@ -52,6 +52,9 @@ class RobotOptions:
     on_remote_audio: AudioTap | None = None  # every decoded remote audio frame
     on_local_audio: AudioTap | None = None  # every local audio frame, as it is sent
     opus: audio_loss.OpusOptions = field(default_factory=audio_loss.OpusOptions)  # FEC sent
+    # A call whose media stops coming (no frame of any kind, though a muted peer still
+    # sends silence) for this long has lost its peer: it ends instead of holding on.
+    silence_timeout_s: float = 10.0
 
 
 def dtls_fingerprint(transport: RTCDtlsTransport) -> str:
@@ -79,6 +82,7 @@ _CLOCK_RATE = {"audio": 48_000, "video": 90_000}
 class ReceivedStats:
     frames: int = 0
     first_ms: float | None = None  # since the session opened
+    last: float = 0.0  # time.monotonic() of the latest frame
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": self.frames, "first_frame_ms": self.first_ms}
@@ -215,6 +219,7 @@ class RobotMediaSession:
             if stats.first_ms is None:
                 stats.first_ms = (time.monotonic() - self._opened) * 1000
             stats.frames += 1
+            stats.last = time.monotonic()
             if self._recorder is not None:
                 self._recorder.add(track.kind, frame)
             if tap is not None:
@@ -231,8 +236,23 @@ class RobotMediaSession:
                 self._events.media_failed(self.call_id, exc.message)
                 return
             self._events.media_connected(self.call_id, fingerprint)
+            watchdog = asyncio.ensure_future(self._watch_media())
+            self._tasks.add(watchdog)
+            watchdog.add_done_callback(self._tasks.discard)
         elif state == "failed" and not self._closed:
             self._events.media_failed(self.call_id, "the media connection failed (ICE or DTLS)")
+
+
+    async def _watch_media(self) -> None:
+        timeout = self._options.silence_timeout_s
+        connected = time.monotonic()
+        while not self._closed:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            last = max([connected, *(r.last for r in self.received.values())])
+            if time.monotonic() - last > timeout and not self._closed:
+                self._events.media_failed(self.call_id, f"no media from the peer for"
+                                                        f" {timeout:g} s")
+                return
 
 
 class RobotMedia:

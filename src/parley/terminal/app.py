@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -49,6 +50,7 @@ from parley.core.call import (
     StartMedia,
     StopMedia,
 )
+from parley.core.encoding import random_id
 from parley.core.envelope import Envelope, open_envelope, seal_envelope
 from parley.core.errors import (
     ErrorCode,
@@ -74,6 +76,7 @@ from parley.terminal.store import AlarmRecord, TerminalStore
 
 log = logging.getLogger("parley.terminal")
 MAX_ENDED_CALLS = 50
+END_KEPT_MS = 10 * 60_000  # a hang-up that could not be sent is sent again this long
 RETRY_DELAYS_S = (1.0, 3.0, 10.0)  # an envelope not opened for a passing reason: tried again
 PEERS_REFRESH_S = 600.0  # the line peers' directory listings, looked at again for new devices
 
@@ -143,6 +146,7 @@ class Terminal:
         self._listeners: set[Listener] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._opening: set[str] = set()  # ids of envelopes being handled now
+        self._unsent_ends: list[tuple[SendEnvelope, int]] = []  # (call.end, keep until)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -435,6 +439,8 @@ class Terminal:
 
     def _on_presence(self, device: str, online: bool) -> None:
         self.peers.set_online(device, online)
+        if online and self._unsent_ends:
+            self._send_unsent_ends(device)
         self._publish({"t": "presence", "device": device,
                        "party": split_device_id(device)[0], "online": online})
 
@@ -443,6 +449,21 @@ class Terminal:
         if up:  # a device gained while we were away is told at once
             self._spawn_lane_task(self._refresh_peers())
             self.messages.link_up()
+            self._send_unsent_ends(None)
+
+    def _send_unsent_ends(self, device: str | None) -> None:
+        """Send again the hang-ups kept for `device` (None: all of them)."""
+        keep = []
+        for action, until in self._unsent_ends:
+            if until <= now_ms():
+                continue
+            if device is not None and action.to.device_id != device:
+                keep.append((action, until))
+                continue
+            # Under a new id: the first may have gone after all.
+            self._spawn_lane_task(self._send(dataclasses.replace(action,
+                                                                 envelope_id=random_id())))
+        self._unsent_ends = keep
 
     def _on_roster(self, party: str) -> None:
         """The server says `party`'s devices changed: look (its word is not trusted)."""
@@ -534,6 +555,15 @@ class Terminal:
         try:
             await self.link.send_envelope(envelope, ephemeral=kind is None or not kind.stored)
         except RemoteError as exc:
+            if action.type == "call.end" and exc.code in (ErrorCode.SERVER_ERROR,
+                                                          ErrorCode.RECIPIENT_OFFLINE):
+                # A hang-up, decline or cancel must arrive: the other side would hold the
+                # call. Kept, and sent again (sealed afresh) once the server is back and
+                # the peer with it.
+                log.warning("could not send call.end to %s (%s); it goes when the server is"
+                            " back", action.to.device_id, exc)
+                self._unsent_ends.append((action, now_ms() + END_KEPT_MS))
+                return
             log.warning("could not send %s to %s: %s", action.type, action.to.device_id, exc)
             if exc.code is ErrorCode.QUOTA_EXCEEDED:
                 self._publish({"t": "problem", "problem": {**exc.as_dict(),
