@@ -34,6 +34,9 @@ async def test_verifying_a_peer_from_its_safety_number(line: LocalLine, people: 
     # Unverified peers are refused, and the page says how to fix it.
     await call_button(page, "moscow").click()
     await expect(page.get_by_test_id("page-error")).to_contain_text("not verified")
+    # ...in the page's own terms: its button, not a command to type.
+    await expect(page.get_by_test_id("page-error")).to_contain_text("Press Safety number")
+    await expect(page.get_by_test_id("page-error")).not_to_contain_text("parley keys")
     assert not washington.terminal.book.calls()
 
     await page.locator('[data-testid="verify-button"][data-party="moscow"]').click()
@@ -99,7 +102,8 @@ async def test_a_changed_key_is_a_loud_warning(line: LocalLine, people: PersonFa
     await expect(party.get_by_test_id("trust")).to_have_text("KEY CHANGED")
     await expect(party.get_by_test_id("party-warning")).to_contain_text(
         "A key of moscow changed since you verified it")
-    await expect(party.get_by_test_id("party-warning")).to_contain_text("parley keys verify moscow")
+    await expect(party.get_by_test_id("party-warning")).to_contain_text("Press Safety number")
+    await expect(party.get_by_test_id("party-warning")).not_to_contain_text("parley keys")
     await call_button(page, "moscow").click()
     await expect(page.get_by_test_id("page-error")).to_contain_text("has changed")
     assert not washington.terminal.book.calls()

@@ -68,6 +68,6 @@ def party_warning(party: str, trust: Trust | None) -> str:
     """What the list of parties says under a party whose key changed ('' otherwise)."""
     if trust is not Trust.CHANGED:
         return ""
-    hint = verify_hint(party, changed=True)
     return (f"A key of {party} changed since you verified it: calls to that device are"
-            f" refused. {hint[0].upper()}{hint[1:]}.")
+            f" refused. Press Safety number and compare the new number with {party}'s"
+            " operator out of band before you mark it verified.")

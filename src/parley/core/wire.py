@@ -115,7 +115,10 @@ SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
     "deliver": {"t": schema.text(16), "env": schema.obj()},
     "directory": {"t": schema.text(16), "party": schema.text(NAME_MAX),
                   "devices": schema.Field(list, max_len=100), "online": schema.Field(
-                      list, max_len=100), "ref": _REF},
+                      list, max_len=100), "ref": _REF,
+                  # the party as its principal was registered: "The Kremlin", Europe/Moscow
+                  "display": schema.text(200, required=False),
+                  "timezone": schema.text(64, required=False)},
     "presence": {"t": schema.text(16), "device": _DEVICE, "online": schema.boolean()},
     "roster": {"t": schema.text(16), "party": schema.text(NAME_MAX)},
     "acked": {"t": schema.text(16), "ids": schema.Field(list, max_len=MAX_BATCH)},

@@ -248,8 +248,10 @@ class ControlServer:
             device["safety_qr"] = safety_qr(self.terminal.device_id, device["device"],
                                             device["safety_number"])
         trust = party_trust(Trust(d["trust"]) for d in devices)
+        display, zone = self.terminal.link.principals.get(party, (party, ""))
         return web.json_response({"party": party, "trust": trust,
-                                  "warning": party_warning(party, trust), "devices": devices})
+                                  "warning": party_warning(party, trust), "devices": devices,
+                                  "display": display, "timezone": _known_zone(zone)})
 
     async def verify(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -449,3 +451,16 @@ class ControlServer:
         except ParleyError as exc:
             log.warning("%r sent a bad message: %s", page, exc)
             page.send({"t": "error", "error": exc.as_dict()})
+
+
+def _known_zone(name: str) -> str | None:
+    """An IANA time zone this machine knows (the page shows its local time), else None."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not name or len(name) > 64:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name

@@ -81,6 +81,9 @@ class ServerLink:
         self._outbox: Outbox | None = None  # for self._ws
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.connected = asyncio.Event()
+        # party -> (display name, IANA time zone), as the server registered them: shown
+        # beside a party, never used to decide anything.
+        self.principals: dict[str, tuple[str, str]] = {}
         self.peers: list[str] = []
         self.last_error: ParleyError | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -320,6 +323,7 @@ class ServerLink:
 
     async def directory(self, party: str) -> tuple[list[DevicePublicKeys], set[str]]:
         reply = await self.request({"t": "directory", "party": party})
+        self.principals[party] = (reply.get("display") or party, reply.get("timezone") or "")
         devices = []
         for entry in reply["devices"]:
             try:

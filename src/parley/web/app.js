@@ -14,8 +14,22 @@ import { View } from "./view.js";
 
 const RECONNECT_MS = 2000;
 const SAMPLE_MS = 1000;
+const CLOCK_MS = 20000;
 const LINES_MS = 30000; // the lines' view is asked for again this often (ages move on)
 export const KEEP_ENDED_CALLS = 50; // the terminal's MAX_ENDED_CALLS
+
+// An error from the terminal, in the page's own words: a sentence, and where the fix is a
+// button of this page, that button -- not the command a terminal's operator would type.
+const PAGE_HINTS = {
+  not_verified: "Press Safety number beside the party and compare it with its operator out of band.",
+  key_changed: "Press Safety number beside the party and compare the new number with its operator before you mark it verified.",
+};
+
+export function pageError(err) {
+  const message = err.message ? err.message[0].toUpperCase() + err.message.slice(1) : "Something failed";
+  const hint = PAGE_HINTS[err.code] || err.hint;
+  return hint ? `${message}. ${hint[0].toUpperCase()}${hint.slice(1)}` : `${message}.`;
+}
 
 function emptyParty(party) {
   return { party, trust: null, warning: "", devices: [], error: "" };
@@ -61,6 +75,7 @@ class App {
     this.#connect();
     setInterval(() => this.#tick(), SAMPLE_MS);
     setInterval(() => this.#loadLines(false), LINES_MS);
+    setInterval(() => this.render(), CLOCK_MS); // the other parties' local time moves on
     // A conversation on screen counts as read only while someone can see the page.
     document.addEventListener("visibilitychange", () => this.render());
   }
@@ -430,7 +445,7 @@ class App {
       this.notice = "";
       await operation();
     } catch (err) {
-      this.notice = err.hint ? `${err.message}. What to do: ${err.hint}` : err.message;
+      this.notice = pageError(err);
     }
     this.render();
   }
@@ -461,7 +476,8 @@ class App {
     if (!this.terminalUp) view.showLink("terminal not reachable", false);
     else if (status && !status.connected) view.showLink("line server: NOT CONNECTED", false);
     else view.showLink("line server: connected", true);
-    view.showMediaRole(this.isMediaPage);
+    view.robot = status?.media === "robot";
+    view.showMediaRole(this.isMediaPage, status?.media);
     view.showPageError(this.notice);
     const order = status?.lines || [];
     view.showParties(order.map((party) => this.parties.get(party) || emptyParty(party)));

@@ -54,7 +54,7 @@ export class LinePanel {
     const age = line.age_ms === null ? "never tested"
       : `last test ${ageText(line.age_ms)} ago`;
     item.append(this.#el("div", "muted small", age));
-    if (line.reasons.length) {
+    if (line.reasons.length && !(line.age_ms === null && line.reasons.join() === "never tested")) {
       const reasons = this.#el("ul", "line-reasons");
       reasons.dataset.testid = "line-test-reasons";
       for (const reason of line.reasons) reasons.append(this.#el("li", "", reason));

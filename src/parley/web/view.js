@@ -5,6 +5,20 @@
 import { ConversationView } from "./messages.js";
 import { CallState, EndReason, MediaKind, Trust } from "./protocol.js";
 
+// "Tue 19:42 in Europe/Moscow (GMT+3)": the time in another party's zone, as the browser's
+// own time-zone data gives it.
+export function localTime(zone, now = new Date()) {
+  try {
+    const time = new Intl.DateTimeFormat("en-GB", { timeZone: zone, weekday: "short",
+      hour: "2-digit", minute: "2-digit" }).format(now);
+    const offset = new Intl.DateTimeFormat("en-GB", { timeZone: zone, timeZoneName: "shortOffset" })
+      .formatToParts(now).find((part) => part.type === "timeZoneName");
+    return `${time} in ${zone}${offset ? ` (${offset.value})` : ""}`;
+  } catch {
+    return "";
+  }
+}
+
 const ALARMS_SHOWN = 10;
 const STATE_TEXT = {
   [CallState.DIALING]: "Calling…",
@@ -143,8 +157,11 @@ export class View {
     this.el.link.dataset.up = String(up);
   }
 
-  showMediaRole(isMediaPage) {
-    this.el.mediaRole.hidden = isMediaPage;
+  showMediaRole(isMediaPage, media) {
+    this.el.mediaRole.hidden = isMediaPage && media !== "robot";
+    this.el.mediaRole.textContent = media === "robot"
+      ? "This terminal's robot does the calls' audio and video (a test pattern and a tone), not this browser. This page shows the calls and controls the robot."
+      : "Another tab of this terminal does the calls' audio and video. Use that tab, or reload this one to take over.";
   }
 
   showPageError(text) {
@@ -240,6 +257,12 @@ export class View {
     const warning = byId(item, "party-warning");
     warning.textContent = text || entry.error;
     warning.hidden = !warning.textContent;
+    // Its principal as the line host registered it, and the time there now.
+    byId(item, "party-display").textContent = entry.display && entry.display !== entry.party
+      ? entry.display : "";
+    const time = byId(item, "party-time");
+    time.textContent = entry.timezone ? localTime(entry.timezone) : "";
+    time.dataset.zone = entry.timezone || "";
   }
 
   // -- verification ---------------------------------------------------------------------
@@ -317,6 +340,7 @@ export class View {
     el.callState.textContent = ended ? `${STATE_TEXT[call.state]}: ${endText(call.end_reason)}` : STATE_TEXT[call.state];
     el.verifiedBadge.hidden = !(call.verified && !ended);
     el.unverifiedBadge.hidden = !(call.state === CallState.ACTIVE && !call.verified);
+    el.unverifiedBadge.textContent = `Not verified: press Safety number beside ${call.peer_party} and compare it with its operator`;
     el.timer.textContent = this.#timerText(call, ui.now);
 
     const showSas = Boolean(call.sas) && !ended;
@@ -335,7 +359,8 @@ export class View {
     el.voiceOnly.hidden = video || ended;
     el.stageWaiting.textContent = ended ? `Call ended: ${endText(call.end_reason)}`
       : call.state !== CallState.ACTIVE ? STATE_TEXT[call.state]
-        : media ? "" : "This call's audio and video are in another tab of this terminal.";
+        : media ? "" : this.robot ? "The robot sends a test pattern and a tone in this call; its media is not played here."
+          : "This call's audio and video are in another tab of this terminal.";
     // Remote media plays only once the terminal has checked the handshake (state active).
     this.#attach(el.remoteVideo, call.state === CallState.ACTIVE && media ? media.remoteStream : null, "remoteAttached");
     this.#attach(el.localVideo, !ended && video && media && media.localStream ? media.localStream : null, "localAttached");

@@ -86,6 +86,9 @@ class RelayStore(Protocol):
 
     def principal_exists(self, name: str) -> bool: ...
 
+    def principal(self, name: str) -> Any:
+        """The party's display name and time zone (``.display``, ``.timezone``), or None."""
+
     def line_peers(self, party: str) -> list[str]: ...
 
     def may_talk(self, a: str, b: str) -> bool: ...
@@ -623,8 +626,10 @@ class Relay:
             raise RemoteError(f"there is no line between {session.party} and {party}",
                               code=ErrorCode.NO_LINE)
         devices = self.store.devices(party)
+        principal = self.store.principal(party)
         self._send(session, {
             "t": "directory", "party": party, "ref": msg.get("ref"),
+            "display": principal.display[:200], "timezone": principal.timezone[:64],
             "devices": [d.to_json() for d in devices],
             "online": [d.device_id for d in devices if d.device_id in self.online],
         })
