@@ -82,6 +82,8 @@ SERVER_OPTIONS = [
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
     Option("log-level", "debug, info, warning or error", "info"),
+    Option("admin-token", "the token the status page, /lines.json and /metrics ask for (on"
+           " loopback: none unless given; elsewhere: admin.token in the data directory)"),
     Option("alert-webhook", "POST each change of a line's state here (Alertmanager's webhook"
            " format, signed: see 'parley server alert-key')", [], many=True),
     Option("linetest-interval", "seconds between a line's scheduled tests, for a result that"
@@ -135,7 +137,8 @@ def server_config(cfg: dict[str, Any]) -> Any:
                         public_url=cfg["public_url"], limits=limits,
                         thresholds=Thresholds.from_settings(cfg),
                         linetest_interval_s=cfg["linetest_interval"],
-                        alert_webhooks=list(cfg["alert_webhook"]))
+                        alert_webhooks=list(cfg["alert_webhook"]),
+                        admin_token=cfg["admin_token"])
 
 
 def cmd_server_run(args: argparse.Namespace) -> int:
@@ -144,10 +147,22 @@ def cmd_server_run(args: argparse.Namespace) -> int:
     cfg = resolve(args, SERVER_OPTIONS, "server", getattr(args, "data", None))
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("listening on %s: reachable beyond this machine", cfg["host"])
+        log.warning("listening on %s: reachable beyond this machine; the status page and"
+                    " /metrics need the admin token ('parley server admin-token')", cfg["host"])
     config = server_config(cfg)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
+    return 0
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from parley.server.app import load_admin_token
+
+    data = resolve(args, SERVER_OPTIONS[:1], "server")["data"]
+    token = load_admin_token(data)
+    print(token if args.quiet else f"admin token: {token}\n  the status page:"
+          f" {_server_address(args)}/?token={token}; Prometheus: 'authorization:"
+          " {credentials: ...}' with it as a bearer token")
     return 0
 
 
@@ -209,7 +224,9 @@ def cmd_enroll_code(args: argparse.Namespace) -> int:
     else:
         print(f"enrollment code for {args.party}: {code}")
         print(f"valid once, for {ttl // 3_600_000}h{ttl // 60_000 % 60:02d}m. On the device:")
-        print(f"  parley terminal enroll --server URL --code {code}")
+        print(f"  parley terminal enroll --server {_server_address(args)} --code {code}")
+        print("  (the address as this server's settings give it: --public-url, or --host and"
+              " --port, in parley.toml or the environment)")
     return 0
 
 
@@ -288,6 +305,26 @@ def _server_address(args: argparse.Namespace) -> str:
 
 
 # --- terminal -------------------------------------------------------------------------------
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The running terminal's page: its address now (the token changes at every start)."""
+    from parley.terminal.store import CONTROL_FILE
+
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    status = control_request(data, "GET", "/api/status")  # it runs, and answers
+    info = json.loads((data / CONTROL_FILE).read_text())
+    url = f"{info['url']}/?token={info['token']}"
+    print(f"ui: {url}")
+    print(f"  {status['device']}'s page; open it in a browser on this machine"
+          f" ({status['media']} media)")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            raise LocalError("no browser could be started here", code=ErrorCode.BAD_CONFIG,
+                             hint="open the address above in a browser on this machine")
+    return 0
+
 
 def cmd_terminal_init(args: argparse.Namespace) -> int:
     from parley.terminal.store import TerminalStore
@@ -836,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ssub, "cancel-code", "cancel an enrollment code given out by mistake",
                 cmd_cancel_code, SERVER_OPTIONS[:1])
     p.add_argument("code")
+    p = command(ssub, "admin-token", "the token of the server's own pages (status, metrics)"
+                " when it listens beyond loopback", cmd_admin_token, SERVER_OPTIONS[:1])
+    p.add_argument("--quiet", action="store_true", help="print only the token")
     p = command(ssub, "alert-key", "the public key that signs every alert webhook",
                 cmd_alert_key, SERVER_OPTIONS[:1])
     p.add_argument("--json", action="store_true")
@@ -894,6 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="pin without typing the number")
     p = command(ksub, "forget", "remove a verified key", cmd_keys_forget, DATA_OPTION)
     p.add_argument("target", help="party/device")
+
+    p = command(sub, "ui", "the running terminal's page: its address now", cmd_ui, DATA_OPTION)
+    p.add_argument("--open", action="store_true", help="and open it in a browser")
 
     # calls on a running terminal
     p = command(sub, "call", "place a call from the running terminal", cmd_call, DATA_OPTION)

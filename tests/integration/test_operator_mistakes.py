@@ -153,3 +153,61 @@ def test_a_mistyped_safety_number_is_a_typo_not_an_interception(
     grouped = "-".join(number[i:i + 5] for i in range(0, 60, 5))
     assert verify(grouped)[0] == 0
     assert shown()["trust"] == "verified"
+
+
+async def test_the_servers_own_pages_need_its_admin_token_when_one_is_set(
+        tmp_path: Path) -> None:
+    import aiohttp
+
+    from parley.server.app import ServerConfig, load_admin_token, start_server
+
+    token = load_admin_token(tmp_path / "srv")
+    assert (tmp_path / "srv" / "admin.token").stat().st_mode & 0o777 == 0o600
+    server, runner = await start_server(ServerConfig(data_dir=tmp_path / "srv", port=0,
+                                                     admin_token=token))
+    base = f"http://127.0.0.1:{server.config.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/", "/metrics", "/lines.json"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 401, path
+                    assert "parley server admin-token" in await resp.text()
+                async with http.get(base + path, params={"token": "wrong"}) as resp:
+                    assert resp.status == 401, path
+                async with http.get(base + path, headers={
+                        "Authorization": f"Bearer {token}"}) as resp:
+                    assert resp.status == 200, path
+            async with http.get(base + "/", params={"token": token}) as resp:
+                assert "Parley line server" in await resp.text()
+            async with http.get(base + "/healthz") as resp:  # for a load balancer: no more
+                assert await resp.json() == {"ok": True}
+    finally:
+        await runner.cleanup()
+
+
+def test_parley_ui_gives_the_running_terminals_address(tmp_path: Path,
+                                                       procs: list[Proc]) -> None:
+    srv = ["--data", str(tmp_path / "srv")]
+    run("server", "principal", "add", "moscow", *srv)
+    server = Proc("server", "--port", "0", *srv)
+    procs.append(server)
+    url = server.line("ready: ")
+    printed = run("server", "enroll-code", "moscow", *srv).stdout
+    assert "--server http://127.0.0.1:8800 --code" in printed  # as its settings give it
+    code = run("server", "enroll-code", "moscow", "--quiet", *srv).stdout.strip()
+    term = ["--data", str(tmp_path / "t")]
+    run("terminal", "init", "--name", "desk", *term)
+    run("terminal", "enroll", "--server", url, "--code", code, *term)
+    terminal = Proc("terminal", "--ui-port", "0", *term)
+    procs.append(terminal)
+    started = terminal.line("ui: ")
+    assert run("ui", *term).stdout.splitlines()[0] == f"ui: {started}"
+    terminal.stop()
+    again = Proc("terminal", "--ui-port", "0", *term)  # a new token at every start
+    procs.append(again)
+    restarted = again.line("ui: ")
+    assert restarted != started
+    assert run("ui", *term).stdout.splitlines()[0] == f"ui: {restarted}"
+    again.stop()
+    gone = run("ui", *term, check=False)
+    assert gone.returncode == 2 and "no terminal is running" in gone.stderr

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from parley.core.relay.admission import Admission
 from parley.core.relay.limits import Limits
 from parley.core.relay.lines import LineBoard
 from parley.core.relay.relay import Relay, Session
-from parley.files import DataLock
+from parley.files import DataLock, check_private, private_dir, write_private_file
 from parley.outbox import Outbox
 from parley.server.alerts import Alerter, load_alert_key
 from parley.server.listener import Guard, Listener
@@ -67,6 +69,13 @@ class ServerConfig:
     # long after twice this.
     linetest_interval_s: int = linetest.DEFAULT_INTERVAL_S
     alert_webhooks: list[str] = field(default_factory=list)
+    # The status page, /lines.json and /metrics need this token, as ?token= or a bearer
+    # header. None: open on loopback; on any other address one is made (admin.token).
+    admin_token: str | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost")
 
     @property
     def origin(self) -> str:
@@ -151,7 +160,10 @@ class LineServer:
         self.listener: Listener | None = None  # set by start_server
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Metrics(self))
-        self.app = web.Application(client_max_size=64 * 1024)
+        self.admin_token = config.admin_token or (
+            None if config.loopback else load_admin_token(config.data_dir))
+        self.app = web.Application(client_max_size=64 * 1024,
+                                   middlewares=[self._admin_only])
         self.app.add_routes([
             web.get("/", self.status_page),
             web.get("/healthz", self.healthz),
@@ -226,7 +238,23 @@ class LineServer:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    async def healthz(self, _request: web.Request) -> web.Response:
+    @web.middleware
+    async def _admin_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The pages that show who is on the server, to its operator only (when not on
+        loopback, or when a token is set)."""
+        if self.admin_token is not None and request.path in _ADMIN_PAGES:
+            given = request.query.get("token") or request.headers.get(
+                "Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), self.admin_token.encode()):
+                return web.Response(status=401, text="this page needs the server's admin"
+                                    " token (?token=... or Authorization: Bearer ...):"
+                                    " 'parley server admin-token' prints it\n")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if self.admin_token is not None and request.query.get("token") != self.admin_token:
+            return web.json_response({"ok": True})  # nothing of who is connected
         return web.json_response({"ok": True, "online": len(self.relay.online)})
 
     async def status_page(self, _request: web.Request) -> web.Response:
@@ -360,6 +388,20 @@ class LineServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+_ADMIN_PAGES = frozenset({"/", "/metrics", "/lines.json"})
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def load_admin_token(data_dir: Path) -> str:
+    """The server's admin token for its own pages, made on first use (0600)."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    if not path.exists():
+        private_dir(data_dir)
+        write_private_file(path, secrets.token_urlsafe(24).encode())
+    check_private([path], what="the server's admin token", secret=True)
+    return path.read_text().strip()
 
 
 # Connections closed for junk before login, a refused login or not logging in are held,
