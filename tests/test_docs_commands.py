@@ -26,6 +26,8 @@ def shown_commands() -> list[tuple[str, str]]:
             for line in block.splitlines():
                 for part in line.split("&&"):
                     words = shlex.split(part, comments=True)
+                    if words and words[-1] == "&":  # run in the background
+                        words = words[:-1]
                     if words and words[0] in ("parley", ".venv/bin/parley"):
                         found.append((doc.name, shlex.join(words[1:])))
     return found

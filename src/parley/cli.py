@@ -510,6 +510,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     if info["state"] == "ended":
         print(f"call ended: {info['end_reason']}" + (f" ({info['alarm']})" if info["alarm"]
                                                       else ""))
+        if info["end_reason"] == "no_answer":
+            print(f"  nobody answered at {info['peer']}: is someone there, with its page open"
+                  " (or its terminal run with --auto-answer)?")
         return 1
     return 0
 

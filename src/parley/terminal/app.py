@@ -640,6 +640,11 @@ class Terminal:
             data["since_placed_ms"] = round((time.monotonic() - placed) * 1000, 1)
         self._publish({"t": "call", "call": data})
         if (info.state is CallState.RINGING and info.direction == "incoming"
+                and not self.config.auto_answer and not self.book.test_set
+                and getattr(self.engine, "page_open", True) is False):
+            log.warning("a call from %s is ringing, but no page of this terminal is open to"
+                        " take it: open the address 'parley ui' prints", info.peer)
+        if (info.state is CallState.RINGING and info.direction == "incoming"
                 and (self.config.auto_answer or self.book.test_set)):
             # A test set rings only for test calls (the book refuses others) and takes them.
             try:

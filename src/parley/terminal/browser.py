@@ -285,6 +285,10 @@ class BrowserMedia:
         self.sessions[call_id] = session
         return session
 
+    @property
+    def page_open(self) -> bool:
+        return bool(self._pages)
+
     def media_page(self) -> Page:
         if not self._pages:
             raise LocalError(
