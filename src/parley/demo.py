@@ -292,6 +292,11 @@ async def _follow(controls: dict[str, Control], say: Any, robots: set[str]) -> N
                     extra = f", SAS {call['sas']}" if call["state"] == "active" else \
                         f" ({call['end_reason']})" if call["state"] == "ended" else ""
                     say(f"[{name}] call {call['direction']} {call['peer']}: {call['state']}{extra}")
+                elif event.get("t") == "linetest" and "result" in event and \
+                        name == "washington":
+                    result = event["result"]
+                    why = "; ".join(result["reasons"]) or "every figure within its threshold"
+                    say(f"[line test] {result['line']}: {result['status'].upper()} -- {why}")
                 elif event.get("t") == "alarm":
                     alarm = event["alarm"]
                     say(f"[{name}] ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")
