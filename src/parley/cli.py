@@ -107,8 +107,8 @@ TERMINAL_OPTIONS = [
            " person's web UI)", "robot"),
     Option("play", "send this media file instead of the test pattern and tone", type=Path),
     Option("record", "record received media to DIR/<call>.webm", type=Path),
-    Option("media-timeout", "seconds without any media from the peer after which a call"
-           " ends (robot media)", 10.0, type=float),
+    Option("media-timeout", "seconds without any media from the peer after which a robot's"
+           " call ends (0: never)", 10.0, type=float),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
     Option("test-set", "run as this site's test set: robot media, takes part in line tests"
@@ -144,7 +144,7 @@ def server_config(cfg: dict[str, Any]) -> Any:
 def cmd_server_run(args: argparse.Namespace) -> int:
     from parley.server.app import run_server
 
-    cfg = resolve(args, SERVER_OPTIONS, "server", getattr(args, "data", None))
+    cfg = _server_settings(args)
     _setup_logging(cfg["log_level"])
     if cfg["host"] not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s: reachable beyond this machine; the status page and"
@@ -158,8 +158,8 @@ def cmd_server_run(args: argparse.Namespace) -> int:
 def cmd_admin_token(args: argparse.Namespace) -> int:
     from parley.server.app import load_admin_token
 
-    data = resolve(args, SERVER_OPTIONS[:1], "server")["data"]
-    token = load_admin_token(data)
+    cfg = _server_settings(args)
+    token = cfg["admin_token"] or load_admin_token(cfg["data"])
     print(token if args.quiet else f"admin token: {token}\n  the status page:"
           f" {_server_address(args)}/?token={token}; Prometheus: 'authorization:"
           " {credentials: ...}' with it as a bearer token")
@@ -169,7 +169,7 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
 def cmd_alert_key(args: argparse.Namespace) -> int:
     from parley.server.alerts import SIGNATURE_HEADER, load_alert_key, public_key_text
 
-    data = resolve(args, SERVER_OPTIONS[:1], "server")["data"]
+    data = _server_settings(args)["data"]
     from parley.files import private_dir
 
     private_dir(data)
@@ -184,11 +184,17 @@ def cmd_alert_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's settings: the data directory first (flag, environment), then everything
+    else with that directory's parley.toml."""
+    data = resolve(args, SERVER_OPTIONS[:1], "server")["data"]
+    return resolve(args, SERVER_OPTIONS, "server", data)
+
+
 def _server_store(args: argparse.Namespace) -> Any:
     from parley.server.store import ServerStore
 
-    cfg = resolve(args, SERVER_OPTIONS[:1], "server", getattr(args, "data", None))
-    return ServerStore(cfg["data"] / "server.db")
+    return ServerStore(_server_settings(args)["data"] / "server.db")
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
@@ -300,7 +306,7 @@ def _ttl_text(ttl: int) -> str:
 
 def _server_address(args: argparse.Namespace) -> str:
     """The URL terminals enroll at, as this server's configuration says."""
-    cfg = resolve(args, SERVER_OPTIONS, "server", getattr(args, "data", None))
+    cfg = _server_settings(args)
     return (cfg["public_url"] or f"http://{cfg['host']}:{cfg['port']}").rstrip("/")
 
 
@@ -317,12 +323,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"ui: {url}")
     print(f"  {status['device']}'s page; open it in a browser on this machine"
           f" ({status['media']} media)")
-    if args.open:
-        import webbrowser
-
-        if not webbrowser.open(url):
-            raise LocalError("no browser could be started here", code=ErrorCode.BAD_CONFIG,
-                             hint="open the address above in a browser on this machine")
     return 0
 
 
@@ -929,7 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ksub, "show", "this device's fingerprint, or the safety number with a peer",
                 cmd_keys_show, DATA_OPTION)
     p.add_argument("peer", nargs="?", help="a party, e.g. moscow")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)  # or before
     p = command(ksub, "verify", "mark a peer verified after comparing the safety number",
                 cmd_keys_verify, DATA_OPTION)
     p.add_argument("target", help="a party (if it has one device) or party/device")
@@ -938,8 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ksub, "forget", "remove a verified key", cmd_keys_forget, DATA_OPTION)
     p.add_argument("target", help="party/device")
 
-    p = command(sub, "ui", "the running terminal's page: its address now", cmd_ui, DATA_OPTION)
-    p.add_argument("--open", action="store_true", help="and open it in a browser")
+    command(sub, "ui", "the running terminal's page: its address now (open it in a browser"
+            " here; it holds the page's token, new at every start)", cmd_ui, DATA_OPTION)
 
     # calls on a running terminal
     p = command(sub, "call", "place a call from the running terminal", cmd_call, DATA_OPTION)
@@ -1002,8 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
     alarms.add_argument("--json", action="store_true")
     asub = alarms.add_subparsers(dest="alarms_command", metavar="ACTION")
     p = command(asub, "list", "list the open alarms (the default)", cmd_alarms, DATA_OPTION)
-    p.add_argument("--all", action="store_true", help="acknowledged ones too")
-    p.add_argument("--json", action="store_true")
+    # Given before "list" or after it: a default here would undo one given before.
+    p.add_argument("--all", action="store_true", default=argparse.SUPPRESS,
+                   help="acknowledged ones too")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     p = command(asub, "ack", "acknowledge alarms that have been dealt with", cmd_alarms_ack,
                 DATA_OPTION)
     p.add_argument("ids", nargs="*", type=int, metavar="ID", help="alarm numbers")

@@ -101,21 +101,31 @@ class DataLock:
     one's (it takes the lock before it opens anything else).
     """
 
-    def __init__(self, data_dir: Path, what: str) -> None:
+    def __init__(self, data_dir: Path, what: str, *, secret: bool) -> None:
         self.path = data_dir / LOCK_FILE
         self.data_dir = data_dir
         self.what = what
+        self.secret = secret
         self._fd: int | None = None
 
     def acquire(self) -> DataLock:
         import fcntl
 
         private_dir(self.data_dir)
+        # A directory others may write could hold a lock file of theirs: refused first.
+        check_private([self.data_dir], what=f"the data of {self.what}", secret=self.secret)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or \
+                info.st_uid != os.getuid():
+            os.close(fd)
+            raise LocalError(f"{self.path} is not a lock file of this user's",
+                             code=ErrorCode.BAD_CONFIG, hint=f"remove {self.path}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            holder = text if text.isdigit() else "unknown"  # printed: digits only
             os.close(fd)
             raise LocalError(f"{self.what} in {self.data_dir} is already running"
                              f" (PID {holder})", code=ErrorCode.BUSY,

@@ -41,10 +41,13 @@ async def test_a_call_whose_media_stops_ends_and_the_line_is_free_again(
     washington = await line.terminal("washington", robot=quick)
     moscow = await line.terminal("moscow", auto_answer=True, robot=quick)
     mine, theirs = await active_call(washington, moscow)
-    # Washington's media goes away without a word (its machine lost power, say).
-    await washington.sessions[mine.call_id].pc.close()
+    # Washington's media stops coming, without a word (its camera and microphone gone, its
+    # uplink dead): the connection stays up, nothing is signalled.
+    for sender in washington.sessions[mine.call_id].pc.getSenders():
+        sender.replaceTrack(None)
     await wait_until(lambda: moscow.book.info(theirs.call_id).state is CallState.ENDED, 15,
                      "moscow's call ended for want of media")
     ended = moscow.book.info(theirs.call_id)
     assert ended.end_reason is EndReason.FAILED, ended
+    assert ended.alarm and "no media from the peer for 2 s" in ended.alarm, ended
     assert moscow.book.live() == []

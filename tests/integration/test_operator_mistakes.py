@@ -26,6 +26,12 @@ def test_options_count_wherever_they_are_given(tmp_path: Path) -> None:
     assert "washington" in run("server", "--data", data, "principal", "list").stdout
     run("terminal", "--data", str(tmp_path / "t"), "init", "--name", "desk")
     assert (tmp_path / "t" / "device.key").exists()
+    # Flags too, before or after the subcommand; and the environment.
+    for args in (["alarms", "--json", "list"], ["alarms", "list", "--json"]):
+        listed = run(*args, "--data", str(tmp_path / "t"))
+        assert json.loads(listed.stdout) == [], args
+    listed = run("alarms", "--json", "list", env={"PARLEY_DATA": str(tmp_path / "t")})
+    assert json.loads(listed.stdout) == []
     shown = run("keys", "--data", str(tmp_path / "t"), "show", check=False)
     assert "not enrolled" in shown.stderr and str(tmp_path / "t") in shown.stderr
 
@@ -158,11 +164,23 @@ def test_a_mistyped_safety_number_is_a_typo_not_an_interception(
 async def test_the_servers_own_pages_need_its_admin_token_when_one_is_set(
         tmp_path: Path) -> None:
     import aiohttp
+    import pytest
 
+    from parley.core.errors import LocalError
     from parley.server.app import ServerConfig, load_admin_token, start_server
 
     token = load_admin_token(tmp_path / "srv")
     assert (tmp_path / "srv" / "admin.token").stat().st_mode & 0o777 == 0o600
+    # Behind a proxy on this machine, its public address elsewhere: the token is asked for.
+    assert not ServerConfig(data_dir=tmp_path, public_url="https://line.example").loopback
+    assert ServerConfig(data_dir=tmp_path).loopback
+    # A token file left empty (a crash as it was written) protects nothing: refused.
+    (tmp_path / "empty").mkdir(mode=0o700)
+    (tmp_path / "empty" / "admin.token").write_text("")
+    (tmp_path / "empty" / "admin.token").chmod(0o600)
+    with pytest.raises(LocalError, match="too short"):
+        await start_server(ServerConfig(data_dir=tmp_path / "empty", port=0,
+                                        public_url="https://line.example"))
     server, runner = await start_server(ServerConfig(data_dir=tmp_path / "srv", port=0,
                                                      admin_token=token))
     base = f"http://127.0.0.1:{server.config.port}"
@@ -206,7 +224,7 @@ def test_parley_ui_gives_the_running_terminals_address(tmp_path: Path,
     again = Proc("terminal", "--ui-port", "0", *term)  # a new token at every start
     procs.append(again)
     restarted = again.line("ui: ")
-    assert restarted != started
+    assert restarted.split("token=")[1] != started.split("token=")[1]
     assert run("ui", *term).stdout.splitlines()[0] == f"ui: {restarted}"
     again.stop()
     gone = run("ui", *term, check=False)

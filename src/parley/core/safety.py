@@ -52,14 +52,18 @@ def safety_number(a: DevicePublicKeys, b: DevicePublicKeys) -> str:
 
 SAFETY_DIGITS = 60
 SAFETY_GROUP = 5
-TYPO_GROUPS = 3  # at most this many groups of five differing reads as a typing mistake
+TYPO_DIGITS = 2  # at most this many digits off, all in one group, reads as a typing mistake
 
 
-def compare_safety_number(typed: str, expected: str) -> list[int]:
-    """The groups (1-12) in which what an operator typed differs from `expected`.
+def compare_safety_number(typed: str, expected: str) -> tuple[list[int], bool]:
+    """The groups (1-12) in which what an operator typed differs from `expected`, and
+    whether that is a typing mistake: one or two digits off, in one group.
 
-    Raises LocalError (``invalid_input``) for what is not a safety number at all:
-    other characters than digits, spaces and dashes, or not 60 digits.
+    Anything more is a mismatch. A changed key changes its device's half of the number
+    (30 digits), so a key an attacker chose could match a few groups by grinding, never
+    all but one or two digits. Raises LocalError (``invalid_input``) for what is not a
+    safety number at all: other characters than digits, spaces and dashes, or not 60
+    digits.
     """
     stray = sorted({ch for ch in typed if not (ch.isdigit() or ch in " -\t\r\n")})
     if stray:
@@ -72,8 +76,9 @@ def compare_safety_number(typed: str, expected: str) -> list[int]:
         raise LocalError(f"a safety number has {SAFETY_DIGITS} digits; you entered"
                          f" {len(digits)}", code=ErrorCode.INVALID_INPUT,
                          hint="type all twelve groups of five")
-    return [i // SAFETY_GROUP + 1 for i in range(0, SAFETY_DIGITS, SAFETY_GROUP)
-            if digits[i:i + SAFETY_GROUP] != want[i:i + SAFETY_GROUP]]
+    off = [i for i in range(SAFETY_DIGITS) if digits[i] != want[i]]
+    groups = sorted({i // SAFETY_GROUP + 1 for i in off})
+    return groups, 0 < len(off) <= TYPO_DIGITS and len(groups) == 1
 
 
 def normalize_safety_number(text: str) -> str:

@@ -236,9 +236,10 @@ class RobotMediaSession:
                 self._events.media_failed(self.call_id, exc.message)
                 return
             self._events.media_connected(self.call_id, fingerprint)
-            watchdog = asyncio.ensure_future(self._watch_media())
-            self._tasks.add(watchdog)
-            watchdog.add_done_callback(self._tasks.discard)
+            if self._options.silence_timeout_s > 0:  # 0: never ends for want of media
+                watchdog = asyncio.ensure_future(self._watch_media())
+                self._tasks.add(watchdog)
+                watchdog.add_done_callback(self._tasks.discard)
         elif state == "failed" and not self._closed:
             self._events.media_failed(self.call_id, "the media connection failed (ICE or DTLS)")
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -75,7 +76,10 @@ class ServerConfig:
 
     @property
     def loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "::1", "localhost")
+        """Reached from this machine only: it listens on loopback and no public address is
+        given (a proxy in front, on this machine, would make it reachable from elsewhere)."""
+        public = urlsplit(self.public_url).hostname if self.public_url else None
+        return self.host in _LOOPBACK and (public is None or public in _LOOPBACK)
 
     @property
     def origin(self) -> str:
@@ -162,6 +166,12 @@ class LineServer:
         self.registry.register(_Metrics(self))
         self.admin_token = config.admin_token or (
             None if config.loopback else load_admin_token(config.data_dir))
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise LocalError(f"the admin token is too short ({len(self.admin_token)}"
+                             f" characters; at least {MIN_ADMIN_TOKEN})",
+                             code=ErrorCode.BAD_CONFIG,
+                             hint=f"delete {config.data_dir / ADMIN_TOKEN_FILE} to have a new"
+                                  " one made, or give a longer --admin-token")
         self.app = web.Application(client_max_size=64 * 1024,
                                    middlewares=[self._admin_only])
         self.app.add_routes([
@@ -242,18 +252,21 @@ class LineServer:
     async def _admin_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """The pages that show who is on the server, to its operator only (when not on
         loopback, or when a token is set)."""
-        if self.admin_token is not None and request.path in _ADMIN_PAGES:
-            given = request.query.get("token") or request.headers.get(
-                "Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), self.admin_token.encode()):
-                return web.Response(status=401, text="this page needs the server's admin"
+        if request.path in _ADMIN_PAGES and not self._is_admin(request):
+            return web.Response(status=401, text="this page needs the server's admin"
                                     " token (?token=... or Authorization: Bearer ...):"
                                     " 'parley server admin-token' prints it\n")
         response: web.StreamResponse = await handler(request)
         return response
 
+    def _is_admin(self, request: web.Request) -> bool:
+        given = request.query.get("token") or request.headers.get(
+            "Authorization", "").removeprefix("Bearer ")
+        return self.admin_token is None or hmac.compare_digest(given.encode(),
+                                                               self.admin_token.encode())
+
     async def healthz(self, request: web.Request) -> web.Response:
-        if self.admin_token is not None and request.query.get("token") != self.admin_token:
+        if not self._is_admin(request):
             return web.json_response({"ok": True})  # nothing of who is connected
         return web.json_response({"ok": True, "online": len(self.relay.online)})
 
@@ -391,7 +404,9 @@ class LineServer:
 
 
 _ADMIN_PAGES = frozenset({"/", "/metrics", "/lines.json"})
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 ADMIN_TOKEN_FILE = "admin.token"
+MIN_ADMIN_TOKEN = 16
 
 
 def load_admin_token(data_dir: Path) -> str:
@@ -529,7 +544,7 @@ async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]
 async def run_server(config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
                      ) -> None:
     """Serve until cancelled (one process per data directory: see `DataLock`)."""
-    with DataLock(config.data_dir, "a line server"):
+    with DataLock(config.data_dir, "a line server", secret=False):
         await _serve(config, on_ready)
 
 

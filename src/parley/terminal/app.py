@@ -77,6 +77,7 @@ from parley.terminal.store import AlarmRecord, TerminalStore
 log = logging.getLogger("parley.terminal")
 MAX_ENDED_CALLS = 50
 END_KEPT_MS = 10 * 60_000  # a hang-up that could not be sent is sent again this long
+END_RETRY_S = 5.0  # ...and, the server connected but not answering, again this soon
 RETRY_DELAYS_S = (1.0, 3.0, 10.0)  # an envelope not opened for a passing reason: tried again
 PEERS_REFRESH_S = 600.0  # the line peers' directory listings, looked at again for new devices
 
@@ -461,9 +462,13 @@ class Terminal:
                 keep.append((action, until))
                 continue
             # Under a new id: the first may have gone after all.
-            self._spawn_lane_task(self._send(dataclasses.replace(action,
-                                                                 envelope_id=random_id())))
+            self._spawn_lane_task(self._send(dataclasses.replace(
+                action, envelope_id=random_id()), keep_until=until))
         self._unsent_ends = keep
+
+    async def _resend_ends_later(self) -> None:
+        await asyncio.sleep(END_RETRY_S)
+        self._send_unsent_ends(None)
 
     def _on_roster(self, party: str) -> None:
         """The server says `party`'s devices changed: look (its word is not trusted)."""
@@ -548,7 +553,7 @@ class Terminal:
         elif isinstance(action, StopMedia | CallChanged | Alarm):
             raise AssertionError(f"{type(action).__name__} is carried out at once, in _run")
 
-    async def _send(self, action: SendEnvelope) -> None:
+    async def _send(self, action: SendEnvelope, keep_until: int | None = None) -> None:
         envelope = seal_envelope(self.keys, self.device_id, action.to, action.type,
                                  action.payload, now_ms(), action.envelope_id)
         kind = kind_of(action.type)
@@ -562,7 +567,10 @@ class Terminal:
                 # the peer with it.
                 log.warning("could not send call.end to %s (%s); it goes when the server is"
                             " back", action.to.device_id, exc)
-                self._unsent_ends.append((action, now_ms() + END_KEPT_MS))
+                until = keep_until if keep_until is not None else now_ms() + END_KEPT_MS
+                self._unsent_ends.append((action, until))
+                if self.link.connected.is_set():  # no answer, though connected: again soon
+                    self._spawn_lane_task(self._resend_ends_later())
                 return
             log.warning("could not send %s to %s: %s", action.type, action.to.device_id, exc)
             if exc.code is ErrorCode.QUOTA_EXCEEDED:

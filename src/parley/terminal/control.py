@@ -28,6 +28,7 @@ import hmac
 import itertools
 import logging
 import secrets
+import unicodedata
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -249,6 +250,9 @@ class ControlServer:
                                             device["safety_number"])
         trust = party_trust(Trust(d["trust"]) for d in devices)
         display, zone = self.terminal.link.principals.get(party, (party, ""))
+        # The server's words: shown as a name, never as a mark or a direction override.
+        display = "".join(ch for ch in display if unicodedata.category(ch)[0] not in "CZ"
+                          or ch == " ")[:100].strip() or party
         return web.json_response({"party": party, "trust": trust,
                                   "warning": party_warning(party, trust), "devices": devices,
                                   "display": display, "timezone": _known_zone(zone)})

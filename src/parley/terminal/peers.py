@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError, alarm_title
 from parley.core.keys import DevicePublicKeys
-from parley.core.safety import TYPO_GROUPS, compare_safety_number, safety_number
+from parley.core.safety import compare_safety_number, safety_number
 from parley.core.trust import Trust, assess, verify_hint
 from parley.terminal.link import ServerLink
 from parley.terminal.store import AlarmRecord, TerminalStore
@@ -174,18 +174,16 @@ class PeerBook:
             raise LocalError(f"{party} has {len(listing.devices)} devices ({names})",
                              code=ErrorCode.UNKNOWN_DEVICE, hint="name one as party/device")
         number = safety_number(self.me, device)
-        differ = compare_safety_number(typed_number, number) if typed_number is not None \
-            else []
-        if differ and len(differ) <= TYPO_GROUPS:
-            # Keys that differ give a number that differs everywhere: a few groups off is
-            # a digit mistyped or misheard.
-            groups = " and ".join(str(g) for g in differ)
+        differ, typo = compare_safety_number(typed_number, number) \
+            if typed_number is not None else ([], False)
+        if typo:
+            # A digit or two mistyped or misheard (see compare_safety_number).
             raise LocalError(
-                f"group{'s' if len(differ) > 1 else ''} {groups} of the safety number you"
-                f" entered do{'es' if len(differ) == 1 else ''} not match the one this"
-                " terminal computes", code=ErrorCode.SAFETY_NUMBER_TYPO,
-                hint=f"check those digits with {party}'s operator and type them again; if"
-                     " they read exactly what you typed, do not mark it verified")
+                f"group {differ[0]} of the safety number you entered does not match the one"
+                " this terminal computes", code=ErrorCode.SAFETY_NUMBER_TYPO,
+                hint=f"check that group with {party}'s operator and type it again; if they"
+                     " read exactly what you typed, the keys differ: do not mark it"
+                     " verified")
         if differ:
             raise LocalError(
                 f"the safety number you entered does not match the one for {device.device_id}",

@@ -37,7 +37,7 @@ def build_terminal(config: TerminalConfig) -> tuple[Terminal, ControlServer]:
 
 async def run_terminal(config: TerminalConfig, ice_hosts: list[str] | None) -> None:
     """Run until SIGINT or SIGTERM; one process per data directory (see `DataLock`)."""
-    with DataLock(config.data_dir, "a terminal"):
+    with DataLock(config.data_dir, "a terminal", secret=True):
         await _run(config, ice_hosts)
 
 
