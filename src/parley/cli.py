@@ -111,6 +111,8 @@ TERMINAL_OPTIONS = [
            " call ends (0: never)", 10.0, type=float),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
+    Option("timezone", "this site's time zone for scheduled talks (default: its party's, as"
+           " the line host registered it)"),
     Option("test-set", "run as this site's test set: robot media, takes part in line tests"
            " only, never in a real call", False, flag=True),
     Option("linetest-every", "a test set tests each of its lines this often, in seconds"
@@ -366,6 +368,7 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
                            silence_timeout_s=cfg["media_timeout"]),
+        timezone=cfg["timezone"],
         linetest=LineTestSettings(
             test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,
             every_s=cfg["linetest_every"] or float(DEFAULT_INTERVAL_S),
@@ -818,6 +821,92 @@ def cmd_linetest_status(args: argparse.Namespace) -> int:
     return 0 if all(line["status"] == "green" for line in view["lines"]) else 1
 
 
+def _talk_line(talk: dict[str, Any]) -> str:
+    mine = "you requested" if talk["mine"] else f"{talk['with']} requested"
+    out = (f"{talk['talk_id']}  {talk['state'].upper():<10} {talk['title']!r} with"
+           f" {talk['with_name']} ({mine}; {talk['media']}, {talk['duration_s'] // 60} min)\n"
+           f"    {talk['when']}" + (f"  ({talk['until']})" if talk["until"] else ""))
+    if talk.get("counter_when"):
+        out += f"\n    proposed instead: {talk['counter_when']}"
+    if talk.get("line"):
+        line = talk["line"]
+        out += f"\n    line {line['status']}" + (
+            f", tested {line['age_ms'] // 60_000} min ago" if line["age_ms"] is not None
+            else ", never tested")
+    return printable(out)
+
+
+def cmd_schedule_request(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    if args.at is None and not args.asap:
+        raise LocalError("give --at TIME, or --asap for as soon as possible",
+                         code=ErrorCode.INVALID_INPUT)
+    talk = control_request(data, "POST", "/api/schedule", {
+        "party": args.with_, "title": args.title, "at": args.at,
+        "duration_s": args.duration // 1000, "media": "audio" if args.voice else "video",
+        "agenda": args.agenda or "", "note": args.note or ""})
+    print(json.dumps(talk) if args.json else _talk_line(talk))
+    return 0
+
+
+def cmd_schedule_act(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    body: dict[str, Any] = {"note": args.note or ""}
+    if getattr(args, "at", None):
+        body["at"] = args.at
+    if getattr(args, "duration", None):
+        body["duration_s"] = args.duration // 1000
+    talk = control_request(data, "POST", f"/api/schedule/{args.talk}/{args.op}", body)
+    print(json.dumps(talk) if args.json else _talk_line(talk))
+    return 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    talks = control_request(data, "GET", "/api/schedule")["talks"]
+    if args.json:
+        print(json.dumps(talks))
+        return 0
+    if not talks:
+        print("no talks scheduled ('parley schedule request --with PARTY --at TIME ...')")
+    for talk in talks:
+        print(_talk_line(talk))
+    return 0
+
+
+def cmd_schedule_export(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    from parley.terminal.store import CONTROL_FILE
+
+    info = json.loads((data / CONTROL_FILE).read_text())
+    query = f"?talk={args.talk}" if args.talk else ""
+    req = urllib.request.Request(f"{info['url']}/api/schedule.ics{query}",
+                                 headers={"Authorization": f"Bearer {info['token']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        err = json.loads(exc.read() or b"{}").get("error", {})
+        raise LocalError(err.get("message", str(exc)), code=ErrorCode.from_wire(
+            err.get("code"))) from None
+    args.ics.write_bytes(body)
+    print(f"wrote {args.ics} ({body.count(b'BEGIN:VEVENT')} talk(s))")
+    return 0
+
+
+def cmd_schedule_import(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    try:
+        raw = args.ics.read_bytes()
+    except OSError as exc:
+        raise LocalError(f"cannot read {args.ics}: {exc.strerror}",
+                         code=ErrorCode.INVALID_INPUT) from None
+    talks = control_request(data, "POST", "/api/schedule/import", raw=raw)["talks"]
+    for talk in talks:
+        print(_talk_line(talk))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parley.demo import run_demo
 
@@ -994,6 +1083,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(lsub, "status", "this site's lines as this terminal verified them, and what"
                 " the server shows", cmd_linetest_status, DATA_OPTION)
     p.add_argument("--json", action="store_true")
+
+    # scheduled talks
+    sched = sub.add_parser("schedule", help="scheduled talks: request, answer, list, export",
+                           description="talks between the parties of a line, requested,"
+                           " accepted or moved to another time; end-to-end encrypted, times"
+                           " in both parties' zones")
+    schsub = sched.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    p = command(schsub, "request", "request a talk with the other party", cmd_schedule_request,
+                DATA_OPTION)
+    p.add_argument("--with", dest="with_", required=True, help="the party, e.g. moscow")
+    p.add_argument("--at", help="when: '2021-12-07 15:00 UTC', '2021-12-07 10:00"
+                   " America/New_York', or in this site's zone without one")
+    p.add_argument("--asap", action="store_true", help="as soon as possible, no set time")
+    p.add_argument("--duration", type=_duration_ms, default=3_600_000,
+                   help=f"how long: {DURATION_HELP} (default 1h)")
+    p.add_argument("--title", required=True)
+    p.add_argument("--agenda")
+    p.add_argument("--note")
+    p.add_argument("--voice", action="store_true", help="voice only (default: video)")
+    p.add_argument("--json", action="store_true")
+    p = command(schsub, "list", "the talks, soonest first, in both parties' zones",
+                cmd_schedule_list, DATA_OPTION)
+    p.add_argument("--json", action="store_true")
+    for op, help_ in (("accept", "accept a requested talk"),
+                      ("decline", "decline a requested talk"),
+                      ("tentative", "accept a requested talk tentatively"),
+                      ("counter", "propose another time for a requested talk"),
+                      ("take-counter", "take the time the other party proposed (a new"
+                                       " request)"),
+                      ("decline-counter", "keep your time: decline the other party's"),
+                      ("change", "move a talk you requested to another time"),
+                      ("cancel", "cancel a talk you requested")):
+        p = command(schsub, op, help_, cmd_schedule_act, DATA_OPTION)
+        p.set_defaults(op=op)
+        p.add_argument("talk", help="the talk's id ('parley schedule list')")
+        if op in ("counter", "change"):
+            p.add_argument("--at", required=True, help="the other time")
+            p.add_argument("--duration", type=_duration_ms, help=f"and length: {DURATION_HELP}")
+        p.add_argument("--note", help="a line for the other side")
+        p.add_argument("--json", action="store_true")
+    p = command(schsub, "export", "write the talks (or one) to an iCalendar file",
+                cmd_schedule_export, DATA_OPTION)
+    p.add_argument("--ics", type=Path, required=True, help="the file to write")
+    p.add_argument("--talk", help="only this talk")
+    p = command(schsub, "import", "request the talks of an iCalendar file",
+                cmd_schedule_import, DATA_OPTION)
+    p.add_argument("ics", type=Path, help="the .ics file")
 
     # alarms
     alarms = command(sub, "alarms", "security alarms, kept until an operator acknowledges them",

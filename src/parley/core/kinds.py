@@ -32,6 +32,7 @@ from . import linetest, notice, schema
 from .call import OFFER_MAX_AGE_MS, PAYLOADS, SIGNALING_MAX_AGE_MS
 from .messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
 from .messages import PAYLOADS as MESSAGE_PAYLOADS
+from .schedule import PAYLOADS as SCHEDULE_PAYLOADS
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
       for name, fields in linetest.PAYLOADS.items() if name != "linetest.result"),
     Kind("linetest.result", linetest.PAYLOADS["linetest.result"], linetest.RESULT_MAX_AGE_MS,
          stored=True, call_signaling=False),
+    # Scheduling waits on the server like a message does (core.schedule).
+    *(Kind(name, fields, MESSAGE_MAX_AGE_MS, stored=True, call_signaling=False)
+      for name, fields in SCHEDULE_PAYLOADS.items()),
 )}
 assert set(KINDS) >= set(PAYLOADS) | set(MESSAGE_PAYLOADS), "every payload has its kind"
 

@@ -65,6 +65,7 @@ from parley.core.kinds import kind_of
 from parley.core.linetest import PAYLOADS as LINETEST_PAYLOADS
 from parley.core.messages import PAYLOADS as MESSAGE_PAYLOADS
 from parley.core.replay import ReplayGuard
+from parley.core.schedule import PAYLOADS as SCHEDULE_PAYLOADS
 from parley.core.trust import Trust, verify_hint
 from parley.media.engine import MediaEngine, MediaSession
 from parley.media.robot import RobotMedia, RobotOptions
@@ -73,6 +74,7 @@ from parley.terminal.link import ServerLink
 from parley.terminal.messages import Messenger
 from parley.terminal.peers import PeerBook
 from parley.terminal.store import AlarmRecord, TerminalStore
+from parley.terminal.talks import Talks
 
 log = logging.getLogger("parley.terminal")
 MAX_ENDED_CALLS = 50
@@ -96,6 +98,7 @@ class TerminalConfig:
     messages_stored: bool = True
     # A test set (`--test-set`) takes part in line tests only; see terminal.linetest.
     linetest: LineTestSettings = field(default_factory=LineTestSettings)
+    timezone: str | None = None  # this site's zone for talks (default: its principal's)
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -134,6 +137,9 @@ class Terminal:
             peers=self.peers, settings=config.linetest, publish=self._publish,
             alarm=lambda alarm, subject: self._alarm(None, alarm, subject=subject),
             spawn=self._spawn_lane_task)
+        self.talks = Talks(keys=self.keys, me=self.me, store=self.store, link=self.link,
+                           peers=self.peers, publish=self._publish,
+                           zone_override=config.timezone, line_state=self._line_state)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
@@ -156,6 +162,7 @@ class Terminal:
                        (self.link.run(), self._timers(), self._watch_peers())]
         self.messages.start()
         self.linetests.start()
+        self.talks.start()
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -175,6 +182,7 @@ class Terminal:
                 await session.close()
         await self.messages.stop()
         await self.linetests.stop()
+        await self.talks.stop()
         await self.link.close()
         self.store.close()
 
@@ -198,6 +206,13 @@ class Terminal:
     async def place_test_call(self, target: str, test_id: str) -> CallInfo:
         """A line test's call (test sets only: see terminal.linetest)."""
         return await self.place_call(target, MediaKind.VIDEO, test_id=test_id)
+
+    def _line_state(self, party: str) -> dict[str, Any] | None:
+        """The line with `party` as this terminal verified its tests (for a talk's view)."""
+        line = next((v for v in self.linetests.view() if party in v["line"].split(":")),
+                    None)
+        return None if line is None else {"status": line["status"], "age_ms": line["age_ms"],
+                                          "reasons": line["reasons"]}
 
     def in_call(self) -> bool:
         return bool(self.book.live())
@@ -363,6 +378,12 @@ class Terminal:
                     self.store.remember_envelope(envelope.id, self.replay.remember(envelope),
                                                  now)
                     self.messages.receive(envelope, payload, trust, now)
+                return True
+            if envelope.type in SCHEDULE_PAYLOADS:
+                # The talk kept first: a crash before its id is remembered brings it again,
+                # and applying it again is a duplicate -- nothing is lost, nothing doubled.
+                self.talks.receive(envelope, payload, trust)
+                self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
                 return True
             if envelope.type in LINETEST_PAYLOADS:
                 self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)

@@ -137,6 +137,11 @@ class ControlServer:
             web.get("/api/messages/search", self.search_messages),
             web.get("/api/files/{msg_id}", self.download),
             web.get("/api/lines", self.lines),
+            web.get("/api/schedule", self.schedule),
+            web.post("/api/schedule", self.schedule_request),
+            web.post("/api/schedule/{talk_id}/{op}", self.schedule_act),
+            web.get("/api/schedule.ics", self.schedule_ics),
+            web.post("/api/schedule/import", self.schedule_import),
             web.post("/api/linetest", self.run_linetest),
             web.get("/api/alarms", self.alarms),
             web.post("/api/alarms/ack", self.acknowledge_alarms),
@@ -374,6 +379,53 @@ class ControlServer:
                 log.info("could not ask the server about the lines: %s", exc)
         return web.json_response({"test_set": self.terminal.book.test_set,
                                   "lines": tester.view()})
+
+    async def schedule(self, _request: web.Request) -> web.Response:
+        talks = self.terminal.talks
+        if self.terminal.link.connected.is_set():
+            with contextlib.suppress(ParleyError):
+                await talks.learn_zones()
+        parties = [self.terminal.party, *self.terminal.link.peers]
+        return web.json_response({"talks": talks.all(),
+                                  "zones": [talks.zone_of(p) for p in parties]})
+
+    async def schedule_request(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        party, title, at = body.get("party"), body.get("title"), body.get("at")
+        duration, media = body.get("duration_s", 3600), body.get("media", "video")
+        agenda, note = body.get("agenda", ""), body.get("note", "")
+        if not (isinstance(party, str) and isinstance(title, str) and title.strip()
+                and (at is None or isinstance(at, str)) and type(duration) is int
+                and media in ("video", "audio") and isinstance(agenda, str)
+                and isinstance(note, str)):
+            raise LocalError("give party, title, at ('2021-12-07 15:00 UTC', or null: as"
+                             " soon as possible), duration_s, media ('video' or 'audio')",
+                             code=ErrorCode.INVALID_INPUT)
+        return web.json_response(await self.terminal.talks.request(
+            party, title=title.strip(), at=at, duration_s=duration, media=media,
+            agenda=agenda, note=note))
+
+    async def schedule_act(self, request: web.Request) -> web.Response:
+        body = await self._body(request) if request.can_read_body else {}
+        at, duration, note = body.get("at"), body.get("duration_s"), body.get("note", "")
+        if not ((at is None or isinstance(at, str)) and (duration is None or type(duration)
+                                                         is int) and isinstance(note, str)):
+            raise LocalError("at is a time, duration_s seconds, note text",
+                             code=ErrorCode.INVALID_INPUT)
+        return web.json_response(await self.terminal.talks.act(
+            request.match_info["op"], request.match_info["talk_id"], at=at,
+            duration_s=duration, note=note))
+
+    async def schedule_ics(self, request: web.Request) -> web.Response:
+        data = self.terminal.talks.export(request.query.get("talk") or None)
+        return web.Response(body=data, content_type="text/calendar", headers={
+            "Content-Disposition": "attachment; filename=\"parley-talks.ics\""})
+
+    async def schedule_import(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        if len(data) > 256 * 1024:
+            raise LocalError("a calendar file of at most 256 KiB", code=ErrorCode.TOO_LARGE)
+        return web.json_response({"talks": await self.terminal.talks.import_ics(data)})
 
     async def run_linetest(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS linetests (
     filed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS linetests_line ON linetests (line, ended_ms);
+CREATE TABLE IF NOT EXISTS talks (talk_id TEXT PRIMARY KEY, talk TEXT NOT NULL,
+                                  updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS talk_reminders (
+    talk_id TEXT NOT NULL, lead_ms INTEGER NOT NULL, sequence INTEGER NOT NULL,
+    PRIMARY KEY (talk_id, lead_ms, sequence)
+);
 """
 
 
@@ -343,6 +349,21 @@ class TerminalStore:
 
     def linetest_filed(self, test_id: str) -> None:
         self.db.execute("UPDATE linetests SET filed=1 WHERE test_id=?", (test_id,))
+
+    # -- scheduled talks (terminal.talks) -----------------------------------------------
+
+    def talk_rows(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT talk FROM talks")]
+
+    def keep_talk(self, talk_id: str, talk: str, now_ms: int) -> None:
+        self.db.execute("INSERT INTO talks VALUES (?,?,?) ON CONFLICT(talk_id) DO UPDATE SET"
+                        " talk=excluded.talk, updated_ms=excluded.updated_ms",
+                        (talk_id, talk, now_ms))
+
+    def remind_once(self, talk_id: str, lead_ms: int, sequence: int) -> bool:
+        """True the first time this reminder (of this version of the talk) is given."""
+        return self.db.execute("INSERT OR IGNORE INTO talk_reminders VALUES (?,?,?)",
+                               (talk_id, lead_ms, sequence)).rowcount == 1
 
     # -- control file ----------------------------------------------------------------
 
