@@ -38,7 +38,8 @@ def test_page_messages_are_the_ones_the_terminal_validates() -> None:
 def test_the_page_knows_every_message_the_terminal_sends_it() -> None:
     sent = set()
     # Not link.py: the server's wire.
-    for module in ("app.py", "control.py", "browser.py", "messages.py", "linetest.py"):
+    for module in ("app.py", "control.py", "browser.py", "messages.py", "linetest.py",
+                   "talks.py"):
         sent |= set(re.findall(r'"t": "([\w.]+)"', (SRC / "terminal" / module).read_text()))
     assert sent == set(js_object("Incoming").values())
 

@@ -186,11 +186,13 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
     }
     say(f"hung up: caller {ended['caller']['end_reason']}, callee {ended['callee']['end_reason']}")
     summary["linetest"] = await _line_test(controls, say)
+    summary["schedule"] = await _schedule_talk(wash, moscow, say)
     ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
           and all(n > 0 for n in summary["video_frames"].values())
           and all(n > 0 for n in summary["audio_frames"].values())
           and messages["sent"] == messages["delivered"] == messages["read_receipts"]
-          == 2 * DEMO_MESSAGES and summary["linetest"]["status"] == "green")
+          == 2 * DEMO_MESSAGES and summary["linetest"]["status"] == "green"
+          and summary["schedule"]["state"] == "confirmed")
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
@@ -200,6 +202,34 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
             f" {messages['read_receipts']} read receipts")
         say("demo call OK" if ok else "demo call FAILED")
     return 0 if ok else 1
+
+
+async def _schedule_talk(wash: Control, moscow: Control, say: Any) -> dict[str, Any]:
+    """Washington requests a talk for tomorrow, 15:00 UTC; moscow accepts; both agree."""
+    at = time.strftime("%Y-%m-%d 15:00 UTC", time.gmtime(time.time() + 86_400))
+    asked = await wash.call("POST", "/api/schedule", {
+        "party": "moscow", "title": "Demo talk", "at": at, "duration_s": 3600,
+        "media": "video", "agenda": "1. The line itself"})
+    say(f"talk requested: {asked['when']}")
+    talk_id = asked["talk_id"]
+
+    async def state(control: Control) -> str | None:
+        talks = (await control.call("GET", "/api/schedule"))["talks"]
+        return next((t["state"] for t in talks if t["talk_id"] == talk_id), None)
+
+    deadline = time.monotonic() + 15
+    while await state(moscow) != "proposed":
+        if time.monotonic() > deadline:
+            raise LocalError("moscow never saw the talk requested", code=ErrorCode.INVALID_STATE)
+        await asyncio.sleep(0.1)
+    await moscow.call("POST", f"/api/schedule/{talk_id}/accept", {})
+    while await state(wash) != "confirmed":
+        if time.monotonic() > deadline:
+            raise LocalError("washington never saw the talk accepted",
+                             code=ErrorCode.INVALID_STATE)
+        await asyncio.sleep(0.1)
+    say("talk accepted by moscow: confirmed at both ends")
+    return {"talk_id": talk_id, "state": "confirmed", "when": asked["when"]}
 
 
 async def _line_test(controls: dict[str, Control], say: Any) -> dict[str, Any]:

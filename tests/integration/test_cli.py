@@ -278,6 +278,11 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
         assert way["verified"] and way["video_frames"] > 0 and way["audio_frames"] > 0
         assert way["audio_packets"] > 0 and way["loss_pct"] < 5
     assert 0 <= test["message_rtt_ms"] < 2000
+    # And a talk scheduled for tomorrow, requested by washington, accepted by moscow.
+    assert summary["schedule"]["state"] == "confirmed"
+    assert "15:00 UTC --" in summary["schedule"]["when"]
+    assert "in America/New_York" in summary["schedule"]["when"]
+    assert "in Europe/Moscow (+03:00)" in summary["schedule"]["when"]
 
 
 def test_alarms_are_listed_and_acknowledged_from_the_command_line(tmp_path: Path) -> None:

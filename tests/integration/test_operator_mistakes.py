@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -229,3 +230,63 @@ def test_parley_ui_gives_the_running_terminals_address(tmp_path: Path,
     again.stop()
     gone = run("ui", *term, check=False)
     assert gone.returncode == 2 and "no terminal is running" in gone.stderr
+
+
+def test_talks_are_scheduled_from_the_command_line(tmp_path: Path, procs: list[Proc]) -> None:
+    import icalendar
+
+    srv = ["--data", str(tmp_path / "srv")]
+    run("server", "principal", "add", "washington", "--timezone", "America/New_York", *srv)
+    run("server", "principal", "add", "moscow", "--display", "The Kremlin", "--timezone",
+        "Europe/Moscow", *srv)
+    run("server", "line", "add", "washington", "moscow", *srv)
+    server = Proc("server", "--port", "0", *srv)
+    procs.append(server)
+    url = server.line("ready: ")
+    data = {}
+    for party in ("washington", "moscow"):
+        data[party] = ["--data", str(tmp_path / party)]
+        code = run("server", "enroll-code", party, "--quiet", *srv).stdout.strip()
+        run("terminal", "init", "--name", "desk", *data[party])
+        run("terminal", "enroll", "--server", url, "--code", code, *data[party])
+    run("keys", "verify", "moscow", "--yes", *data["washington"])
+    run("keys", "verify", "washington", "--yes", *data["moscow"])
+    for party in ("washington", "moscow"):
+        proc = Proc("terminal", "--ui-port", "0", *data[party])
+        procs.append(proc)
+        proc.line("ui: ")
+    refused = run("schedule", "request", "--with", "moscow", "--title", "t", "--at",
+                  "2031-03-09 02:30", *data["washington"], check=False)
+    assert refused.returncode == 2 and "does not exist in America/New_York" in refused.stderr
+    asked = json.loads(run("schedule", "request", "--with", "moscow", "--title", "Arms talks",
+                           "--at", "2031-12-09 10:00", "--duration", "2h", "--json",
+                           *data["washington"]).stdout)
+    assert asked["when"].startswith("2031-12-09 15:00 UTC -- 10:00 Tue in America/New_York")
+    talk = asked["talk_id"]
+    deadline = time.monotonic() + 15
+    while not json.loads(run("schedule", "list", "--json", *data["moscow"]).stdout):
+        assert time.monotonic() < deadline, "the request never reached moscow"
+        time.sleep(0.2)
+    listed = run("schedule", "list", *data["moscow"]).stdout
+    assert "PROPOSED" in listed and "18:00 Tue in Europe/Moscow" in listed
+    run("schedule", "counter", talk, "--at", "2031-12-11 19:00", "--note", "Thursday",
+        *data["moscow"])
+    while "COUNTERED" not in run("schedule", "list", *data["washington"]).stdout:
+        assert time.monotonic() < deadline + 15, "the counter never reached washington"
+        time.sleep(0.2)
+    run("schedule", "take-counter", talk, *data["washington"])
+    while '"sequence": 1' not in run("schedule", "list", "--json", *data["moscow"]).stdout:
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.2)
+    run("schedule", "accept", talk, *data["moscow"])
+    while "CONFIRMED" not in run("schedule", "list", *data["washington"]).stdout:
+        assert time.monotonic() < deadline + 45
+        time.sleep(0.2)
+    run("schedule", "export", "--ics", str(tmp_path / "talks.ics"), *data["washington"])
+    (event,) = icalendar.Calendar.from_ical((tmp_path / "talks.ics").read_bytes()).walk(
+        "VEVENT")
+    assert str(event["status"]) == "CONFIRMED" and int(event["sequence"]) == 1
+    # A talk not yours to cancel; yours is.
+    wrong = run("schedule", "cancel", talk, *data["moscow"], check=False)
+    assert wrong.returncode == 2 and "only it may change or cancel it" in wrong.stderr
+    assert "CANCELLED" in run("schedule", "cancel", talk, *data["washington"]).stdout

@@ -60,6 +60,17 @@ async def test_a_talk_is_requested_countered_moved_and_confirmed_at_both_ends(
     assert int(event["sequence"]) == 1 and str(event["status"]) == "CONFIRMED"
     assert event["dtstart"].dt.astimezone(schedule.zone("Europe/Moscow")).hour == 19
 
+    # Imported back: the same talk (nothing new); under another UID, a new request.
+    exported = washington.talks.export(talk_id)
+    (same,) = await washington.talks.import_ics(exported)
+    assert same["talk_id"] == talk_id and len(washington.talks.book.talks) == 1
+    (new,) = await washington.talks.import_ics(exported.replace(talk_id.encode(),
+                                                                b"imported-talk-0001"))
+    assert new["talk_id"] == "imported-talk-0001" and new["state"] == schedule.PROPOSED
+    assert new["start_ms"] == begins and new["title"] == title
+    await wait_until(lambda: state_at(moscow, "imported-talk-0001") == schedule.PROPOSED, 10,
+                     "the imported request at moscow")
+
     # The server holds nothing of the talk: not its title, its agenda, nor its time.
     assert line.server is not None
     line.server.store.commit_group()

@@ -7,6 +7,7 @@
 // terminal asks for (media.js). It never decides that a call is verified.
 
 import { LinePanel } from "./lines.js";
+import { TalkPanel } from "./talks.js";
 import { CallMedia } from "./media.js";
 import { CallState, Incoming, Outgoing, TerminalApi } from "./protocol.js";
 import { Ringer } from "./ring.js";
@@ -41,6 +42,19 @@ class App {
     this.api = new TerminalApi(token);
     this.view = new View(doc, this.#actions());
     this.linePanel = new LinePanel(doc, doc.querySelector('[data-testid="line-tests"]'));
+    this.talkView = null;
+    this.reminder = null;
+    this.talkPanel = new TalkPanel(doc, doc.querySelector('[data-testid="talks"]'), {
+      request: (fields) => this.#attempt(async () => {
+        await this.api.requestTalk(fields);
+        await this.#loadTalks();
+      }),
+      act: (op, talkId, fields) => this.#attempt(async () => {
+        await this.api.talkAct(talkId, op, fields);
+        await this.#loadTalks();
+      }),
+      join: (party, media) => this.#actions().call(party, media),
+    });
     this.linesSoon = null;
     this.ringer = new Ringer();
     this.events = null;
@@ -143,6 +157,9 @@ class App {
       case Incoming.LINETEST:
         if (message.result) this.#linesSoon();
         return undefined;
+      case Incoming.SCHEDULE:
+        if (message.reminder) this.reminder = message.reminder;
+        return this.#loadTalks();
       default: return undefined;
     }
   }
@@ -156,6 +173,15 @@ class App {
     }, 300);
   }
 
+  async #loadTalks() {
+    try {
+      this.talkView = await this.api.schedule();
+    } catch (err) {
+      // the events socket tells the person if the terminal went away
+    }
+    this.render();
+  }
+
   async #loadLines(refresh) {
     try {
       this.linePanel.show(await this.api.lines(refresh));
@@ -167,6 +193,7 @@ class App {
   #onStatus(status) {
     this.status = status;
     this.#loadLines(true);
+    this.#loadTalks();
     this.unread = status.unread || {};
     for (const party of this.conversations.keys()) this.#loadMessages(party);
     this.alarms = status.alarms || [];
@@ -482,6 +509,7 @@ class App {
     const order = status?.lines || [];
     view.showParties(order.map((party) => this.parties.get(party) || emptyParty(party)));
     view.showAlarmList(this.alarms);
+    this.talkPanel.show(this.talkView, order, this.reminder);
     view.showUnread(this.unread);
 
     const call = this.calls.get(this.focusCallId);

@@ -29,6 +29,7 @@ export const Incoming = Object.freeze({
   MEDIA_LOCAL: "media.local", // {call_id, audio, video}: mute / camera off
   MEDIA_CLOSE: "media.close", // {call_id}: the call ended: release everything
   LINETEST: "linetest", // {result} or {progress}: a line test of this site's lines
+  SCHEDULE: "schedule", // {talk} or {reminder}: a scheduled talk changed, or is near
 });
 
 // Page -> terminal, on the events socket.
@@ -117,6 +118,11 @@ export class TerminalApi {
   async sendFile(to, file) {
     const query = new URLSearchParams({ to, name: file.name, type: file.type || "application/octet-stream" });
     return this.#request("POST", `/api/messages/file?${query}`, file);
+  }
+  schedule() { return this.#request("GET", "/api/schedule"); }
+  requestTalk(fields) { return this.#request("POST", "/api/schedule", fields); }
+  talkAct(talkId, op, fields) {
+    return this.#request("POST", `/api/schedule/${encodeURIComponent(talkId)}/${op}`, fields || {});
   }
   lines(refresh) { return this.#request("GET", `/api/lines${refresh ? "?refresh=1" : ""}`); }
   readMessages(party, upto) { return this.#request("POST", "/api/messages/read", { party, upto }); }
