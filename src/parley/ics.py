@@ -70,11 +70,22 @@ def export_ics(talks: Iterable[Talk], zones: dict[str, str], names: dict[str, st
 
 
 def import_request(data: bytes) -> list[dict[str, Any]]:
-    """The VEVENTs of a calendar file as the fields of Parley requests (one per event)."""
+    """The VEVENTs of a calendar file as the fields of Parley requests (one per event).
+
+    A file from elsewhere may hold anything: whatever in it cannot be read as a talk
+    is refused with a LocalError naming it, never with another exception.
+    """
     try:
-        cal = icalendar.Calendar.from_ical(data)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise LocalError(f"not a calendar file: {exc}", code=ErrorCode.INVALID_INPUT) from None
+        return _import(data)
+    except LocalError:
+        raise
+    except Exception as exc:  # icalendar's and the event's own oddities alike
+        raise LocalError(f"cannot read this calendar file as talks: {exc}"[:300],
+                         code=ErrorCode.INVALID_INPUT) from None
+
+
+def _import(data: bytes) -> list[dict[str, Any]]:
+    cal = icalendar.Calendar.from_ical(data)
     out = []
     for event in cal.walk("VEVENT"):
         uid = str(event.get("uid", ""))
@@ -91,6 +102,10 @@ def import_request(data: bytes) -> list[dict[str, Any]]:
             seconds = int((event.get("dtend").dt - start.dt).total_seconds())
         else:
             seconds = 3600
+        if not 60 <= seconds <= schedule.MAX_DURATION_S:
+            raise LocalError(f"the event {uid} lasts {seconds} s: a talk lasts from a minute"
+                             f" to {schedule.MAX_DURATION_S // 3600} h",
+                             code=ErrorCode.INVALID_INPUT)
         request: dict[str, Any] = {
             "talk_id": uid.split("@", 1)[0][:32],
             "sequence": int(event.get("sequence", 0)),

@@ -59,3 +59,19 @@ def test_an_exported_talk_reads_back_with_its_times_zones_sequence_and_status() 
     assert book.apply("washington", "sched.request", payload, T0).result == "applied"
     assert book.apply("washington", "sched.request", payload, T0).result == "duplicate"
     assert book.talks[talk.talk_id].start_ms == talk.start_ms
+
+
+def test_a_calendar_file_from_elsewhere_that_is_not_a_talk_is_refused_with_why() -> None:
+    import pytest
+
+    from parley.core.errors import LocalError
+
+    good = export_ics([confirmed_talk()], ZONES, NAMES)
+    for junk, why in ((b"not a calendar", "cannot read"),
+                      (good.replace(b"DURATION:PT2H", b"DURATION:P400D"), "lasts"),
+                      (good.replace(b"urn:parley:party:washington", b"https://x"),
+                       "not a party"),
+                      (good.replace(b"BEGIN:VEVENT", b"BEGIN:VTODO").replace(
+                          b"END:VEVENT", b"END:VTODO"), "no event")):
+        with pytest.raises(LocalError, match=why):
+            import_request(junk)

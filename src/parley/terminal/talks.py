@@ -27,7 +27,7 @@ from parley.clock import now_ms
 from parley.core import schedule
 from parley.core.encoding import random_id
 from parley.core.envelope import Envelope, seal_envelope
-from parley.core.errors import ErrorCode, LocalError, ParleyError
+from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys, split_device_id
 from parley.core.schedule import Talk, TalkBook
 from parley.core.trust import Trust
@@ -40,6 +40,11 @@ log = logging.getLogger("parley.schedule")
 REMINDERS_MS = (24 * 3_600_000, 3_600_000, 10 * 60_000, 0)
 REMINDER_LATE_MS = 15 * 60_000  # a reminder this late is not given any more
 REMINDER_TICK_S = 5.0
+
+
+def _plain(talk_id: str) -> bool:
+    return 8 <= len(talk_id) <= 32 and all(c.isascii() and (c.isalnum() or c in "-_")
+                                           for c in talk_id)
 
 
 def _talk_from_json(data: dict[str, Any]) -> Talk:
@@ -112,9 +117,9 @@ class Talks:
                              code=ErrorCode.NO_LINE)
         await self._know(self.party, party)
         start = None if at is None else schedule.parse_time(at, self.zone_of(self.party))
-        message = self.book.request(party, title=title, start_ms=start, duration_s=duration_s,
-                                    media=media, agenda=agenda, note=note, now_ms=now_ms(),
-                                    talk_id=talk_id)
+        message = self._checked(self.book.request, party, title=title, start_ms=start,
+                                duration_s=duration_s, media=media, agenda=agenda, note=note,
+                                now_ms=now_ms(), talk_id=talk_id)
         return await self._sent(message)
 
     async def act(self, op: str, talk_id: str, *, at: str | None = None,
@@ -247,7 +252,16 @@ class Talks:
     async def import_ics(self, data: bytes) -> list[dict[str, Any]]:
         """Each event of a calendar file becomes a request to the other party of it."""
         done = []
-        for event in import_request(data):
+        events = import_request(data)
+        for event in events:
+            other = event["attendee"] if event["organizer"] == self.party else \
+                event["organizer"]
+            if other not in self.link.peers or self.party not in (event["organizer"],
+                                                                  event["attendee"]):
+                raise LocalError(f"the event {event['title']!r} is between"
+                                 f" {event['organizer']} and {event['attendee']}: not a talk"
+                                 f" of {self.party}'s lines", code=ErrorCode.INVALID_INPUT)
+        for event in events:
             if event["talk_id"] in self.book.talks:
                 done.append(self.view(self.book.talks[event["talk_id"]]))
                 continue
@@ -255,15 +269,23 @@ class Talks:
                 event["organizer"]
             start = event.get("start_ms")
             await self._know(self.party, other)
-            message = self.book.request(other, title=event["title"], start_ms=start,
-                                        duration_s=event["duration_s"],
-                                        media=event["media"] if event["media"] in
-                                        schedule.MEDIA else "video",
-                                        agenda=event["agenda"], now_ms=now_ms(),
-                                        talk_id=event["talk_id"] if len(event["talk_id"]) >= 8
-                                        else None)
+            fields: dict[str, Any] = {
+                "title": event["title"][:schedule.MAX_TITLE], "start_ms": start,
+                "duration_s": event["duration_s"],
+                "media": event["media"] if event["media"] in schedule.MEDIA else "video",
+                "agenda": event["agenda"][:schedule.MAX_AGENDA],
+                "talk_id": event["talk_id"] if _plain(event["talk_id"]) else None}
+            message = self._checked(self.book.request, other, now_ms=now_ms(), **fields)
             done.append(await self._sent(message))
         return done
+
+    def _checked(self, make: Callable[..., tuple[str, dict[str, Any]]], *args: Any,
+                 **kwargs: Any) -> tuple[str, dict[str, Any]]:
+        try:
+            return make(*args, **kwargs)
+        except RemoteError as exc:  # what this side asked for does not fit a message
+            raise LocalError(exc.message, code=ErrorCode.INVALID_INPUT, hint=exc.hint
+                             ) from None
 
     # -- reminders ----------------------------------------------------------------------
 
