@@ -109,8 +109,8 @@ def _import(data: bytes) -> list[dict[str, Any]]:
         request: dict[str, Any] = {
             "talk_id": uid.split("@", 1)[0][:32],
             "sequence": int(event.get("sequence", 0)),
-            "title": str(event.get("summary", "")) or "(untitled)",
-            "agenda": str(event.get("description", "")),
+            "title": _text(event.get("summary")) or "(untitled)",
+            "agenda": _text(event.get("description")),
             "duration_s": seconds,
             "media": str(event.get("x-parley-media", "video")),
             "organizer": organizer, "attendee": attendee,
@@ -127,6 +127,13 @@ def _import(data: bytes) -> list[dict[str, Any]]:
     if not out:
         raise LocalError("the calendar file holds no event", code=ErrorCode.INVALID_INPUT)
     return out
+
+
+def _text(value: Any) -> str:
+    """A text property; given twice (a file from elsewhere may), the first."""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value or "")
 
 
 def _party(address: Any) -> str:

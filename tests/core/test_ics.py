@@ -52,7 +52,7 @@ def test_an_exported_talk_reads_back_with_its_times_zones_sequence_and_status() 
     assert (back["title"], back["agenda"], back["media"]) == (talk.title, talk.agenda,
                                                               talk.media)
     assert (back["organizer"], back["attendee"]) == ("washington", "moscow")
-    # ...into the same talk: a book that has it takes it as the request it already has.
+    # ...as the same request: applied to a book, and again, it is the one it already has.
     book = TalkBook("moscow")
     payload = {k: v for k, v in back.items() if k != "status"}
     payload["dtstamp_ms"] = talk.request_stamp_ms

@@ -45,7 +45,7 @@ def test_request_counter_decline_rerequest_accept_and_cancel_agree_on_both_sides
     assert w.talks[talk_id].counter is None and m.talks[talk_id].counter is None
 
     counter2 = m.counter(talk_id, start_ms=T0 + 2 * HOUR, now_ms=now + 30)
-    deliver(w, M, counter2, now + 31)
+    assert deliver(w, M, counter2, now + 31).result == "applied"
     again = w.rerequest(talk_id, take_counter=True, now_ms=now + 40)
     assert again[1]["sequence"] == 1 and again[1]["start_ms"] == T0 + 2 * HOUR
     assert deliver(m, W, again, now + 41).result == "applied"
@@ -84,7 +84,7 @@ def test_replayed_out_of_order_and_misdirected_messages_are_recognised() -> None
     # A reply to a sequence not seen yet, and an answer from the organizer itself.
     future = ("sched.reply", {"talk_id": talk_id, "sequence": 7, "dtstamp_ms": now + 7,
                               "partstat": "accepted"})
-    assert deliver(w, M, future, now + 7).result == "stale"
+    assert deliver(w, M, future, now + 7).result == "early"  # kept until sequence 7 comes
     own = ("sched.reply", {"talk_id": talk_id, "sequence": 1, "dtstamp_ms": now + 8,
                            "partstat": "accepted"})
     assert deliver(m, W, own, now + 8).result == "refused"
@@ -175,3 +175,65 @@ def test_a_local_time_that_does_not_exist_or_happens_twice_is_refused_with_why()
     for bad in ("tomorrow at three", "2021-02-30 10:00 UTC", "2021-12-07 10:00 Mars/Base"):
         with pytest.raises(LocalError):
             schedule.parse_time(bad, "UTC")
+
+
+def test_messages_a_server_delivers_out_of_order_are_early_not_lost() -> None:
+    """What a party has not seen yet (a cancel before the re-request it follows, a decline of
+    a counter before the counter) is "early": kept by the terminal and applied once the
+    message it follows has come (terminal.talks); the core says so instead of dropping it."""
+    w, m = pair()
+    now = T0 - HOUR
+    first = w.request(M, title="t", start_ms=T0, duration_s=3600, media="video", now_ms=now)
+    talk_id = first[1]["talk_id"]
+    deliver(m, W, first, now)
+    again = w.rerequest(talk_id, start_ms=T0 + HOUR, now_ms=now + 1)
+    cancel = w.cancel(talk_id, now_ms=now + 2)
+    assert deliver(m, W, cancel, now + 3).result == "early"
+    assert deliver(m, W, again, now + 4).result == "applied"
+    assert deliver(m, W, cancel, now + 5).result == "applied"
+    assert m.talks[talk_id] == w.talks[talk_id]
+
+    # A decline names the counter it declines: a later counter is not declined by it.
+    w2, m2 = pair()
+    req = w2.request(M, title="t", start_ms=T0, duration_s=3600, media="video", now_ms=now)
+    tid = req[1]["talk_id"]
+    deliver(m2, W, req, now)
+    c1 = m2.counter(tid, start_ms=T0 + HOUR, now_ms=now + 2)
+    deliver(w2, M, c1, now + 2)
+    decline = w2.decline_counter(tid, now_ms=now + 1)  # the organizer's clock is behind
+    assert decline[1]["counter_ms"] == c1[1]["dtstamp_ms"]
+    c2 = m2.counter(tid, start_ms=T0 + 2 * HOUR, now_ms=now + 3)  # before the decline came
+    assert deliver(m2, W, decline, now + 4).result == "stale"  # it declined c1, not c2
+    assert deliver(w2, M, c2, now + 5).result == "applied"
+    assert w2.talks[tid].state == m2.talks[tid].state == schedule.COUNTERED
+    assert w2.talks[tid].counter == m2.talks[tid].counter
+
+    # Two devices of the organizer re-request under one sequence: the later stamp wins at all.
+    third = TalkBook(W)
+    deliver(third, W, req, now)
+    one = ("sched.request", {**req[1], "sequence": 1, "dtstamp_ms": now + 10,
+                             "start_ms": T0 + 100})
+    two = ("sched.request", {**req[1], "sequence": 1, "dtstamp_ms": now + 20,
+                             "start_ms": T0 + 200})
+    for order in ((one, two), (two, one)):
+        book = TalkBook(M)
+        deliver(book, W, req, now)
+        for message in order:
+            book.apply(W, message[0], message[1], now + 30)
+        assert book.talks[tid].start_ms == T0 + 200
+
+
+def test_times_out_of_range_and_offsets_that_are_none_are_refused() -> None:
+    for bad in ("2021-12-07 10:00+99:99", "0001-01-01 00:00+05:00", "1969-12-31 10:00 UTC",
+                "9999-12-31 23:59-05:00"):
+        with pytest.raises(LocalError):
+            schedule.parse_time(bad, "UTC")
+    assert schedule.parse_time("2021-12-07 10:00 EST5EDT", "UTC") == T0
+    _, m = pair()
+    far = ("sched.request", {"talk_id": "farfuture0001", "sequence": 0, "dtstamp_ms": T0,
+                             "organizer": W, "attendee": M, "title": "t", "start_ms": 2**53,
+                             "duration_s": 3600, "media": "video"})
+    from parley.core.errors import RemoteError
+
+    with pytest.raises(RemoteError):
+        m.apply(W, far[0], far[1], T0)

@@ -82,3 +82,24 @@ async def test_a_talk_is_requested_countered_moved_and_confirmed_at_both_ends(
     line.terminals.remove(moscow)
     again = await line.terminal("moscow")
     assert again.talks.book.talks[talk_id].state == schedule.CONFIRMED
+
+
+async def test_an_answer_given_while_the_server_is_down_goes_when_it_is_back(
+        line: LocalLine) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow")
+    asked = await washington.talks.request("moscow", title="t", at="2031-12-09 15:00 UTC",
+                                           duration_s=3600)
+    talk_id = asked["talk_id"]
+    await wait_until(lambda: state_at(moscow, talk_id) == schedule.PROPOSED, 10, "request")
+    await line.stop_server()
+    await wait_until(lambda: not moscow.link.connected.is_set(), 10, "the link down")
+    answered = await moscow.talks.act("accept", talk_id)  # kept, not lost, not refused
+    assert answered["state"] == schedule.CONFIRMED
+    assert moscow.store.queued_talk_messages()
+    await line.start(port=line.port)
+    await wait_until(lambda: state_at(washington, talk_id) == schedule.CONFIRMED, 30,
+                     "the accept, once the server is back")
+    await wait_until(lambda: not moscow.store.queued_talk_messages(), 10, "the outbox empty")
+    assert washington.talks.book.talks[talk_id] == moscow.talks.book.talks[talk_id]

@@ -76,8 +76,9 @@ def _party(value: Any) -> None:
 _ID = schema.Field(str, max_len=32, check=_talk_id)
 _PARTY = schema.Field(str, max_len=NAME_MAX, check=_party)
 _SEQ = schema.integer(0, 1_000_000)
-_MS = schema.integer(0, 2**53)
-_START = schema.integer(0, 2**53, required=False)  # absent: as soon as possible
+_LAST_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC: what a calendar can show
+_MS = schema.integer(0, _LAST_MS)
+_START = schema.integer(0, _LAST_MS, required=False)  # absent: as soon as possible
 
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "sched.request": {
@@ -94,7 +95,10 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "sched.counter": {"talk_id": _ID, "sequence": _SEQ, "dtstamp_ms": _MS,
                       "start_ms": _START, "duration_s": schema.integer(60, MAX_DURATION_S),
                       "note": schema.text(MAX_NOTE, required=False)},
+    # It names the counter it declines (by that counter's stamp): one that came since is
+    # not declined by it, whichever clock is ahead.
     "sched.declinecounter": {"talk_id": _ID, "sequence": _SEQ, "dtstamp_ms": _MS,
+                             "counter_ms": _MS,
                              "note": schema.text(MAX_NOTE, required=False)},
     "sched.cancel": {"talk_id": _ID, "sequence": _SEQ, "dtstamp_ms": _MS,
                      "note": schema.text(MAX_NOTE, required=False)},
@@ -136,7 +140,8 @@ class Talk:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What applying one message did: ``applied``, ``duplicate``, ``stale`` or ``refused``."""
+    """What applying one message did: ``applied``, ``duplicate``, ``stale``, ``refused``, or
+    ``early`` (about what has not come yet: kept, and applied once it has)."""
 
     result: str
     talk: Talk | None
@@ -206,9 +211,14 @@ class TalkBook:
     def decline_counter(self, talk_id: str, *, now_ms: int, note: str = ""
                         ) -> tuple[str, dict[str, Any]]:
         talk = self._mine(talk_id, organizer=True)
+        if talk.counter is None:
+            raise LocalError("there is no counter-proposal to decline",
+                             code=ErrorCode.INVALID_STATE)
         return self._own("sched.declinecounter", {"talk_id": talk_id,
                                                   "sequence": talk.sequence,
-                                                  "dtstamp_ms": now_ms, "note": note}, now_ms)
+                                                  "dtstamp_ms": now_ms,
+                                                  "counter_ms": talk.counter.dtstamp_ms,
+                                                  "note": note}, now_ms)
 
     def cancel(self, talk_id: str, *, now_ms: int, note: str = "") -> tuple[str, dict[str, Any]]:
         talk = self._mine(talk_id, organizer=True)
@@ -255,7 +265,7 @@ class TalkBook:
         if kind == "sched.request":
             return self._request(sender, payload, talk)
         if talk is None:
-            return Outcome("stale", None, "a message about a talk this party never had"
+            return Outcome("early", None, "a message about a talk this party has not seen"
                                           " (its request may still be on its way)")
         role_ok = (sender == talk.organizer) if kind in ORGANIZER_SENDS else \
             (sender == talk.attendee)
@@ -267,7 +277,7 @@ class TalkBook:
             return Outcome("stale", talk, f"about sequence {seq}; the talk is at"
                                           f" {talk.sequence} now")
         if seq > talk.sequence:
-            return Outcome("stale", talk, f"about sequence {seq}, which this party has not"
+            return Outcome("early", talk, f"about sequence {seq}, which this party has not"
                                           " seen yet (its request may still be on its way)")
         if kind == "sched.cancel":
             return self._set(replace(talk, state=CANCELLED, counter=None,
@@ -286,9 +296,12 @@ class TalkBook:
                                 payload.get("note", ""), stamp)
             return self._set(replace(talk, state=COUNTERED, counter=countered,
                                      reply_stamp_ms=stamp, note=countered.note))
-        # sched.declinecounter
-        if talk.counter is None or stamp <= talk.counter.dtstamp_ms:
-            return Outcome("stale", talk, "no counter-proposal to decline")
+        # sched.declinecounter: of the counter it names, and no other
+        if talk.counter is None or talk.counter.dtstamp_ms != payload["counter_ms"]:
+            if payload["counter_ms"] > talk.reply_stamp_ms:
+                return Outcome("early", talk, "it declines a counter-proposal not seen yet")
+            return Outcome("stale", talk, "the counter-proposal it declines was answered"
+                                          " already")
         return self._set(replace(talk, state=PROPOSED, counter=None,
                                  note=payload.get("note", "")))
 
@@ -312,7 +325,14 @@ class TalkBook:
                                               f" {payload['sequence']}) than the one in force"
                                               f" ({talk.sequence})")
             if payload["sequence"] == talk.sequence:
-                return Outcome("duplicate", talk, "applied already")
+                if payload["dtstamp_ms"] == talk.request_stamp_ms:
+                    return Outcome("duplicate", talk, "applied already")
+                # Two requests under one sequence (two devices of the organizer at once):
+                # the later stamp wins everywhere, the answers to that sequence stand.
+                return self._set(replace(
+                    talk, title=payload["title"], agenda=payload.get("agenda", ""),
+                    start_ms=payload.get("start_ms"), duration_s=payload["duration_s"],
+                    media=payload["media"], request_stamp_ms=payload["dtstamp_ms"]))
         return self._set(Talk(
             talk_id=payload["talk_id"], organizer=payload["organizer"],
             attendee=payload["attendee"], sequence=payload["sequence"],
@@ -339,10 +359,24 @@ def zone(name: str) -> ZoneInfo:
 
 
 _TIME = re.compile(r"\s*(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2})(?::(\d{2}))?\s*"
-                   r"(?:(Z|UTC|GMT|[+-]\d{2}:?\d{2})|([A-Za-z_]+(?:/[A-Za-z0-9_+-]+)*))?\s*")
+                   r"(?:(Z|UTC|GMT|[+-]\d{2}:?\d{2})|([A-Za-z_][A-Za-z0-9_+-]*"
+                   r"(?:/[A-Za-z0-9_+-]+)*))?\s*")
 
 
 def parse_time(text: str, default_zone: str) -> int:
+    """See `_parse_time`; and a time before 1970 or past what calendars show is refused."""
+    try:
+        ms = _parse_time(text, default_zone)
+    except (OverflowError, ValueError):
+        raise LocalError(f"{text!r} is out of the range of dates", code=ErrorCode.INVALID_INPUT
+                         ) from None
+    if not 0 <= ms <= _LAST_MS:
+        raise LocalError(f"{text!r} is before 1970 or past the year 9999",
+                         code=ErrorCode.INVALID_INPUT)
+    return ms
+
+
+def _parse_time(text: str, default_zone: str) -> int:
     """What an operator writes -> ms since the epoch (UTC).
 
     "2021-12-07 15:00 UTC", "2021-12-07 10:00 America/New_York", "2021-12-07 18:00+03:00",
@@ -367,6 +401,9 @@ def parse_time(text: str, default_zone: str) -> int:
             return int(naive.replace(tzinfo=UTC).timestamp() * 1000)
         sign = 1 if offset[0] == "+" else -1
         digits = offset[1:].replace(":", "")
+        if int(digits[:2]) > 14 or int(digits[2:]) > 59:
+            raise LocalError(f"{offset} is not an offset from UTC (at most +14:00, -14:00)",
+                             code=ErrorCode.INVALID_INPUT)
         delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
         return int((naive - sign * delta).replace(tzinfo=UTC).timestamp() * 1000)
     where = name or default_zone
@@ -399,6 +436,8 @@ def local(ms: int, zone_name: str) -> datetime:
 
 def show_time(ms: int, zones: list[str]) -> str:
     """'2021-12-07 15:00 UTC -- 10:00 Tue in America/New_York, 18:00 Tue in Europe/Moscow'."""
+    if not 0 <= ms <= _LAST_MS - 2 * 86_400_000:  # kept out by the schema; and past it
+        return "(a time out of the range of dates)"
     utc = datetime.fromtimestamp(ms / 1000, UTC)
     parts = [f"{local(ms, z):%H:%M %a} in {z} ({_offset(local(ms, z))})" for z in zones]
     return f"{utc:%Y-%m-%d %H:%M} UTC -- " + ", ".join(parts)

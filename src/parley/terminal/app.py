@@ -472,6 +472,7 @@ class Terminal:
             self._spawn_lane_task(self._refresh_peers())
             self.messages.link_up()
             self._send_unsent_ends(None)
+            self._spawn_lane_task(self.talks.flush())
 
     def _send_unsent_ends(self, device: str | None) -> None:
         """Send again the hang-ups kept for `device` (None: all of them)."""

@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS linetests (
 CREATE INDEX IF NOT EXISTS linetests_line ON linetests (line, ended_ms);
 CREATE TABLE IF NOT EXISTS talks (talk_id TEXT PRIMARY KEY, talk TEXT NOT NULL,
                                   updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS talk_pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, party TEXT NOT NULL, kind TEXT NOT NULL,
+    payload TEXT NOT NULL, received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS talk_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS talk_reminders (
     talk_id TEXT NOT NULL, lead_ms INTEGER NOT NULL, sequence INTEGER NOT NULL,
     PRIMARY KEY (talk_id, lead_ms, sequence)
@@ -359,6 +367,31 @@ class TerminalStore:
         self.db.execute("INSERT INTO talks VALUES (?,?,?) ON CONFLICT(talk_id) DO UPDATE SET"
                         " talk=excluded.talk, updated_ms=excluded.updated_ms",
                         (talk_id, talk, now_ms))
+
+    def keep_pending_talk_message(self, party: str, kind: str, payload: str, now_ms: int,
+                                  limit: int = 1000) -> None:
+        self.db.execute("INSERT INTO talk_pending (party, kind, payload, received_ms)"
+                        " VALUES (?,?,?,?)", (party, kind, payload, now_ms))
+        self.db.execute("DELETE FROM talk_pending WHERE id NOT IN (SELECT id FROM"
+                        " talk_pending ORDER BY id DESC LIMIT ?)", (limit,))
+
+    def pending_talk_messages(self) -> list[tuple[int, str, str, str, int]]:
+        return list(self.db.execute("SELECT id, party, kind, payload, received_ms FROM"
+                                    " talk_pending ORDER BY id"))
+
+    def drop_pending_talk_message(self, ident: int) -> None:
+        self.db.execute("DELETE FROM talk_pending WHERE id=?", (ident,))
+
+    def queue_talk_message(self, device: str, kind: str, payload: str) -> None:
+        self.db.execute("INSERT INTO talk_outbox (device, kind, payload) VALUES (?,?,?)",
+                        (device, kind, payload))
+
+    def queued_talk_messages(self) -> list[tuple[int, str, str, str]]:
+        return list(self.db.execute("SELECT id, device, kind, payload FROM talk_outbox"
+                                    " ORDER BY id"))
+
+    def sent_talk_message(self, ident: int) -> None:
+        self.db.execute("DELETE FROM talk_outbox WHERE id=?", (ident,))
 
     def remind_once(self, talk_id: str, lead_ms: int, sequence: int) -> bool:
         """True the first time this reminder (of this version of the talk) is given."""

@@ -40,6 +40,7 @@ log = logging.getLogger("parley.schedule")
 REMINDERS_MS = (24 * 3_600_000, 3_600_000, 10 * 60_000, 0)
 REMINDER_LATE_MS = 15 * 60_000  # a reminder this late is not given any more
 REMINDER_TICK_S = 5.0
+PENDING_KEPT_MS = 30 * 86_400_000  # a message about what never came is dropped after this
 
 
 def _plain(talk_id: str) -> bool:
@@ -117,10 +118,11 @@ class Talks:
                              code=ErrorCode.NO_LINE)
         await self._know(self.party, party)
         start = None if at is None else schedule.parse_time(at, self.zone_of(self.party))
+        recipients = await self._recipients(party)  # before anything changes here
         message = self._checked(self.book.request, party, title=title, start_ms=start,
                                 duration_s=duration_s, media=media, agenda=agenda, note=note,
                                 now_ms=now_ms(), talk_id=talk_id)
-        return await self._sent(message)
+        return await self._sent(message, recipients)
 
     async def act(self, op: str, talk_id: str, *, at: str | None = None,
                   duration_s: int | None = None, note: str = "") -> dict[str, Any]:
@@ -131,47 +133,65 @@ class Talks:
                              hint="'parley schedule list' shows the talks and their ids")
         await self._know(talk.organizer, talk.attendee)
         start = None if at is None else schedule.parse_time(at, self.zone_of(self.party))
+        other = talk.attendee if talk.organizer == self.party else talk.organizer
+        recipients = await self._recipients(other)  # before anything changes here
+        book = self.book
         if op in ("accept", "decline", "tentative"):
-            message = self.book.reply(talk_id, {"accept": "accepted", "decline": "declined",
-                                                "tentative": "tentative"}[op],
-                                      now_ms=now, note=note)
+            message = self._checked(book.reply, talk_id, {
+                "accept": "accepted", "decline": "declined", "tentative": "tentative"}[op],
+                now_ms=now, note=note)
         elif op == "counter":
             if at is None:
                 raise LocalError("propose another time with --at", code=ErrorCode.INVALID_INPUT)
-            message = self.book.counter(talk_id, start_ms=start, duration_s=duration_s,
-                                        now_ms=now, note=note)
+            message = self._checked(book.counter, talk_id, start_ms=start,
+                                    duration_s=duration_s, now_ms=now, note=note)
         elif op == "take-counter":
-            message = self.book.rerequest(talk_id, take_counter=True, now_ms=now, note=note)
+            message = self._checked(book.rerequest, talk_id, take_counter=True, now_ms=now,
+                                    note=note)
         elif op == "decline-counter":
-            message = self.book.decline_counter(talk_id, now_ms=now, note=note)
+            message = self._checked(book.decline_counter, talk_id, now_ms=now, note=note)
         elif op == "change":
-            message = self.book.rerequest(talk_id, start_ms=start, duration_s=duration_s,
-                                          now_ms=now, note=note)
+            message = self._checked(book.rerequest, talk_id, start_ms=start,
+                                    duration_s=duration_s, now_ms=now, note=note)
         elif op == "cancel":
-            message = self.book.cancel(talk_id, now_ms=now, note=note)
+            message = self._checked(book.cancel, talk_id, now_ms=now, note=note)
         else:
             raise LocalError(f"unknown action {op!r}", code=ErrorCode.INVALID_INPUT)
-        return await self._sent(message)
+        return await self._sent(message, recipients)
 
-    async def _sent(self, message: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    async def _sent(self, message: tuple[str, dict[str, Any]],
+                    recipients: list[DevicePublicKeys]) -> dict[str, Any]:
+        """Keep the talk as it now is, and send the message to each device; what cannot go
+        now waits in the outbox and goes when the server is back (`flush`)."""
         kind, payload = message
         talk = self.book.talks[payload["talk_id"]]
         self._keep(talk)
-        other = talk.attendee if talk.organizer == self.party else talk.organizer
-        for to in await self._recipients(other):
-            envelope = seal_envelope(self.keys, self.me.device_id, to, kind, payload,
-                                     now_ms(), random_id())
-            try:
-                await self.link.send_envelope(envelope, ephemeral=False)
-            except ParleyError as exc:
-                log.warning("could not send %s to %s: %s", kind, to.device_id, exc)
-                raise LocalError(f"not sent to {to.device_id}: {exc.message}",
-                                 code=exc.code, hint="it is kept here; try again when the"
-                                                     " server is reachable") from None
+        body = json.dumps(payload)
+        for to in recipients:
+            self.store.queue_talk_message(to.device_id, kind, body)
+        await self.flush()
         log.info("%s %s (%s): %s", kind, talk.talk_id, talk.title, talk.state)
         view = self.view(talk)
         self._publish({"t": "schedule", "talk": view})
         return view
+
+    async def flush(self) -> None:
+        """Send what waits in the outbox, oldest first; what fails waits on."""
+        for ident, device, kind, body in self.store.queued_talk_messages():
+            try:
+                trust, keys, _ = await self.peers.trust(device)
+                if trust is not Trust.VERIFIED:
+                    log.warning("%s for %s dropped: its key is no longer verified", kind,
+                                device)
+                    self.store.sent_talk_message(ident)
+                    continue
+                envelope = seal_envelope(self.keys, self.me.device_id, keys, kind,
+                                         json.loads(body), now_ms(), random_id())
+                await self.link.send_envelope(envelope, ephemeral=False)
+            except ParleyError as exc:
+                log.warning("%s to %s waits: %s", kind, device, exc)
+                continue
+            self.store.sent_talk_message(ident)
 
     async def _recipients(self, other: str) -> list[DevicePublicKeys]:
         out = []
@@ -203,16 +223,42 @@ class Talks:
             log.warning("ignored %s from %s: its key is not verified here", envelope.type,
                         envelope.sender)
             return
-        outcome = self.book.apply(party, envelope.type, payload, now_ms())
+        self._apply(party, envelope.type, payload, envelope.sender)
+
+    def _apply(self, party: str, kind: str, payload: dict[str, Any], sender: str) -> None:
+        outcome = self.book.apply(party, kind, payload, now_ms())
+        if outcome.result == "early":
+            # About what has not come yet (the server may deliver out of order): kept, and
+            # applied once it has.
+            log.info("%s from %s kept for later: %s", kind, sender, outcome.why)
+            self.store.keep_pending_talk_message(party, kind, json.dumps(payload), now_ms())
+            return
         if outcome.result != "applied":
-            log.info("%s from %s: %s (%s)", envelope.type, envelope.sender, outcome.result,
-                     outcome.why)
+            log.info("%s from %s: %s (%s)", kind, sender, outcome.result, outcome.why)
             return
         assert outcome.talk is not None
         self._keep(outcome.talk)
-        log.info("%s from %s: talk %s (%s) is %s", envelope.type, party,
-                 outcome.talk.talk_id, outcome.talk.title, outcome.talk.state)
+        log.info("%s from %s: talk %s (%s) is %s", kind, party, outcome.talk.talk_id,
+                 outcome.talk.title, outcome.talk.state)
         self._publish({"t": "schedule", "talk": self.view(outcome.talk)})
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for ident, party, kind, body, received in self.store.pending_talk_messages():
+                if now_ms() - received > PENDING_KEPT_MS:
+                    self.store.drop_pending_talk_message(ident)
+                    continue
+                outcome = self.book.apply(party, kind, json.loads(body), now_ms())
+                if outcome.result == "early":
+                    continue
+                self.store.drop_pending_talk_message(ident)
+                if outcome.result == "applied" and outcome.talk is not None:
+                    self._keep(outcome.talk)
+                    self._publish({"t": "schedule", "talk": self.view(outcome.talk)})
+                    progress = True
 
     # -- what is shown ----------------------------------------------------------------
 
@@ -242,9 +288,9 @@ class Talks:
         return [self.view(t, now) for t in talks]
 
     def export(self, talk_id: str | None = None) -> bytes:
-        talks = [self.book.talks[talk_id]] if talk_id else list(self.book.talks.values())
         if talk_id and talk_id not in self.book.talks:
             raise LocalError(f"no talk {talk_id!r}", code=ErrorCode.INVALID_INPUT)
+        talks = [self.book.talks[talk_id]] if talk_id else list(self.book.talks.values())
         parties = {p for t in talks for p in (t.organizer, t.attendee)}
         return export_ics(talks, {p: self.zone_of(p) for p in parties},
                           {p: self.name_of(p) for p in parties})
@@ -269,14 +315,18 @@ class Talks:
                 event["organizer"]
             start = event.get("start_ms")
             await self._know(self.party, other)
+            # Its id is kept only for a talk this party organizes: the other side may hold
+            # that id under its own organizer already.
+            keep_id = event["organizer"] == self.party and _plain(event["talk_id"])
             fields: dict[str, Any] = {
                 "title": event["title"][:schedule.MAX_TITLE], "start_ms": start,
                 "duration_s": event["duration_s"],
                 "media": event["media"] if event["media"] in schedule.MEDIA else "video",
                 "agenda": event["agenda"][:schedule.MAX_AGENDA],
-                "talk_id": event["talk_id"] if _plain(event["talk_id"]) else None}
+                "talk_id": event["talk_id"] if keep_id else None}
+            recipients = await self._recipients(other)
             message = self._checked(self.book.request, other, now_ms=now_ms(), **fields)
-            done.append(await self._sent(message))
+            done.append(await self._sent(message, recipients))
         return done
 
     def _checked(self, make: Callable[..., tuple[str, dict[str, Any]]], *args: Any,
@@ -290,9 +340,6 @@ class Talks:
     # -- reminders ----------------------------------------------------------------------
 
     async def _reminders(self) -> None:
-        await self.link.connected.wait()
-        with contextlib.suppress(ParleyError):
-            await self.learn_zones()
         while True:
             await asyncio.sleep(REMINDER_TICK_S)
             if self.link.connected.is_set() and not set(self.link.peers) | {self.party} <= \

@@ -159,6 +159,9 @@ class App {
         return undefined;
       case Incoming.SCHEDULE:
         if (message.reminder) this.reminder = message.reminder;
+        // A reminder of a talk that was moved or cancelled since is not shown any more.
+        if (message.talk && this.reminder && message.talk.talk_id === this.reminder.talk.talk_id
+            && message.talk.state !== "confirmed") this.reminder = null;
         return this.#loadTalks();
       default: return undefined;
     }

@@ -105,8 +105,10 @@ export class TalkPanel {
     if (talk.mine && talk.state !== "cancelled") {
       actions.append(this.#button("Cancel the talk", "talk-cancel", () => act("cancel"), true));
     }
-    const startsSoon = talk.start_ms !== null && talk.start_ms - Date.now() < 10 * 60000;
-    if (talk.state === "confirmed" && (startsSoon || talk.start_ms === null)) {
+    const now = Date.now();
+    const joinable = talk.start_ms === null
+      || (talk.start_ms - now < 10 * 60000 && now < talk.start_ms + talk.duration_s * 1000);
+    if (talk.state === "confirmed" && joinable) {
       actions.append(this.#button("Join", "talk-join", () => this.actions.join(talk.with, talk.media)));
     }
     item.append(actions);
