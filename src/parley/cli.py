@@ -459,7 +459,9 @@ def cmd_keys_forget(args: argparse.Namespace) -> int:
 # --- talking to a running terminal ----------------------------------------------------------
 
 def control_request(data: Path, method: str, path: str, body: dict[str, Any] | None = None,
-                    *, raw: bytes | None = None, timeout: float = 20) -> Any:
+                    *, raw: bytes | None = None, timeout: float = 20,
+                    as_bytes: bool = False) -> Any:
+    """Ask the running terminal's local API; its JSON answer (or, `as_bytes`, its body)."""
     from parley.terminal.store import CONTROL_FILE
 
     try:
@@ -475,7 +477,8 @@ def control_request(data: Path, method: str, path: str, body: dict[str, Any] | N
                  else "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            answer = resp.read()
+            return answer if as_bytes else json.loads(answer)
     except urllib.error.HTTPError as exc:
         err = json.loads(exc.read() or b"{}").get("error", {})
         raise LocalError(err.get("message", str(exc)), code=ErrorCode.from_wire(err.get("code")),
@@ -876,19 +879,8 @@ def cmd_schedule_list(args: argparse.Namespace) -> int:
 
 def cmd_schedule_export(args: argparse.Namespace) -> int:
     data = resolve(args, DATA_OPTION, "terminal")["data"]
-    from parley.terminal.store import CONTROL_FILE
-
-    info = json.loads((data / CONTROL_FILE).read_text())
     query = f"?talk={args.talk}" if args.talk else ""
-    req = urllib.request.Request(f"{info['url']}/api/schedule.ics{query}",
-                                 headers={"Authorization": f"Bearer {info['token']}"})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as exc:
-        err = json.loads(exc.read() or b"{}").get("error", {})
-        raise LocalError(err.get("message", str(exc)), code=ErrorCode.from_wire(
-            err.get("code"))) from None
+    body = control_request(data, "GET", f"/api/schedule.ics{query}", as_bytes=True)
     args.ics.write_bytes(body)
     print(f"wrote {args.ics} ({body.count(b'BEGIN:VEVENT')} talk(s))")
     return 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page
@@ -26,16 +24,6 @@ __all__ = ["chromium", "people"]  # fixtures used below
 LINE = "moscow:washington"
 TESTS = 4
 GREEN, RED = "rgb(63, 185, 80)", "rgb(248, 81, 73)"
-
-
-@pytest.fixture
-async def line(tmp_path: Path) -> AsyncIterator[LocalLine]:
-    local = LocalLine(tmp_path)
-    await local.start()
-    try:
-        yield local
-    finally:
-        await local.stop()
 
 
 async def status_page(browser: Browser, line: LocalLine) -> Page:

@@ -116,21 +116,30 @@ def test_a_second_terminal_on_a_data_directory_in_use_is_refused(
     assert not (tmp_path / "u" / "control.json").exists()
 
 
-def test_a_mistyped_safety_number_is_a_typo_not_an_interception(
-        tmp_path: Path, procs: list[Proc]) -> None:
+def two_sites(tmp_path: Path, procs: list[Proc],
+              zones: tuple[str, str] = ("UTC", "UTC")) -> dict[str, list[str]]:
+    """A running server with washington and moscow on a line, each with an enrolled,
+    not yet running terminal; their --data arguments."""
     srv = ["--data", str(tmp_path / "srv")]
-    for party in ("washington", "moscow"):
-        run("server", "principal", "add", party, *srv)
+    for party, zone in zip(("washington", "moscow"), zones, strict=True):
+        run("server", "principal", "add", party, "--timezone", zone, *srv)
     run("server", "line", "add", "washington", "moscow", *srv)
     server = Proc("server", "--port", "0", *srv)
     procs.append(server)
     url = server.line("ready: ")
-    dirs = {}
+    dirs = {"srv": srv}
     for party in ("washington", "moscow"):
         dirs[party] = ["--data", str(tmp_path / party)]
         code = run("server", "enroll-code", party, "--quiet", *srv).stdout.strip()
         run("terminal", "init", "--name", "desk", *dirs[party])
         run("terminal", "enroll", "--server", url, "--code", code, *dirs[party])
+    return dirs
+
+
+def test_a_mistyped_safety_number_is_a_typo_not_an_interception(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    dirs = two_sites(tmp_path, procs)
+
     def shown() -> dict[str, str]:
         out = json.loads(run("keys", "show", "moscow", "--json", *dirs["washington"]).stdout)
         return dict(out["peers"][0])
@@ -235,20 +244,7 @@ def test_parley_ui_gives_the_running_terminals_address(tmp_path: Path,
 def test_talks_are_scheduled_from_the_command_line(tmp_path: Path, procs: list[Proc]) -> None:
     import icalendar
 
-    srv = ["--data", str(tmp_path / "srv")]
-    run("server", "principal", "add", "washington", "--timezone", "America/New_York", *srv)
-    run("server", "principal", "add", "moscow", "--display", "The Kremlin", "--timezone",
-        "Europe/Moscow", *srv)
-    run("server", "line", "add", "washington", "moscow", *srv)
-    server = Proc("server", "--port", "0", *srv)
-    procs.append(server)
-    url = server.line("ready: ")
-    data = {}
-    for party in ("washington", "moscow"):
-        data[party] = ["--data", str(tmp_path / party)]
-        code = run("server", "enroll-code", party, "--quiet", *srv).stdout.strip()
-        run("terminal", "init", "--name", "desk", *data[party])
-        run("terminal", "enroll", "--server", url, "--code", code, *data[party])
+    data = two_sites(tmp_path, procs, ("America/New_York", "Europe/Moscow"))
     run("keys", "verify", "moscow", "--yes", *data["washington"])
     run("keys", "verify", "washington", "--yes", *data["moscow"])
     for party in ("washington", "moscow"):

@@ -37,7 +37,7 @@ from parley.clock import now_ms
 from parley.core import linetest, schema
 from parley.core.call import CallInfo, CallState
 from parley.core.encoding import random_id
-from parley.core.envelope import Envelope, seal_envelope
+from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
 from parley.core.keys import DeviceKeys, DevicePublicKeys, split_device_id
 from parley.core.trust import Trust
@@ -276,20 +276,8 @@ class LineTester:
     async def _result_recipients(self, callee: DevicePublicKeys) -> list[DevicePublicKeys]:
         """The callee, and every other device of both sites verified here: each site holds
         every result, sealed to it, and checks it itself."""
-        out = {callee.device_id: callee}
-        for party in (callee.party, self.party):
-            try:
-                listing = await self.peers.listing(party)
-            except ParleyError as exc:
-                log.info("line test result not sent to %s's other devices: %s", party, exc)
-                continue
-            for device in listing.devices:
-                if device == self.me.device_id or device in out:
-                    continue
-                trust, keys, _ = await self.peers.trust(device)
-                if trust is Trust.VERIFIED:
-                    out[device] = keys
-        return list(out.values())
+        others = await self.peers.verified_devices([callee.party, self.party], test_sets=True)
+        return [callee, *(k for k in others if k.device_id != callee.device_id)]
 
     async def _round_trip(self, keys: DevicePublicKeys, test_id: str, call_id: str,
                           interval_s: int) -> tuple[dict[str, Any], int]:
@@ -352,9 +340,7 @@ class LineTester:
                                                       "step": step, "detail": detail}})
 
     async def _send(self, to: DevicePublicKeys, type_: str, payload: dict[str, Any]) -> None:
-        envelope = seal_envelope(self.keys, self.me.device_id, to, type_, payload, now_ms(),
-                                 random_id())
-        await self.link.send_envelope(envelope, ephemeral=False)
+        await self.link.send_sealed(to, type_, payload)
 
     # -- answering one (the callee), and results coming in ----------------------------
 

@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from parley.clock import now_ms
 from parley.core import wire
 from parley.core.encoding import b64e, random_id
-from parley.core.envelope import Envelope
+from parley.core.envelope import Envelope, seal_envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys
 from parley.outbox import Outbox
@@ -308,6 +309,13 @@ class ServerLink:
         reply = await self.request({"t": "send", "env": envelope.to_json(),
                                     "ephemeral": ephemeral})
         return str(reply["status"])
+
+    async def send_sealed(self, to: DevicePublicKeys, type_: str, payload: dict[str, Any]
+                          ) -> str:
+        """Seal `payload` to `to`, sign it as this device, and have the server store it."""
+        envelope = seal_envelope(self._keys, self.device_id, to, type_, payload, now_ms(),
+                                 random_id())
+        return await self.send_envelope(envelope, ephemeral=False)
 
     async def ack(self, envelope_id: str) -> None:
         if self._outbox is not None:

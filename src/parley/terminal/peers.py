@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from parley.clock import now_ms
-from parley.core.errors import ErrorCode, LocalError, alarm_title
+from parley.core.errors import ErrorCode, LocalError, ParleyError, alarm_title
 from parley.core.keys import DevicePublicKeys
 from parley.core.safety import compare_safety_number, safety_number
 from parley.core.trust import Trust, assess, verify_hint
@@ -110,6 +110,25 @@ class PeerBook:
         listed = (await self.listing(party, fresh=fresh)).devices.get(device_id)
         trust, keys = assess(self.store.pin(device_id), listed)
         return trust, keys, listed
+
+    async def verified_devices(self, parties: list[str], *, test_sets: bool
+                               ) -> list[DevicePublicKeys]:
+        """Every device of these parties whose keys this terminal verified (their pinned
+        keys), but this one; from the pins alone when the server does not answer."""
+        out: dict[str, DevicePublicKeys] = {}
+        for party in parties:
+            try:
+                listing = await self.listing(party)
+            except ParleyError:
+                listing = self.pinned_listing(party)
+            for device in sorted(listing.devices):
+                if device == self.me.device_id or device in out or (
+                        not test_sets and self.is_test_set(device)):
+                    continue
+                trust, keys, _ = await self.trust(device)
+                if trust is Trust.VERIFIED:
+                    out[device] = keys
+        return list(out.values())
 
     def is_test_set(self, device_id: str) -> bool:
         return self.test_set_name is not None and device_id.split("/", 1)[-1] == \

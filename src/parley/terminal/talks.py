@@ -25,8 +25,7 @@ from typing import Any
 
 from parley.clock import now_ms
 from parley.core import schedule
-from parley.core.encoding import random_id
-from parley.core.envelope import Envelope, seal_envelope
+from parley.core.envelope import Envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys, split_device_id
 from parley.core.schedule import Talk, TalkBook
@@ -185,27 +184,14 @@ class Talks:
                                 device)
                     self.store.sent_talk_message(ident)
                     continue
-                envelope = seal_envelope(self.keys, self.me.device_id, keys, kind,
-                                         json.loads(body), now_ms(), random_id())
-                await self.link.send_envelope(envelope, ephemeral=False)
+                await self.link.send_sealed(keys, kind, json.loads(body))
             except ParleyError as exc:
                 log.warning("%s to %s waits: %s", kind, device, exc)
                 continue
             self.store.sent_talk_message(ident)
 
     async def _recipients(self, other: str) -> list[DevicePublicKeys]:
-        out = []
-        for party in (other, self.party):
-            try:
-                listing = await self.peers.listing(party)
-            except ParleyError:
-                listing = self.peers.pinned_listing(party)
-            for device in sorted(listing.devices):
-                if device == self.me.device_id or self.peers.is_test_set(device):
-                    continue
-                trust, keys, _ = await self.peers.trust(device)
-                if trust is Trust.VERIFIED:
-                    out.append(keys)
+        out = await self.peers.verified_devices([other, self.party], test_sets=False)
         if not any(k.party == other for k in out):
             raise LocalError(f"no device of {other} is verified here: nothing was sent",
                              code=ErrorCode.NOT_VERIFIED,
