@@ -163,7 +163,9 @@ class TalkBook:
         if attendee == self.party:
             raise LocalError("a talk is with the other party of a line",
                              code=ErrorCode.INVALID_INPUT)
-        payload = {"talk_id": talk_id or random_id(), "sequence": 0, "dtstamp_ms": now_ms,
+        # A fresh id begins with a letter: one beginning with "-" would read as an option.
+        payload = {"talk_id": talk_id or "t" + random_id(), "sequence": 0,
+                   "dtstamp_ms": now_ms,
                    "organizer": self.party, "attendee": attendee, "title": title,
                    "agenda": agenda, "duration_s": duration_s, "media": media,
                    "note": note}

@@ -49,6 +49,7 @@ from parley.terminal.store import TerminalStore
 log = logging.getLogger("parley.messages")
 
 WINDOW = 64  # envelopes in flight to the server at once
+HOLD_AFTER_FAILURE_MS = 2_000  # after a send the server did not take, none start this long
 # Receipts owed are sent at the end of the turn that owed them: one receipt names every
 # message of that turn (a mailbox arrives many to a turn), and none waits longer.
 RECEIPT_DELAY_S = 0.0
@@ -95,6 +96,7 @@ class Messenger:
         # ephemerally instead of stored by the server.
         self._stored = stored
         self._inflight: dict[str, Sending] = {}
+        self._held_until_ms = 0  # no new sends before then (the link just failed one)
         self._wake = asyncio.Event()
         self._receipts_soon: asyncio.TimerHandle | None = None
         self._told_quota: set[str] = set()
@@ -119,6 +121,7 @@ class Messenger:
 
     def link_up(self) -> None:
         """The server is reachable again: whatever waits goes now, not at its next try."""
+        self._held_until_ms = 0
         self.ms.retry_now(now_ms())
         self._wake.set()
 
@@ -313,7 +316,7 @@ class Messenger:
 
     def _start_due(self) -> None:
         free = WINDOW - len(self._inflight)
-        if free <= 0:
+        if free <= 0 or now_ms() < self._held_until_ms:
             return
         for entry in self.ms.due(now_ms(), free, set(self._inflight)):
             task = asyncio.ensure_future(self._send(entry))
@@ -404,6 +407,10 @@ class Messenger:
             delay = RATE_RETRY_MS
         else:
             delay = min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** min(entry.attempts, 6))
+            if exc.code is ErrorCode.SERVER_ERROR:
+                # The link is going or gone: the rest of the outbox is not poured into it
+                # before the terminal notices (then link_up lets it go at once).
+                self._held_until_ms = now + HOLD_AFTER_FAILURE_MS
         delay = int(delay * random.uniform(0.8, 1.2))
         log.info("%s to %s not sent yet (%s); again in %.1f s", entry.type, entry.recipient,
                  exc.code, delay / 1000)
