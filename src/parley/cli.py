@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -119,6 +120,10 @@ TERMINAL_OPTIONS = [
            " (give or take a tenth; 0: never on its own)", 3600.0, type=float),
     Option("linetest-duration", "seconds a line test's call lasts", 10.0, type=float),
     Option("peer-test-set", "the device name of the other sites' test sets", "testset"),
+    Option("record-texts", "the record keeps the texts of messages (default: their SHA-256"
+           " only)", False, flag=True),
+    Option("record-every", "checkpoints of the record are exchanged with the other site at"
+           " least this often, in seconds (and after every call)", 3600.0, type=float),
     Option("log-level", "debug, info, warning or error", "info"),
     *_threshold_options(),
 ]
@@ -368,7 +373,8 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
                            silence_timeout_s=cfg["media_timeout"]),
-        timezone=cfg["timezone"],
+        timezone=cfg["timezone"], record_texts=cfg["record_texts"],
+        record_interval_s=max(5.0, cfg["record_every"]),
         linetest=LineTestSettings(
             test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,
             every_s=cfg["linetest_every"] or float(DEFAULT_INTERVAL_S),
@@ -886,6 +892,255 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the record and joint statements -----------------------------------------------------
+
+def cmd_record_show(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    query = f"?limit={args.limit}" + (f"&type={args.type}" if args.type else "")
+    answer = control_request(data, "GET", "/api/record" + query)
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    state = answer["record"]
+    print(f"record of {state['site']}: {state['size']:,} entries")
+    for c in state["cosigned"]:
+        print(f"  cosigned by {c['by']} up to size {c['size']:,}")
+    for w in state["witnessed"]:
+        print(f"  witnessing {w['log']}: cosigned up to size {w['size']:,}")
+    for f in state["forks"]:
+        print(printable(f"  FORK in the log of {f['log']}: {f['why']}"
+                        f" (evidence kept, number {f['id']})"))
+    for item in reversed(answer["entries"]):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item["entry"].get("time_ms", 0)
+                                                              / 1000))
+        print(printable(f"{item['index']:>7}  {when} UTC  {item['text']}", newlines=False))
+    return 0
+
+
+def cmd_record_note(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    done = control_request(data, "POST", "/api/record/note", {"text": args.text,
+                                                              "by": args.by})
+    print(f"noted as entry {done['index']:,}")
+    return 0
+
+
+def cmd_record_exchange(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    done = control_request(data, "POST", "/api/record/exchange", {})
+    print(f"checkpoint at size {done['record']['size']:,} sent to {done['sent_to']} witness(es)")
+    return 0
+
+
+def _write_out(path: Path, body: bytes) -> None:
+    try:
+        path.write_bytes(body)
+    except OSError as exc:
+        raise LocalError(f"cannot write {path}: {exc.strerror}",
+                         code=ErrorCode.INVALID_INPUT) from None
+
+
+def cmd_record_export(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    if args.statement:
+        body = control_request(data, "GET", f"/api/statements/{args.statement}/bundle",
+                               as_bytes=True)
+    else:
+        query = "?all=1" if args.all else f"?last={args.last}"
+        query += f"&type={args.type}" if args.type else ""
+        body = control_request(data, "GET", "/api/record/export" + query, as_bytes=True)
+    _write_out(args.out, body)
+    count = len(json.loads(body)["entries"])
+    print(f"wrote {args.out}: {count:,} entries with their proofs"
+          f" ('parley record verify {args.out}' checks it, anywhere)")
+    return 0
+
+
+def _read_qr(image: Path) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which("zbarimg") is None:
+        raise LocalError("reading a QR code needs zbarimg", code=ErrorCode.BAD_CONFIG,
+                         hint="apt-get install zbar-tools, or type the code: --code -")
+    try:
+        done = subprocess.run(["zbarimg", "--raw", "-q", "-Sdisable", "-Sqrcode.enable",
+                               str(image)], capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LocalError(f"zbarimg failed on {image}: {exc}",
+                         code=ErrorCode.INVALID_INPUT) from None
+    codes = [line for line in done.stdout.decode("utf-8", "replace").splitlines()
+             if line.upper().startswith("PR1:")]
+    if not codes:
+        raise LocalError(f"no Parley code found in {image}", code=ErrorCode.INVALID_INPUT,
+                         hint="scan the page again, sharper, or type the code: --code -")
+    return codes[0]
+
+
+def cmd_record_verify(args: argparse.Namespace) -> int:
+    from parley.core import bundle as bundles
+
+    if sum(x is not None for x in (args.bundle, args.from_qr, args.code)) != 1:
+        raise LocalError("give one of: a bundle file, --from-qr IMAGE, --code TEXT",
+                         code=ErrorCode.INVALID_INPUT)
+    try:
+        if args.bundle is not None:
+            raw = args.bundle.read_bytes()
+        elif args.from_qr is not None:
+            raw = bundles.from_paper(_read_qr(args.from_qr))
+        else:
+            code = sys.stdin.read() if args.code == "-" else args.code
+            raw = bundles.from_paper(code)
+        report = bundles.verify_file(raw)
+        texts_ok = []
+        if args.text is not None:
+            text = args.text.read_text(encoding="utf-8").rstrip("\n")
+            sha = hashlib.sha256(text.encode()).hexdigest()
+            match = [s for s in report.statements if s["text_sha256"] == sha]
+            if not match:
+                raise bundles.BundleError(f"{args.text}: its text (sha256 {sha[:16]}) is not"
+                                          " the text of any statement the bundle proves")
+            texts_ok = [f"the text in {args.text} is the text of statement"
+                        f" {m['statement']} v{m['version']}" for m in match]
+    except OSError as exc:
+        raise LocalError(f"cannot read: {exc}", code=ErrorCode.INVALID_INPUT) from None
+    except bundles.BundleError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": exc.message}))
+        else:
+            print(printable(f"NOT VERIFIED: {exc.message}"))
+        return 1
+    if args.json:
+        print(json.dumps({**report.to_json(), "text": texts_ok}))
+        return 0
+    print("VERIFIED, with no network and no server:")
+    for line in [*report.lines, *texts_ok]:
+        print(printable(f"  {line}"))
+    print("keys (compare with the ones each site shows):")
+    for device, shown in report.keys.items():
+        print(f"  {device}: {shown}")
+    return 0
+
+
+def cmd_statement_draft(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    view = control_request(data, "POST", "/api/statements", {
+        "party": args.with_, "title": args.title, "text": _text_arg(args),
+        "attachments": _attachment_args(args)})
+    print(json.dumps(view) if args.json else _statement_text(view))
+    return 0
+
+
+def cmd_statement_edit(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    body: dict[str, Any] = {"text": _text_arg(args), "title": args.title}
+    if args.attach:
+        body["attachments"] = _attachment_args(args)
+    view = control_request(data, "POST", f"/api/statements/{args.statement}/edit", body)
+    print(json.dumps(view) if args.json else _statement_text(view))
+    return 0
+
+
+def cmd_statement_sign(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    view = control_request(data, "POST", f"/api/statements/{args.statement}/sign",
+                           {"version": args.version, "sha256": args.sha256})
+    print(json.dumps(view) if args.json else _statement_text(view))
+    return 0
+
+
+def cmd_statement_list(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    items = control_request(data, "GET", "/api/statements")["statements"]
+    if args.json:
+        print(json.dumps(items))
+        return 0
+    if not items:
+        print("no joint statements ('parley statement draft --with PARTY --title ...')")
+    for view in items:
+        print(_statement_line(view))
+    return 0
+
+
+def cmd_statement_show(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    view = control_request(data, "GET", f"/api/statements/{args.statement}")
+    print(json.dumps(view) if args.json else _statement_text(view, diff=True))
+    return 0
+
+
+def cmd_statement_pdf(args: argparse.Namespace) -> int:
+    data = resolve(args, DATA_OPTION, "terminal")["data"]
+    body = control_request(data, "GET", f"/api/statements/{args.statement}/pdf",
+                           as_bytes=True, timeout=60)
+    _write_out(args.out, body)
+    print(f"wrote {args.out} ({len(body):,} bytes): the statement, its signers and a QR code"
+          " that proves them")
+    return 0
+
+
+def _text_arg(args: argparse.Namespace) -> str:
+    if (args.text is None) == (args.file is None):
+        raise LocalError("give the statement's text: --text TEXT or --file FILE",
+                         code=ErrorCode.INVALID_INPUT)
+    if args.text is not None:
+        return str(args.text)
+    try:
+        return str(args.file.read_text(encoding="utf-8")).rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LocalError(f"cannot read {args.file}: {exc}", code=ErrorCode.INVALID_INPUT
+                         ) from None
+
+
+def _attachment_args(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from parley.core.statement import attachment
+
+    out = []
+    for path in args.attach or []:
+        try:
+            out.append(attachment(path.name, path.read_bytes()))
+        except OSError as exc:
+            raise LocalError(f"cannot read {path}: {exc.strerror}",
+                             code=ErrorCode.INVALID_INPUT) from None
+    return out
+
+
+def _statement_line(view: dict[str, Any]) -> str:
+    latest = view["versions"][-1]
+    if view["final"] is not None:
+        state = "FINAL" + (", in both logs" if view["in_both_logs"] else
+                           ", waiting for the other log's proof")
+    elif view["signed_by_me"]:
+        state = "signed by this side; waiting for the other"
+    elif view["my_turn"]:
+        state = "your turn: edit or sign"
+    else:
+        state = f"with {view['with']}: their turn"
+    return printable(f"{view['statement']}  '{view['title']}' with {view['with_name']}:"
+                     f" v{latest['version']} ({latest['sha256'][:16]}) -- {state}",
+                     newlines=False)
+
+
+def _statement_text(view: dict[str, Any], *, diff: bool = False) -> str:
+    import difflib
+
+    latest = view["versions"][-1]
+    out = [_statement_line(view), f"  version {latest['version']} by {latest['by']},"
+           f" sha256 {latest['sha256']}"]
+    if latest["signatures"]:
+        out.append("  signed by " + ", ".join(latest["signatures"]))
+    if diff and len(view["versions"]) > 1:
+        before = view["versions"][-2]
+        out.append(f"  changes from version {before['version']}:")
+        out += ["    " + line.rstrip("\n") for line in difflib.unified_diff(
+            before["text"].splitlines(), latest["text"].splitlines(), lineterm="", n=1)][2:]
+    out += ["", *("  " + line for line in latest["text"].splitlines())]
+    if view["final"] is None and view["my_turn"]:
+        out.append(f"\n  to sign exactly this: parley statement sign {view['statement']}"
+                   f" --version {latest['version']} --sha256 {latest['sha256'][:16]}")
+    return printable("\n".join(out))
+
+
 def cmd_schedule_import(args: argparse.Namespace) -> int:
     data = resolve(args, DATA_OPTION, "terminal")["data"]
     try:
@@ -1122,6 +1377,78 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(schsub, "import", "request the talks of an iCalendar file",
                 cmd_schedule_import, DATA_OPTION)
     p.add_argument("ics", type=Path, help="the .ics file")
+
+    # the record
+    rec = sub.add_parser("record", help="the agreed record: show, note, export, verify",
+                         description="this site's append-only log, witnessed by the other"
+                         " site; bundles anyone can verify offline")
+    rsub = rec.add_subparsers(dest="record_command", metavar="ACTION", required=True)
+    p = command(rsub, "show", "the latest entries, and who cosigned the log up to where",
+                cmd_record_show, DATA_OPTION)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--type", help="only entries of this type (call, message, statement, ...)")
+    p.add_argument("--json", action="store_true")
+    p = command(rsub, "note", "add an operator's note to the record", cmd_record_note,
+                DATA_OPTION)
+    p.add_argument("text")
+    p.add_argument("--by", help="who writes it")
+    command(rsub, "exchange", "send the log's checkpoint to the other site now",
+            cmd_record_exchange, DATA_OPTION)
+    p = command(rsub, "export", "write a bundle: entries, their proofs, the checkpoints, the"
+                " keys", cmd_record_export, DATA_OPTION)
+    p.add_argument("--out", type=Path, required=True, help="the bundle file to write")
+    p.add_argument("--statement", help="a joint statement, proven in both logs")
+    p.add_argument("--last", type=int, default=100, help="the latest N entries (default 100)")
+    p.add_argument("--all", action="store_true", help="every entry")
+    p.add_argument("--type", help="only entries of this type")
+    p = rsub.add_parser("verify", help="check a bundle, a paper copy's QR code or its typed"
+                        " code: no network, no server", description="check a bundle, a paper"
+                        " copy's QR code or its typed code: no network, no server")
+    p.set_defaults(fn=cmd_record_verify)
+    p.add_argument("bundle", nargs="?", type=Path, help="the bundle file")
+    p.add_argument("--from-qr", type=Path, metavar="IMAGE", help="a scan of the paper copy")
+    p.add_argument("--code", help="the paper copy's code, typed ('-': read it from stdin)")
+    p.add_argument("--text", type=Path, help="check that this file holds the signed text")
+    p.add_argument("--json", action="store_true")
+
+    # joint statements
+    stm = sub.add_parser("statement", help="joint statements: draft, edit, sign, list, pdf",
+                         description="a statement drafted by one side, edited in turns, final"
+                         " when both sign the same version")
+    stsub = stm.add_subparsers(dest="statement_command", metavar="ACTION", required=True)
+    p = command(stsub, "draft", "draft a statement with the other party", cmd_statement_draft,
+                DATA_OPTION)
+    p.add_argument("--with", dest="with_", required=True, help="the party, e.g. moscow")
+    p.add_argument("--title", required=True)
+    p.add_argument("--text")
+    p.add_argument("--file", type=Path, help="the text, from this file (UTF-8)")
+    p.add_argument("--attach", type=Path, action="append", help="name a file by its hash")
+    p.add_argument("--json", action="store_true")
+    p = command(stsub, "edit", "propose an edit of the other side's version",
+                cmd_statement_edit, DATA_OPTION)
+    p.add_argument("statement")
+    p.add_argument("--title")
+    p.add_argument("--text")
+    p.add_argument("--file", type=Path)
+    p.add_argument("--attach", type=Path, action="append")
+    p.add_argument("--json", action="store_true")
+    p = command(stsub, "sign", "sign the version shown (named by its number and hash)",
+                cmd_statement_sign, DATA_OPTION)
+    p.add_argument("statement")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--sha256", required=True, help="its hash as shown (16 digits or more)")
+    p.add_argument("--json", action="store_true")
+    p = command(stsub, "list", "the statements and where each stands", cmd_statement_list,
+                DATA_OPTION)
+    p.add_argument("--json", action="store_true")
+    p = command(stsub, "show", "a statement's latest version, and what changed",
+                cmd_statement_show, DATA_OPTION)
+    p.add_argument("statement")
+    p.add_argument("--json", action="store_true")
+    p = command(stsub, "pdf", "a final statement's printable copy, with its QR code",
+                cmd_statement_pdf, DATA_OPTION)
+    p.add_argument("statement")
+    p.add_argument("--out", type=Path, required=True)
 
     # alarms
     alarms = command(sub, "alarms", "security alarms, kept until an operator acknowledges them",

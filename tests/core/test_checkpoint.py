@@ -52,3 +52,21 @@ def test_a_witness_cosigns_what_extends_and_catches_a_fork_with_evidence() -> No
     with pytest.raises(SecurityAlarm):
         witness.observe(note(10), [], 400)
     witness.observe(note(20), merkle.consistency_proof(LEAVES[:20], 12), 500)
+    assert witness.have == 20
+
+
+def test_a_proof_from_another_size_asks_for_one_from_the_last_seen() -> None:
+    witness = cp.Witness(WITNESS, WITNESS_KEY, LOG, LOG_KEY.public_key())
+    assert witness.have == 0
+    assert witness.observe(note(6), [], 100, from_size=0) is not None  # first seen: taken
+    # The sender thought the witness had seen 3: nothing is proven, nothing is a fork.
+    assert witness.observe(note(9), merkle.consistency_proof(LEAVES[:9], 3), 200,
+                           from_size=3) is None
+    assert witness.have == 6 and not witness.forks
+    line = witness.observe(note(9), merkle.consistency_proof(LEAVES[:9], 6), 300, from_size=6)
+    assert line is not None and witness.have == 9
+    # Shorter than before is a fork whatever size the sender names.
+    with pytest.raises(SecurityAlarm) as caught:
+        witness.observe(note(8), [], 400, from_size=8)
+    assert caught.value.code == cp.ErrorCode.RECORD_FORKED
+    assert "shorter" in witness.forks[0].why

@@ -96,3 +96,25 @@ def test_edge_cases_of_sizes() -> None:
         merkle.inclusion_proof(LEAVES[:5], 5)
     assert merkle.inclusion_proof(LEAVES[:1], 0) == []
     merkle.verify_inclusion(0, 1, LEAVES[0], [], LEAVES[0])
+
+
+def test_a_growing_tree_answers_for_every_earlier_size() -> None:
+    """A log's tree answers for its checkpoints of the past: each root and proof at an
+    earlier size is the one the definitions give for that prefix."""
+    tree = merkle.Tree()
+    for i, leaf in enumerate(LEAVES):
+        assert tree.append(leaf) == i
+    for n in SIZES:
+        assert tree.root(n) == definition(ENTRIES[:n]), n
+        for m in range(n):
+            proof = tree.inclusion_proof(m, n)
+            merkle.verify_inclusion(m, n, LEAVES[m], proof, tree.root(n))
+        for m in range(1, n + 1):
+            merkle.verify_consistency(m, n, tree.root(m), tree.root(n),
+                                      tree.consistency_proof(m, n))
+    with pytest.raises(ValueError):
+        tree.root(len(LEAVES) + 1)
+    tree.truncate(37)
+    assert tree.size == 37 and tree.root() == definition(ENTRIES[:37])
+    tree.append(LEAVES[37])
+    assert tree.root() == definition(ENTRIES[:38])

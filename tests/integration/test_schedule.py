@@ -97,9 +97,9 @@ async def test_an_answer_given_while_the_server_is_down_goes_when_it_is_back(
     await wait_until(lambda: not moscow.link.connected.is_set(), 10, "the link down")
     answered = await moscow.talks.act("accept", talk_id)  # kept, not lost, not refused
     assert answered["state"] == schedule.CONFIRMED
-    assert moscow.store.queued_talk_messages()
+    assert moscow.store.queued_sealed()
     await line.start(port=line.port)
     await wait_until(lambda: state_at(washington, talk_id) == schedule.CONFIRMED, 30,
                      "the accept, once the server is back")
-    await wait_until(lambda: not moscow.store.queued_talk_messages(), 10, "the outbox empty")
+    await wait_until(lambda: not moscow.store.queued_sealed(), 10, "the outbox empty")
     assert washington.talks.book.talks[talk_id] == moscow.talks.book.talks[talk_id]

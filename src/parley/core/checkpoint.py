@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -32,6 +33,14 @@ from .errors import ErrorCode, RemoteError, SecurityAlarm
 
 NOTE_ALG, COSIG_ALG = 0x01, 0x04
 MAX_NOTE = 4096
+
+
+class Signer(Protocol):
+    """A signing key: an Ed25519 private key, or a device's keys (`keys.DeviceKeys`)."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> ed25519.Ed25519PublicKey: ...
 
 
 def key_id(name: str, public: ed25519.Ed25519PublicKey, alg: int) -> bytes:
@@ -49,7 +58,7 @@ class Checkpoint:
         return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
 
 
-def sign_checkpoint(checkpoint: Checkpoint, name: str, key: ed25519.Ed25519PrivateKey) -> str:
+def sign_checkpoint(checkpoint: Checkpoint, name: str, key: Signer) -> str:
     """The checkpoint as a signed note."""
     body = checkpoint.body()
     sig = key.sign(body.encode())
@@ -105,7 +114,7 @@ def open_checkpoint(note: str, name: str, public: ed25519.Ed25519PublicKey) -> C
     raise SecurityAlarm(f"the checkpoint is not signed by {name}", code=ErrorCode.BAD_SIGNATURE)
 
 
-def cosign(note: str, name: str, key: ed25519.Ed25519PrivateKey, now_s: int) -> str:
+def cosign(note: str, name: str, key: Signer, now_s: int) -> str:
     """A witness's cosignature line for a checkpoint it checked (tlog-cosignature/v1)."""
     body, _ = _split_note(note)
     message = f"cosignature/v1\ntime {now_s}\n{body}".encode()
@@ -145,15 +154,27 @@ class Witness:
     """What one site knows of the other site's log, and checks each new checkpoint against."""
 
     name: str
-    key: ed25519.Ed25519PrivateKey
+    key: Signer
     log_name: str  # the name the other site signs its checkpoints with
     log_key: ed25519.Ed25519PublicKey
     last: str | None = None  # the last note seen and cosigned
     forks: list[Fork] = field(default_factory=list)
 
-    def observe(self, note: str, proof: list[bytes], now_s: int) -> str:
+    @property
+    def have(self) -> int:
+        """The size of the last checkpoint cosigned (0: none yet)."""
+        if self.last is None:
+            return 0
+        return open_checkpoint(self.last, self.log_name, self.log_key).size
+
+    def observe(self, note: str, proof: list[bytes], now_s: int,
+                from_size: int | None = None) -> str | None:
         """Check a new checkpoint (with a consistency proof from the last one seen) and
-        cosign it; a log rewritten or forked raises SecurityAlarm, the evidence kept."""
+        cosign it; a log rewritten or forked raises SecurityAlarm, the evidence kept.
+
+        `from_size`: the size the proof starts from, if the sender says; a proof from
+        another size than the last one seen proves nothing here, and None is returned
+        (the sender is told `have` and sends a proof from there)."""
         checkpoint = open_checkpoint(note, self.log_name, self.log_key)
         if self.last is not None:
             before = open_checkpoint(self.last, self.log_name, self.log_key)
@@ -161,6 +182,13 @@ class Witness:
                 if before.origin != checkpoint.origin:
                     raise RemoteError(f"another log ({checkpoint.origin})",
                                       code=ErrorCode.BAD_MESSAGE)
+                if checkpoint.size < before.size:
+                    raise RemoteError(f"it is shorter now ({checkpoint.size}) than it was"
+                                      f" ({before.size}): entries were taken away",
+                                      code=ErrorCode.BAD_MESSAGE)
+                if from_size is not None and from_size != before.size and \
+                        checkpoint.size != before.size:
+                    return None
                 merkle.verify_consistency(before.size, checkpoint.size, before.root,
                                           checkpoint.root, proof)
             except RemoteError as exc:
@@ -169,7 +197,7 @@ class Witness:
                 raise SecurityAlarm(
                     f"the log {checkpoint.origin} of {self.log_name} does not extend what it"
                     f" showed before (size {before.size} -> {checkpoint.size}): {exc.message}",
-                    code=ErrorCode.BAD_SIGNATURE,
+                    code=ErrorCode.RECORD_FORKED,
                     hint="both signed checkpoints are kept as evidence") from None
         self.last = note
         return cosign(note, self.name, self.key, now_s)

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     COMMITMENT_MISMATCH = "commitment_mismatch"  # a SAS commitment opened to another value
     NEW_DEVICE = "new_device"  # a party we verified gained a device we have not verified
     STATUS_UNPROVEN = "status_unproven"  # the server shows a line's state without its proof
+    RECORD_FORKED = "record_forked"  # a site's log does not extend what it showed before
     # local: policy and misuse
     NOT_VERIFIED = "not_verified"
     NOT_ENROLLED = "not_enrolled"
@@ -131,6 +132,7 @@ _ALARM_TITLES = {
     ErrorCode.COMMITMENT_MISMATCH: "Call intercepted",
     ErrorCode.NEW_DEVICE: "A verified party has a new device",
     ErrorCode.STATUS_UNPROVEN: "The server shows a line test nobody signed",
+    ErrorCode.RECORD_FORKED: "A site's record was rewritten",
 }
 
 

@@ -198,6 +198,10 @@ class DeviceKeys:
     def sign(self, data: bytes) -> bytes:
         return self._signing.sign(data)
 
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        """The signing key's public half (signed notes name keys by it: core.checkpoint)."""
+        return self._signing.public_key()
+
     def public(self, device_id: str) -> DevicePublicKeys:
         return DevicePublicKeys(device_id, self.sign_public, self.kem_public, self.kem_sig)
 

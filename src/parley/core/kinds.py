@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import linetest, notice, schema
+from . import linetest, notice, record, schema, statement
 from .call import OFFER_MAX_AGE_MS, PAYLOADS, SIGNALING_MAX_AGE_MS
 from .messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
 from .messages import PAYLOADS as MESSAGE_PAYLOADS
@@ -74,6 +74,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     # Scheduling waits on the server like a message does (core.schedule).
     *(Kind(name, fields, MESSAGE_MAX_AGE_MS, stored=True, call_signaling=False)
       for name, fields in SCHEDULE_PAYLOADS.items()),
+    # Joint statements and the record's checkpoints too (core.statement, core.record).
+    *(Kind(name, fields, MESSAGE_MAX_AGE_MS, stored=True, call_signaling=False)
+      for name, fields in (*statement.PAYLOADS.items(), *record.PAYLOADS.items())),
 )}
 assert set(KINDS) >= set(PAYLOADS) | set(MESSAGE_PAYLOADS), "every payload has its kind"
 

@@ -64,8 +64,10 @@ from parley.core.keys import split_device_id
 from parley.core.kinds import kind_of
 from parley.core.linetest import PAYLOADS as LINETEST_PAYLOADS
 from parley.core.messages import PAYLOADS as MESSAGE_PAYLOADS
+from parley.core.record import PAYLOADS as RECORD_PAYLOADS
 from parley.core.replay import ReplayGuard
 from parley.core.schedule import PAYLOADS as SCHEDULE_PAYLOADS
+from parley.core.statement import PAYLOADS as STATEMENT_PAYLOADS
 from parley.core.trust import Trust, verify_hint
 from parley.media.engine import MediaEngine, MediaSession
 from parley.media.robot import RobotMedia, RobotOptions
@@ -73,6 +75,9 @@ from parley.terminal.linetest import LineTester, LineTestSettings
 from parley.terminal.link import ServerLink
 from parley.terminal.messages import Messenger
 from parley.terminal.peers import PeerBook
+from parley.terminal.record import EXCHANGE_EVERY_S, Record
+from parley.terminal.sealed import SealedOutbox
+from parley.terminal.statements import Statements
 from parley.terminal.store import AlarmRecord, TerminalStore
 from parley.terminal.talks import Talks
 
@@ -99,6 +104,8 @@ class TerminalConfig:
     # A test set (`--test-set`) takes part in line tests only; see terminal.linetest.
     linetest: LineTestSettings = field(default_factory=LineTestSettings)
     timezone: str | None = None  # this site's zone for talks (default: its principal's)
+    record_texts: bool = False  # the record keeps messages' texts, not only their hashes
+    record_interval_s: float = EXCHANGE_EVERY_S  # checkpoints exchanged at least this often
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -127,19 +134,33 @@ class Terminal:
                                on_roster=self._on_roster, on_acked=self.store.confirm_acks)
         self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm,
                               test_set_name=config.linetest.peer_test_set)
+        self.outbox = SealedOutbox(self.store, self.peers, self.link)
+        self.record = Record(keys=self.keys, me=self.me, store=self.store, link=self.link,
+                             peers=self.peers, outbox=self.outbox, publish=self._publish,
+                             alarm=lambda alarm, subject: self._alarm(None, alarm,
+                                                                      subject=subject),
+                             test_set=config.linetest.test_set, log_texts=config.record_texts,
+                             interval_s=config.record_interval_s)
         self.messages = Messenger(
             keys=self.keys, me=self.me, store=self.store, link=self.link, peers=self.peers,
             require_verified=lambda: self.book.require_verified, publish=self._publish,
             alarm=lambda call_id, alarm, subject: self._alarm(call_id, alarm, subject=subject),
-            stored=config.messages_stored, listened=lambda: bool(self._listeners))
+            stored=config.messages_stored, listened=lambda: bool(self._listeners),
+            record=self.record)
         self.linetests = LineTester(
             host=self, keys=self.keys, me=self.me, store=self.store, link=self.link,
             peers=self.peers, settings=config.linetest, publish=self._publish,
             alarm=lambda alarm, subject: self._alarm(None, alarm, subject=subject),
-            spawn=self._spawn_lane_task)
+            spawn=self._spawn_lane_task, record=self.record)
         self.talks = Talks(keys=self.keys, me=self.me, store=self.store, link=self.link,
-                           peers=self.peers, publish=self._publish,
-                           zone_override=config.timezone, line_state=self._line_state)
+                           peers=self.peers, outbox=self.outbox, publish=self._publish,
+                           zone_override=config.timezone, line_state=self._line_state,
+                           record=self.record)
+        self.statements = Statements(
+            keys=self.keys, me=self.me, store=self.store, peers=self.peers,
+            outbox=self.outbox, record=self.record, publish=self._publish,
+            peer_parties=lambda: list(self.link.peers), zone_of=self.talks.zone_of,
+            name_of=self.talks.name_of)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
@@ -163,6 +184,7 @@ class Terminal:
         self.messages.start()
         self.linetests.start()
         self.talks.start()
+        self.record.start()
         log.info("terminal %s (fingerprint %s) starting; server %s", self.device_id,
                  self.me.fingerprint, self.link.origin)
 
@@ -183,6 +205,7 @@ class Terminal:
         await self.messages.stop()
         await self.linetests.stop()
         await self.talks.stop()
+        await self.record.stop()
         await self.link.close()
         self.store.close()
 
@@ -241,6 +264,7 @@ class Terminal:
 
     def notify_verified(self, device_id: str) -> None:
         log.info("%s marked verified", device_id)
+        self.record.soon()  # a new witness: it sees this log's checkpoint at once
         self._publish({"t": "verified", "device": device_id,
                        "party": split_device_id(device_id)[0]})
 
@@ -287,6 +311,7 @@ class Terminal:
             "test_set": self.book.test_set,
             "line_tests": [{k: line[k] for k in ("line", "status", "reasons", "age_ms")}
                            for line in self.linetests.view()],
+            "record": self.record.state(),
         }
 
     @property
@@ -385,6 +410,17 @@ class Terminal:
                 self.talks.receive(envelope, payload, trust)
                 self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
                 return True
+            if envelope.type in STATEMENT_PAYLOADS:
+                # Kept and recorded first, as a talk is: applying it again is a duplicate.
+                self.statements.receive(envelope, payload, trust)
+                self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
+                return True
+            if envelope.type in RECORD_PAYLOADS:
+                with self.store.batch():
+                    self.record.receive(envelope, payload, keys, trust)
+                    self.store.remember_envelope(envelope.id, self.replay.remember(envelope),
+                                                 now)
+                return True
             if envelope.type in LINETEST_PAYLOADS:
                 self.store.remember_envelope(envelope.id, self.replay.remember(envelope), now)
                 self.linetests.receive(envelope, payload, keys, trust)
@@ -472,7 +508,8 @@ class Terminal:
             self._spawn_lane_task(self._refresh_peers())
             self.messages.link_up()
             self._send_unsent_ends(None)
-            self._spawn_lane_task(self.talks.flush())
+            self._spawn_lane_task(self.outbox.flush())
+            self.record.soon()
 
     def _send_unsent_ends(self, device: str | None) -> None:
         """Send again the hang-ups kept for `device` (None: all of them)."""
@@ -656,7 +693,10 @@ class Terminal:
         elif info.state is CallState.ENDED:
             log.info("call %s with %s ended: %s%s", info.call_id, info.peer, info.end_reason,
                      f" ({info.alarm})" if info.alarm else "")
-            self.store.log_call(data)
+            with self.store.batch():
+                self.store.log_call(data)
+                self.record.call(data)
+            self.record.soon()  # checkpoints are exchanged after every call
             self._placed_at.pop(info.call_id, None)
             # A line runs for years: keep a bounded window of ended calls in memory
             # (the call log on disk has them all).
@@ -688,6 +728,9 @@ class Terminal:
             code=str(alarm.code), title=alarm_title(alarm.code, about_call=call_id is not None),
             message=alarm.message, hint=alarm.hint, call_id=call_id, subject=subject,
             now_ms=now_ms())
+        if record.count == 1:
+            self.record.add("alarm", code=record.code[:32], message=record.message[:600],
+                            subject=record.subject, call_id=record.call_id)
         self._publish_alarm(record)
 
     def _publish_alarm(self, record: AlarmRecord) -> None:

@@ -38,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from parley.clock import now_ms
 from parley.core.call import MediaKind
+from parley.core.encoding import canonical_json
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.messages import MAX_FILE
 from parley.core.schema import parse_json
@@ -145,6 +146,17 @@ class ControlServer:
             web.post("/api/linetest", self.run_linetest),
             web.get("/api/alarms", self.alarms),
             web.post("/api/alarms/ack", self.acknowledge_alarms),
+            web.get("/api/record", self.record),
+            web.post("/api/record/note", self.record_note),
+            web.post("/api/record/exchange", self.record_exchange),
+            web.get("/api/record/export", self.record_export),
+            web.get("/api/statements", self.statements),
+            web.post("/api/statements", self.statement_draft),
+            web.get("/api/statements/{statement_id}", self.statement),
+            web.post("/api/statements/{statement_id}/edit", self.statement_edit),
+            web.post("/api/statements/{statement_id}/sign", self.statement_sign),
+            web.get("/api/statements/{statement_id}/bundle", self.statement_bundle),
+            web.get("/api/statements/{statement_id}/pdf", self.statement_pdf),
             web.get("/api/events", self.events),
         ])
         self._runner: web.AppRunner | None = None
@@ -427,6 +439,81 @@ class ControlServer:
             raise LocalError("a calendar file of at most 256 KiB", code=ErrorCode.TOO_LARGE)
         return web.json_response({"talks": await self.terminal.talks.import_ics(data)})
 
+    # -- the record and joint statements ------------------------------------------------
+
+    async def record(self, request: web.Request) -> web.Response:
+        limit = _int_query(request, "limit", 200, 1, 100_000)
+        kind = request.query.get("type")
+        rec = self.terminal.record
+        return web.json_response({"record": rec.state(), "entries": rec.view(
+            limit or 200, {kind} if kind else None)})
+
+    async def record_note(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        text, by = body.get("text"), body.get("by")
+        if not isinstance(text, str) or not (by is None or isinstance(by, str)):
+            raise LocalError("give the note's text (and who writes it, 'by')",
+                             code=ErrorCode.INVALID_INPUT)
+        return web.json_response(self.terminal.record.note(text, (by or "")[:80] or None))
+
+    async def record_exchange(self, _request: web.Request) -> web.Response:
+        sent = await self.terminal.record.exchange()
+        return web.json_response({"sent_to": sent, "record": self.terminal.record.state()})
+
+    async def record_export(self, request: web.Request) -> web.Response:
+        kind = request.query.get("type")
+        everything = request.query.get("all") == "1"
+        last = None if everything else _int_query(request, "last", 100, 1, 10_000_000)
+        bundle = self.terminal.record.export(last=last, types={kind} if kind else None)
+        return _bundle_response(bundle, "parley-record.json")
+
+    async def statements(self, _request: web.Request) -> web.Response:
+        return web.json_response({"statements": self.terminal.statements.all()})
+
+    async def statement(self, request: web.Request) -> web.Response:
+        return web.json_response(self.terminal.statements.get(
+            request.match_info["statement_id"]))
+
+    async def statement_draft(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        party, title, text = body.get("party"), body.get("title"), body.get("text")
+        if not (isinstance(party, str) and isinstance(title, str) and isinstance(text, str)):
+            raise LocalError("give party, title and text", code=ErrorCode.INVALID_INPUT)
+        return web.json_response(await self.terminal.statements.draft(
+            party, title=title, text=text, attachments=_attachments(body)))
+
+    async def statement_edit(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        text, title = body.get("text"), body.get("title")
+        if not isinstance(text, str) or not (title is None or isinstance(title, str)):
+            raise LocalError("give the edited text (and title)", code=ErrorCode.INVALID_INPUT)
+        return web.json_response(await self.terminal.statements.edit(
+            request.match_info["statement_id"], text=text, title=title,
+            attachments=_attachments(body)))
+
+    async def statement_sign(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        version, sha = body.get("version"), body.get("sha256")
+        if type(version) is not int or not isinstance(sha, str):
+            raise LocalError("give the version shown and its sha256",
+                             code=ErrorCode.INVALID_INPUT,
+                             hint="only the version shown is signed: name it and its hash")
+        return web.json_response(await self.terminal.statements.sign(
+            request.match_info["statement_id"], version=version, sha256=sha))
+
+    async def statement_bundle(self, request: web.Request) -> web.Response:
+        ident = request.match_info["statement_id"]
+        paper = request.query.get("paper") == "1"
+        return _bundle_response(self.terminal.statements.export(ident, paper=paper),
+                                f"parley-statement-{ident}.json")
+
+    async def statement_pdf(self, request: web.Request) -> web.Response:
+        ident = request.match_info["statement_id"]
+        data = await asyncio.get_running_loop().run_in_executor(
+            None, self.terminal.statements.pdf, ident)
+        return web.Response(body=data, content_type="application/pdf", headers={
+            "Content-Disposition": f"attachment; filename=\"parley-statement-{ident}.pdf\""})
+
     async def run_linetest(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         line, callee, duration = body.get("line"), body.get("callee"), body.get("duration_s")
@@ -507,6 +594,22 @@ class ControlServer:
         except ParleyError as exc:
             log.warning("%r sent a bad message: %s", page, exc)
             page.send({"t": "error", "error": exc.as_dict()})
+
+
+def _bundle_response(bundle: dict[str, Any], name: str) -> web.Response:
+    return web.Response(body=canonical_json(bundle) + b"\n", content_type="application/json",
+                        headers={"Content-Disposition": f"attachment; filename=\"{name}\""})
+
+
+def _attachments(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Attachments named by hash: [{"name", "sha256", "size"}] (checked by core.statement)."""
+    items = body.get("attachments")
+    if items is None:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise LocalError("attachments: a list of {name, sha256, size}",
+                         code=ErrorCode.INVALID_INPUT)
+    return items
 
 
 def _known_zone(name: str) -> str | None:

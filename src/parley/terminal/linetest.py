@@ -43,6 +43,7 @@ from parley.core.keys import DeviceKeys, DevicePublicKeys, split_device_id
 from parley.core.trust import Trust
 from parley.terminal.link import ServerLink
 from parley.terminal.peers import PeerBook
+from parley.terminal.record import Record
 from parley.terminal.store import TerminalStore
 
 log = logging.getLogger("parley.linetest")
@@ -113,8 +114,9 @@ class LineTester:
                  store: TerminalStore, link: ServerLink, peers: PeerBook,
                  settings: LineTestSettings, publish: Callable[[dict[str, Any]], None],
                  alarm: Callable[[ParleyError, str | None], None],
-                 spawn: Callable[[Any], None]) -> None:
+                 spawn: Callable[[Any], None], record: Record | None = None) -> None:
         self.host = host
+        self._record = record
         self.keys = keys
         self.me = me
         self.store = store
@@ -319,7 +321,7 @@ class LineTester:
         result = {"line": lid, "test_id": test_id, "status": linetest.RED, "reasons": [why],
                   "caller": self.me.device_id, "callee": target, "started_ms": started,
                   "ended_ms": ended, "signed_by": [], "verified": False, "filed": False}
-        self._publish({"t": "linetest", "result": result})
+        self._told(result)
         return result
 
     def _result(self, lid: str, record: dict[str, Any], status: str, reasons: list[str],
@@ -331,8 +333,16 @@ class LineTester:
                   **linetest.figures(record)}
         log.info("line test %s of %s: %s%s", record["test_id"], lid, status,
                  f" ({'; '.join(reasons)})" if reasons else "")
-        self._publish({"t": "linetest", "result": result})
+        self._told(result)
         return result
+
+    def _told(self, result: dict[str, Any]) -> None:
+        """A result: into the record, and to the pages."""
+        if self._record is not None:
+            self._record.add("linetest", test_id=result["test_id"], line=result["line"][:100],
+                             status=result["status"],
+                             reasons=[r[:200] for r in result["reasons"][:32]])
+        self._publish({"t": "linetest", "result": result})
 
     def _progress(self, lid: str, test_id: str, step: str, detail: str) -> None:
         log.info("line test %s of %s: %s", test_id, lid, detail)
@@ -404,12 +414,12 @@ class LineTester:
         role = "callee" if record["callee"] == self.me.device_id else "site"
         if self.store.add_linetest(record["test_id"], record["line"], record["ended_ms"],
                                    status, reasons, record, role):
-            self._publish({"t": "linetest", "result": {
+            self._told({
                 "line": record["line"], "test_id": record["test_id"], "status": status,
                 "reasons": reasons, "caller": record["caller"], "callee": record["callee"],
                 "ended_ms": record["ended_ms"], "signed_by": [record["callee"],
                                                               record["caller"]],
-                **linetest.figures(record)}})
+                **linetest.figures(record)})
 
     # -- the scheduler ---------------------------------------------------------------
 

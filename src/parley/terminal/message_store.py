@@ -31,17 +31,17 @@ committed before anything is acknowledged to the server or reported as done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parley.core.messages import Stream
 from parley.files import private_dir
+from parley.terminal.store import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -144,19 +144,9 @@ class MessageStore:
             if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> contextlib.AbstractContextManager[None]:
         """One transaction: everything in it is committed together, or nothing is."""
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return transaction(self.db)
 
     def _next(self, name: str) -> int:
         self.db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET"

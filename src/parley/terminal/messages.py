@@ -44,6 +44,7 @@ from parley.core.trust import Trust, assess, verify_hint
 from parley.terminal.link import ServerLink
 from parley.terminal.message_store import Message, MessageStore, OutboxEntry
 from parley.terminal.peers import PeerBook
+from parley.terminal.record import Record
 from parley.terminal.store import TerminalStore
 
 log = logging.getLogger("parley.messages")
@@ -78,8 +79,10 @@ class Messenger:
     def __init__(self, *, keys: DeviceKeys, me: DevicePublicKeys, store: TerminalStore,
                  link: ServerLink, peers: PeerBook, require_verified: Callable[[], bool],
                  publish: Publish, alarm: AlarmSink, stored: bool = True,
-                 listened: Callable[[], bool] = lambda: True) -> None:
+                 listened: Callable[[], bool] = lambda: True,
+                 record: Record | None = None) -> None:
         self._keys = keys
+        self._record = record
         self.me = me
         self.device_id = me.device_id
         self.party = me.party
@@ -281,6 +284,10 @@ class Messenger:
                 file_type=type_, file_size=size, file_sha256=sha, chunks=chunks,
                 chunks_done=0, state="queued", shown=None, time_ms=now, received_ms=None,
                 read_ms=None, error=None), show=True)
+            if self._record is not None:
+                self._record.message(msg_id=message.msg_id, outgoing=True, party=party,
+                                     sender=self.device_id, kind=kind, text=body,
+                                     file_sha256=sha, size=size, name=name)
             others, mine = recipients
             for device in [*others, *mine]:
                 self.ms.add_delivery(message.msg_id, device, own=device in mine)
@@ -513,6 +520,10 @@ class Messenger:
             shown=None, time_ms=envelope.time_ms, received_ms=now, read_ms=None, error=None,
             late=placement.late)
         self.ms.add(message, show=not placement.hold)
+        if self._record is not None:
+            self._record.message(msg_id=msg_id, outgoing=copy, party=party, sender=sender,
+                                 kind=kind, text=message.body, file_sha256=message.file_sha256,
+                                 size=message.file_size, name=message.file_name)
         shown = [message] if not placement.hold else []
         for later in placement.show[1:]:
             held = self.ms.by_seq(conv, sender, later)
@@ -584,6 +595,9 @@ class Messenger:
         ids = core.check_receipt_ids(payload["ids"])
         column = "delivered_ms" if payload["kind"] == "delivered" else "read_ms"
         changed = [i for i in ids if self.ms.delivered(i, sender, column, now)]
+        if changed and self._record is not None:
+            self._record.add("receipt", **{"from": sender, "kind": payload["kind"][:16],
+                                           "ids": changed})
         if len(changed) < len(ids):
             log.info("a %s receipt from %s named %d messages not sent to it", payload["kind"],
                      sender, len(ids) - len(changed))

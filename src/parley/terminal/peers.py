@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError, ParleyError, alarm_title
 from parley.core.keys import DevicePublicKeys
+from parley.core.record import make_entry
 from parley.core.safety import compare_safety_number, safety_number
 from parley.core.trust import Trust, assess, verify_hint
 from parley.terminal.link import ServerLink
@@ -210,7 +211,11 @@ class PeerBook:
                 hint="do not mark it verified: the keys the server gave us differ from the keys"
                      f" {party}'s operator sees. " + verify_hint(party),
             )
-        self.store.set_pin(device, number, now_ms)
+        with self.store.batch():
+            self.store.set_pin(device, number, now_ms)
+            self.store.append_record(make_entry("verification", self.me.device_id, now_ms,
+                                                device=device.device_id,
+                                                fingerprint=device.fingerprint))
         return device
 
 

@@ -23,8 +23,11 @@ the table stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +86,28 @@ CREATE TABLE IF NOT EXISTS talk_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, kind TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS record_entries (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS talk_reminders (
     talk_id TEXT NOT NULL, lead_ms INTEGER NOT NULL, sequence INTEGER NOT NULL,
     PRIMARY KEY (talk_id, lead_ms, sequence)
 );
 """
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction: everything in it is committed together, or nothing is (nested:
+    part of the one already open)."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,9 @@ class TerminalStore:
         store = cls(data_dir)
         store.set("device_name", device_name)
         return store
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -382,16 +405,26 @@ class TerminalStore:
     def drop_pending_talk_message(self, ident: int) -> None:
         self.db.execute("DELETE FROM talk_pending WHERE id=?", (ident,))
 
-    def queue_talk_message(self, device: str, kind: str, payload: str) -> None:
+    def queue_sealed(self, device: str, kind: str, payload: str) -> None:
         self.db.execute("INSERT INTO talk_outbox (device, kind, payload) VALUES (?,?,?)",
                         (device, kind, payload))
 
-    def queued_talk_messages(self) -> list[tuple[int, str, str, str]]:
+    def queued_sealed(self) -> list[tuple[int, str, str, str]]:
         return list(self.db.execute("SELECT id, device, kind, payload FROM talk_outbox"
                                     " ORDER BY id"))
 
-    def sent_talk_message(self, ident: int) -> None:
+    def sent_sealed(self, ident: int) -> None:
         self.db.execute("DELETE FROM talk_outbox WHERE id=?", (ident,))
+
+    # -- the record's log (terminal.record) ----------------------------------------------
+
+    def append_record(self, entry: bytes) -> None:
+        """Add an entry to this terminal's log (its canonical bytes: core.record)."""
+        self.db.execute("INSERT INTO record_entries (entry) VALUES (?)", (entry,))
+
+    def record_rows(self, after_seq: int = 0) -> list[tuple[int, bytes]]:
+        return list(self.db.execute("SELECT seq, entry FROM record_entries WHERE seq > ?"
+                                    " ORDER BY seq", (after_seq,)))
 
     def remind_once(self, talk_id: str, lead_ms: int, sequence: int) -> bool:
         """True the first time this reminder (of this version of the talk) is given."""

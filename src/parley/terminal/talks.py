@@ -33,6 +33,8 @@ from parley.core.trust import Trust
 from parley.ics import export_ics, import_request
 from parley.terminal.link import ServerLink
 from parley.terminal.peers import PeerBook
+from parley.terminal.record import Record
+from parley.terminal.sealed import SealedOutbox
 from parley.terminal.store import TerminalStore
 
 log = logging.getLogger("parley.schedule")
@@ -54,15 +56,18 @@ def _talk_from_json(data: dict[str, Any]) -> Talk:
 
 class Talks:
     def __init__(self, *, keys: DeviceKeys, me: DevicePublicKeys, store: TerminalStore,
-                 link: ServerLink, peers: PeerBook, publish: Callable[[dict[str, Any]], None],
-                 zone_override: str | None = None,
-                 line_state: Callable[[str], dict[str, Any] | None] = lambda _p: None) -> None:
+                 link: ServerLink, peers: PeerBook, outbox: SealedOutbox,
+                 publish: Callable[[dict[str, Any]], None], zone_override: str | None = None,
+                 line_state: Callable[[str], dict[str, Any] | None] = lambda _p: None,
+                 record: Record | None = None) -> None:
+        self._record = record
         self.keys = keys
         self.me = me
         self.party = me.party
         self.store = store
         self.link = link
         self.peers = peers
+        self.outbox = outbox
         self._publish = publish
         self._zone_override = zone_override
         self._line_state = line_state
@@ -164,10 +169,9 @@ class Talks:
         now waits in the outbox and goes when the server is back (`flush`)."""
         kind, payload = message
         talk = self.book.talks[payload["talk_id"]]
-        self._keep(talk)
-        body = json.dumps(payload)
+        self._keep(talk, kind, self.party)
         for to in recipients:
-            self.store.queue_talk_message(to.device_id, kind, body)
+            self.outbox.queue(to.device_id, kind, payload)
         await self.flush()
         log.info("%s %s (%s): %s", kind, talk.talk_id, talk.title, talk.state)
         view = self.view(talk)
@@ -175,20 +179,7 @@ class Talks:
         return view
 
     async def flush(self) -> None:
-        """Send what waits in the outbox, oldest first; what fails waits on."""
-        for ident, device, kind, body in self.store.queued_talk_messages():
-            try:
-                trust, keys, _ = await self.peers.trust(device)
-                if trust is not Trust.VERIFIED:
-                    log.warning("%s for %s dropped: its key is no longer verified", kind,
-                                device)
-                    self.store.sent_talk_message(ident)
-                    continue
-                await self.link.send_sealed(keys, kind, json.loads(body))
-            except ParleyError as exc:
-                log.warning("%s to %s waits: %s", kind, device, exc)
-                continue
-            self.store.sent_talk_message(ident)
+        await self.outbox.flush()
 
     async def _recipients(self, other: str) -> list[DevicePublicKeys]:
         out = await self.peers.verified_devices([other, self.party], test_sets=False)
@@ -198,8 +189,14 @@ class Talks:
                              hint=f"verify {other}'s key first (its Safety number)")
         return out
 
-    def _keep(self, talk: Talk) -> None:
-        self.store.keep_talk(talk.talk_id, json.dumps(talk.to_json()), now_ms())
+    def _keep(self, talk: Talk, kind: str, by: str) -> None:
+        """The talk as it now is, and the decision that made it so into the record."""
+        with self.store.batch():
+            self.store.keep_talk(talk.talk_id, json.dumps(talk.to_json()), now_ms())
+            if self._record is not None:
+                self._record.add("schedule", talk_id=talk.talk_id, action=kind[:32], by=by,
+                                 state=talk.state[:16], title=talk.title[:200],
+                                 start_ms=talk.start_ms, sequence=talk.sequence)
 
     # -- what comes -------------------------------------------------------------------
 
@@ -223,7 +220,7 @@ class Talks:
             log.info("%s from %s: %s (%s)", kind, sender, outcome.result, outcome.why)
             return
         assert outcome.talk is not None
-        self._keep(outcome.talk)
+        self._keep(outcome.talk, kind, party)
         log.info("%s from %s: talk %s (%s) is %s", kind, party, outcome.talk.talk_id,
                  outcome.talk.title, outcome.talk.state)
         self._publish({"t": "schedule", "talk": self.view(outcome.talk)})
@@ -242,7 +239,7 @@ class Talks:
                     continue
                 self.store.drop_pending_talk_message(ident)
                 if outcome.result == "applied" and outcome.talk is not None:
-                    self._keep(outcome.talk)
+                    self._keep(outcome.talk, kind, party)
                     self._publish({"t": "schedule", "talk": self.view(outcome.talk)})
                     progress = True
 

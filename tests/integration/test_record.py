@@ -1,0 +1,187 @@
+"""The agreed record between two real terminals through the real server.
+
+A call, 50 messages and a joint statement; each site's log witnessed by the
+other; a bundle verified by the CLI alone in a network namespace of its own
+(no network, no server), and refused, with where, when any byte of it is
+changed; then one site's log rewritten on disk (an entry removed, one
+altered) and the other site catching it at the next exchange, with the two
+signed checkpoints that contradict each other kept as evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley.core import bundle, checkpoint, record
+from parley.core.call import CallState
+from parley.core.encoding import canonical_json
+from parley.terminal.app import Terminal
+from tests.harness import LocalLine, active_call, wait_until
+
+
+def cosigned_to(terminal: Terminal, witness: str) -> int:
+    return max((c["size"] for c in terminal.record.state()["cosigned"] if c["by"] == witness),
+               default=-1)
+
+
+async def witnessed(a: Terminal, b: Terminal) -> None:
+    """Each log cosigned by the other at its present size."""
+    await a.record.exchange()
+    await b.record.exchange()
+    await wait_until(lambda: cosigned_to(a, b.device_id) == a.record.size
+                     and cosigned_to(b, a.device_id) == b.record.size, 15,
+                     "each log cosigned by the other at its size")
+
+
+def parley_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh process, with an empty home, and -- when this machine allows it --
+    in a network namespace of its own: no network at all, so no server either."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PARLEY_HOME": str(home / "parley")}
+    command = [sys.executable, "-m", "parley", *args]
+    if shutil.which("unshare") and os.geteuid() == 0:
+        command = ["unshare", "--net", *command]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+
+
+async def test_a_call_messages_and_a_statement_are_recorded_witnessed_and_proven(
+        line: LocalLine, tmp_path: Path) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow", auto_answer=True)
+
+    caller, _ = await active_call(washington, moscow)
+    washington.hangup(caller.call_id)
+    await moscow.wait_for_call(lambda c: c.call_id == caller.call_id
+                               and c.state is CallState.ENDED, 10)
+    for n in range(25):
+        await washington.messages.send_text("moscow", f"washington, number {n}")
+        await moscow.messages.send_text("washington", f"moscow, number {n}")
+    await wait_until(lambda: len(moscow.messages.conversation("washington")) == 50
+                     and len(washington.messages.conversation("moscow")) == 50, 20,
+                     "50 messages at each end")
+
+    drafted = await washington.statements.draft(
+        "moscow", title="Joint statement on the hotline",
+        text="The two sides agree that the line stays open.\nReviewed each year.")
+    ident = drafted["statement"]
+    await wait_until(lambda: ident in moscow.statements.book.statements, 10, "the draft")
+    edited = await moscow.statements.edit(
+        ident, text="The two sides agree that the line stays open.\nReviewed every year.")
+    v2 = edited["versions"][-1]
+    await wait_until(lambda: washington.statements.book.statements[ident].latest.number == 2,
+                     10, "the edit")
+    await washington.statements.sign(ident, version=2, sha256=v2["sha256"])
+    await moscow.statements.sign(ident, version=2, sha256=v2["sha256"][:16])
+    await wait_until(lambda: washington.statements.get(ident)["final"] == 2
+                     and moscow.statements.get(ident)["final"] == 2, 10, "final at both")
+    await witnessed(washington, moscow)
+    await wait_until(lambda: washington.statements.get(ident)["in_both_logs"]
+                     and moscow.statements.get(ident)["in_both_logs"], 15,
+                     "the statement in both logs")
+
+    # What the log holds: the call, every message (by hash, never its text), the statement.
+    entries = [record.parse_entry(d) for _i, d in washington.record.entries()]
+    kinds = [e["type"] for e in entries]
+    assert kinds.count("call") == 1 and kinds.count("message") == 50
+    assert {e["dir"] for e in entries if e["type"] == "message"} == {"sent", "received"}
+    assert not any("text" in e for e in entries if e["type"] == "message")
+    raw_log = b"".join(d for _i, d in washington.record.entries())
+    assert b"number 7" not in raw_log
+    call = next(e for e in entries if e["type"] == "call")
+    assert call["verified"] and call["peer"] == moscow.device_id and call["sas"] == caller.sas
+    events = [(e["event"], e["version"]) for e in entries if e["type"] == "statement"]
+    assert events == [("proposed", 1), ("proposed", 2), ("signed", 2), ("signed", 2),
+                      ("final", 2)]
+
+    # Bundles: the statement's (both logs), and the whole of washington's log.
+    stmt_file, all_file = tmp_path / "statement.json", tmp_path / "record.json"
+    stmt_file.write_bytes(canonical_json(washington.statements.export(ident)) + b"\n")
+    all_file.write_bytes(canonical_json(washington.record.export(last=None)) + b"\n")
+    home = tmp_path / "clean-machine"
+    home.mkdir()
+    await line.stop_server()  # and no server anywhere: only the file
+    done = parley_cli("record", "verify", str(stmt_file), home=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sizes = washington.statements.get(ident)["recorded"]
+    assert "v2 'Joint statement on the hotline'" in done.stdout
+    assert f"signed by {moscow.device_id} and {washington.device_id}; final" in done.stdout
+    assert "final; included in" in done.stdout, done.stdout
+    assert " and " in done.stdout.split("final; included in")[1]
+    assert len(sizes) == 2
+    report = bundle.verify_file(stmt_file.read_bytes())
+    (st,) = report.statements
+    assert st["final"] and {i["log"] for i in st["included"]} == {washington.device_id,
+                                                                  moscow.device_id}
+    assert all(i["cosigned_by"] for i in st["included"])
+    done = parley_cli("record", "verify", str(all_file), "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    proven = json.loads(done.stdout)
+    assert len(proven["entries"]) == washington.record.size
+    assert any(f"cosigned by {moscow.device_id}" in line_ for line_ in proven["proven"])
+
+    # Any byte changed: refused, and the reason says where.
+    original = stmt_file.read_bytes()
+    reasons = set()
+    step = max(1, len(original) // 700)
+    for at in range(0, len(original), step):
+        changed = bytearray(original)
+        changed[at] ^= 0x01
+        with pytest.raises(bundle.BundleError) as caught:
+            bundle.verify_file(bytes(changed))
+        reasons.add(caught.value.message.split(":")[0])
+    assert {"the bundle", "signature"} <= reasons and len(reasons) > 5, reasons
+    entry_at = original.index(b'\\"event\\":\\"final\\"')
+    changed = bytearray(original)
+    changed[entry_at + 12] = ord("x")  # "final" -> "xinal": the entry is not what was logged
+    (tmp_path / "changed.json").write_bytes(bytes(changed))
+    done = parley_cli("record", "verify", str(tmp_path / "changed.json"), home=home)
+    assert done.returncode == 1 and "NOT VERIFIED: entries[" in done.stdout, done.stdout
+
+    # Washington's log rewritten on disk: a message's entry taken out, the call's altered.
+    await line.start(port=line.port)
+    await wait_until(lambda: washington.link.connected.is_set()
+                     and moscow.link.connected.is_set(), 15, "both back")
+    size_before = washington.record.size
+    await washington.stop()
+    line.terminals.remove(washington)
+    db = sqlite3.connect(line.root / "washington" / "terminal.db")
+    rows = list(db.execute("SELECT seq, entry FROM record_entries ORDER BY seq"))
+    message_seq = next(s for s, d in rows if b'"type":"message"' in d)
+    call_seq, call_entry = next((s, d) for s, d in rows if b'"type":"call"' in d)
+    db.execute("DELETE FROM record_entries WHERE seq=?", (message_seq,))
+    altered = json.loads(call_entry)
+    altered["end_reason"] = "remote_declined"
+    db.execute("UPDATE record_entries SET entry=? WHERE seq=?",
+               (canonical_json(altered), call_seq))
+    db.commit()
+    db.close()
+
+    washington = await line.terminal("washington")  # its exchange at login shows the change
+    await wait_until(lambda: any(a["code"] == "record_forked" for a in moscow.alarms), 15,
+                     "moscow's alarm")
+    alarm = next(a for a in moscow.alarms if a["code"] == "record_forked")
+    assert alarm["subject"] == washington.device_id and "does not extend" in alarm["message"]
+    (fork,) = moscow.record.state()["forks"]
+    seen = checkpoint.open_checkpoint(fork["seen"], washington.device_id,
+                                      washington.keys.public_key())
+    now = checkpoint.open_checkpoint(fork["now"], washington.device_id,
+                                     washington.keys.public_key())
+    # Both signed by washington; the second of a log one entry shorter, to which its own
+    # alarm about that (below) was added.
+    assert seen.size == size_before and now.size == size_before - 1 + 1
+    assert seen.root != now.root
+    # Moscow's own log says so; washington sees its own log does not match what it signed,
+    # and that moscow refuses to cosign it.
+    assert any(e["type"] == "fork" for e in (record.parse_entry(d)
+                                             for _i, d in moscow.record.entries()))
+    await wait_until(lambda: sum(a["code"] == "record_forked" for a in washington.alarms) >= 2,
+                     15, "washington's alarms")
