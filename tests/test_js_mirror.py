@@ -39,7 +39,7 @@ def test_the_page_knows_every_message_the_terminal_sends_it() -> None:
     sent = set()
     # Not link.py: the server's wire.
     for module in ("app.py", "control.py", "browser.py", "messages.py", "linetest.py",
-                   "talks.py"):
+                   "talks.py", "record.py", "statements.py"):
         sent |= set(re.findall(r'"t": "([\w.]+)"', (SRC / "terminal" / module).read_text()))
     assert sent == set(js_object("Incoming").values())
 

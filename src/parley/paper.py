@@ -102,7 +102,10 @@ def statement_pdf(view: dict[str, Any], code: str, *, zones: list[str],
     pdf.multi_cell(width, 4, f"Recorded in the logs of {logs}", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
 
-    qr = segno.make(code, error="m", micro=False, boost_error=False)
+    try:  # as much error correction as the code leaves room for
+        qr = segno.make(code, error="m", micro=False)
+    except segno.DataOverflowError:
+        qr = segno.make(code, error="l", micro=False)
     image = io.BytesIO()
     qr.save(image, kind="png", scale=4, border=4)
     side = min(width, 110.0)

@@ -41,6 +41,27 @@ async def witnessed(a: Terminal, b: Terminal) -> None:
                      "each log cosigned by the other at its size")
 
 
+async def final_statement(washington: Terminal, moscow: Terminal,
+                          text: str = "The two sides agree that the line stays open.\n"
+                                      "Reviewed every year.") -> str:
+    """Washington drafts, moscow edits, both sign version 2; each log witnessed."""
+    drafted = await washington.statements.draft(
+        "moscow", title="Joint statement on the hotline",
+        text="The two sides agree that the line stays open.\nReviewed each year.")
+    ident = str(drafted["statement"])
+    await wait_until(lambda: ident in moscow.statements.book.statements, 10, "the draft")
+    edited = await moscow.statements.edit(ident, text=text)
+    v2 = edited["versions"][-1]
+    await wait_until(lambda: washington.statements.book.statements[ident].latest.number == 2,
+                     10, "the edit")
+    await washington.statements.sign(ident, version=2, sha256=v2["sha256"])
+    await moscow.statements.sign(ident, version=2, sha256=v2["sha256"][:16])
+    await wait_until(lambda: washington.statements.get(ident)["final"] == 2
+                     and moscow.statements.get(ident)["final"] == 2, 10, "final at both")
+    await witnessed(washington, moscow)
+    return ident
+
+
 def parley_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh process, with an empty home, and -- when this machine allows it --
     in a network namespace of its own: no network at all, so no server either."""
@@ -69,21 +90,7 @@ async def test_a_call_messages_and_a_statement_are_recorded_witnessed_and_proven
                      and len(washington.messages.conversation("moscow")) == 50, 20,
                      "50 messages at each end")
 
-    drafted = await washington.statements.draft(
-        "moscow", title="Joint statement on the hotline",
-        text="The two sides agree that the line stays open.\nReviewed each year.")
-    ident = drafted["statement"]
-    await wait_until(lambda: ident in moscow.statements.book.statements, 10, "the draft")
-    edited = await moscow.statements.edit(
-        ident, text="The two sides agree that the line stays open.\nReviewed every year.")
-    v2 = edited["versions"][-1]
-    await wait_until(lambda: washington.statements.book.statements[ident].latest.number == 2,
-                     10, "the edit")
-    await washington.statements.sign(ident, version=2, sha256=v2["sha256"])
-    await moscow.statements.sign(ident, version=2, sha256=v2["sha256"][:16])
-    await wait_until(lambda: washington.statements.get(ident)["final"] == 2
-                     and moscow.statements.get(ident)["final"] == 2, 10, "final at both")
-    await witnessed(washington, moscow)
+    ident = await final_statement(washington, moscow)
     await wait_until(lambda: washington.statements.get(ident)["in_both_logs"]
                      and moscow.statements.get(ident)["in_both_logs"], 15,
                      "the statement in both logs")
@@ -185,3 +192,48 @@ async def test_a_call_messages_and_a_statement_are_recorded_witnessed_and_proven
                                              for _i, d in moscow.record.entries()))
     await wait_until(lambda: sum(a["code"] == "record_forked" for a in washington.alarms) >= 2,
                      15, "washington's alarms")
+
+
+@pytest.mark.skipif(not (shutil.which("pdftoppm") and shutil.which("zbarimg")),
+                    reason="needs poppler-utils and zbar-tools (scripts/test installs them)")
+async def test_a_final_statement_on_paper_is_verified_from_a_scan_of_its_page(
+        line: LocalLine, tmp_path: Path) -> None:
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow")
+    text = ("The two sides agree that the line stays open.\n"
+            "Стороны согласились, что линия остаётся открытой.\nReviewed every year.")
+    ident = await final_statement(washington, moscow, text)
+    await wait_until(lambda: washington.statements.get(ident)["in_both_logs"], 15,
+                     "in both logs")
+    pdf = tmp_path / "statement.pdf"
+    pdf.write_bytes(washington.statements.pdf(ident))
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    subprocess.run(["pdftoppm", "-r", "150", "-png", str(pdf), str(tmp_path / "page")],
+                   check=True, timeout=60)
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert pages
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(text + "\n", encoding="utf-8")
+    home = tmp_path / "clean-machine"
+    home.mkdir()
+    scan = pages[-1]  # the code is at the end of the statement
+    done = parley_cli("record", "verify", "--from-qr", str(scan), "--text", str(text_file),
+                      home=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "statement" in done.stdout and "; final; included in" in done.stdout
+    assert f"cosigned by {moscow.device_id}" in done.stdout
+    assert f"the text in {text_file} is the text of statement {ident} v2" in done.stdout
+    # Another text is refused; and so is the code with one letter changed.
+    text_file.write_text(text.replace("every", "each"), encoding="utf-8")
+    done = parley_cli("record", "verify", "--from-qr", str(scan), "--text", str(text_file),
+                      home=home)
+    assert done.returncode == 1 and "is not the text of any statement" in done.stdout
+    code = subprocess.run(["zbarimg", "--raw", "-q", str(scan)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert code.startswith("PR1:")
+    raw = bundle.from_paper(code)
+    assert bundle.verify_file(raw).statements[0]["final"]
+    flipped = code[:-40] + ("A" if code[-40] != "A" else "B") + code[-39:]
+    with pytest.raises(bundle.BundleError):
+        bundle.verify_file(bundle.from_paper(flipped))

@@ -49,6 +49,7 @@ FORMAT = "parley-record-bundle"
 MAX_BUNDLE = 64 * 1024 * 1024
 BUNDLE_CONTEXT = b"parley-record-bundle/v1\x00"
 PAPER_PREFIX = "PR1:"
+PAPER_MAX = 4296  # characters a QR code holds in alphanumeric mode (version 40, level L)
 
 
 class BundleError(ParleyError):

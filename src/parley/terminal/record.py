@@ -431,7 +431,8 @@ class Record:
     # -- bundles --------------------------------------------------------------------------
 
     def export(self, *, statement: dict[str, Any] | None = None, last: int | None = 100,
-               types: set[str] | None = None, paper: bool = False) -> dict[str, Any]:
+               types: set[str] | None = None, paper: bool = False, proofs: bool = True
+               ) -> dict[str, Any]:
         """A bundle (core.bundle) of these entries, proven into co-signed checkpoints.
 
         `statement`: a joint statement's final version and signatures (Statements.export),
@@ -445,6 +446,8 @@ class Record:
                 chosen = [(i, d) for i, d in chosen if b'"event":"final"' in d]
         else:
             chosen = self.entries(limit=last, types=types)
+        if not proofs:
+            chosen = []
         keys: dict[str, DevicePublicKeys] = {self.site: self.me}
         logs: list[dict[str, Any]] = []
         items: list[dict[str, Any]] = []
@@ -472,8 +475,9 @@ class Record:
                 keys.setdefault(lg, self._key(lg))
                 logs.append({"origin": record.origin_of(lg), "key": lg, "checkpoints": [
                     {"note": seen[0], "cosignatures": [{"by": self.site, "line": seen[1]}]}]})
-                items.append({"log": len(logs) - 1, "checkpoint": 0, "index": index,
-                              "entry": entry, "proof": json.loads(proof)})
+                if proofs:
+                    items.append({"log": len(logs) - 1, "checkpoint": 0, "index": index,
+                                  "entry": entry, "proof": json.loads(proof)})
             for device in statement["signatures"]:  # type: ignore[index]
                 keys.setdefault(device, self._key(device))
         out = {"format": bundle.FORMAT, "version": 1, "made_by": self.site,

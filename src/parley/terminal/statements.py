@@ -217,14 +217,15 @@ class Statements:
     def get(self, statement_id: str) -> dict[str, Any]:
         return self.view(self.book.get(statement_id))
 
-    def export(self, statement_id: str, *, paper: bool = False) -> dict[str, Any]:
+    def export(self, statement_id: str, *, paper: bool = False, proofs: bool = True
+               ) -> dict[str, Any]:
         """The statement's bundle: its final (or latest) version, its signatures, its
         entries in both logs with their proofs."""
         st = self.book.get(statement_id)
         version = st.versions[(st.final or st.latest.number) - 1]
         item = {"core": version.core, "text": version.text,
                 "signatures": dict(st.signatures.get(version.number, {}))}
-        return self.record.export(statement=item, paper=paper)
+        return self.record.export(statement=item, paper=paper, proofs=proofs)
 
     def paper(self, statement_id: str) -> tuple[dict[str, Any], str]:
         """The statement's view and the code its paper copy carries (core.bundle)."""
@@ -232,7 +233,14 @@ class Statements:
         if st.final is None:
             raise LocalError(f"statement {statement_id} is not final: both sides sign it first",
                              code=ErrorCode.INVALID_STATE)
-        return self.view(st), bundle.to_paper(self.export(statement_id, paper=True))
+        code = bundle.to_paper(self.export(statement_id, paper=True))
+        if len(code) > bundle.PAPER_MAX:
+            # Logs so long that both inclusion proofs do not fit one QR code: the code keeps
+            # the signatures and both co-signed checkpoints; the bundle file has the rest.
+            log.warning("statement %s: the inclusion proofs do not fit its QR code; the paper"
+                        " copy carries its signatures and checkpoints only", statement_id)
+            code = bundle.to_paper(self.export(statement_id, paper=True, proofs=False))
+        return self.view(st), code
 
     def pdf(self, statement_id: str) -> bytes:
         from parley.paper import statement_pdf

@@ -8,6 +8,7 @@
 
 import { LinePanel } from "./lines.js";
 import { TalkPanel } from "./talks.js";
+import { RecordPanel } from "./record.js";
 import { CallMedia } from "./media.js";
 import { CallState, Incoming, Outgoing, TerminalApi } from "./protocol.js";
 import { Ringer } from "./ring.js";
@@ -54,6 +55,47 @@ class App {
         await this.#loadTalks();
       }),
       join: (party, media) => this.#actions().call(party, media),
+    });
+    this.recordView = null; // {record, entries}, as the terminal sent them
+    this.statementList = [];
+    this.statementId = null; // the statement whose pane is open
+    this.recordSoon = null;
+    this.recordPanel = new RecordPanel(doc, {
+      draft: (fields) => this.#attempt(async () => {
+        const st = await this.api.draftStatement(fields);
+        this.recordPanel.draftSent();
+        this.statementId = st.statement;
+        this.pane = "statement";
+        await this.#loadRecord();
+      }),
+      edit: (id, text) => this.#attempt(async () => {
+        await this.api.editStatement(id, text);
+        await this.#loadRecord();
+      }),
+      sign: (id, version, sha256) => this.#attempt(async () => {
+        await this.api.signStatement(id, version, sha256);
+        await this.#loadRecord();
+      }),
+      note: (text) => this.#attempt(async () => {
+        await this.api.recordNote(text);
+        await this.#loadRecord();
+      }),
+      exchange: () => this.#attempt(async () => {
+        await this.api.recordExchange();
+        await this.#loadRecord();
+      }),
+      open: (pane, id) => {
+        this.notice = "";
+        this.pane = pane;
+        this.statementId = id;
+        this.#loadRecord();
+      },
+      close: () => {
+        this.statementId = null;
+        this.pane = this.#focusedLiveCall() ? "call" : "home";
+        this.render();
+      },
+      url: (path) => this.api.withToken(path),
     });
     this.linesSoon = null;
     this.ringer = new Ringer();
@@ -163,6 +205,10 @@ class App {
         if (message.talk && this.reminder && message.talk.talk_id === this.reminder.talk.talk_id
             && message.talk.state !== "confirmed") this.reminder = null;
         return this.#loadTalks();
+      case Incoming.RECORD:
+      case Incoming.STATEMENT:
+      case Incoming.STATEMENT_RECORDED:
+        return this.#recordChanged();
       default: return undefined;
     }
   }
@@ -174,6 +220,27 @@ class App {
       this.linesSoon = null;
       this.#loadLines(false);
     }, 300);
+  }
+
+  // The record or a statement changed: look again (once, however many events came).
+  #recordChanged() {
+    if (this.recordSoon) return;
+    this.recordSoon = setTimeout(() => {
+      this.recordSoon = null;
+      this.#loadRecord();
+    }, 200);
+  }
+
+  async #loadRecord() {
+    try {
+      const [record, statements] = await Promise.all([
+        this.api.record(this.pane === "record" ? 500 : 1), this.api.statements()]);
+      this.recordView = record;
+      this.statementList = statements.statements;
+    } catch (err) {
+      // the events socket tells the person if the terminal went away
+    }
+    this.render();
   }
 
   async #loadTalks() {
@@ -197,6 +264,7 @@ class App {
     this.status = status;
     this.#loadLines(true);
     this.#loadTalks();
+    this.#loadRecord();
     this.unread = status.unread || {};
     for (const party of this.conversations.keys()) this.#loadMessages(party);
     this.alarms = status.alarms || [];
@@ -513,6 +581,7 @@ class App {
     view.showParties(order.map((party) => this.parties.get(party) || emptyParty(party)));
     view.showAlarmList(this.alarms);
     this.talkPanel.show(this.talkView, order, this.reminder);
+    this.recordPanel.showSidebar(this.recordView?.record, this.statementList, order);
     view.showUnread(this.unread);
 
     const call = this.calls.get(this.focusCallId);
@@ -521,6 +590,10 @@ class App {
     if (pane === "messages" && this.messagesParty) {
       view.showMessages(this.messagesParty, this.#messagesOf(this.messagesParty));
       this.#markRead(this.messagesParty);
+    }
+    if (pane === "record") this.recordPanel.showRecord(this.recordView);
+    if (pane === "statement") {
+      this.recordPanel.showStatement(this.statementList.find((s) => s.statement === this.statementId), status?.party);
     }
     if (pane === "verify" && this.verifyParty) {
       view.showVerification(this.verifyParty, this.parties.get(this.verifyParty)?.devices || [], this.verifyErrors);

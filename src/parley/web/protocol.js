@@ -30,6 +30,9 @@ export const Incoming = Object.freeze({
   MEDIA_CLOSE: "media.close", // {call_id}: the call ended: release everything
   LINETEST: "linetest", // {result} or {progress}: a line test of this site's lines
   SCHEDULE: "schedule", // {talk} or {reminder}: a scheduled talk changed, or is near
+  RECORD: "record", // {size, cosigned?}: the record grew, or the other site cosigned it
+  STATEMENT: "statement", // {statement}: a joint statement changed
+  STATEMENT_RECORDED: "statement.recorded", // {statement, log, size}: in the other's log too
 });
 
 // Page -> terminal, on the events socket.
@@ -124,6 +127,19 @@ export class TerminalApi {
   talkAct(talkId, op, fields) {
     return this.#request("POST", `/api/schedule/${encodeURIComponent(talkId)}/${op}`, fields || {});
   }
+  record(limit) { return this.#request("GET", `/api/record?limit=${limit || 200}`); }
+  recordNote(text) { return this.#request("POST", "/api/record/note", { text }); }
+  recordExchange() { return this.#request("POST", "/api/record/exchange", {}); }
+  statements() { return this.#request("GET", "/api/statements"); }
+  draftStatement(fields) { return this.#request("POST", "/api/statements", fields); }
+  editStatement(id, text) {
+    return this.#request("POST", `/api/statements/${encodeURIComponent(id)}/edit`, { text });
+  }
+  signStatement(id, version, sha256) {
+    return this.#request("POST", `/api/statements/${encodeURIComponent(id)}/sign`, { version, sha256 });
+  }
+  // A download's address (the token in it: a link cannot carry a header).
+  withToken(path) { return `${path}?token=${encodeURIComponent(this.token)}`; }
   lines(refresh) { return this.#request("GET", `/api/lines${refresh ? "?refresh=1" : ""}`); }
   readMessages(party, upto) { return this.#request("POST", "/api/messages/read", { party, upto }); }
   // A file's download address (the token in it: a link cannot carry a header).

@@ -81,6 +81,7 @@ export class View {
       alarmAckAll: $("alarm-ack-all"),
       home: $("home-pane"), verify: $("verify-pane"), call: $("call-pane"),
       messagesPane: $("messages-pane"), messagesParty: $("messages-party"),
+      recordPane: $("record-pane"), statementPane: $("statement-pane"),
       messagesClose: $("messages-close"), callMessages: $("call-messages"),
       verifyParty: $("verify-party"), verifyPartyAgain: $("verify-party-again"),
       verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
@@ -174,6 +175,8 @@ export class View {
     this.el.verify.hidden = name !== "verify";
     this.el.call.hidden = name !== "call";
     this.el.messagesPane.hidden = name !== "messages";
+    this.el.recordPane.hidden = name !== "record";
+    this.el.statementPane.hidden = name !== "statement";
   }
 
   // -- messages --------------------------------------------------------------------------
