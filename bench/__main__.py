@@ -25,10 +25,11 @@ from typing import Any
 
 from bench.common import REPO, Result, machine, print_table, say
 
-BENCHES = ("setup", "latency", "quality", "relay", "flood", "messages")
+BENCHES = ("setup", "latency", "quality", "relay", "flood", "messages", "record")
 REQUIRED = ("setup_ratio", "setup_ms_median", "mouth_to_ear_ms_p95", "pesq_clean",
             "pesq_opus_only", "pesq_loss5", "relay_ratio", "idle_2000_mib", "flood_ratio",
-            "flood_max_rtt_ms", "flood_login_ms_max", "messages_per_s", "messages_p99_ms")
+            "flood_max_rtt_ms", "flood_login_ms_max", "messages_per_s", "messages_p99_ms",
+            "record_verify_1000_s", "record_paper_chars")
 
 
 async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
@@ -47,6 +48,9 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     if name == "messages":
         from bench import messages
         return await messages.run(root, quick=args.quick)
+    if name == "record":
+        from bench import record
+        return await record.run(root, quick=args.quick)
     from bench import relay
     return await relay.run(root, quick=args.quick, profile=args.profile)
 

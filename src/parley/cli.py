@@ -486,7 +486,11 @@ def control_request(data: Path, method: str, path: str, body: dict[str, Any] | N
             answer = resp.read()
             return answer if as_bytes else json.loads(answer)
     except urllib.error.HTTPError as exc:
-        err = json.loads(exc.read() or b"{}").get("error", {})
+        try:
+            err = json.loads(exc.read() or b"{}").get("error", {})
+        except ValueError:  # not the terminal's own refusal: a failure inside it
+            err = {"message": f"the terminal failed to answer {method} {path} (HTTP"
+                              f" {exc.code})", "hint": "its log says why"}
         raise LocalError(err.get("message", str(exc)), code=ErrorCode.from_wire(err.get("code")),
                          hint=err.get("hint", "")) from None
     except (urllib.error.URLError, OSError) as exc:

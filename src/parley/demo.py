@@ -12,8 +12,10 @@ line) and pins the keys; then hands over:
   ``--human moscow`` gives moscow a UI too;
 * ``--headless`` places one robot-to-robot call, exchanges 100 hotline messages
   each way during it (each side then reads them, so that read receipts come
-  back), hangs up, runs one line test between the two sites' test sets, stops
-  everything and prints a summary (``--json``: one JSON object, last line).
+  back), hangs up, runs one line test between the two sites' test sets, schedules
+  a talk, has the two sides agree a joint statement (drafted, edited, signed by
+  both, in both sites' records), stops everything and prints a summary
+  (``--json``: one JSON object, last line).
 
 Each site also runs its test set (``<party>/testset``, `terminal.linetest`),
 verified by the other site's test set and by both persons' terminals; in the
@@ -21,7 +23,8 @@ interactive demo they test the line every minute, so the line's state shows
 in the person's page from the start.
 
 In the interactive demo a robot side also answers every message it is sent,
-so that the person at washington sees a conversation, with receipts.
+so that the person at washington sees a conversation, with receipts, and signs
+any joint statement it is sent as it stands.
 """
 
 from __future__ import annotations
@@ -187,12 +190,15 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
     say(f"hung up: caller {ended['caller']['end_reason']}, callee {ended['callee']['end_reason']}")
     summary["linetest"] = await _line_test(controls, say)
     summary["schedule"] = await _schedule_talk(wash, moscow, say)
+    summary["statement"] = await _joint_statement(wash, moscow, say)
     ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
           and all(n > 0 for n in summary["video_frames"].values())
           and all(n > 0 for n in summary["audio_frames"].values())
           and messages["sent"] == messages["delivered"] == messages["read_receipts"]
           == 2 * DEMO_MESSAGES and summary["linetest"]["status"] == "green"
-          and summary["schedule"]["state"] == "confirmed")
+          and summary["schedule"]["state"] == "confirmed"
+          and summary["statement"]["in_both_logs"]
+          and all(r["cosigned"] for r in summary["statement"]["records"].values()))
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
@@ -230,6 +236,51 @@ async def _schedule_talk(wash: Control, moscow: Control, say: Any) -> dict[str, 
         await asyncio.sleep(0.1)
     say("talk accepted by moscow: confirmed at both ends")
     return {"talk_id": talk_id, "state": "confirmed", "when": asked["when"]}
+
+
+async def _joint_statement(wash: Control, moscow: Control, say: Any) -> dict[str, Any]:
+    """Washington drafts a statement, moscow edits it, both sign version 2; then each site's
+    record holds it, cosigned by the other."""
+    drafted = await wash.call("POST", "/api/statements", {
+        "party": "moscow", "title": "Joint statement on the demo line",
+        "text": "The two sides tested the line today.\nIt works."})
+    ident = drafted["statement"]
+    say(f"statement drafted by washington ({ident})")
+
+    async def view(control: Control) -> dict[str, Any] | None:
+        items = (await control.call("GET", "/api/statements"))["statements"]
+        return next((s for s in items if s["statement"] == ident), None)
+
+    async def until(control: Control, ok: Any, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while True:
+            seen = await view(control)
+            if seen is not None and ok(seen):
+                return seen
+            if time.monotonic() > deadline:
+                raise LocalError(f"the statement: {what} never came",
+                                 code=ErrorCode.INVALID_STATE)
+            await asyncio.sleep(0.1)
+
+    await until(moscow, lambda s: s["my_turn"], "the draft at moscow")
+    edited = await moscow.call("POST", f"/api/statements/{ident}/edit", {
+        "text": "The two sides tested the line today.\nIt works, and stays open."})
+    sha = edited["versions"][-1]["sha256"]
+    await until(wash, lambda s: s["latest"] == 2, "moscow's edit at washington")
+    for side in (wash, moscow):
+        await side.call("POST", f"/api/statements/{ident}/sign", {"version": 2, "sha256": sha})
+    final = await until(wash, lambda s: s["in_both_logs"], "the statement in both logs")
+    await until(moscow, lambda s: s["in_both_logs"], "the statement in both logs at moscow")
+    records = {}
+    for name, side in (("washington", wash), ("moscow", moscow)):
+        rec = (await side.call("GET", "/api/record?limit=1"))["record"]
+        records[name] = {"size": rec["size"],
+                         "cosigned": [c["by"] for c in rec["cosigned"]]}
+    say(f"statement final, signed by {' and '.join(final['versions'][-1]['signatures'])};"
+        f" in both sites' records ({records['washington']['size']} and"
+        f" {records['moscow']['size']} entries, each cosigned by the other)")
+    return {"statement": ident, "final": final["final"], "in_both_logs": final["in_both_logs"],
+            "signed_by": final["versions"][-1]["signatures"], "records": records}
 
 
 async def _line_test(controls: dict[str, Control], say: Any) -> dict[str, Any]:
@@ -304,6 +355,18 @@ async def _exchange_messages(wash: Control, moscow: Control, count: int,
     return summary
 
 
+async def _robot_signs(control: Control, statement: dict[str, Any], say: Any, name: str
+                       ) -> None:
+    """A robot signs the version a person sent it, as it stands (it edits nothing)."""
+    if statement["final"] is not None or statement["signed_by_me"] or not statement["my_turn"]:
+        return
+    latest = statement["versions"][-1]
+    say(f"[{name}] statement '{statement['title']}' v{latest['version']} from {latest['by']}:"
+        " the robot signs it as it stands")
+    await control.call("POST", f"/api/statements/{statement['statement']}/sign",
+                       {"version": latest["version"], "sha256": latest["sha256"]})
+
+
 async def _follow(controls: dict[str, Control], say: Any, robots: set[str]) -> None:
     """Print each side's call events as they happen, until Ctrl-C."""
 
@@ -327,6 +390,8 @@ async def _follow(controls: dict[str, Control], say: Any, robots: set[str]) -> N
                     result = event["result"]
                     why = "; ".join(result["reasons"]) or "every figure within its threshold"
                     say(f"[line test] {result['line']}: {result['status'].upper()} -- {why}")
+                elif event.get("t") == "statement" and name in robots:
+                    await _robot_signs(control, event["statement"], say, name)
                 elif event.get("t") == "alarm":
                     alarm = event["alarm"]
                     say(f"[{name}] ALARM {alarm['title']} [{alarm['code']}]: {alarm['message']}")

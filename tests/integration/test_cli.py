@@ -22,9 +22,9 @@ PARLEY = [sys.executable, "-m", "parley"]
 
 
 def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*PARLEY, *args], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"parley {' '.join(args)} -> {result.returncode}\n"
                              f"{result.stdout}\n{result.stderr}")
@@ -283,6 +283,12 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
     assert "15:00 UTC --" in summary["schedule"]["when"]
     assert "in America/New_York" in summary["schedule"]["when"]
     assert "in Europe/Moscow (+03:00)" in summary["schedule"]["when"]
+    # And a joint statement: edited by moscow, signed by both, in both records, cosigned.
+    statement = summary["statement"]
+    assert statement["final"] == 2 and statement["in_both_logs"]
+    assert statement["signed_by"] == ["moscow/hotline", "washington/hotline"]
+    assert statement["records"]["washington"]["cosigned"] == ["moscow/hotline"]
+    assert statement["records"]["moscow"]["cosigned"] == ["washington/hotline"]
 
 
 def test_alarms_are_listed_and_acknowledged_from_the_command_line(tmp_path: Path) -> None:

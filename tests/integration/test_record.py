@@ -10,6 +10,7 @@ signed checkpoints that contradict each other kept as evidence.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -207,17 +208,17 @@ async def test_a_final_statement_on_paper_is_verified_from_a_scan_of_its_page(
     await wait_until(lambda: washington.statements.get(ident)["in_both_logs"], 15,
                      "in both logs")
     pdf = tmp_path / "statement.pdf"
-    pdf.write_bytes(washington.statements.pdf(ident))
+    pdf.write_bytes(await washington.statements.pdf(ident))
     assert pdf.read_bytes().startswith(b"%PDF-")
-    subprocess.run(["pdftoppm", "-r", "150", "-png", str(pdf), str(tmp_path / "page")],
-                   check=True, timeout=60)
-    pages = sorted(tmp_path.glob("page*.png"))
+    await asyncio.to_thread(subprocess.run, ["pdftoppm", "-r", "150", "-png", str(pdf),
+                                             str(tmp_path / "page")], check=True, timeout=60)
+    pages = sorted(p for p in os.listdir(tmp_path) if p.startswith("page"))
     assert pages
     text_file = tmp_path / "text.txt"
     text_file.write_text(text + "\n", encoding="utf-8")
     home = tmp_path / "clean-machine"
     home.mkdir()
-    scan = pages[-1]  # the code is at the end of the statement
+    scan = tmp_path / pages[-1]  # the code is at the end of the statement
     done = parley_cli("record", "verify", "--from-qr", str(scan), "--text", str(text_file),
                       home=home)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -229,8 +230,8 @@ async def test_a_final_statement_on_paper_is_verified_from_a_scan_of_its_page(
     done = parley_cli("record", "verify", "--from-qr", str(scan), "--text", str(text_file),
                       home=home)
     assert done.returncode == 1 and "is not the text of any statement" in done.stdout
-    code = subprocess.run(["zbarimg", "--raw", "-q", str(scan)], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    code = (await asyncio.to_thread(subprocess.run, ["zbarimg", "--raw", "-q", str(scan)],
+                                    capture_output=True, text=True, check=True)).stdout.strip()
     assert code.startswith("PR1:")
     raw = bundle.from_paper(code)
     assert bundle.verify_file(raw).statements[0]["final"]

@@ -12,11 +12,15 @@ drift apart, this fails.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
 import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import expect
@@ -30,9 +34,9 @@ GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md"
 CODE = re.compile(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}")
 
 
-def walkthrough() -> list[list[str]]:
+def walkthrough(title: str = "Running a real line") -> list[list[str]]:
     text = GUIDE.read_text()
-    section = text.split("## Running a real line", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S):
         for line in block.splitlines():
@@ -118,6 +122,68 @@ async def test_the_guides_walk_through_works_as_written(tmp_path: Path,
             call["sas"].replace(" ", "")
         moscow = json.loads(run("status", "--json", "--data", str(tmp_path / "moscow")).stdout)
         assert moscow["calls"][-1]["sas"] == call["sas"]
+        run("hangup", "--data", str(tmp_path / "washington"))
+        await statement_walkthrough(tmp_path, put_in)
     finally:
         if ui_url:
             await browser_cm.__aexit__(None, None, None)
+
+
+async def statement_walkthrough(tmp_path: Path, put_in: Callable[[list[str]], list[str]]
+                                ) -> None:
+    """The guide's "The record and joint statements", run as written after the call."""
+    commands = walkthrough("The record and joint statements")
+    assert commands and all(c[0] in ("parley", "pdftoppm") for c in commands), commands
+    text = "The two sides agree that the line stays open.\nIt is reviewed each year."
+    (tmp_path / "statement.txt").write_text(text + "\n")
+    (tmp_path / "edited.txt").write_text(text.replace("each", "every") + "\n")
+    washington = str(tmp_path / "washington")
+
+    def listed() -> list[dict[str, Any]]:
+        return list(json.loads(run("statement", "list", "--json", "--data", washington,
+                                   cwd=tmp_path).stdout))
+
+    ident, outputs = "", []
+    for words in commands:
+        words = put_in(words)
+        if "STATEMENT" in words:
+            words[words.index("STATEMENT")] = ident
+        if "HASH" in words:  # the hash the operator read off 'statement show'
+            shown = json.loads(run("statement", "show", ident, "--json", "--data", washington,
+                                   cwd=tmp_path).stdout)
+            words[words.index("HASH")] = shown["versions"][-1]["sha256"][:16]
+        if words[:3] == ["parley", "statement", "pdf"]:
+            await wait_for_final(listed)
+        if words[0] == "pdftoppm":
+            await asyncio.to_thread(subprocess.run, words, cwd=tmp_path, check=True,
+                                    timeout=60)
+            continue
+        done = run(*words[1:], cwd=tmp_path, timeout=90)
+        outputs.append((words[1:], done.stdout))
+        if words[1:3] == ["statement", "draft"]:
+            ident = listed()[0]["statement"]
+
+    def said(*start: str) -> list[str]:
+        return [out for cmd, out in outputs if cmd[:len(start)] == list(start)]
+
+    assert "FINAL, in both logs" in said("statement", "list")[-1]
+    assert "to sign exactly this: parley statement sign" in said("statement", "show")[0]
+    from_qr, from_file, whole = said("record", "verify")
+    for verified in (from_qr, from_file):
+        assert "signed by moscow/robot and washington/desk; final; included in" in verified
+        assert "washington/desk's log at size" in verified.split("final; included in")[1]
+        assert "moscow/robot's log at size" in verified.split("final; included in")[1]
+    assert "the text in edited.txt is the text of statement" in from_qr
+    proven = json.loads(whole)
+    assert proven["ok"] and "note" in said("record", "show")[0]
+    kinds = {e["entry"]["type"] for e in proven["entries"]}
+    assert {"call", "verification", "statement", "note"} <= kinds, kinds
+
+
+async def wait_for_final(listed: Callable[[], list[dict[str, Any]]]) -> None:
+    """Until the statement is final in both logs (the other site's proof has come)."""
+    for _ in range(60):
+        if listed()[0]["in_both_logs"]:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the statement is not in both logs: {listed()[0]}")

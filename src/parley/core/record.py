@@ -33,6 +33,7 @@ Pure: no clock, no sockets, no store.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,8 +60,11 @@ def _device(value: Any) -> None:
     split_device_id(value)
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _hex64(value: Any) -> None:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if _HEX64.fullmatch(value) is None:
         raise RemoteError("a SHA-256 is 64 lower-case hex digits", code=ErrorCode.BAD_MESSAGE)
 
 
@@ -119,10 +123,17 @@ _COMMON = {"v": schema.integer(1, 1000), "type": schema.text(32), "site": DEVICE
 
 def make_entry(type_: str, site: str, time_ms: int, **fields: Any) -> bytes:
     """An entry's canonical bytes; refuses what its type does not allow."""
-    entry = {"v": VERSION, "type": type_, "site": site, "time_ms": time_ms,
-             **{k: v for k, v in fields.items() if v is not None}}
-    data = canonical_json(entry)
-    parse_entry(data)
+    kept = {k: v for k, v in fields.items() if v is not None}
+    schema.validate({"v": VERSION, "type": type_, "site": site, "time_ms": time_ms}, _COMMON,
+                    what="record entry")
+    type_fields = ENTRY_FIELDS.get(type_)
+    if type_fields is None:
+        raise RemoteError(f"no entry type {type_!r}", code=ErrorCode.BAD_MESSAGE)
+    schema.validate(kept, type_fields, what=f"record entry ({type_})")
+    data = canonical_json({"v": VERSION, "type": type_, "site": site, "time_ms": time_ms,
+                           **kept})
+    if len(data) > MAX_ENTRY:
+        raise RemoteError(f"a record entry of {len(data)} bytes", code=ErrorCode.TOO_LARGE)
     return data
 
 

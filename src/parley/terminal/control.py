@@ -509,8 +509,7 @@ class ControlServer:
 
     async def statement_pdf(self, request: web.Request) -> web.Response:
         ident = request.match_info["statement_id"]
-        data = await asyncio.get_running_loop().run_in_executor(
-            None, self.terminal.statements.pdf, ident)
+        data = await self.terminal.statements.pdf(ident)
         return web.Response(body=data, content_type="application/pdf", headers={
             "Content-Disposition": f"attachment; filename=\"parley-statement-{ident}.pdf\""})
 

@@ -16,7 +16,9 @@ statement is then "in both logs", and its bundle and paper copy prove it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -242,7 +244,8 @@ class Statements:
             code = bundle.to_paper(self.export(statement_id, paper=True, proofs=False))
         return self.view(st), code
 
-    def pdf(self, statement_id: str) -> bytes:
+    async def pdf(self, statement_id: str) -> bytes:
+        """The printable copy (parley.paper): gathered here, set in a worker thread."""
         from parley.paper import statement_pdf
 
         view, code = self.paper(statement_id)
@@ -257,8 +260,11 @@ class Statements:
         final = self.record.entries(statement=statement_id, types={"statement"})
         final_ms = next((json.loads(d)["time_ms"] for _i, d in reversed(final)
                          if b'"event":"final"' in d), version.core["time_ms"])
-        return statement_pdf(view, code, zones=[self.zone_of(p) for p in st.parties],
-                             name_of=self.name_of, final_ms=final_ms)
+        zones = [self.zone_of(p) for p in st.parties]
+        names = {p: self.name_of(p) for p in st.parties}
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+            statement_pdf, view, code, zones=zones, name_of=lambda p: names.get(p, p),
+            final_ms=final_ms))
 
     # -- helpers ------------------------------------------------------------------------
 
