@@ -149,7 +149,7 @@ def _paper_code_length(tree: merkle.Tree) -> int:
                                 text="The two sides agree.", by="washington/hotline",
                                 now_ms=1_700_000_000_000)
     version = book.get(payload["core"]["statement"]).latest
-    sigs = {d: b64e(k.sign(signed_message(version.sha256))) for d, k in sites.items()}
+    sigs = {d: b64e(k.sign(signed_message(version.sha256, d))) for d, k in sites.items()}
     logs, items = [], []
     for n, (site, witness) in enumerate((("washington/hotline", "moscow/hotline"),
                                          ("moscow/hotline", "washington/hotline"))):

@@ -402,13 +402,18 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     me = store.load_keys().public(store.device_id)
     pins = store.pins()
     store.close()
+    from parley.core.bundle import signing_key_text
+
     if args.json and not args.peer:
         print(json.dumps({"device": me.device_id, "fingerprint": me.fingerprint,
+                          "signing_key": signing_key_text(me.sign),
                           "verified": [k.device_id for k, _, _ in pins]}))
         return 0
     if not args.peer:
         print(f"this device:  {me.device_id}")
         print(f"fingerprint:  {me.fingerprint}")
+        # What a paper copy of a joint statement names its signers by (docs/record.md).
+        print(f"signing key:  {signing_key_text(me.sign)}")
         print("verified peers: " + (", ".join(k.device_id for k, _, _ in pins) or "none"))
         print("to compare with a peer: parley keys show PARTY")
         return 0
@@ -426,6 +431,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
                 "changed": "!! KEY CHANGED since you verified it !!"}[d["trust"]]
         print(f"{d['device']}  [{mark}]{'  online' if d['online'] else ''}")
         print(f"  their fingerprint: {d['fingerprint']}")
+        print(f"  signing key:       {d['signing_key']}")
         digits = d["safety_number"].split()
         print(f"  safety number:     {' '.join(digits[:6])}")
         print(f"                     {' '.join(digits[6:])}")
@@ -1017,13 +1023,53 @@ def cmd_record_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**report.to_json(), "text": texts_ok}))
         return 0
-    print("VERIFIED, with no network and no server:")
+    expected = _expected_keys(args.expect or [])
+    wrong = [f"{device}: the bundle's key is {report.keys.get(device, 'absent')}, not {want}"
+             for device, want in expected.items()
+             if _key_text(report.keys.get(device, "")) != _key_text(want)]
+    unanchored = sorted(set(report.keys) - set(expected))
+    limits = list(report.limits)
+    if unanchored:
+        limits.append(f"the keys of {', '.join(unanchored)} are the bundle's own: compare"
+                      " them with the fingerprints the sites show (parley keys show), or"
+                      " give them with --expect DEVICE=KEY")
+    if wrong:
+        if args.json:
+            print(json.dumps({"ok": False, "error": "; ".join(wrong)}))
+        else:
+            print(printable("NOT VERIFIED: " + "; ".join(wrong)))
+        return 1
+    if args.json:
+        print(json.dumps({**report.to_json(), "limits": limits, "text": texts_ok}))
+        return 1 if args.strict and limits else 0
+    print("VERIFIED, with no network and no server:" if not limits else
+          "VERIFIED AS FAR AS IT GOES (with no network and no server):")
     for line in [*report.lines, *texts_ok]:
         print(printable(f"  {line}"))
-    print("keys (compare with the ones each site shows):")
+    if limits:
+        print("not established:")
+        for line in limits:
+            print(printable(f"  {line}"))
+    print("keys" + (" (as you gave them)" if expected and not unanchored else "") + ":")
     for device, shown in report.keys.items():
-        print(f"  {device}: {shown}")
-    return 0
+        print(f"  {device}: {shown}{'  [as expected]' if device in expected else ''}")
+    return 1 if args.strict and limits else 0
+
+
+def _key_text(text: str) -> str:
+    return "".join(text.removeprefix("signing key").split()).lower()
+
+
+def _expected_keys(items: list[str]) -> dict[str, str]:
+    """--expect DEVICE=FINGERPRINT (or DEVICE=SIGNING-KEY, as a paper copy names it)."""
+    out = {}
+    for item in items:
+        device, sep, key = item.partition("=")
+        if not sep or len(_key_text(key)) != 64:
+            raise LocalError(f"--expect {item!r}: give DEVICE=KEY, the 64 hex digits of a"
+                             " fingerprint or signing key", code=ErrorCode.INVALID_INPUT)
+        out[device.strip()] = key
+    return out
 
 
 def cmd_statement_draft(args: argparse.Namespace) -> int:
@@ -1413,6 +1459,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-qr", type=Path, metavar="IMAGE", help="a scan of the paper copy")
     p.add_argument("--code", help="the paper copy's code, typed ('-': read it from stdin)")
     p.add_argument("--text", type=Path, help="check that this file holds the signed text")
+    p.add_argument("--expect", action="append", metavar="DEVICE=KEY",
+                   help="a device's key as you know it (its fingerprint, or the signing key a"
+                   " paper copy names): the bundle must use that one")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless everything is"
+                   " established: every checkpoint cosigned, every statement final and in"
+                   " both logs, every key given with --expect")
     p.add_argument("--json", action="store_true")
 
     # joint statements

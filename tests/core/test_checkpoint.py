@@ -70,3 +70,17 @@ def test_a_proof_from_another_size_asks_for_one_from_the_last_seen() -> None:
         witness.observe(note(8), [], 400, from_size=8)
     assert caught.value.code == cp.ErrorCode.RECORD_FORKED
     assert "shorter" in witness.forks[0].why
+
+
+def test_the_same_checkpoint_again_is_cosigned_whatever_proof_comes_with_it() -> None:
+    """The sender's view of what the witness holds may lag (an answer lost): the same size
+    and root again is no fork, with or without a proof from an older size."""
+    witness = cp.Witness(WITNESS, WITNESS_KEY, LOG, LOG_KEY.public_key())
+    witness.observe(note(10), [], 100)
+    again = witness.observe(note(10), merkle.consistency_proof(LEAVES[:10], 4), 200,
+                            from_size=4)
+    assert again is not None and not witness.forks
+    rewritten = list(LEAVES)
+    rewritten[2] = merkle.leaf_hash(b"changed")
+    with pytest.raises(SecurityAlarm, match="same size"):
+        witness.observe(note(10, rewritten), [], 300, from_size=10)

@@ -16,6 +16,7 @@ from parley.core.statement import StatementBook, signed_message
 
 W, M = "washington/hotline", "moscow/hotline"
 KEYS = {W: DeviceKeys.generate(), M: DeviceKeys.generate()}
+KEYS_OFFICE = DeviceKeys.generate()
 
 
 def verify_with(device: str, message: bytes, signature: bytes) -> bool:
@@ -84,6 +85,51 @@ def test_a_statement_is_edited_in_turns_and_final_when_both_sign_one_version() -
     with pytest.raises(LocalError, match="final"):
         mb.edit(ident, text="After the fact.", by=M, now_ms=9)
     assert wb.get(ident).to_json() == mb.get(ident).to_json()
+    # Nothing more is signed once it is final: not by the other party's second device.
+    late = {"statement": ident, "version": 2, "sha256": v2.sha256,
+            "signature": b64e(KEYS[M].sign(signed_message(v2.sha256, "moscow/office")))}
+    assert wb.apply("moscow/office", "statement.sign", late, lambda *_: True).result == \
+        "refused"
+
+
+def test_a_side_that_signed_does_not_edit_and_a_superseded_version_takes_no_signature(
+        ) -> None:
+    wb, mb = books()
+    kind, draft = wb.draft("moscow", title="T", text="One.", by=W, now_ms=1)
+    ident = draft["core"]["statement"]
+    mb.apply(W, kind, draft, verify_with)
+    v1 = mb.get(ident).latest.sha256
+    kind, msig = mb.sign(ident, version=1, sha256=v1, by=M, signer=KEYS[M].sign)
+    with pytest.raises(LocalError, match="signed version 1"):
+        mb.edit(ident, text="Two.", by=M, now_ms=2)  # it accepted version 1
+    assert wb.apply(M, kind, msig, verify_with).result == "applied"
+    # An edit from moscow after its signature (made by a book that forgot it signed) is
+    # refused at washington: moscow accepted version 1.
+    forgetful = StatementBook("moscow")
+    forgetful.apply(W, "statement.version", draft, verify_with)
+    ekind, edit = forgetful.edit(ident, text="Two.", by=M, now_ms=3)
+    refused = wb.apply(M, ekind, edit, verify_with)
+    assert refused.result == "refused" and "signed version 1" in refused.why
+    # ...and washington signs: final on version 1 at both ends.
+    kind, wsig = wb.sign(ident, version=1, sha256=v1, by=W, signer=KEYS[W].sign)
+    assert mb.apply(W, kind, wsig, verify_with).became_final
+    assert wb.get(ident).final == mb.get(ident).final == 1
+
+    # A signature on a version that a later one superseded is refused.
+    wb, mb = books()
+    kind, draft = wb.draft("moscow", title="T", text="One.", by=W, now_ms=1)
+    ident = draft["core"]["statement"]
+    mb.apply(W, kind, draft, verify_with)
+    first = wb.get(ident).latest.sha256
+    _, early = wb.sign(ident, version=1, sha256=first, by=W, signer=KEYS[W].sign)
+    kind, edit = mb.edit(ident, text="Two.", by=M, now_ms=2)  # crossing washington's signature
+    assert mb.apply(W, "statement.sign", early, verify_with).result == "refused"
+    assert wb.apply(M, kind, edit, verify_with).result == "applied"
+    assert wb.get(ident).final is None and mb.get(ident).final is None
+    # A signature names its device: the same bytes under another name do not verify.
+    moved = {**early, "signature": early["signature"]}
+    assert mb.apply("washington/office", "statement.sign", moved, verify_with).result == \
+        "refused"
 
 
 def test_what_a_statement_refuses() -> None:
@@ -106,7 +152,7 @@ def test_what_a_statement_refuses() -> None:
     # A signature that is not the sender's, or on a version it does not have.
     sha = wb.get(ident).latest.sha256
     bad = {"statement": ident, "version": 2, "sha256": sha,
-           "signature": b64e(KEYS[W].sign(signed_message(sha)))}
+           "signature": b64e(KEYS[W].sign(signed_message(sha, W)))}
     assert mb.apply(M, "statement.sign", bad, verify_with).result == "refused"
     assert wb.apply(M, "statement.sign", {**bad, "version": 1}, verify_with).result == \
         "refused"
@@ -125,8 +171,8 @@ def small_bundle() -> dict[str, Any]:
     mb.apply(W, kind, draft, verify_with)
     st = wb.get(ident)
     sha = st.latest.sha256
-    sigs = {W: b64e(KEYS[W].sign(signed_message(sha))), M: b64e(KEYS[M].sign(
-        signed_message(sha)))}
+    sigs = {W: b64e(KEYS[W].sign(signed_message(sha, W))), M: b64e(KEYS[M].sign(
+        signed_message(sha, M)))}
     logs, entries = [], []
     for n, (site, witness) in enumerate(((W, M), (M, W))):
         data = [record.make_entry("note", site, 10 + i, text=f"note {i}") for i in range(6)]
@@ -166,6 +212,23 @@ def test_a_bundle_proves_what_it_says_and_nothing_when_any_byte_changes() -> Non
             bundle.verify_file(bytes(changed))
         reasons.add(caught.value.message.split(":")[0].split("[")[0].split(".")[0])
     assert {"the bundle", "keys", "logs", "entries", "statements", "signature"} <= reasons
+    # One key under two names (a site posing as the other) is refused.
+    posing = json.loads(json.dumps(made))
+    posing["keys"][M] = posing["keys"][W]
+    with pytest.raises(bundle.BundleError, match="same key"):
+        bundle.verify(bundle.sign({k: v for k, v in posing.items() if k != "signature"},
+                                  KEYS[W].sign))
+    # A log cosigned by a device of its own party proves nothing: refused.
+    own = json.loads(json.dumps(made))
+    note = own["logs"][0]["checkpoints"][0]["note"]
+    own["keys"]["washington/office"] = bundle.public_key_json(
+        KEYS_OFFICE.public("washington/office"), whole=False)
+    own["logs"][0]["checkpoints"][0]["cosignatures"] = [
+        {"by": "washington/office", "line": cp.cosign(note, "washington/office", KEYS_OFFICE,
+                                                      1_700_000_000)}]
+    with pytest.raises(bundle.BundleError, match="other party"):
+        bundle.verify(bundle.sign({k: v for k, v in own.items() if k != "signature"},
+                                  KEYS[W].sign))
     # Re-signed by someone else after a change: the signature names who must have made it.
     forged = {**made, "made_ms": 31}
     with pytest.raises(bundle.BundleError, match="signature"):
@@ -182,10 +245,17 @@ def test_a_bundle_says_what_it_does_not_prove() -> None:
     text = "\n".join(report.lines)
     assert "moscow/hotline's log at size 7: signed by moscow/hotline, NOT cosigned" in text
     assert "signed by washington/hotline; NOT signed by moscow; not shown included" in text
-    # A final entry whose signatures differ from the statement's is caught.
+    # A log's final entry carries the signatures that made it final: one without a
+    # signature of each party is caught; a valid one completes the statement's.
     made = small_bundle()
     made["statements"][0]["signatures"].pop(M)
-    with pytest.raises(bundle.BundleError, match="other signatures"):
+    report = bundle.verify(bundle.sign({k: v for k, v in made.items() if k != "signature"},
+                                       KEYS[W].sign))
+    assert report.statements[0]["final"] and not report.limits
+    entry = json.loads(made["entries"][0]["entry"])
+    entry["signatures"].pop(M)
+    made["entries"][0]["entry"] = canonical_json(entry).decode()
+    with pytest.raises(bundle.BundleError):  # and its proof no longer holds either
         bundle.verify(bundle.sign({k: v for k, v in made.items() if k != "signature"},
                                   KEYS[W].sign))
 

@@ -18,12 +18,15 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from parley.clock import now_ms
 from parley.core import bundle, checkpoint, record
 from parley.core.call import CallState
-from parley.core.encoding import canonical_json
+from parley.core.encoding import canonical_json, random_id
+from parley.core.envelope import seal_envelope
 from parley.terminal.app import Terminal
 from tests.harness import LocalLine, active_call, wait_until
 
@@ -238,3 +241,42 @@ async def test_a_final_statement_on_paper_is_verified_from_a_scan_of_its_page(
     flipped = code[:-40] + ("A" if code[-40] != "A" else "B") + code[-39:]
     with pytest.raises(bundle.BundleError):
         bundle.verify_file(bundle.from_paper(flipped))
+
+
+async def test_a_checkpoint_the_server_held_back_is_no_fork_and_another_root_is_one(
+        line: LocalLine) -> None:
+    """The server may deliver an older checkpoint after a newer one: no alarm, nothing kept
+    as evidence. Two signed roots for one size are a fork, however late the second came."""
+    await line.provision()
+    washington = await line.terminal("washington")
+    moscow = await line.terminal("moscow")
+    for n in range(4):
+        washington.record.note(f"note {n}")
+    old_size, old_note = washington.record.checkpoint()
+    sent_old = now_ms()
+    washington.record.note("one more")
+    await witnessed(washington, moscow)
+    assert cosigned_to(washington, moscow.device_id) == old_size + 1
+
+    def delivered(note: str, from_size: int, time_ms: int) -> dict[str, Any]:
+        payload = {"note": note, "from_size": from_size, "proof": []}
+        return seal_envelope(washington.keys, washington.device_id, moscow.me,
+                             "record.checkpoint", payload, time_ms, random_id()).to_json()
+
+    await moscow._on_deliver(delivered(old_note, 0, sent_old))  # held back, now delivered
+    await asyncio.sleep(0.3)
+    assert not [a for a in moscow.alarms if a["code"] == "record_forked"]
+    assert moscow.record.state()["forks"] == []
+    # Another root for a size moscow cosigned, even one sent long ago, is a fork: two roots
+    # for one size, both signed by washington. Both are kept.
+    cosigned = cosigned_to(washington, moscow.device_id)
+    (seen_note,) = [n for (n,) in moscow.store.db.execute(
+        "SELECT note FROM record_seen WHERE size=?", (cosigned,))]
+    other = checkpoint.sign_checkpoint(checkpoint.Checkpoint(
+        washington.record.origin, cosigned, b"\x01" * 32), washington.device_id,
+        washington.keys)
+    await moscow._on_deliver(delivered(other, 0, sent_old - 1000))
+    await wait_until(lambda: any(a["code"] == "record_forked" for a in moscow.alarms), 10,
+                     "the alarm")
+    (fork,) = moscow.record.state()["forks"]
+    assert (fork["seen"], fork["now"]) == (seen_note, other)

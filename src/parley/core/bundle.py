@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import checkpoint, merkle, record, schema
-from .encoding import b64d, b64e, canonical_json
+from .encoding import b64d, b64e, canonical_json, group
 from .errors import ErrorCode, ParleyError, RemoteError
 from .keys import DevicePublicKeys, split_device_id
 from .statement import Version, check_core, signed_message
@@ -88,13 +88,14 @@ class Report:
     """What a bundle proves, in words (`lines`) and as data."""
 
     lines: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)  # what the bundle does *not* establish
     keys: dict[str, str] = field(default_factory=dict)  # device -> fingerprint shown
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     statements: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": True, "proven": self.lines, "keys": self.keys,
+        return {"ok": True, "proven": self.lines, "limits": self.limits, "keys": self.keys,
                 "checkpoints": self.checkpoints, "entries": self.entries,
                 "statements": self.statements}
 
@@ -125,9 +126,8 @@ def _fields(value: Any, fields: dict[str, schema.Field], where: str) -> dict[str
 
 
 def signing_key_text(raw: bytes) -> str:
-    """An Ed25519 signing key as the paper and the verifier both show it."""
-    hexed = raw.hex()
-    return " ".join(hexed[i:i + 4] for i in range(0, len(hexed), 4))
+    """An Ed25519 signing key as the paper, `parley keys show` and the verifier show it."""
+    return group(raw.hex(), 4)
 
 
 def parse(raw: bytes) -> dict[str, Any]:
@@ -149,6 +149,7 @@ def verify(bundle: dict[str, Any]) -> Report:
     if bundle["format"] != FORMAT:
         raise _fail("format", f"not a {FORMAT}")
     keys: dict[str, ed25519.Ed25519PublicKey] = {}
+    seen_keys: dict[bytes, str] = {}
     for device, value in sorted(bundle["keys"].items()):
         where = f"keys[{device}]"
         try:
@@ -157,6 +158,9 @@ def verify(bundle: dict[str, Any]) -> Report:
             raise _fail(where, "not a device name") from None
         fields = _fields(value, _KEY, where)
         raw = b64_strict(fields["sign"], where + ".sign", 32)
+        if raw in seen_keys:  # one key cannot be two devices (a site posing as the other)
+            raise _fail(where, f"the same key as {seen_keys[raw]}'s")
+        seen_keys[raw] = device
         keys[device] = ed25519.Ed25519PublicKey.from_public_bytes(raw)
         if "kem" in fields:  # the whole device key: its fingerprint, as operators know it
             try:
@@ -194,8 +198,8 @@ def verify(bundle: dict[str, Any]) -> Report:
             for k, cosig in enumerate(cp["cosignatures"]):
                 at = f"{here}.cosignatures[{k}]"
                 cosig = _fields(cosig, _COSIG, at)
-                if cosig["by"] == log["key"]:
-                    raise _fail(at, "a log does not witness itself")
+                if split_device_id(cosig["by"])[0] == split_device_id(log["key"])[0]:
+                    raise _fail(at, "a log is witnessed by the other party, not its own")
                 try:
                     when = checkpoint.verify_cosignature(cp["note"], cosig["line"], cosig["by"],
                                                          key(cosig["by"], at))
@@ -207,13 +211,17 @@ def verify(bundle: dict[str, Any]) -> Report:
             seen.append((opened, witnesses))
             said = (f"cosigned by {', '.join(witnesses)}" if witnesses
                     else "NOT cosigned by any witness")
+            if not witnesses:
+                report.limits.append(f"the checkpoint of {log['key']}'s log at size"
+                                     f" {opened.size:,} is not cosigned: nothing shows that"
+                                     " the other site saw that log")
             report.lines.append(f"checkpoint of {log['key']}'s log at size {opened.size:,}:"
                                 f" signed by {log['key']}, {said}")
         trees.append(seen)
 
     # Entries, each in its checkpoint's tree.
-    final: dict[str, list[tuple[str, int, int, list[str]]]] = {}
-    counts: dict[str, int] = {}
+    final: dict[str, list[tuple[str, int, int, list[str], dict[str, Any]]]] = {}
+    counts: dict[tuple[str, bool], int] = {}
     for n, item in enumerate(bundle["entries"]):
         where = f"entries[{n}]"
         item = _fields(item, _ENTRY, where)
@@ -233,15 +241,19 @@ def verify(bundle: dict[str, Any]) -> Report:
             merkle.verify_inclusion(item["index"], cp.size, record.leaf(data), proof, cp.root)
         except RemoteError as exc:
             raise _fail(where, exc.message) from None
-        counts[site] = counts.get(site, 0) + 1
+        counted = (site, bool(witnesses))
+        counts[counted] = counts.get(counted, 0) + 1
         report.entries.append({"log": site, "index": item["index"], "size": cp.size,
-                               "entry": entry})
-        if entry["type"] == "statement" and entry.get("event") == "final":
+                               "cosigned": bool(witnesses), "entry": entry})
+        if entry["type"] == "statement" and entry.get("event") == "final" and \
+                entry["v"] == record.VERSION:
             final.setdefault(entry["sha256"], []).append(
-                (site, item["index"], cp.size, witnesses))
-    for site, count in counts.items():
+                (site, item["index"], cp.size, witnesses, entry))
+    for (site, cosigned), count in counts.items():
         report.lines.append(f"{count:,} entr{'y' if count == 1 else 'ies'} of {site}'s log"
-                            " proven included in its checkpoint")
+                            " proven included in "
+                            + ("a checkpoint the other site cosigned" if cosigned else
+                               "a checkpoint NOT cosigned"))
 
     # Statements: hash, text, signatures, and where they are recorded final.
     for n, item in enumerate(bundle["statements"]):
@@ -254,43 +266,45 @@ def verify(bundle: dict[str, Any]) -> Report:
         except RemoteError as exc:
             raise _fail(where, exc.message) from None
         sha = record.sha256_hex(canonical_json(core))
-        signers = []
-        for device, sig in sorted(item["signatures"].items()):
-            raw = b64_strict(sig, f"{where}.signatures[{device}]", 64)
-            try:
-                key(device, where).verify(raw, signed_message(sha))
-            except InvalidSignature:
-                raise _fail(f"{where}.signatures[{device}]",
-                            f"not {device}'s signature on version {core['version']}"
-                            f" ({sha[:16]})") from None
-            signers.append(device)
+        signers = set(_check_signatures(item["signatures"], sha, key, f"{where}.signatures"))
+        recorded = final.get(sha, [])
+        for site, index, _size, _w, entry in recorded:
+            at = f"the final entry {index} of {site}'s log"
+            if split_device_id(site)[0] not in core["parties"]:
+                raise _fail(where, f"{at}: {site} is not of a party to it")
+            got = _check_signatures(entry.get("signatures") or {}, sha, key, at)
+            if {split_device_id(d)[0] for d in got} != set(core["parties"]):
+                raise _fail(where, f"{at}: records it final without a signature of each"
+                                   " party")
+            signers.update(got)  # each checked: a log may hold another device's of a party
         parties = {split_device_id(d)[0] for d in signers}
         missing = sorted(set(core["parties"]) - parties)
-        recorded = final.get(sha, [])
-        for site, _index, _size, _w in recorded:
-            entry = next(e["entry"] for e in report.entries
-                         if e["log"] == site and e["entry"]["type"] == "statement"
-                         and e["entry"].get("event") == "final"
-                         and e["entry"].get("sha256") == sha)
-            if sorted(entry.get("signatures") or {}) != sorted(item["signatures"]):
-                raise _fail(where, f"{site}'s log records it final with other signatures")
+        signers_list = sorted(signers)
+        logged = {split_device_id(site)[0] for site, *_ in recorded}
         sites = " and ".join(f"{site}'s log at size {size:,}"
                              + ("" if w else " (checkpoint not cosigned)")
-                             for site, _i, size, w in recorded)
+                             for site, _i, size, w, _e in recorded)
         words = (f"statement {core['statement']} v{core['version']} '{core['title']}'"
                  f" (sha256 {sha[:16]}, text sha256 {core['text_sha256'][:16]}"
                  f"{'' if 'text' in item else ', text not in the bundle'})"
-                 f": signed by {' and '.join(signers) or 'nobody'}")
+                 f": signed by {' and '.join(signers_list) or 'nobody'}")
         words += ("; NOT signed by " + ", ".join(missing)) if missing else "; final"
         words += f"; included in {sites}" if recorded else "; not shown included in any log"
         report.lines.append(words)
+        if missing:
+            report.limits.append(f"statement {core['statement']} v{core['version']} is not"
+                                 f" signed by {', '.join(missing)}: it is not final")
+        if logged != set(core["parties"]):
+            report.limits.append(f"statement {core['statement']} v{core['version']} is not"
+                                 " shown in the logs of both parties")
         report.statements.append({"statement": core["statement"], "version": core["version"],
                                   "title": core["title"], "sha256": sha,
-                                  "text_sha256": core["text_sha256"], "signers": signers,
+                                  "text_sha256": core["text_sha256"],
+                                  "signers": signers_list,
                                   "final": not missing,
                                   "included": [{"log": s, "index": i, "size": z,
                                                 "cosigned_by": w}
-                                               for s, i, z, w in recorded]})
+                                               for s, i, z, w, _e in recorded]})
 
     # Last, the whole: whatever was changed that nothing above covers.
     maker = bundle["made_by"]
@@ -302,6 +316,23 @@ def verify(bundle: dict[str, Any]) -> Report:
                                  " does not hold: something in it was changed)") from None
     report.lines.append(f"exported by {maker}, whose signature covers the whole bundle")
     return report
+
+
+def _check_signatures(signatures: Any, sha: str, key: Any, where: str) -> list[str]:
+    """The devices whose signatures on this version hold; BundleError for one that does
+    not (each signature names its device: core.statement.signed_message)."""
+    if not isinstance(signatures, dict):
+        raise _fail(where, "signatures: device -> signature")
+    out = []
+    for device, sig in sorted(signatures.items()):
+        raw = b64_strict(sig, f"{where}[{device}]", 64)
+        try:
+            key(device, where).verify(raw, signed_message(sha, device))
+        except InvalidSignature:
+            raise _fail(f"{where}[{device}]", f"not {device}'s signature on this version"
+                                              f" ({sha[:16]})") from None
+        out.append(device)
+    return out
 
 
 def verify_file(raw: bytes) -> Report:

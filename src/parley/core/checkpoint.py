@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,9 +86,13 @@ def _split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
     return body, lines
 
 
+_SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
+MAX_SIZE = 2**62
+
+
 def parse_checkpoint(body: str) -> Checkpoint:
     parts = body.split("\n")
-    if len(parts) < 4 or not parts[1].isdigit():
+    if len(parts) < 4 or _SIZE.fullmatch(parts[1]) is None or int(parts[1]) > MAX_SIZE:
         raise RemoteError("not a checkpoint: origin, size and root hash, a line each",
                           code=ErrorCode.BAD_MESSAGE)
     try:
@@ -186,11 +191,16 @@ class Witness:
                     raise RemoteError(f"it is shorter now ({checkpoint.size}) than it was"
                                       f" ({before.size}): entries were taken away",
                                       code=ErrorCode.BAD_MESSAGE)
-                if from_size is not None and from_size != before.size and \
-                        checkpoint.size != before.size:
+                if checkpoint.size == before.size:
+                    # The same size again: the same root, whatever proof came with it.
+                    if checkpoint.root != before.root:
+                        raise RemoteError(f"two different trees of the same size"
+                                          f" {before.size}", code=ErrorCode.BAD_MESSAGE)
+                elif from_size is not None and from_size != before.size:
                     return None
-                merkle.verify_consistency(before.size, checkpoint.size, before.root,
-                                          checkpoint.root, proof)
+                else:
+                    merkle.verify_consistency(before.size, checkpoint.size, before.root,
+                                              checkpoint.root, proof)
             except RemoteError as exc:
                 fork = Fork(checkpoint.origin, self.last, note, exc.message)
                 self.forks.append(fork)

@@ -11,10 +11,15 @@ A version's identity is the SHA-256 of its canonical core::
 
 -- the text itself travels beside the core, and is checked against its hash.
 A signature is Ed25519, by a device's signing key, over
-``b"parley-statement-signature/v1\\x00" || SHA-256(core)``: it covers one
-version, nothing else, so nobody can sign a version other than the one whose
-hash they were shown (`StatementBook.sign` refuses any other). The statement
-is *final* once a device of each party has signed its latest version.
+``b"parley-statement-signature/v1\\x00" || SHA-256(core) || device name``: it
+covers one version, by one named device, nothing else, so nobody can sign a
+version other than the one whose hash they were shown (`StatementBook.sign`
+refuses any other), and no signature can be passed off as another device's.
+The statement is *final* once a device of each party has signed its latest
+version; after that nothing changes it. A party that signed the latest
+version has accepted it: it no longer edits it, so both sides reach final on
+the same version. Signatures on a version that is no longer the latest, or
+that come after the statement is final, are refused.
 
 Pure: no clock, no sockets; signatures are made and checked by functions
 passed in.
@@ -90,8 +95,9 @@ def check_core(core: Any) -> dict[str, Any]:
     return fields
 
 
-def signed_message(version_sha256: str) -> bytes:
-    return SIGN_CONTEXT + bytes.fromhex(version_sha256)
+def signed_message(version_sha256: str, device: str) -> bytes:
+    """What a device signs to sign a version: the version's hash, and its own name."""
+    return SIGN_CONTEXT + bytes.fromhex(version_sha256) + device.encode()
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,10 @@ class StatementBook:
              ) -> tuple[str, dict[str, Any]]:
         st = self.get(statement_id)
         self._open_to_change(st)
+        if self._signed_by(st, st.latest.number, self.party):
+            raise LocalError(f"{self.party} signed version {st.latest.number}: it stands as"
+                             " this side accepted it", code=ErrorCode.INVALID_STATE,
+                             hint=f"it becomes final once {self._other(st)} signs it too")
         if st.latest.party == self.party:
             raise LocalError(
                 f"version {st.latest.number} is this side's: it is for {self._other(st)} to"
@@ -237,10 +247,10 @@ class StatementBook:
                 f"version {version} ({sha256[:12]}) is not the statement's latest version"
                 f" ({latest.number}, {latest.sha256[:12]}): only the version shown is signed",
                 code=ErrorCode.INVALID_STATE, hint="read the latest version and sign that")
-        if any(split_device_id(d)[0] == self.party for d in st.signatures.get(version, {})):
+        if self._signed_by(st, version, self.party):
             raise LocalError(f"{self.party} has signed version {version} already",
                              code=ErrorCode.INVALID_STATE)
-        signature = b64e(signer(signed_message(latest.sha256)))
+        signature = b64e(signer(signed_message(latest.sha256, by)))
         st.signatures.setdefault(version, {})[by] = signature
         return "statement.sign", {"statement": statement_id, "version": version,
                                   "sha256": latest.sha256, "signature": signature}
@@ -287,6 +297,9 @@ class StatementBook:
         if st.latest.party == party:
             return Outcome("refused", st, f"{party} edited its own version: it is the other"
                                           " side's turn")
+        if self._signed_by(st, st.latest.number, party):
+            return Outcome("refused", st, f"{party} signed version {st.latest.number}, then"
+                                          " proposed an edit of it")
         st.versions.append(version)
         return Outcome("applied", st)
 
@@ -302,14 +315,20 @@ class StatementBook:
                                           " not have")
         if party not in st.parties:
             return Outcome("refused", st, f"{party} is not a party to it")
-        signature = b64d(payload["signature"], what="statement signature", max_bytes=64)
-        if not verify(sender, signed_message(payload["sha256"]), signature):
-            return Outcome("refused", st, f"the signature is not {sender}'s")
-        have = st.signatures.setdefault(number, {})
+        have = st.signatures.get(number, {})
         if have.get(sender) == payload["signature"]:
             return Outcome("duplicate", st)
+        if st.final is not None:
+            return Outcome("refused", st, f"a signature on a statement final since version"
+                                          f" {st.final}")
+        if number != st.latest.number:
+            return Outcome("refused", st, f"a signature on version {number}, which version"
+                                          f" {st.latest.number} superseded")
+        signature = b64d(payload["signature"], what="statement signature", max_bytes=64)
+        if not verify(sender, signed_message(payload["sha256"], sender), signature):
+            return Outcome("refused", st, f"the signature is not {sender}'s")
         was_final = st.final is not None
-        have[sender] = payload["signature"]
+        st.signatures.setdefault(number, {})[sender] = payload["signature"]
         return Outcome("applied", st, became_final=not was_final and st.final is not None)
 
     # -- helpers ------------------------------------------------------------------------
@@ -323,6 +342,10 @@ class StatementBook:
 
     def _other(self, st: Statement) -> str:
         return next(p for p in st.parties if p != self.party)
+
+    @staticmethod
+    def _signed_by(st: Statement, version: int, party: str) -> bool:
+        return any(split_device_id(d)[0] == party for d in st.signatures.get(version, {}))
 
     def _open_to_change(self, st: Statement) -> None:
         if st.final is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from parley.clock import now_ms
+from parley.core.bundle import signing_key_text
 from parley.core.errors import ErrorCode, LocalError, ParleyError, alarm_title
 from parley.core.keys import DevicePublicKeys
 from parley.core.record import make_entry
@@ -171,6 +172,7 @@ class PeerBook:
                 "device": device.device_id,
                 "party": party,
                 "fingerprint": device.fingerprint,
+                "signing_key": signing_key_text(device.sign),  # as paper names it
                 "safety_number": safety_number(self.me, device),
                 "trust": str(trust),
                 "online": device.device_id in listing.online,

@@ -21,7 +21,8 @@ into its own log.
 
 Tables (besides ``record_entries``, kept by `TerminalStore`)::
 
-    record_notes        this log's signed checkpoints, by size
+    record_notes        every checkpoint of this log it ever signed (two at one size: its
+                        log was changed on disk, and both are kept)
     record_cosigs       the witnesses' cosignatures on them
     record_have         per witness: the size it says it cosigned last
     record_seen         the other logs' checkpoints this terminal cosigned, with its line
@@ -55,19 +56,21 @@ from parley.terminal.store import TerminalStore
 log = logging.getLogger("parley.record")
 EXCHANGE_EVERY_S = 3600.0
 MAX_FORKS_KEPT = 100  # per log: the evidence of more is the same evidence again
+SEEN_KEPT = 50  # per other log: its latest checkpoints cosigned (and any a statement needs)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS record_notes (size INTEGER PRIMARY KEY, note TEXT NOT NULL,
-                                         time_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS record_notes (size INTEGER NOT NULL, note TEXT NOT NULL,
+                                         time_ms INTEGER NOT NULL, PRIMARY KEY (size, note));
 CREATE TABLE IF NOT EXISTS record_cosigs (
-    size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, time_ms INTEGER NOT NULL,
-    PRIMARY KEY (size, witness));
+    note TEXT NOT NULL, size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, PRIMARY KEY (note, witness));
 CREATE TABLE IF NOT EXISTS record_have (witness TEXT PRIMARY KEY, have INTEGER NOT NULL,
                                         sent INTEGER NOT NULL DEFAULT -1);
 CREATE TABLE IF NOT EXISTS record_seen (
     log TEXT NOT NULL, size INTEGER NOT NULL, note TEXT NOT NULL, line TEXT NOT NULL,
     time_ms INTEGER NOT NULL, PRIMARY KEY (log, size));
-CREATE TABLE IF NOT EXISTS record_witness (log TEXT PRIMARY KEY, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS record_witness (log TEXT PRIMARY KEY, note TEXT NOT NULL,
+                                           sent_ms INTEGER NOT NULL, key BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS record_forks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, log TEXT NOT NULL, seen TEXT NOT NULL,
     now TEXT NOT NULL, why TEXT NOT NULL, time_ms INTEGER NOT NULL, UNIQUE (log, seen, now));
@@ -100,6 +103,9 @@ class Record:
         self.test_set = test_set
         self.log_texts = log_texts
         self.interval_s = interval_s
+        # Set by Statements: does this side hold that statement? (a peer's proofs about
+        # statements it made up are not kept)
+        self.knows_statement: Callable[[str], bool] = lambda _s: False
         self.db.executescript(SCHEMA)
         self.tree = merkle.Tree()
         self._last_seq = 0
@@ -135,6 +141,10 @@ class Record:
     @property
     def size(self) -> int:
         return self.sync()
+
+    def final_index(self, statement: str, version: int) -> int | None:
+        """Where this log records that statement's version final."""
+        return self._finals.get((statement, version))
 
     def entries(self, *, after: int = -1, limit: int | None = None,
                 types: set[str] | None = None, statement: str | None = None
@@ -213,37 +223,32 @@ class Record:
     def checkpoint(self) -> tuple[int, str]:
         """This log's checkpoint now, signed (and kept)."""
         size = self.sync()
-        row = self.db.execute("SELECT note FROM record_notes WHERE size=?", (size,)).fetchone()
-        if row is not None:
-            note = str(row[0])
-            if cp.open_checkpoint(note, self.site, self.keys.public_key()).root == \
-                    self.tree.root(size):
-                return size, note
-        note = cp.sign_checkpoint(cp.Checkpoint(self.origin, size, self.tree.root(size)),
-                                  self.site, self.keys)
-        self.db.execute("INSERT OR REPLACE INTO record_notes VALUES (?,?,?)",
+        root = self.tree.root(size)
+        for (note,) in self.db.execute("SELECT note FROM record_notes WHERE size=?", (size,)):
+            if cp.open_checkpoint(note, self.site, self.keys.public_key()).root == root:
+                return size, str(note)
+        note = cp.sign_checkpoint(cp.Checkpoint(self.origin, size, root), self.site, self.keys)
+        self.db.execute("INSERT OR IGNORE INTO record_notes VALUES (?,?,?)",
                         (size, note, now_ms()))
         return size, note
 
     def check_own(self) -> None:
         """Does the log on disk still extend the last checkpoint this terminal signed?"""
-        row = self.db.execute("SELECT size, note FROM record_notes ORDER BY size DESC"
-                              " LIMIT 1").fetchone()
-        if row is None:
-            return
-        signed = cp.open_checkpoint(row[1], self.site, self.keys.public_key())
         size = self.sync()
         try:
-            if size < signed.size:
-                raise RemoteError(f"it holds {size} entries, and {signed.size} were signed",
-                                  code=ErrorCode.BAD_MESSAGE)
-            if self.tree.root(signed.size) != signed.root:
-                raise RemoteError(f"its first {signed.size} entries are not the ones signed",
-                                  code=ErrorCode.BAD_MESSAGE)
+            for (note,) in self.db.execute("SELECT note FROM record_notes ORDER BY size DESC,"
+                                           " time_ms LIMIT 1000"):
+                signed = cp.open_checkpoint(note, self.site, self.keys.public_key())
+                if size < signed.size:
+                    raise RemoteError(f"it holds {size} entries, and {signed.size} were"
+                                      " signed", code=ErrorCode.BAD_MESSAGE)
+                if self.tree.root(signed.size) != signed.root:
+                    raise RemoteError(f"its first {signed.size} entries are not the ones"
+                                      " signed", code=ErrorCode.BAD_MESSAGE)
         except RemoteError as exc:
             self._alarm(SecurityAlarm(
-                f"this terminal's record on disk does not extend the checkpoint it signed at"
-                f" size {signed.size}: {exc.message}", code=ErrorCode.RECORD_FORKED,
+                f"this terminal's record on disk does not extend a checkpoint it signed:"
+                f" {exc.message}", code=ErrorCode.RECORD_FORKED,
                 hint="entries were changed or removed on disk; the other site will see it"
                      " at the next exchange"), self.site)
 
@@ -300,27 +305,53 @@ class Record:
             log.warning("ignored %s from %s: its key is not verified here", envelope.type,
                         envelope.sender)
             return
-        if envelope.type == "record.checkpoint":
-            self._witness(envelope.sender, keys, payload)
-        else:
-            self._cosigned(envelope.sender, keys, payload)
+        if keys.party == self.me.party:
+            log.warning("ignored %s from %s: a log is witnessed by the other party",
+                        envelope.type, envelope.sender)
+            return
+        try:
+            if envelope.type == "record.checkpoint":
+                self._witness(envelope.sender, keys, payload, envelope.time_ms)
+            else:
+                self._cosigned(envelope.sender, keys, payload)
+        except SecurityAlarm:
+            raise  # a forgery: the terminal deals with it as with any
+        except (RemoteError, ValueError, KeyError, OverflowError) as exc:
+            # Malformed in a way the schema cannot see: dropped (and acknowledged), never
+            # left to come back at every login.
+            log.warning("dropped %s from %s: %s", envelope.type, envelope.sender, exc)
+            return
         with contextlib.suppress(RuntimeError):  # no loop: a test driving this directly
             asyncio.get_running_loop().create_task(self.outbox.flush())
 
-    def _witness(self, sender: str, keys: DevicePublicKeys, payload: dict[str, Any]) -> None:
-        row = self.db.execute("SELECT note FROM record_witness WHERE log=?",
+    def _witness(self, sender: str, keys: DevicePublicKeys, payload: dict[str, Any],
+                 sent_ms: int) -> None:
+        row = self.db.execute("SELECT note, sent_ms, key FROM record_witness WHERE log=?",
                               (sender,)).fetchone()
+        if row is not None and bytes(row[2]) != keys.sign:
+            # Re-verified with a new key: its log starts again from what it shows now (the
+            # checkpoints of the old key stay in record_seen).
+            log.warning("witnessing %s afresh: its key changed and was verified again", sender)
+            row = None
         witness = cp.Witness(self.site, self.keys, sender, keys.verifier(),
                              last=str(row[0]) if row else None)
         note = payload["note"]
         now = now_ms()
+        # Sent no later than the one cosigned last (the same millisecond is no later: the
+        # server may have delivered them in either order), and another: late, not news.
+        if row is not None and sent_ms <= int(row[1]) and note != row[0]:
+            self._late(sender, keys, note, witness)
+            return
         reply: dict[str, Any] = {"note": note}
         try:
             line = witness.observe(note, record.decode_proof(payload["proof"]), now // 1000,
                                    from_size=payload["from_size"])
         except SecurityAlarm as alarm:
-            self._keep_fork(sender, witness, alarm)
-            reply.update(have=witness.have, refused=alarm.message[:400])
+            if alarm.code is not ErrorCode.RECORD_FORKED:
+                raise  # not signed by it: a forgery, dealt with as one
+            self._keep_fork(sender, witness.forks, alarm)
+            reply.update(have=cp.open_checkpoint(str(row[0]), sender, keys.verifier()).size
+                         if row else 0, refused=alarm.message[:400])
             self.outbox.queue(sender, "record.cosigned", reply)
             return
         checked = cp.open_checkpoint(note, sender, keys.verifier())
@@ -328,10 +359,15 @@ class Record:
             log.warning("%s sent a checkpoint of %s: not its own log", sender, checked.origin)
             return
         if line is not None:
-            self.db.execute("INSERT OR REPLACE INTO record_witness VALUES (?,?)",
-                            (sender, note))
+            self.db.execute("INSERT OR REPLACE INTO record_witness VALUES (?,?,?,?)",
+                            (sender, note, sent_ms, keys.sign))
             self.db.execute("INSERT OR IGNORE INTO record_seen VALUES (?,?,?,?,?)",
                             (sender, checked.size, note, line, now))
+            self.db.execute(
+                "DELETE FROM record_seen WHERE log=? AND size NOT IN (SELECT size FROM"
+                " record_peer_proofs WHERE log=?) AND size NOT IN (SELECT size FROM"
+                " record_seen WHERE log=? ORDER BY size DESC LIMIT ?)",
+                (sender, sender, sender, SEEN_KEPT))
             self._keep_statement_proofs(sender, checked, payload.get("statements") or [])
             reply["cosignature"] = line
             log.info("cosigned %s's record at size %d", sender, checked.size)
@@ -350,10 +386,14 @@ class Record:
             data = item["entry"].encode()
             try:
                 entry = record.parse_entry(data)
-                if entry["site"] != sender or entry["type"] != "statement" or \
-                        entry.get("event") != "final" or (entry["statement"], entry[
-                            "version"]) != (item["statement"], item["version"]):
+                if entry["v"] != record.VERSION or entry["site"] != sender or \
+                        entry["type"] != "statement" or entry.get("event") != "final" or \
+                        (entry["statement"], entry["version"]) != (item["statement"],
+                                                                   item["version"]):
                     raise RemoteError("not the final entry of that statement in its log")
+                if not self.knows_statement(item["statement"]):
+                    raise RemoteError(f"statement {item['statement']} is not one of this"
+                                      " side's")
                 merkle.verify_inclusion(item["index"], checked.size, record.leaf(data),
                                         record.decode_proof(item["proof"]), checked.root)
             except RemoteError as exc:
@@ -365,8 +405,26 @@ class Record:
             self._publish({"t": "statement.recorded", "statement": item["statement"],
                            "log": sender, "size": checked.size})
 
-    def _keep_fork(self, sender: str, witness: cp.Witness, alarm: SecurityAlarm) -> None:
-        for fork in witness.forks:
+    def _late(self, sender: str, keys: DevicePublicKeys, note: str,
+              witness: cp.Witness) -> None:
+        """A checkpoint sent before the one cosigned last, delivered only now (the server
+        held it): no news, unless it contradicts one of that size seen before."""
+        checked = cp.open_checkpoint(note, sender, keys.verifier())
+        seen = self.db.execute("SELECT note FROM record_seen WHERE log=? AND size=?",
+                               (sender, checked.size)).fetchone()
+        if seen is None or cp.open_checkpoint(seen[0], sender, keys.verifier()).root == \
+                checked.root:
+            log.info("%s's checkpoint at size %d came late (sent before the one cosigned"
+                     " last): nothing to do", sender, checked.size)
+            return
+        why = f"two different trees of the same size {checked.size}"
+        self._keep_fork(sender, [cp.Fork(checked.origin, seen[0], note, why)], SecurityAlarm(
+            f"the log {checked.origin} of {sender} does not extend what it showed before"
+            f" (size {checked.size}): {why}", code=ErrorCode.RECORD_FORKED,
+            hint="both signed checkpoints are kept as evidence"))
+
+    def _keep_fork(self, sender: str, forks: list[cp.Fork], alarm: SecurityAlarm) -> None:
+        for fork in forks:
             kept = self.db.execute(
                 "INSERT OR IGNORE INTO record_forks (log, seen, now, why, time_ms) SELECT"
                 " ?,?,?,?,? WHERE (SELECT count(*) FROM record_forks WHERE log=?) < ?",
@@ -407,8 +465,8 @@ class Record:
         except SecurityAlarm as exc:
             log.warning("a cosignature from %s does not hold: %s", sender, exc)
             return
-        self.db.execute("INSERT OR REPLACE INTO record_cosigs VALUES (?,?,?,?)",
-                        (mine.size, sender, line, when * 1000))
+        self.db.execute("INSERT OR REPLACE INTO record_cosigs VALUES (?,?,?,?,?)",
+                        (note, mine.size, sender, line, when * 1000))
         log.info("%s cosigned this record at size %d", sender, mine.size)
         self._publish({"t": "record", "size": self.size, "cosigned": {
             "by": sender, "size": mine.size}})
@@ -470,9 +528,16 @@ class Record:
                     continue
                 seen = self.db.execute("SELECT note, line FROM record_seen WHERE log=? AND"
                                        " size=?", (lg, p_size)).fetchone()
-                if seen is None:
+                signers = list(json.loads(entry).get("signatures") or {})
+                known = {d: self.me if d == self.site else self.store.pin(d)
+                         for d in [lg, *signers]}
+                if seen is None or None in known.values():
+                    log.info("export: %s's proof of statement %s left out (its checkpoint, or"
+                             " a signer's key, is not here)", lg, st_id)
                     continue
-                keys.setdefault(lg, self._key(lg))
+                for device, pub in known.items():
+                    if pub is not None:
+                        keys.setdefault(device, pub)
                 logs.append({"origin": record.origin_of(lg), "key": lg, "checkpoints": [
                     {"note": seen[0], "cosignatures": [{"by": self.site, "line": seen[1]}]}]})
                 if proofs:
@@ -494,18 +559,18 @@ class Record:
                                                                     int]]:
         """The checkpoints the chosen entries are proven into: the latest one cosigned that
         covers entry `top` (or the latest cosigned and one signed now for the rest)."""
-        out = []
-        row = self.db.execute("SELECT n.size, n.note FROM record_notes n WHERE n.size <= ? AND"
-                              " EXISTS (SELECT 1 FROM record_cosigs c WHERE c.size=n.size)"
-                              " ORDER BY n.size DESC LIMIT 1", (size,)).fetchone()
-        if row is not None:
-            note_size, note = int(row[0]), str(row[1])
+        out: list[tuple[str, list[dict[str, str]], int]] = []
+        for note_size, note in self.db.execute(
+                "SELECT DISTINCT size, note FROM record_cosigs WHERE size <= ? AND size > 0"
+                " ORDER BY size DESC LIMIT 20", (size,)):
+            # One this log still extends (not one of before a change on disk).
             if cp.open_checkpoint(note, self.site, self.keys.public_key()).root == \
-                    self.tree.root(note_size) and note_size > 0:
+                    self.tree.root(note_size):
                 cosigs = [{"by": w, "line": line} for w, line in self.db.execute(
-                    "SELECT witness, line FROM record_cosigs WHERE size=? ORDER BY witness",
-                    (note_size,))]
-                out.append((note, cosigs, note_size))
+                    "SELECT witness, line FROM record_cosigs WHERE note=? ORDER BY witness",
+                    (note,))]
+                out.append((str(note), cosigs, int(note_size)))
+                break
         if not out or top >= out[-1][2]:
             now_size, note = self.checkpoint()
             if now_size > 0 and (not out or now_size > out[-1][2]):

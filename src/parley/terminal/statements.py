@@ -37,6 +37,7 @@ from parley.terminal.sealed import SealedOutbox
 from parley.terminal.store import TerminalStore
 
 log = logging.getLogger("parley.statement")
+MAX_OPEN_FROM_PEER = 100  # statements a party may have drafted here that are not final yet
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS statements (statement_id TEXT PRIMARY KEY, data TEXT NOT NULL,
@@ -66,6 +67,7 @@ class Statements:
         self.book = StatementBook(self.party, {
             row[0]: Statement.from_json(json.loads(row[1]))
             for row in store.db.execute("SELECT statement_id, data FROM statements")})
+        record.knows_statement = lambda ident: ident in self.book.statements
 
     # -- what this side does ------------------------------------------------------------
 
@@ -95,18 +97,18 @@ class Statements:
         was_final = st.final is not None
         kind, payload = self.book.sign(statement_id, version=version, sha256=sha256.lower(),
                                        by=self.me.device_id, signer=self.keys.sign)
-        view = await self._sent(statement_id, kind, payload, recipients)
-        if not was_final and st.final is not None:
-            self._became_final(st)
-            view = self.view(st)
-        return view
+        return await self._sent(statement_id, kind, payload, recipients,
+                                final=not was_final and st.final is not None)
 
     async def _sent(self, statement_id: str, kind: str, payload: dict[str, Any],
-                    recipients: list[DevicePublicKeys]) -> dict[str, Any]:
+                    recipients: list[DevicePublicKeys], final: bool = False
+                    ) -> dict[str, Any]:
         st = self.book.statements[statement_id]
-        with self._batch():
+        with self._batch():  # kept, logged (final too) and queued together
             self._keep(st)
             self._log(st, kind, payload, self.me.device_id)
+            if final:
+                self._became_final(st)
             for to in recipients:
                 self.outbox.queue(to.device_id, kind, payload)
         await self.outbox.flush()
@@ -130,9 +132,16 @@ class Statements:
                         envelope.sender)
             return
         sender = envelope.sender
-        before = self.book.statements.get(payload.get("statement") or
-                                          payload.get("core", {}).get("statement", ""))
+        ident = payload.get("statement") or payload.get("core", {}).get("statement", "")
+        before = self.book.statements.get(ident) if isinstance(ident, str) else None
         was_final = before is not None and before.final is not None
+        if before is None and envelope.type == "statement.version" and sum(
+                1 for st in self.book.statements.values()
+                if st.final is None and st.versions[0].party != self.party) >= \
+                MAX_OPEN_FROM_PEER:
+            log.warning("a new statement from %s refused: %d drafted by the other side are"
+                        " not final yet", sender, MAX_OPEN_FROM_PEER)
+            return
         outcome: Outcome = self.book.apply(sender, envelope.type, payload, self._verify)
         if outcome.result != "applied" or outcome.statement is None:
             log.info("%s from %s: %s %s", envelope.type, sender, outcome.result, outcome.why)
@@ -141,8 +150,8 @@ class Statements:
         with self._batch():
             self._keep(st)
             self._log(st, envelope.type, payload, sender)
-        if not was_final and st.final is not None:
-            self._became_final(st)
+            if not was_final and st.final is not None:
+                self._became_final(st)
         log.info("%s from %s: statement %s (%s) now at version %d%s", envelope.type, sender,
                  st.statement_id, st.title, st.latest.number,
                  ", final" if st.final is not None else "")
@@ -203,13 +212,16 @@ class Statements:
         if st.final is None:
             return out
         self.record.sync()
-        index = self.record._finals.get((st.statement_id, st.final))
+        index = self.record.final_index(st.statement_id, st.final)
         if index is not None:
             out[self.me.device_id] = index
-        for lg, idx in self.store.db.execute(
-                "SELECT log, idx FROM record_peer_proofs WHERE statement=? AND version=?",
-                (st.statement_id, st.final)):
-            out[lg] = idx
+        sha = st.versions[st.final - 1].sha256
+        for lg, idx, entry in self.store.db.execute(
+                "SELECT log, idx, entry FROM record_peer_proofs WHERE statement=? AND"
+                " version=?", (st.statement_id, st.final)):
+            # The other party's log, recording this very version final (its hash).
+            if split_device_id(lg)[0] != self.party and json.loads(entry)["sha256"] == sha:
+                out[lg] = idx
         return out
 
     def all(self) -> list[dict[str, Any]]:

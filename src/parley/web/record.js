@@ -59,6 +59,7 @@ export class RecordPanel {
       exchange: $("record-exchange"),
       stPane: $("statement-pane"), stTitle: $("statement-title"), stState: $("statement-state"),
       stText: $("statement-text"), stDiff: $("statement-diff"), stVersions: $("statement-versions"),
+      stAttachments: $("statement-attachments"),
       stActions: $("statement-actions"), stClose: $("statement-close"),
     };
     this.el.open.addEventListener("click", () => actions.open("record", null));
@@ -166,12 +167,31 @@ export class RecordPanel {
     this.el.stText.textContent = latest.text;
     this.el.stText.dataset.version = String(latest.version);
     this.el.stText.dataset.sha256 = latest.sha256;
+    this.el.stAttachments.replaceChildren(...latest.attachments.map((a) => {
+      const item = this.#el("li", "small", `${a.name} (${a.size} bytes), SHA-256 ${a.sha256}`);
+      item.dataset.testid = "statement-attachment";
+      return item;
+    }));
+    this.el.stAttachments.hidden = !latest.attachments.length;
     // The other side's edit, as a diff against the version before it.
     const before = st.versions.length > 1 ? st.versions[st.versions.length - 2] : null;
     this.el.stDiff.replaceChildren();
     this.el.stDiff.hidden = !before;
     if (before) {
       this.el.stDiff.append(this.#el("p", "muted small", `Changes in version ${latest.version} (by ${latest.by}) from version ${before.version}:`));
+      // Everything that is signed: the title and the attachments as well as the text.
+      const changed = (op, text, testid) => {
+        const line = this.#el("div", `diff-line ${op === "+" ? "added" : "removed"}`, `${op} ${text}`);
+        line.dataset.testid = testid;
+        this.el.stDiff.append(line);
+      };
+      if (before.title !== latest.title) {
+        changed("-", `title: ${before.title}`, "diff-removed");
+        changed("+", `title: ${latest.title}`, "diff-added");
+      }
+      const names = (v) => v.attachments.map((a) => `attachment: ${a.name} (SHA-256 ${a.sha256})`);
+      for (const gone of names(before).filter((n) => !names(latest).includes(n))) changed("-", gone, "diff-removed");
+      for (const added of names(latest).filter((n) => !names(before).includes(n))) changed("+", added, "diff-added");
       for (const part of lineDiff(before.text, latest.text)) {
         const line = this.#el("div", `diff-line ${part.op === "+" ? "added" : part.op === "-" ? "removed" : ""}`, `${part.op} ${part.line}`);
         if (part.op !== " ") line.dataset.testid = part.op === "+" ? "diff-added" : "diff-removed";
@@ -203,9 +223,11 @@ export class RecordPanel {
       return;
     }
     if (!st.signed_by_me) {
-      // What is signed is what is shown: its version and hash go with the click.
-      const sign = this.#button(`Sign version ${latest.version} as shown`, "statement-sign", () => this.actions.sign(
-        st.statement, Number(this.el.stText.dataset.version), this.el.stText.dataset.sha256));
+      // What is signed is what is shown: the version and hash drawn with this button go
+      // with its click (a newer version draws a new button).
+      const { version, sha256 } = latest;
+      const sign = this.#button(`Sign version ${version} as shown`, "statement-sign",
+        () => this.actions.sign(st.statement, version, sha256));
       actions.append(sign, this.#el("p", "muted small", `Signing names this version's SHA-256: ${latest.sha256}`));
     } else {
       actions.append(this.#el("p", "muted", `Signed by you. Waiting for ${st.with_name} to sign, or to edit it.`));
