@@ -2,7 +2,8 @@
 
     bench/run [--quick] [--json] [--out DIR] [--no-browser] [--profile] [BENCH ...]
 
-BENCH is any of setup, latency, quality, relay (default: all four). Each
+BENCH is any of setup, latency, quality, relay, flood, messages, record (default: all of
+them), or soak (only when named: `bench/run soak --minutes 120`, a long call). Each
 prints a table as it finishes; with --json the last line of stdout is one JSON
 object with every figure. Every run writes report.md, results.json and PNG
 plots to a folder it prints (default bench/out/<time>/). --quick runs all four
@@ -26,6 +27,7 @@ from typing import Any
 from bench.common import REPO, Result, machine, print_table, say
 
 BENCHES = ("setup", "latency", "quality", "relay", "flood", "messages", "record")
+LONG = ("soak",)  # only when named: `bench/run soak --minutes 120`
 REQUIRED = ("setup_ratio", "setup_ms_median", "mouth_to_ear_ms_p95", "pesq_clean",
             "pesq_opus_only", "pesq_loss5", "relay_ratio", "idle_2000_mib", "flood_ratio",
             "flood_max_rtt_ms", "flood_login_ms_max", "messages_per_s", "messages_p99_ms",
@@ -51,6 +53,9 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     if name == "record":
         from bench import record
         return await record.run(root, quick=args.quick)
+    if name == "soak":
+        from bench import soak
+        return await soak.run(root, minutes=args.minutes)
     from bench import relay
     return await relay.run(root, quick=args.quick, profile=args.profile)
 
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"any of {', '.join(BENCHES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="all of it in under five minutes")
     parser.add_argument("--json", action="store_true", help="one JSON object, last line")
+    parser.add_argument("--minutes", type=float, default=120.0,
+                        help="how long the soak call lasts (default 120)")
     parser.add_argument("--out", type=Path, help="where to write the report (default:"
                         " bench/out/<time>)")
     parser.add_argument("--no-browser", dest="browser", action="store_false",
@@ -83,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="py-spy profile of the server relaying (default: on in a full run)")
     args = parser.parse_args(argv)
-    unknown = [b for b in args.benches if b not in BENCHES]
+    unknown = [b for b in args.benches if b not in (*BENCHES, *LONG)]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
-    args.benches = [b for b in BENCHES if b in args.benches] or list(BENCHES)
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from"
+                     f" {', '.join((*BENCHES, *LONG))}")
+    args.benches = [b for b in (*BENCHES, *LONG) if b in args.benches] or list(BENCHES)
     if args.profile is None:
         args.profile = not args.quick
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)

@@ -109,7 +109,9 @@ TERMINAL_OPTIONS = [
     Option("play", "send this media file instead of the test pattern and tone", type=Path),
     Option("record", "record received media to DIR/<call>.webm", type=Path),
     Option("media-timeout", "seconds without any media from the peer after which a robot's"
-           " call ends (0: never)", 10.0, type=float),
+           " call reconnects (0: never)", 3.0, type=float),
+    Option("reconnect-give-up", "a call whose media was lost and does not come back within"
+           " this many seconds ends ('connection lost')", 60.0, type=float),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
     Option("timezone", "this site's time zone for scheduled talks (default: its party's, as"
@@ -374,6 +376,7 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
                            silence_timeout_s=cfg["media_timeout"]),
         timezone=cfg["timezone"], record_texts=cfg["record_texts"],
+        reconnect_give_up_s=cfg["reconnect_give_up"],
         record_interval_s=max(5.0, cfg["record_every"]),
         linetest=LineTestSettings(
             test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,

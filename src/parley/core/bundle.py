@@ -137,7 +137,7 @@ def parse(raw: bytes) -> dict[str, Any]:
         value = schema.parse_json(body, max_bytes=MAX_BUNDLE, what="the bundle")
     except RemoteError as exc:
         raise _fail("the bundle", exc.message) from None
-    if canonical_json(value) != body:
+    if record.canonical_or_none(value) != body:
         raise _fail("the bundle", "not in its canonical form (a byte was changed, added or"
                                   " taken away)")
     return _fields(value, _TOP, "the bundle")

@@ -79,6 +79,11 @@ CONNECT_TIMEOUT_MS = 30_000  # answered, but ICE/DTLS never came up
 # setup takes.
 OFFER_MAX_AGE_MS = 30_000
 SIGNALING_MAX_AGE_MS = 120_000
+# A call whose media was lost (no packets, ICE failed) reconnects: a new peer connection,
+# offered again inside the same call, every RECONNECT_RETRY_MS until it is back; after
+# RECONNECT_GIVE_UP_MS without media it ends (`connection_lost`).
+RECONNECT_RETRY_MS = 2_500
+RECONNECT_GIVE_UP_MS = 60_000
 SAS_NONCE_BYTES = 16
 _DTLS_DOMAIN = b"parley-dtls-fingerprint-v1\x00"
 
@@ -89,6 +94,7 @@ class CallState(StrEnum):
     RINGING = "ringing"  # incoming: ringing here, waiting for accept/decline
     CONNECTING = "connecting"  # answered; ICE and DTLS in progress
     ACTIVE = "active"  # media up and the handshake certificate verified
+    RECONNECTING = "reconnecting"  # was active; its media was lost and is being restored
     ENDED = "ended"
 
 
@@ -107,6 +113,8 @@ class CallEvent(StrEnum):
     RING_TIMEOUT = "ring_timeout"
     UNREACHABLE = "unreachable"
     MEDIA_FAILED = "media_failed"
+    MEDIA_LOST = "media_lost"  # an active call's media stopped (here, or the peer says so)
+    GAVE_UP = "gave_up"  # no media again within the give-up time
     INTERCEPTED = "intercepted"
     # An offer refused on arrival, before anything rang:
     REFUSED_NOT_VERIFIED = "refused_not_verified"  # our policy: its key is not verified
@@ -126,6 +134,7 @@ class EndReason(StrEnum):
     UNREACHABLE = "unreachable"
     NOT_VERIFIED = "not_verified"
     FAILED = "failed"
+    CONNECTION_LOST = "connection_lost"  # the media path was lost and did not come back
     INTERCEPTED = "intercepted"
 
 
@@ -140,6 +149,7 @@ _ENDINGS = {
     CallEvent.RING_TIMEOUT: EndReason.NO_ANSWER,
     CallEvent.UNREACHABLE: EndReason.UNREACHABLE,
     CallEvent.MEDIA_FAILED: EndReason.FAILED,
+    CallEvent.GAVE_UP: EndReason.CONNECTION_LOST,
     CallEvent.INTERCEPTED: EndReason.INTERCEPTED,
     CallEvent.REFUSED_NOT_VERIFIED: EndReason.NOT_VERIFIED,
     CallEvent.REFUSED_BUSY: EndReason.MISSED,
@@ -185,7 +195,14 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
         _E.MEDIA_VERIFIED: _S.ACTIVE,
         **{e: _S.ENDED for e in _ENDS_ANY},
     },
-    _S.ACTIVE: {e: _S.ENDED for e in _ENDS_ANY},
+    _S.ACTIVE: {
+        _E.MEDIA_LOST: _S.RECONNECTING,
+        **{e: _S.ENDED for e in _ENDS_ANY},
+    },
+    _S.RECONNECTING: {
+        _E.MEDIA_VERIFIED: _S.ACTIVE,
+        **{e: _S.ENDED for e in _ENDS_ANY | {_E.GAVE_UP}},
+    },
     _S.ENDED: {},
 }
 
@@ -201,6 +218,7 @@ _WIRE_REASON: dict[EndReason, str | None] = {
     EndReason.NOT_VERIFIED: None,
     EndReason.UNREACHABLE: "cancelled",
     EndReason.FAILED: "failed",
+    EndReason.CONNECTION_LOST: "lost",
     EndReason.INTERCEPTED: "intercepted",
 }
 # Where a reason is told otherwise in one state: hanging up before the callee answered
@@ -239,6 +257,7 @@ _REMOTE_END_EVENT = {
     "not_verified": _E.REMOTE_REFUSED,
     "cancelled": _E.REMOTE_CANCEL,
     "failed": _E.MEDIA_FAILED,
+    "lost": _E.GAVE_UP,
     "intercepted": _E.INTERCEPTED,
 }
 
@@ -278,6 +297,20 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "candidate": schema.text(1024),  # "" means end of candidates
         "mid": schema.text(32, required=False),
         "mline": schema.integer(0, 64, required=False),
+        "gen": schema.integer(0, 10_000, required=False),  # the peer connection it is for
+    },
+    # Reconnecting an active call (see CallBook.media_failed): the callee asks, the caller
+    # offers a new peer connection (generation `gen`), signed as the first one was.
+    "call.reconnect": {"call_id": _CALL_ID, "gen": schema.integer(0, 10_000)},
+    "call.reoffer": {
+        "call_id": _CALL_ID, "gen": schema.integer(1, 10_000), "sdp": schema.text(MAX_SDP),
+        "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
+        "dtls_sig": schema.text(88),
+    },
+    "call.reanswer": {
+        "call_id": _CALL_ID, "gen": schema.integer(1, 10_000), "sdp": schema.text(MAX_SDP),
+        "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
+        "dtls_sig": schema.text(88),
     },
     "call.media": {"call_id": _CALL_ID, "audio": schema.boolean(), "video": schema.boolean()},
     "call.end": {"call_id": _CALL_ID,
@@ -310,6 +343,8 @@ class StartMedia:
     call_id: str
     media: MediaKind
     remote_sdp: str | None
+    gen: int = 0  # which peer connection of the call (a reconnection's is 1, 2, ...)
+    restart: bool = False  # close the call's current one first (a reconnection)
 
 
 @dataclass(frozen=True)
@@ -324,6 +359,7 @@ class AddRemoteIce:
     candidate: str
     mid: str | None
     mline: int | None
+    gen: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,6 +420,9 @@ class CallInfo:
     remote_video: bool
     alarm: str | None
     test_id: str | None = None  # a line test's call (core.linetest), never a person's
+    reconnecting_since_ms: int | None = None  # media lost then; being restored
+    gen: int = 0  # peer connections after the first (reconnections)
+    sas_changed: bool = False  # a reconnection changed a certificate: read the new SAS
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
@@ -424,6 +463,15 @@ class Call:
     remote_commit: str | None = None
     told_late: bool = False  # ended here, and the peer, late, told so once
     test_id: str | None = None  # a line test's call
+    # Reconnecting (see CallBook.media_failed): the generation of the peer connection in
+    # use, the one our own description went out for, when media was lost, the next retry
+    # and when to give up.
+    gen: int = 0
+    local_gen: int = 0
+    lost_ms: int | None = None
+    retry_ms: int | None = None
+    give_up_ms: int | None = None
+    sas_changed: bool = False
 
     @property
     def role(self) -> str:
@@ -460,6 +508,10 @@ class Call:
             remote_video=self.remote_video and self.media is MediaKind.VIDEO,
             alarm=self.alarm,
             test_id=self.test_id,
+            reconnecting_since_ms=self.lost_ms if self.state is CallState.RECONNECTING
+            else None,
+            gen=self.gen,
+            sas_changed=self.sas_changed,
         )
 
 
@@ -467,7 +519,8 @@ class CallBook:
     """Every call of one device. Pure: give it events and `now`, act on what it returns."""
 
     def __init__(self, keys: DeviceKeys, device_id: str, *, require_verified: bool = True,
-                 test_set: bool = False) -> None:
+                 test_set: bool = False, reconnect_retry_ms: int = RECONNECT_RETRY_MS,
+                 reconnect_give_up_ms: int = RECONNECT_GIVE_UP_MS) -> None:
         self._keys = keys
         self.device_id = device_id
         self.me = keys.public(device_id)
@@ -475,6 +528,8 @@ class CallBook:
         # A test set (core.linetest) takes part in test calls only; any other device in
         # none: a line test never rings a person, and a person never reaches a test set.
         self.test_set = test_set
+        self.reconnect_retry_ms = reconnect_retry_ms
+        self.reconnect_give_up_ms = reconnect_give_up_ms
         self._calls: dict[str, Call] = {}
         self._notices = notice.NoticeLimiter()
 
@@ -543,12 +598,17 @@ class CallBook:
         self._calls[call.call_id] = call
         return call.call_id, [StartMedia(call.call_id, media, None), self._changed(call)]
 
-    def local_description(self, call_id: str, sdp: str, dtls: str, now_ms: int) -> list[Action]:
+    def local_description(self, call_id: str, sdp: str, dtls: str, now_ms: int,
+                          gen: int = 0) -> list[Action]:
         """The media stack produced our offer or answer: sign it and send it."""
         call = self.get(call_id)
         if call.state is CallState.ENDED:
             return [StopMedia(call_id)]
+        if gen != call.gen:
+            return []  # a peer connection a newer one replaced
         check_secure_sdp(sdp, dtls, who="this device's media stack")
+        if gen > 0:
+            return self._local_redescription(call, sdp, dtls, now_ms)
         call.local_dtls = normalize_fingerprint(dtls)
         # The clocks for the peer start now: a person may have taken a while to let the
         # browser use the camera, and that is not the peer's delay.
@@ -612,7 +672,10 @@ class CallBook:
             payload["mid"] = mid
         if mline is not None:
             payload["mline"] = mline
-        if call.local_dtls is None:  # our offer/answer has not gone out: the peer has no call
+        if call.gen:
+            payload["gen"] = call.gen
+        if call.local_dtls is None or call.local_gen != call.gen:
+            # Our offer/answer (for this peer connection) has not gone out: hold it.
             call.pending_local_ice.append(payload)
             return []
         return [self._send(call, "call.ice", payload)]
@@ -622,7 +685,7 @@ class CallBook:
     def media_connected(self, call_id: str, handshake_dtls: str, now_ms: int) -> list[Action]:
         """DTLS is up. `handshake_dtls` hashes the certificate the peer actually presented."""
         call = self.get(call_id)
-        if call.state is not CallState.CONNECTING:
+        if call.state not in (CallState.CONNECTING, CallState.RECONNECTING):
             return []
         if call.remote_dtls is None or normalize_fingerprint(handshake_dtls) != call.remote_dtls:
             alarm = SecurityAlarm(
@@ -633,6 +696,10 @@ class CallBook:
                 hint="someone is in the media path; the call was hung up. Report this.",
             )
             return self.intercepted(call_id, alarm, now_ms)
+        if call.state is CallState.RECONNECTING:
+            # The new peer connection's handshake, verified exactly like the first one's.
+            call.lost_ms = call.retry_ms = call.give_up_ms = call.deadline_ms = None
+            return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
         call.handshake_checked = True
         return self._maybe_verified(call, now_ms)
 
@@ -645,11 +712,74 @@ class CallBook:
         return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
 
     def media_failed(self, call_id: str, reason: str, now_ms: int) -> list[Action]:
+        """The media stack lost the call's media (no packets for a while, ICE failed).
+
+        Before the call was active, it ends. An active call (a person's; a line test's
+        ends, as it should fail) *reconnects*: both sides show `reconnecting`; the caller
+        offers a new peer connection through the same signed, sealed signaling (the callee
+        asks it to, with call.reconnect), and again every `reconnect_retry_ms` until one
+        connects -- its handshake certificate verified exactly like the first's -- or
+        `reconnect_give_up_ms` passes (`connection_lost`).
+        """
         call = self.get(call_id)
         if call.state is CallState.ENDED:
             return []
+        if call.state in (CallState.ACTIVE, CallState.RECONNECTING) and call.test_id is None:
+            return self._lost(call, reason, now_ms)
         call.alarm = call.alarm or reason
         return self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
+
+    def _lost(self, call: Call, reason: str, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        if call.state is CallState.ACTIVE:
+            call.lost_ms = now_ms
+            call.give_up_ms = now_ms + self.reconnect_give_up_ms
+            call.alarm = None
+            actions += self._fire(call, CallEvent.MEDIA_LOST, now_ms)
+        elif call.retry_ms is not None and now_ms < call.retry_ms:
+            return []  # an attempt is under way: the retry timer takes the next
+        return actions + self._attempt(call, now_ms)
+
+    def _attempt(self, call: Call, now_ms: int) -> list[Action]:
+        """One attempt to bring the media back: the caller offers, the callee asks."""
+        call.retry_ms = now_ms + self.reconnect_retry_ms
+        call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
+        if call.direction == "outgoing":
+            call.gen += 1
+            return [StartMedia(call.call_id, call.media, None, gen=call.gen, restart=True),
+                    self._changed(call)]
+        return [self._send(call, "call.reconnect", {"call_id": call.call_id,
+                                                    "gen": call.gen}),
+                self._changed(call)]
+
+    def _local_redescription(self, call: Call, sdp: str, dtls: str, now_ms: int
+                             ) -> list[Action]:
+        """Our new peer connection's offer or answer, signed like the first."""
+        fingerprint = normalize_fingerprint(dtls)
+        if call.local_dtls is not None and fingerprint != call.local_dtls:
+            call.sas_changed = True  # another certificate: the SAS the persons read changes
+        call.local_dtls = fingerprint
+        call.local_gen = call.gen
+        payload = {
+            "call_id": call.call_id, "gen": call.gen, "sdp": sdp, "dtls": fingerprint,
+            "dtls_sig": b64e(self._keys.sign(
+                dtls_statement(call.call_id, call.role, self.device_id, fingerprint)))}
+        held = [ice for ice in call.pending_local_ice if ice.get("gen", 0) == call.gen]
+        call.pending_local_ice = []
+        kind = "call.reoffer" if call.direction == "outgoing" else "call.reanswer"
+        # The callee's own description is out: the caller's candidates for it can go in.
+        flushed = self._flush_ice(call) if call.direction == "incoming" else []
+        return [self._send(call, kind, payload),
+                *(self._send(call, "call.ice", ice) for ice in held), *flushed,
+                self._changed(call)]
+
+    def link_up(self, now_ms: int) -> list[Action]:
+        """The server is back: a reconnecting call tries again at once."""
+        actions: list[Action] = []
+        for call in self.live():
+            if call.state is CallState.RECONNECTING:
+                actions += self._attempt(call, now_ms)
+        return actions
 
     def intercepted(self, call_id: str, alarm: ParleyError, now_ms: int) -> list[Action]:
         call = self.get(call_id)
@@ -725,7 +855,10 @@ class CallBook:
     def delivery_failed(self, call_id: str, code: ErrorCode, now_ms: int) -> list[Action]:
         """The server could not deliver one of our call envelopes."""
         call = self._calls.get(call_id)
-        if call is None or call.state is CallState.ENDED:
+        if call is None or call.state in (CallState.ENDED, CallState.ACTIVE,
+                                          CallState.RECONNECTING):
+            # Up (media does not go through the server), or reconnecting (the next
+            # attempt sends again): nothing ends for a signaling envelope lost.
             return []
         if code is ErrorCode.RECIPIENT_OFFLINE and call.state is CallState.DIALING:
             return self._fire(call, CallEvent.UNREACHABLE, now_ms, local=True)
@@ -774,12 +907,20 @@ class CallBook:
             return self._on_confirm(call, payload, now_ms)
         if type_ == "call.ice":
             ice = AddRemoteIce(call_id, payload["candidate"], payload.get("mid"),
-                               payload.get("mline"))
-            if call.state in (CallState.CONNECTING, CallState.ACTIVE) or (
-                    call.direction == "outgoing" and call.media_started):
+                               payload.get("mline"), payload.get("gen", 0))
+            if ice.gen < call.gen:
+                return []  # for a peer connection that was replaced
+            if ice.gen == call.gen and call.local_gen == call.gen and (
+                    call.state in (CallState.CONNECTING, CallState.ACTIVE,
+                                   CallState.RECONNECTING)
+                    or (call.direction == "outgoing" and call.media_started)):
                 return [ice]
             call.pending_ice.append(ice)
             return []
+        if type_ == "call.reconnect":
+            return self._on_reconnect(call, payload, now_ms)
+        if type_ in ("call.reoffer", "call.reanswer"):
+            return self._on_redescription(call, type_, payload, now_ms)
         if type_ == "call.media":
             call.remote_audio, call.remote_video = payload["audio"], payload["video"]
             return [self._changed(call)]
@@ -797,6 +938,14 @@ class CallBook:
         actions: list[Action] = []
         for call in self.live():
             if call.deadline_ms is None or call.deadline_ms > now_ms:
+                continue
+            if call.state is CallState.RECONNECTING:
+                if call.give_up_ms is not None and now_ms >= call.give_up_ms:
+                    call.alarm = (f"no media for {(now_ms - (call.lost_ms or now_ms)) / 1000:.0f}"
+                                  " s: the connection was lost")
+                    actions += self._fire(call, CallEvent.GAVE_UP, now_ms, local=True)
+                else:
+                    actions += self._attempt(call, now_ms)
                 continue
             if call.state is CallState.DIALING and call.local_dtls is None:
                 call.alarm = "this terminal's media could not be prepared in time"
@@ -916,8 +1065,51 @@ class CallBook:
         check_secure_sdp(payload["sdp"], payload["dtls"], who=sender.device_id)
 
     def _flush_ice(self, call: Call) -> list[Action]:
-        pending, call.pending_ice = call.pending_ice, []
-        return list(pending)
+        pending: list[Action] = [ice for ice in call.pending_ice if ice.gen == call.gen]
+        call.pending_ice = [ice for ice in call.pending_ice if ice.gen > call.gen]
+        return pending
+
+    def _on_reconnect(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
+        """The callee lost our media and asks for a new peer connection."""
+        if call.direction != "outgoing" or call.test_id is not None \
+                or call.state not in (CallState.ACTIVE, CallState.RECONNECTING) \
+                or payload["gen"] < call.gen - 1:
+            return []  # not ours to offer, or about a connection two attempts back
+        if call.state is CallState.RECONNECTING and payload["gen"] < call.gen:
+            return []  # it has not seen our newest offer yet: that one is on its way
+        return self._lost(call, "the other side lost the media", now_ms)
+
+    def _on_redescription(self, call: Call, type_: str, payload: dict[str, Any],
+                          now_ms: int) -> list[Action]:
+        """The peer's new peer connection: the caller's offer, or the callee's answer."""
+        gen = payload["gen"]
+        offer = type_ == "call.reoffer"
+        if call.test_id is not None or offer != (call.direction == "incoming") \
+                or call.state not in (CallState.ACTIVE, CallState.RECONNECTING) \
+                or (offer and gen <= call.gen) or (not offer and gen != call.gen):
+            return []  # not for this side, or stale
+        try:
+            self._verify_dtls(call.peer, call.call_id, "caller" if offer else "callee",
+                              payload)
+        except SecurityAlarm as alarm:
+            return self.intercepted(call.call_id, alarm, now_ms)
+        fingerprint = normalize_fingerprint(payload["dtls"])
+        if call.remote_dtls is not None and fingerprint != call.remote_dtls:
+            call.sas_changed = True  # its certificate changed: so does the SAS
+        call.remote_dtls = fingerprint
+        actions: list[Action] = []
+        if not offer:
+            return [ApplyAnswer(call.call_id, payload["sdp"]), *self._flush_ice(call),
+                    self._changed(call)]
+        if call.state is CallState.ACTIVE:
+            call.lost_ms = now_ms
+            call.give_up_ms = now_ms + self.reconnect_give_up_ms
+            actions += self._fire(call, CallEvent.MEDIA_LOST, now_ms)
+        call.gen = gen
+        call.retry_ms = now_ms + self.reconnect_retry_ms
+        call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
+        return [*actions, StartMedia(call.call_id, call.media, payload["sdp"], gen=gen,
+                                     restart=True), self._changed(call)]
 
     def _fire(self, call: Call, event: CallEvent, now_ms: int, *,
               local: bool = False) -> list[Action]:

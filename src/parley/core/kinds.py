@@ -57,6 +57,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     _call("call.ice"),
     _call("call.media"),
     _call("call.end"),
+    _call("call.reconnect"),
+    _call("call.reoffer"),
+    _call("call.reanswer"),
     # A held notice must not end a later, unrelated call: it ages out, and it only ends
     # calls that were live when it was sent (CallBook.tamper_reported).
     Kind(notice.TAMPER, notice.TAMPER_FIELDS, notice.MAX_AGE_MS, stored=True,

@@ -141,7 +141,7 @@ def parse_entry(data: bytes) -> dict[str, Any]:
     """An entry read back (from a store, a bundle, another site): canonical, and of its
     type's fields when its version and type are known. Raises RemoteError."""
     value = schema.parse_json(data, max_bytes=MAX_ENTRY, what="record entry")
-    if not isinstance(value, dict) or canonical_json(value) != data:
+    if not isinstance(value, dict) or canonical_or_none(value) != data:
         raise RemoteError("a record entry is one JSON object in its canonical form",
                           code=ErrorCode.BAD_MESSAGE)
     common = {k: value.get(k) for k in _COMMON}
@@ -151,6 +151,14 @@ def parse_entry(data: bytes) -> dict[str, Any]:
         rest = {k: v for k, v in value.items() if k not in _COMMON}
         schema.validate(rest, fields, what=f"record entry ({value['type']})")
     return value
+
+
+def canonical_or_none(value: Any) -> bytes | None:
+    """The canonical form of what was read, or None: it holds what has none (a float)."""
+    try:
+        return canonical_json(value)
+    except ValueError:
+        return None
 
 
 def leaf(data: bytes) -> bytes:
@@ -196,8 +204,10 @@ def decode_proof(items: list[str]) -> list[bytes]:
 
 
 def describe(entry: Mapping[str, Any]) -> str:
-    """One line for a person: what an entry says."""
+    """One line for a person: what an entry says (an entry as `parse_entry` gave it)."""
     t = entry.get("type")
+    if entry.get("v") != VERSION or t not in ENTRY_FIELDS:  # fields of its own: not read
+        return f"an entry of type {t!r} (version {entry.get('v')})"
     if t == "call":
         verified = "verified" if entry.get("verified") else "NOT verified"
         return (f"call {entry['direction']} with {entry['peer']}, {entry['media']},"

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiortc
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcdtlstransport import RTCDtlsTransport, certificate_digest
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, certificate_digest
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame, VideoFrame
 
@@ -38,6 +39,9 @@ from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
 log = logging.getLogger("parley.media")
 
 AudioTap = Callable[[str, int, np.ndarray], None]  # (call_id, monotonic ns, int16 samples)
+# (call_id, monotonic ns, mean brightness 0-255) of each remote video frame; or, sent,
+# (call_id, monotonic ns, whether it was a white marker frame)
+VideoTap = Callable[[str, int, float], None]
 
 
 @dataclass
@@ -51,10 +55,16 @@ class RobotOptions:
     audio_source: SampleSource | None = None  # programmatic audio (benchmarks)
     on_remote_audio: AudioTap | None = None  # every decoded remote audio frame
     on_local_audio: AudioTap | None = None  # every local audio frame, as it is sent
+    # Video against audio (benchmarks): a white test-pattern frame every this many seconds,
+    # and taps on the frames sent and received (`VideoTap`).
+    flash_every_s: float = 0.0
+    on_local_video: VideoTap | None = None
+    on_remote_video: VideoTap | None = None
     opus: audio_loss.OpusOptions = field(default_factory=audio_loss.OpusOptions)  # FEC sent
     # A call whose media stops coming (no frame of any kind, though a muted peer still
-    # sends silence) for this long has lost its peer: it ends instead of holding on.
-    silence_timeout_s: float = 10.0
+    # sends silence) for this long has lost its path: it reconnects (core.call), and ends
+    # if that does not bring it back (0: never).
+    silence_timeout_s: float = 3.0
 
 
 def dtls_fingerprint(transport: RTCDtlsTransport) -> str:
@@ -90,7 +100,8 @@ class ReceivedStats:
 
 class RobotMediaSession:
     def __init__(self, call_id: str, media: MediaKind, events: MediaEvents,
-                 options: RobotOptions, forget: Callable[[RobotMediaSession], None]) -> None:
+                 options: RobotOptions, forget: Callable[[RobotMediaSession], None],
+                 certificate: RTCCertificate | None = None) -> None:
         self.call_id = call_id
         self.media = media
         self._events = events
@@ -98,6 +109,11 @@ class RobotMediaSession:
         self._forget = forget
         self._opened = time.monotonic()
         self.pc = RTCPeerConnection(options.ice.rtc_configuration())
+        if certificate is not None:
+            # A reconnection's peer connection presents the call's certificate again, so
+            # that the fingerprints both sides signed, and the SAS, stay what they were.
+            use_certificate(self.pc, certificate)
+        self.certificate = certificate_of(self.pc)
         self._tasks: set[asyncio.Task[None]] = set()
         self._recorder: Recorder | None = None
         self._player: MediaPlayer | None = None
@@ -119,7 +135,11 @@ class RobotMediaSession:
                 options.audio_source,
                 on_frame=(lambda ns, s: tap(call, ns, s)) if tap else None)
             if media is MediaKind.VIDEO:
-                self.video_track = TestPatternTrack(options.width, options.height, options.fps)
+                sent = options.on_local_video
+                self.video_track = TestPatternTrack(
+                    options.width, options.height, options.fps,
+                    flash_every_s=options.flash_every_s,
+                    on_frame=(lambda ns, white: sent(call, ns, float(white))) if sent else None)
         if options.record_dir is not None:
             options.record_dir.mkdir(parents=True, exist_ok=True)
             self._recorder = Recorder(options.record_dir / f"{call_id}.webm",
@@ -209,6 +229,7 @@ class RobotMediaSession:
 
     async def _consume(self, track: MediaStreamTrack, stats: ReceivedStats) -> None:
         tap = self._options.on_remote_audio if track.kind == "audio" else None
+        seen = self._options.on_remote_video if track.kind == "video" else None
         while True:
             try:
                 frame = await track.recv()
@@ -224,6 +245,10 @@ class RobotMediaSession:
                 self._recorder.add(track.kind, frame)
             if tap is not None:
                 tap(self.call_id, time.monotonic_ns(), frame.to_ndarray().reshape(-1))
+            if seen is not None and isinstance(frame, VideoFrame):
+                # The luma plane of a yuv420p frame, sampled: bright for a marker frame.
+                luma = frame.to_ndarray(format="gray")[::8, ::8]
+                seen(self.call_id, time.monotonic_ns(), float(luma.mean()))
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -256,17 +281,47 @@ class RobotMediaSession:
                 return
 
 
+def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
+    """Give a new aiortc peer connection an earlier one's DTLS certificate.
+
+    aiortc (1.16) makes one certificate per peer connection and has no way to pass one
+    in, as browsers do (`RTCConfiguration.certificates`): the one private attribute that
+    holds it is set here, and only here (checked against the aiortc version at import).
+    """
+    if not hasattr(pc, _CERTIFICATES):
+        raise LocalError(f"aiortc {aiortc.__version__} keeps its certificates elsewhere:"
+                         " parley.media.robot.use_certificate needs adapting")
+    setattr(pc, _CERTIFICATES, [certificate])
+
+
+def certificate_of(pc: RTCPeerConnection) -> RTCCertificate:
+    certificate: RTCCertificate = getattr(pc, _CERTIFICATES)[0]
+    return certificate
+
+
+_CERTIFICATES = "_RTCPeerConnection__certificates"
+if aiortc.__version__ != "1.16.0":  # the attribute was read off 1.16.0's source
+    raise ImportError(f"parley.media.robot is written for aiortc 1.16.0, not"
+                      f" {aiortc.__version__}")
+KEEP_CERTIFICATES = 16  # calls whose certificate is kept for a reconnection
+
+
 class RobotMedia:
-    """The robot's MediaEngine: one aiortc peer connection per call."""
+    """The robot's MediaEngine: one aiortc peer connection per call (and per reconnection)."""
 
     def __init__(self, options: RobotOptions | None = None) -> None:
         self.options = options or RobotOptions()
         self.sessions: dict[str, RobotMediaSession] = {}
+        self._certificates: dict[str, RTCCertificate] = {}
         # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
         audio_loss.install(options=self.options.opus)
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
-        session = RobotMediaSession(call_id, media, events, self.options, self.forget)
+        session = RobotMediaSession(call_id, media, events, self.options, self.forget,
+                                    self._certificates.get(call_id))
+        self._certificates[call_id] = session.certificate
+        while len(self._certificates) > KEEP_CERTIFICATES:
+            del self._certificates[next(iter(self._certificates))]
         self.sessions[call_id] = session
         return session
 

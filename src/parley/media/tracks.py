@@ -59,9 +59,16 @@ class TestPatternTrack(MediaStreamTrack):
     kind = "video"
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, width: int = 640, height: int = 360, fps: int = 30) -> None:
+    def __init__(self, width: int = 640, height: int = 360, fps: int = 30, *,
+                 flash_every_s: float = 0.0,
+                 on_frame: Callable[[int, bool], None] | None = None) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
+        # A white frame every this many seconds (0: never), the first 1 s in, to time
+        # video against audio clicks (benchmarks); on_frame(send ns, white?) for each frame.
+        self._flash_every = round(flash_every_s * fps)
+        self._on_frame = on_frame
+        self._white = np.full((height, width, 3), 255, dtype=np.uint8)
         cols = np.repeat(np.arange(8), -(-width // 8))[:width]
         self._bars = np.broadcast_to(_BARS[cols], (height, width, 3)).copy()
         self._black = np.zeros((height, width, 3), dtype=np.uint8)
@@ -76,13 +83,19 @@ class TestPatternTrack(MediaStreamTrack):
             self._start = time.monotonic()
         else:
             await asyncio.sleep(max(0.0, self._start + self.frames / self.fps - time.monotonic()))
-        if self.enabled:
+        flash = bool(self._flash_every) and self.frames >= self.fps and \
+            (self.frames - self.fps) % self._flash_every == 0
+        if self.enabled and flash:
+            image = self._white
+        elif self.enabled:
             image = self._bars.copy()
             sweep = (self.frames * 6) % self.width
             image[:, sweep : sweep + 12] = 255
             draw_number(image, self.frames, 8, 8, max(2, self.height // 60))
         else:
             image = self._black
+        if self._on_frame is not None:
+            self._on_frame(time.monotonic_ns(), flash and self.enabled)
         frame = VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = self.frames * VIDEO_CLOCK // self.fps
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)

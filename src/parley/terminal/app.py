@@ -36,6 +36,7 @@ from typing import Any
 from parley.clock import now_ms
 from parley.core import notice
 from parley.core.call import (
+    RECONNECT_GIVE_UP_MS,
     Action,
     AddRemoteIce,
     Alarm,
@@ -106,6 +107,8 @@ class TerminalConfig:
     timezone: str | None = None  # this site's zone for talks (default: its principal's)
     record_texts: bool = False  # the record keeps messages' texts, not only their hashes
     record_interval_s: float = EXCHANGE_EVERY_S  # checkpoints exchanged at least this often
+    # A call whose media was lost reconnects; this long without media, it ends.
+    reconnect_give_up_s: float = RECONNECT_GIVE_UP_MS / 1000
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -127,7 +130,8 @@ class Terminal:
             raise LocalError("a test set uses robot media", code=ErrorCode.BAD_CONFIG,
                              hint="drop --media browser: a test set never reaches a person")
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified,
-                             test_set=config.linetest.test_set)
+                             test_set=config.linetest.test_set,
+                             reconnect_give_up_ms=int(config.reconnect_give_up_s * 1000))
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
@@ -163,6 +167,7 @@ class Terminal:
             name_of=self.talks.name_of)
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
+        self._session_gen: dict[str, int] = {}  # which peer connection of its call each is
         self.final_stats: dict[str, dict[str, Any]] = {}
         self._placed_at: dict[str, float] = {}
         # Actions wait in one lane per call (None: not about a call), each lane drained
@@ -510,6 +515,7 @@ class Terminal:
             self._send_unsent_ends(None)
             self._spawn_lane_task(self.outbox.flush())
             self.record.soon()
+            self._run(self.book.link_up(now_ms()))
 
     def _send_unsent_ends(self, device: str | None) -> None:
         """Send again the hang-ups kept for `device` (None: all of them)."""
@@ -602,6 +608,8 @@ class Terminal:
         elif isinstance(action, ApplyAnswer):
             await self._with_session(action.call_id, lambda s: s.apply_answer(action.sdp))
         elif isinstance(action, AddRemoteIce):
+            if self._session_gen.get(action.call_id, 0) != action.gen:
+                return  # for another peer connection of the call than the one open
             # One unusable candidate is not worth the call: the others may work.
             await self._with_session(action.call_id, lambda s: s.add_ice(
                 action.candidate, action.mid, action.mline), fatal=False)
@@ -641,20 +649,28 @@ class Terminal:
     async def _start_media(self, action: StartMedia) -> None:
         if self.book.info(action.call_id).state is CallState.ENDED:
             return  # ended while this waited its turn: no camera for a call that is over
+        if action.restart:  # a reconnection: the lost peer connection goes first
+            await self._stop_media(action.call_id)
+            call = self.book.get(action.call_id)
+            if call.gen != action.gen or call.state is CallState.ENDED:
+                return  # a newer attempt has been asked for meanwhile, or it ended
         session = self.engine.open(action.call_id, action.media, self)
         self.sessions[action.call_id] = session
+        self._session_gen[action.call_id] = action.gen
         try:
             if action.remote_sdp is None:
                 desc = await session.create_offer()
             else:
                 desc = await session.create_answer(action.remote_sdp)
-            self._run(self.book.local_description(action.call_id, desc.sdp, desc.dtls, now_ms()))
+            self._run(self.book.local_description(action.call_id, desc.sdp, desc.dtls, now_ms(),
+                                                  gen=action.gen))
         except SecurityAlarm as alarm:
             self._run(self.book.intercepted(action.call_id, alarm, now_ms()))
         except Exception as exc:
             log.exception("call %s: media setup failed", action.call_id)
-            self._run(self.book.media_failed(action.call_id, f"media setup failed: {exc}",
-                                             now_ms()))
+            if self.book.get(action.call_id).gen == action.gen:
+                self._run(self.book.media_failed(action.call_id, f"media setup failed: {exc}",
+                                                 now_ms()))
 
     async def _with_session(self, call_id: str,
                             op: Callable[[MediaSession], Awaitable[None]], *,
@@ -682,7 +698,8 @@ class Terminal:
         except Exception:
             log.exception("call %s: closing its media failed", call_id)
         finally:
-            self.sessions.pop(call_id, None)
+            if self.sessions.get(call_id) is session:
+                self.sessions.pop(call_id, None)
 
     def _call_changed(self, info: CallInfo) -> None:
         data = info.to_json()
@@ -690,7 +707,11 @@ class Terminal:
         if info.state is CallState.ACTIVE:
             log.info("call %s with %s is ACTIVE and verified=%s; SAS %s", info.call_id,
                      info.peer, info.verified, info.sas)
+        elif info.state is CallState.RECONNECTING:
+            log.warning("call %s with %s: media lost, reconnecting (peer connection %d)",
+                        info.call_id, info.peer, info.gen)
         elif info.state is CallState.ENDED:
+            self._session_gen.pop(info.call_id, None)
             log.info("call %s with %s ended: %s%s", info.call_id, info.peer, info.end_reason,
                      f" ({info.alarm})" if info.alarm else "")
             with self.store.batch():

@@ -106,6 +106,7 @@ class App {
     this.parties = new Map(); // party -> {party, trust, warning, devices, error}
     this.calls = new Map(); // call_id -> the terminal's CallInfo
     this.media = new Map(); // call_id -> CallMedia
+    this.certificates = new Map(); // call_id -> RTCCertificate, for all its peer connections
     this.stats = new Map(); // call_id -> last quality sample
     this.alarms = [];
     this.pendingAlarm = null;
@@ -279,6 +280,8 @@ class App {
   }
 
   #onCall(call) {
+    // A new SAS after a reconnection is read again: the panel shows it large once more.
+    if (call.sas_changed && !this.calls.get(call.call_id)?.sas_changed) this.sasCompact.delete(call.call_id);
     this.calls.set(call.call_id, call);
     if (call.state !== CallState.ENDED && !this.#ringingHere(call)) this.#focusCall(call.call_id);
     this.#forgetOldCalls();
@@ -399,7 +402,13 @@ class App {
 
   async #mediaOpen(message) {
     const callId = message.call_id;
-    const media = new CallMedia(message, {
+    // One certificate per call, for each of its peer connections: a reconnection presents
+    // the fingerprint already signed, and the SAS stays the same.
+    if (!this.certificates.has(callId)) {
+      this.certificates.set(callId, await RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" }));
+      while (this.certificates.size > KEEP_ENDED_CALLS) this.certificates.delete(this.certificates.keys().next().value);
+    }
+    const media = new CallMedia({ ...message, certificate: this.certificates.get(callId) }, {
       onCandidate: (candidate) => this.#send(Outgoing.candidate(callId, candidate)),
       onConnected: (certificates) => this.#send(Outgoing.connected(callId, certificates)),
       onFailed: (reason) => this.#send(Outgoing.failed(callId, reason)),

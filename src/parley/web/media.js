@@ -7,12 +7,16 @@
 // the one the peer signed. Remote media is kept in `remoteStream` and only
 // shown once the terminal says the call is active (see app.js).
 
+const LOST_AFTER_MS = 1000; // disconnected this long (after the browser's own ~5 s): lost
+
 export class CallMedia {
   // open: {call_id, media, ice}; hooks: onCandidate(candidate|null),
   // onConnected(certificates), onFailed(reason), onTrack().
   constructor(open, hooks) {
     this.kind = open.media;
     this.ice = open.ice;
+    this.certificate = open.certificate || null;
+    this.lostTimer = null;
     this.hooks = hooks;
     this.pc = null;
     this.localStream = null;
@@ -42,8 +46,9 @@ export class CallMedia {
       throw new Error("the call ended");
     }
     // Exactly the configuration the terminal gave: its ICE servers (never a
-    // public default) and one transport for all media.
-    const pc = new RTCPeerConnection(this.ice);
+    // public default) and one transport for all media; and the call's certificate, the
+    // same for each peer connection of a call, so that a reconnection keeps its SAS.
+    const pc = new RTCPeerConnection(this.certificate ? { ...this.ice, certificates: [this.certificate] } : this.ice);
     this.pc = pc;
     pc.addEventListener("icecandidate", (event) => this.hooks.onCandidate(event.candidate));
     pc.addEventListener("track", (event) => {
@@ -80,6 +85,7 @@ export class CallMedia {
 
   close() {
     this.closed = true;
+    if (this.lostTimer) clearTimeout(this.lostTimer);
     if (this.pc) this.pc.close();
     // Stopping the tracks turns the camera light off.
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
@@ -206,6 +212,15 @@ export class CallMedia {
       this.hooks.onConnected(certificates);
     } else if (state === "failed") {
       this.#fail("the media connection failed (ICE or DTLS)");
+    } else if (state === "disconnected" && !this.lostTimer) {
+      // No packets for a while (Chromium says so after about 5 s): lost, unless it comes
+      // back at once. The terminal then reconnects the call with a new peer connection.
+      this.lostTimer = setTimeout(() => {
+        this.lostTimer = null;
+        if (!this.closed && this.pc.connectionState === "disconnected") {
+          this.#fail(`no media from the peer for ${LOST_AFTER_MS / 1000 + 5} s`);
+        }
+      }, LOST_AFTER_MS);
     }
   }
 

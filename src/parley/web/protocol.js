@@ -56,13 +56,13 @@ export const Outgoing = Object.freeze({
 // core/call.py: CallState, EndReason, MediaKind.
 export const CallState = Object.freeze({
   DIALING: "dialing", RINGBACK: "ringback", RINGING: "ringing",
-  CONNECTING: "connecting", ACTIVE: "active", ENDED: "ended",
+  CONNECTING: "connecting", ACTIVE: "active", RECONNECTING: "reconnecting", ENDED: "ended",
 });
 export const EndReason = Object.freeze({
   HUNG_UP: "hung_up", REMOTE_HUNG_UP: "remote_hung_up", DECLINED: "declined",
   REJECTED: "rejected", BUSY: "busy", NO_ANSWER: "no_answer", MISSED: "missed",
   UNREACHABLE: "unreachable", NOT_VERIFIED: "not_verified", FAILED: "failed",
-  INTERCEPTED: "intercepted",
+  CONNECTION_LOST: "connection_lost", INTERCEPTED: "intercepted",
 });
 export const MediaKind = Object.freeze({ VIDEO: "video", AUDIO: "audio" });
 // core/trust.py: Trust.

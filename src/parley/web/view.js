@@ -26,6 +26,7 @@ const STATE_TEXT = {
   [CallState.RINGING]: "Incoming call",
   [CallState.CONNECTING]: "Connecting and checking the encryption…",
   [CallState.ACTIVE]: "In call",
+  [CallState.RECONNECTING]: "Connection lost: reconnecting…",
   [CallState.ENDED]: "Call ended",
 };
 
@@ -40,6 +41,7 @@ const END_TEXT = {
   [EndReason.UNREACHABLE]: "the other side's terminal is not reachable",
   [EndReason.NOT_VERIFIED]: "refused: a key is not verified",
   [EndReason.FAILED]: "the connection failed",
+  [EndReason.CONNECTION_LOST]: "the connection was lost and did not come back",
   [EndReason.INTERCEPTED]: "INTERCEPTED",
 };
 
@@ -87,7 +89,7 @@ export class View {
       verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
       callDirection: $("call-direction"), callPeer: $("call-peer"), callState: $("call-state"),
       verifiedBadge: $("verified-badge"), unverifiedBadge: $("unverified-badge"), timer: $("call-timer"),
-      sasPanel: $("sas-panel"), sas: $("sas"), sasCompact: $("sas-compact"),
+      sasPanel: $("sas-panel"), sas: $("sas"), sasCompact: $("sas-compact"), sasLabel: $("sas-label"),
       callFailed: $("call-failed"), callFailedTitle: $("call-failed-title"), callFailedDetail: $("call-failed-detail"),
       stage: $("stage"), remoteVideo: $("remote-video"), localVideo: $("local-video"),
       voiceOnly: $("voice-only"), stageWaiting: $("stage-waiting"), remoteMedia: $("remote-media"),
@@ -350,6 +352,12 @@ export class View {
     el.sasPanel.hidden = !showSas;
     el.sasPanel.classList.toggle("compact", ui.sasCompact);
     el.sas.textContent = call.sas || "";
+    // A reconnection with another certificate changes the code: it is said, to be read again.
+    el.sasPanel.classList.toggle("changed", Boolean(call.sas_changed));
+    el.sasPanel.dataset.changed = String(Boolean(call.sas_changed));
+    el.sasLabel.textContent = call.sas_changed
+      ? "The code changed when the connection was restored. Read the new code aloud: the other side must see the same digits:"
+      : "Read this code aloud. The other side must see the same digits:";
 
     el.callFailed.hidden = !(intercepted || (ended && call.alarm));
     el.callFailed.classList.toggle("danger", intercepted);

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of every parser that takes network input (scripts/fuzz)."""
