@@ -59,8 +59,9 @@ def test_every_command_has_help(path: list[str], capsys: pytest.CaptureFixture[s
 class Proc:
     """A running `parley` command; threads drain its stdout (into lines) and stderr."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*PARLEY, *args], stdout=subprocess.PIPE,
+    def __init__(self, *args: str, netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.proc = subprocess.Popen([*prefix, *PARLEY, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()  # None: stdout closed
         self.stderr: list[str] = []

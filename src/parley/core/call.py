@@ -1099,6 +1099,9 @@ class CallBook:
         call.remote_dtls = fingerprint
         actions: list[Action] = []
         if not offer:
+            # Answered: this attempt gets its full time to connect before the next one.
+            call.retry_ms = now_ms + self.reconnect_retry_ms
+            call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
             return [ApplyAnswer(call.call_id, payload["sdp"]), *self._flush_ice(call),
                     self._changed(call)]
         if call.state is CallState.ACTIVE:

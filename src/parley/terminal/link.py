@@ -39,7 +39,13 @@ log = logging.getLogger("parley.link")
 
 REQUEST_TIMEOUT_S = 10.0
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0  # a hotline is back within seconds of its network, not half a minute
+# A connection whose network went away is noticed within HEARTBEAT_S and a half (a ping
+# unanswered), and a connection attempt into a dead network gives up after CONNECT_S: the
+# next one, on a fresh socket, is what finds the network back (a stalled TCP connection or
+# a SYN waiting out its retransmissions would take many seconds longer).
+HEARTBEAT_S = 5.0
+CONNECT_S = 3.0
 
 
 def server_origin(url: str) -> str:
@@ -156,8 +162,9 @@ class ServerLink:
 
     async def _connect_and_serve(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
-        async with self._session.ws_connect(websocket_url(self.origin), heartbeat=20.0,
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                total=None, connect=CONNECT_S + 2, sock_connect=CONNECT_S))
+        async with self._session.ws_connect(websocket_url(self.origin), heartbeat=HEARTBEAT_S,
                                             max_msg_size=2 * wire.MAX_FRAME,
                                             protocols=(wire.BATCH_SUBPROTOCOL,)) as ws:
             outbox = Outbox(ws.send_str, batched=ws.protocol == wire.BATCH_SUBPROTOCOL)
