@@ -374,7 +374,11 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
         auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
         messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
-                           silence_timeout_s=cfg["media_timeout"]),
+                           # A test set's call is a line test: a gap fails it, and is not
+                           # reconnected; 10 s, as before calls reconnected.
+                           silence_timeout_s=max(cfg["media_timeout"], 10.0)
+                           if cfg["test_set"] and cfg["media_timeout"] else
+                           cfg["media_timeout"]),
         timezone=cfg["timezone"], record_texts=cfg["record_texts"],
         reconnect_give_up_s=cfg["reconnect_give_up"],
         record_interval_s=max(5.0, cfg["record_every"]),

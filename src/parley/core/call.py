@@ -115,6 +115,7 @@ class CallEvent(StrEnum):
     MEDIA_FAILED = "media_failed"
     MEDIA_LOST = "media_lost"  # an active call's media stopped (here, or the peer says so)
     GAVE_UP = "gave_up"  # no media again within the give-up time
+    REMOTE_LOST = "remote_lost"  # the peer gave up reconnecting
     INTERCEPTED = "intercepted"
     # An offer refused on arrival, before anything rang:
     REFUSED_NOT_VERIFIED = "refused_not_verified"  # our policy: its key is not verified
@@ -150,6 +151,7 @@ _ENDINGS = {
     CallEvent.UNREACHABLE: EndReason.UNREACHABLE,
     CallEvent.MEDIA_FAILED: EndReason.FAILED,
     CallEvent.GAVE_UP: EndReason.CONNECTION_LOST,
+    CallEvent.REMOTE_LOST: EndReason.CONNECTION_LOST,
     CallEvent.INTERCEPTED: EndReason.INTERCEPTED,
     CallEvent.REFUSED_NOT_VERIFIED: EndReason.NOT_VERIFIED,
     CallEvent.REFUSED_BUSY: EndReason.MISSED,
@@ -168,7 +170,8 @@ def end_reason(state: CallState, event: CallEvent) -> EndReason:
 
 _E = CallEvent
 _S = CallState
-_ENDS_ANY = {_E.LOCAL_HANGUP, _E.REMOTE_HANGUP, _E.MEDIA_FAILED, _E.INTERCEPTED}
+_ENDS_ANY = {_E.LOCAL_HANGUP, _E.REMOTE_HANGUP, _E.MEDIA_FAILED, _E.INTERCEPTED,
+             _E.REMOTE_LOST}
 _ENDS_OUTGOING = _ENDS_ANY | {
     _E.REMOTE_DECLINE, _E.REMOTE_BUSY, _E.REMOTE_REFUSED, _E.RING_TIMEOUT, _E.UNREACHABLE,
 }
@@ -257,7 +260,7 @@ _REMOTE_END_EVENT = {
     "not_verified": _E.REMOTE_REFUSED,
     "cancelled": _E.REMOTE_CANCEL,
     "failed": _E.MEDIA_FAILED,
-    "lost": _E.GAVE_UP,
+    "lost": _E.REMOTE_LOST,
     "intercepted": _E.INTERCEPTED,
 }
 
@@ -471,6 +474,8 @@ class Call:
     lost_ms: int | None = None
     retry_ms: int | None = None
     give_up_ms: int | None = None
+    up_ms: int | None = None  # when the peer connection in use last came up (verified)
+    answered_gen: int = 0  # the generation the peer's reanswer (caller) came for
     sas_changed: bool = False
 
     @property
@@ -699,6 +704,7 @@ class CallBook:
         if call.state is CallState.RECONNECTING:
             # The new peer connection's handshake, verified exactly like the first one's.
             call.lost_ms = call.retry_ms = call.give_up_ms = call.deadline_ms = None
+            call.up_ms = now_ms
             return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
         call.handshake_checked = True
         return self._maybe_verified(call, now_ms)
@@ -707,7 +713,7 @@ class CallBook:
         """Active once the handshake certificate is checked and both SAS nonces are known."""
         if not call.handshake_checked or call.remote_nonce is None:
             return []  # the callee waits for the caller to open its commitment
-        call.active_ms = now_ms
+        call.active_ms = call.up_ms = now_ms
         call.deadline_ms = None
         return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
 
@@ -744,6 +750,8 @@ class CallBook:
         """One attempt to bring the media back: the caller offers, the callee asks."""
         call.retry_ms = now_ms + self.reconnect_retry_ms
         call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
+        if call.direction == "outgoing" and call.gen > 0 and call.local_gen != call.gen:
+            return []  # our media stack is still making the last offer: it gets its time
         if call.direction == "outgoing":
             call.gen += 1
             return [StartMedia(call.call_id, call.media, None, gen=call.gen, restart=True),
@@ -760,6 +768,9 @@ class CallBook:
             call.sas_changed = True  # another certificate: the SAS the persons read changes
         call.local_dtls = fingerprint
         call.local_gen = call.gen
+        # The attempt's clock starts when its offer (or answer) goes, not when it was asked.
+        call.retry_ms = now_ms + self.reconnect_retry_ms
+        call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
         payload = {
             "call_id": call.call_id, "gen": call.gen, "sdp": sdp, "dtls": fingerprint,
             "dtls_sig": b64e(self._keys.sign(
@@ -777,7 +788,10 @@ class CallBook:
         """The server is back: a reconnecting call tries again at once."""
         actions: list[Action] = []
         for call in self.live():
-            if call.state is CallState.RECONNECTING:
+            # Only where what went last may have been lost with the link: an offer out
+            # and unanswered (or the callee's request); one answered is left to connect.
+            if call.state is CallState.RECONNECTING and not (
+                    call.direction == "outgoing" and call.answered_gen == call.gen):
                 actions += self._attempt(call, now_ms)
         return actions
 
@@ -869,7 +883,7 @@ class CallBook:
 
     def receive(
         self, sender: DevicePublicKeys, trust: Trust, type_: str, payload: dict[str, Any],
-        now_ms: int,
+        now_ms: int, sent_ms: int | None = None,
     ) -> list[Action]:
         """A call.* payload, already opened with the sender's trusted key."""
         fields = PAYLOADS.get(type_)
@@ -888,6 +902,13 @@ class CallBook:
                 code=ErrorCode.BAD_MESSAGE, hint="it was ignored",
             )
         if call.state is CallState.ENDED:
+            if type_ in ("call.reconnect", "call.reoffer", "call.reanswer") \
+                    and not call.told_late and call.end_reason is not EndReason.INTERCEPTED:
+                # The peer is trying to bring back a call that ended here (our call.end
+                # was lost on the way): tell it once, so that it does not wait to give up.
+                call.told_late = True
+                said = _WIRE_REASON.get(call.end_reason or EndReason.HUNG_UP) or "hangup"
+                return [self._send(call, "call.end", {"call_id": call_id, "reason": said})]
             if call.direction == "outgoing" and type_ in ("call.ringing", "call.answer") \
                     and not call.told_late and call.end_reason is not EndReason.INTERCEPTED:
                 # Our offer reached it after we had given up (and our cancel did not): tell
@@ -918,7 +939,7 @@ class CallBook:
             call.pending_ice.append(ice)
             return []
         if type_ == "call.reconnect":
-            return self._on_reconnect(call, payload, now_ms)
+            return self._on_reconnect(call, payload, now_ms, sent_ms)
         if type_ in ("call.reoffer", "call.reanswer"):
             return self._on_redescription(call, type_, payload, now_ms)
         if type_ == "call.media":
@@ -1069,14 +1090,20 @@ class CallBook:
         call.pending_ice = [ice for ice in call.pending_ice if ice.gen > call.gen]
         return pending
 
-    def _on_reconnect(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
+    def _on_reconnect(self, call: Call, payload: dict[str, Any], now_ms: int,
+                      sent_ms: int | None) -> list[Action]:
         """The callee lost our media and asks for a new peer connection."""
         if call.direction != "outgoing" or call.test_id is not None \
                 or call.state not in (CallState.ACTIVE, CallState.RECONNECTING) \
-                or payload["gen"] < call.gen - 1:
-            return []  # not ours to offer, or about a connection two attempts back
-        if call.state is CallState.RECONNECTING and payload["gen"] < call.gen:
-            return []  # it has not seen our newest offer yet: that one is on its way
+                or payload["gen"] != call.gen:
+            return []  # not ours to offer, or about a peer connection already replaced
+        if call.state is CallState.ACTIVE and (sent_ms is None or call.up_ms is None
+                                               or sent_ms <= call.up_ms):
+            # Sent before this connection came up (held on the way): it speaks of a loss
+            # that this connection already mended.
+            return []
+        if call.state is CallState.RECONNECTING:
+            return []  # our attempt is under way, or its retry will come
         return self._lost(call, "the other side lost the media", now_ms)
 
     def _on_redescription(self, call: Call, type_: str, payload: dict[str, Any],
@@ -1095,12 +1122,19 @@ class CallBook:
             return self.intercepted(call.call_id, alarm, now_ms)
         fingerprint = normalize_fingerprint(payload["dtls"])
         if call.remote_dtls is not None and fingerprint != call.remote_dtls:
+            if call.peer_trust is not Trust.VERIFIED:
+                # With a key not verified, the SAS is all that protects the call, and its
+                # nonces were revealed long ago: a new certificate could be chosen to fit.
+                call.alarm = ("a reconnection presented another certificate, and this"
+                              " peer's key is not verified: call again")
+                return self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
             call.sas_changed = True  # its certificate changed: so does the SAS
         call.remote_dtls = fingerprint
         actions: list[Action] = []
         if not offer:
-            # Answered: this attempt gets its full time to connect before the next one.
-            call.retry_ms = now_ms + self.reconnect_retry_ms
+            # Answered: this attempt gets time to connect (ICE and DTLS) before the next.
+            call.answered_gen = gen
+            call.retry_ms = now_ms + 2 * self.reconnect_retry_ms
             call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
             return [ApplyAnswer(call.call_id, payload["sdp"]), *self._flush_ice(call),
                     self._changed(call)]

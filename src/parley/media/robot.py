@@ -101,7 +101,7 @@ class ReceivedStats:
 class RobotMediaSession:
     def __init__(self, call_id: str, media: MediaKind, events: MediaEvents,
                  options: RobotOptions, forget: Callable[[RobotMediaSession], None],
-                 certificate: RTCCertificate | None = None) -> None:
+                 certificate: RTCCertificate | None = None, segment: int = 0) -> None:
         self.call_id = call_id
         self.media = media
         self._events = events
@@ -142,7 +142,10 @@ class RobotMediaSession:
                     on_frame=(lambda ns, white: sent(call, ns, float(white))) if sent else None)
         if options.record_dir is not None:
             options.record_dir.mkdir(parents=True, exist_ok=True)
-            self._recorder = Recorder(options.record_dir / f"{call_id}.webm",
+            # A reconnection's peer connection records to a file of its own: nothing of
+            # what came before is overwritten.
+            name = f"{call_id}.webm" if not segment else f"{call_id}.{segment}.webm"
+            self._recorder = Recorder(options.record_dir / name,
                                       {"audio", "video"} if media is MediaKind.VIDEO
                                       else {"audio"})
         self.pc.on("track", self._on_track)
@@ -313,15 +316,20 @@ class RobotMedia:
         self.options = options or RobotOptions()
         self.sessions: dict[str, RobotMediaSession] = {}
         self._certificates: dict[str, RTCCertificate] = {}
+        self._segments: dict[str, int] = {}  # peer connections opened for each call so far
         # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
         audio_loss.install(options=self.options.opus)
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
+        segment = self._segments.get(call_id, -1) + 1
+        self._segments[call_id] = segment
         session = RobotMediaSession(call_id, media, events, self.options, self.forget,
-                                    self._certificates.get(call_id))
+                                    self._certificates.get(call_id), segment)
         self._certificates[call_id] = session.certificate
         while len(self._certificates) > KEEP_CERTIFICATES:
             del self._certificates[next(iter(self._certificates))]
+        while len(self._segments) > KEEP_CERTIFICATES:
+            del self._segments[next(iter(self._segments))]
         self.sessions[call_id] = session
         return session
 

@@ -457,7 +457,8 @@ class Terminal:
                 log.warning("bad tamper notice from %s: %s", envelope.sender, exc)
         elif kind.call_signaling:
             try:
-                actions = self.book.receive(keys, trust, envelope.type, payload, now)
+                actions = self.book.receive(keys, trust, envelope.type, payload, now,
+                                            sent_ms=envelope.time_ms)
             except SecurityAlarm as alarm:
                 self._alarm(payload.get("call_id") if isinstance(payload.get("call_id"), str)
                             else None, alarm, subject=envelope.sender)

@@ -106,18 +106,23 @@ def _stats(value: Any, depth: int = 0) -> None:
 
 
 # What the page may send, checked before anything looks at it.
+# Which peer connection of its call a page message is about: the page echoes the number
+# its media.open gave (a reconnection opens a new one), so a late word from a peer
+# connection already replaced is dropped.
+_ATTEMPT = schema.integer(0, 1_000_000, required=False)
 PAGE_MESSAGES: dict[str, dict[str, schema.Field]] = {
     "page.hello": {"t": schema.text(16)},
-    "media.description": {"t": schema.text(32), "call_id": _CALL_ID,
+    "media.description": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
                           "sdp": schema.text(MAX_SDP)},
-    "media.candidate": {"t": schema.text(32), "call_id": _CALL_ID,
+    "media.candidate": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
                         "candidate": schema.text(1024),  # "" means end of candidates
                         "mid": schema.text(32, required=False),
                         "mline": schema.integer(0, 64, required=False)},
-    "media.connected": {"t": schema.text(32), "call_id": _CALL_ID,
+    "media.connected": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
                         "certificates": schema.Field(list, check=_certificates)},
-    "media.failed": {"t": schema.text(32), "call_id": _CALL_ID, "reason": schema.text(300)},
-    "media.stats": {"t": schema.text(32), "call_id": _CALL_ID,
+    "media.failed": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
+                     "reason": schema.text(300)},
+    "media.stats": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
                     "stats": schema.obj(check=_stats)},
 }
 
@@ -147,9 +152,10 @@ class BrowserSession:
     """One call's media, done by one page."""
 
     def __init__(self, engine: BrowserMedia, call_id: str, media: MediaKind,
-                 events: MediaEvents) -> None:
+                 events: MediaEvents, attempt: int = 0) -> None:
         self.engine = engine
         self.call_id = call_id
+        self.attempt = attempt
         self.media = media
         self.events = events
         self.page: Page | None = None
@@ -239,7 +245,7 @@ class BrowserSession:
         self.state = "describing"
         self._description = asyncio.get_running_loop().create_future()
         message: dict[str, Any] = {"t": "media.open", "call_id": self.call_id,
-                                   "media": str(self.media),
+                                   "attempt": self.attempt, "media": str(self.media),
                                    "ice": self.engine.ice.browser_configuration()}
         if offer is not None:
             message["offer"] = offer
@@ -270,6 +276,7 @@ class BrowserMedia:
     def __init__(self, ice: IceConfig | None = None) -> None:
         self.ice = ice or IceConfig()
         self.sessions: dict[str, BrowserSession] = {}
+        self._attempts: dict[str, int] = {}  # peer connections opened for each call so far
         self._pages: list[Page] = []  # pages that said hello, oldest first
 
     def attach(self, control: ControlServer) -> None:
@@ -281,7 +288,11 @@ class BrowserMedia:
     # -- MediaEngine ---------------------------------------------------------------------
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> BrowserSession:
-        session = BrowserSession(self, call_id, media, events)
+        attempt = self._attempts.get(call_id, -1) + 1
+        self._attempts[call_id] = attempt
+        while len(self._attempts) > 64:  # the calls of a long while; each only while it lasts
+            del self._attempts[next(iter(self._attempts))]
+        session = BrowserSession(self, call_id, media, events, attempt)
         self.sessions[call_id] = session
         return session
 
@@ -313,6 +324,9 @@ class BrowserMedia:
         session = self.sessions.get(data["call_id"])
         if session is None or session.page is not page:
             log.debug("%r: %s for a call it does not hold", page, kind)
+            return
+        if data.get("attempt", session.attempt) != session.attempt:
+            log.debug("%r: %s for a peer connection already replaced", page, kind)
             return
         if kind == "media.description":
             session.on_description(data["sdp"])

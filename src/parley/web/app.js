@@ -402,25 +402,30 @@ class App {
 
   async #mediaOpen(message) {
     const callId = message.call_id;
+    const attempt = message.attempt ?? 0; // which peer connection of the call: echoed back
     // One certificate per call, for each of its peer connections: a reconnection presents
-    // the fingerprint already signed, and the SAS stays the same.
+    // the fingerprint already signed, and the SAS stays the same. Kept as a promise at
+    // once, so that two opens in a row share it.
     if (!this.certificates.has(callId)) {
-      this.certificates.set(callId, await RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" }));
+      this.certificates.set(callId, RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" }));
       while (this.certificates.size > KEEP_ENDED_CALLS) this.certificates.delete(this.certificates.keys().next().value);
     }
-    const media = new CallMedia({ ...message, certificate: this.certificates.get(callId) }, {
-      onCandidate: (candidate) => this.#send(Outgoing.candidate(callId, candidate)),
-      onConnected: (certificates) => this.#send(Outgoing.connected(callId, certificates)),
-      onFailed: (reason) => this.#send(Outgoing.failed(callId, reason)),
+    const media = new CallMedia(message, {
+      onCandidate: (candidate) => this.#send(Outgoing.candidate(callId, candidate, attempt)),
+      onConnected: (certificates) => this.#send(Outgoing.connected(callId, certificates, attempt)),
+      onFailed: (reason) => this.#send(Outgoing.failed(callId, reason, attempt)),
       onTrack: () => this.render(),
     });
+    // Registered before anything is awaited: a media.close meanwhile closes this one.
     this.media.get(callId)?.close();
     this.media.set(callId, media);
     try {
+      media.certificate = await this.certificates.get(callId);
+      if (media.closed) return;
       const sdp = await media.open(message.offer);
-      if (!media.closed) this.#send(Outgoing.description(callId, sdp));
+      if (!media.closed) this.#send(Outgoing.description(callId, sdp, attempt));
     } catch (err) {
-      if (!media.closed) this.#send(Outgoing.failed(callId, err.message));
+      if (!media.closed) this.#send(Outgoing.failed(callId, err.message, attempt));
     }
     this.render();
   }
@@ -443,7 +448,7 @@ class App {
         const sample = await media.sample();
         if (!sample) continue;
         this.stats.set(callId, sample);
-        this.#send(Outgoing.stats(callId, sample));
+        this.#send(Outgoing.stats(callId, sample, media.attempt));
       } catch {
         // a peer connection closing under us; the next tick has nothing to sample
       }

@@ -15,7 +15,8 @@ export class CallMedia {
   constructor(open, hooks) {
     this.kind = open.media;
     this.ice = open.ice;
-    this.certificate = open.certificate || null;
+    this.certificate = open.certificate || null; // set by the page before open()
+    this.attempt = open.attempt ?? 0;
     this.lostTimer = null;
     this.hooks = hooks;
     this.pc = null;

@@ -23,7 +23,7 @@ export const Incoming = Object.freeze({
   VERIFIED: "verified", // {device, party}: a peer was marked verified
   ERROR: "error", // {error: {code, message}}: the terminal refused our message
   PAGE_ROLE: "page.role", // {media}: whether this page does the terminal's media
-  MEDIA_OPEN: "media.open", // {call_id, media, ice, offer?}: make an offer, or answer `offer`
+  MEDIA_OPEN: "media.open", // {call_id, attempt, media, ice, offer?}: make an offer, or answer `offer`
   MEDIA_ANSWER: "media.answer", // {call_id, sdp}: the peer's answer to our offer
   MEDIA_REMOTE_CANDIDATE: "media.remote_candidate", // {call_id, candidate, mid, mline}
   MEDIA_LOCAL: "media.local", // {call_id, audio, video}: mute / camera off
@@ -38,19 +38,21 @@ export const Incoming = Object.freeze({
 // Page -> terminal, on the events socket.
 export const Outgoing = Object.freeze({
   hello: () => ({ t: "page.hello" }),
-  description: (callId, sdp) => ({ t: "media.description", call_id: callId, sdp }),
+  // `attempt`: which peer connection of the call (media.open's), echoed in each of these.
+  description: (callId, sdp, attempt = 0) => ({ t: "media.description", call_id: callId, sdp, attempt }),
   // An RTCIceCandidate, or null at the end of candidates.
-  candidate: (callId, candidate) => ({
+  candidate: (callId, candidate, attempt = 0) => ({
     t: "media.candidate",
     call_id: callId,
+    attempt,
     candidate: candidate ? candidate.candidate : "",
     mid: candidate?.sdpMid ?? null,
     mline: candidate?.sdpMLineIndex ?? null,
   }),
   // [{algorithm, fingerprint}]: the certificates the peer presented in the DTLS handshake.
-  connected: (callId, certificates) => ({ t: "media.connected", call_id: callId, certificates }),
-  failed: (callId, reason) => ({ t: "media.failed", call_id: callId, reason: String(reason).slice(0, 300) }),
-  stats: (callId, stats) => ({ t: "media.stats", call_id: callId, stats }),
+  connected: (callId, certificates, attempt = 0) => ({ t: "media.connected", call_id: callId, certificates, attempt }),
+  failed: (callId, reason, attempt = 0) => ({ t: "media.failed", call_id: callId, reason: String(reason).slice(0, 300), attempt }),
+  stats: (callId, stats, attempt = 0) => ({ t: "media.stats", call_id: callId, stats, attempt }),
 });
 
 // core/call.py: CallState, EndReason, MediaKind.
