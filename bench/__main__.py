@@ -9,7 +9,9 @@ object with every figure. Every run writes report.md, results.json and PNG
 plots to a folder it prints (default bench/out/<time>/). --quick runs all four
 in under five minutes; the full run measures longer and more often and, with
 --profile (on by default in a full run), records a py-spy profile of the line
-server relaying at saturation.
+server relaying at saturation. The exit status is 1 if a benchmark failed, a
+figure is missing, or any target was missed (each named on a ``TARGETS MISSED``
+line and in the JSON's ``targets_missed``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "bench/run" + (" --quick" if args.quick else "") + \
         ("" if args.benches == list(BENCHES) else " " + " ".join(args.benches))
     summary = {**figures, "seconds": round(seconds, 1), "command": command,
+               "targets_missed": [f"{r.bench}: {row.name}" for r in results for row in r.rows
+                                  if row.met is False],
                "machine": host, "failures": failures, "report": str(out / "report.md")}
     (out / "results.json").write_text(json.dumps(
         {**summary, "series": {r.bench: r.series for r in results}}, indent=2))
@@ -127,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         print("FAILED: " + "; ".join(failures), flush=True)
     if absent:
         print(f"missing figures: {', '.join(absent)}", flush=True)
+    missed = [f"{r.bench}: {row.name}" for r in results for row in r.rows if row.met is False]
+    if missed:
+        print("TARGETS MISSED: " + "; ".join(missed), flush=True)
     if args.json:
         print(json.dumps(summary), flush=True)
-    return 1 if failures or absent else 0
+    return 1 if failures or absent or missed else 0
 
 
 if __name__ == "__main__":
