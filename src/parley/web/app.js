@@ -280,8 +280,10 @@ class App {
   }
 
   #onCall(call) {
-    // A new SAS after a reconnection is read again: the panel shows it large once more.
-    if (call.sas_changed && !this.calls.get(call.call_id)?.sas_changed) this.sasCompact.delete(call.call_id);
+    // A new SAS after a reconnection is read again: the panel shows it large once more
+    // (every time it changes).
+    const before = this.calls.get(call.call_id);
+    if (before && before.sas && call.sas !== before.sas) this.sasCompact.delete(call.call_id);
     this.calls.set(call.call_id, call);
     if (call.state !== CallState.ENDED && !this.#ringingHere(call)) this.#focusCall(call.call_id);
     this.#forgetOldCalls();
