@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -307,6 +308,32 @@ if aiortc.__version__ != "1.16.0":  # the attribute was read off 1.16.0's source
     raise ImportError(f"parley.media.robot is written for aiortc 1.16.0, not"
                       f" {aiortc.__version__}")
 KEEP_CERTIFICATES = 16  # calls whose certificate is kept for a reconnection
+TRIM_EVERY_S = 30.0
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the system (glibc's malloc_trim).
+
+    The encoders and decoders run in threads, each with glibc arenas of its own, and
+    free memory stays in them: measured on a two-hour call, the process grew by about
+    0.3 MiB a minute with nothing held; trimmed every 30 s, it stays flat (docs/
+    benchmarks.md, "Long calls"). False where there is no glibc.
+    """
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 class RobotMedia:
@@ -317,6 +344,7 @@ class RobotMedia:
         self.sessions: dict[str, RobotMediaSession] = {}
         self._certificates: dict[str, RTCCertificate] = {}
         self._segments: dict[str, int] = {}  # peer connections opened for each call so far
+        self._trimmer: asyncio.Task[None] | None = None
         # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
         audio_loss.install(options=self.options.opus)
 
@@ -331,7 +359,14 @@ class RobotMedia:
         while len(self._segments) > KEEP_CERTIFICATES:
             del self._segments[next(iter(self._segments))]
         self.sessions[call_id] = session
+        if self._trimmer is None or self._trimmer.done():
+            self._trimmer = asyncio.ensure_future(self._trim_while_in_calls())
         return session
+
+    async def _trim_while_in_calls(self) -> None:
+        while self.sessions:
+            await asyncio.sleep(TRIM_EVERY_S)
+            trim_heap()
 
     def forget(self, session: RobotMediaSession) -> None:
         """A closed session lets go of its peer connection, tracks and recorder."""
