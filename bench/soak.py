@@ -174,9 +174,11 @@ async def run(root: Path, *, minutes: float) -> Result:
                 cpu_then, wall_then = cpu_now, wall_now
                 samples.append(sample)
                 say(f"soak: {sample}")
-                next_at += interval_s
-                if next_at > total_s - PROBE_S:
-                    break
+                if next_at >= total_s - PROBE_S:
+                    break  # that was the last probe, at the very end of the call
+                # Every interval, and a last probe that ends as the call does: the call
+                # lasts the whole time asked for.
+                next_at = min(next_at + interval_s, total_s - PROBE_S)
             await asyncio.sleep(min(5.0, max(0.0, next_at - (time.monotonic() - call_start))))
         await hang_up(caller, callee, info.call_id)
     finally:
