@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import atheris  # noqa: F401  (the test extra: scripts/test installs it)
 
-pytest.importorskip("atheris")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -17,20 +17,23 @@ both sides as ``connection_lost``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Page
 
-from tests.integration.test_cli import Proc
+from tests.integration.test_cli import Proc, procs
 
 pytestmark = pytest.mark.netns
+__all__ = ["procs"]  # a fixture used below
 ROOT = Path(__file__).resolve().parents[2]
 A_ADDR, B_ADDR = "10.93.0.1", "10.93.0.2"
 
@@ -129,15 +132,6 @@ def watch(sites: tuple[Site, Site], until: Any, timeout: float) -> tuple[float, 
     raise AssertionError(f"waited {timeout} s; saw {seen[-10:]}")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
-
-
 def test_a_ten_second_blackout_and_the_call_is_back_within_five_seconds(
         tmp_path: Path, sites: tuple[str, str], procs: list[Proc]) -> None:
     a, b = sites
@@ -193,103 +187,97 @@ def test_a_blackout_longer_than_the_give_up_time_ends_the_call_as_lost(
     assert moscow.call()["end_reason"] == "connection_lost"
 
 
+@contextlib.asynccontextmanager
+async def person_in_a_call(tmp: Path, ns: str, ui: str) -> AsyncIterator[Page]:
+    """washington's person: Chromium run inside its namespace, its page open at `ui`,
+    in an active call with moscow."""
+    from playwright.async_api import async_playwright, expect
+
+    from tests.browser import VIEWPORT, call_button
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+
+    wrapper = tmp / "chromium-in-namespace"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(wrapper),
+                                                   args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            await page.goto(ui)
+            await page.get_by_test_id("link-state").filter(
+                has_text="line server: connected").wait_for(timeout=20_000)
+            await call_button(page, "moscow").click()
+            await expect(page.get_by_test_id("call-state")).to_have_attribute(
+                "data-state", "active", timeout=20_000)
+            yield page
+        finally:
+            await browser.close()
+
+
 @pytest.mark.browser
 async def test_a_blackout_between_a_persons_browser_and_a_robot(
         tmp_path: Path, sites: tuple[str, str], procs: list[Proc]) -> None:
     """The same cut with washington's media in its person's Chromium (run inside
     washington's namespace): the page shows reconnecting, makes a new peer connection
     with the call's certificate, and plays the robot's video again."""
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
-    from tests.browser import VIEWPORT, call_button, remote_video_frames
-    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+    from tests.browser import remote_video_frames
 
     a, b = sites
     washington, moscow, ui = await asyncio.to_thread(start_line, tmp_path, a, b, procs, 60,
                                                      browser=True)
-    wrapper = tmp_path / "chromium-in-namespace"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {a} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o755)
+    async with person_in_a_call(tmp_path, a, ui) as page:
+        state = page.get_by_test_id("call-state")
+        sas = await page.get_by_test_id("sas").text_content()
+        first = await asyncio.to_thread(washington.call)
 
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(wrapper),
-                                                   args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
-            await page.goto(ui)
-            await page.get_by_test_id("link-state").filter(
-                has_text="line server: connected").wait_for(timeout=20_000)
-            await call_button(page, "moscow").click()
-            state = page.get_by_test_id("call-state")
-            await expect(state).to_have_attribute("data-state", "active", timeout=20_000)
-            sas = await page.get_by_test_id("sas").text_content()
-            first = await asyncio.to_thread(washington.call)
-
-            cut(b, True)
-            cut_at = time.monotonic()
-            await expect(state).to_have_attribute("data-state", "reconnecting",
-                                                  timeout=12_000)
-            await asyncio.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
-            cut(b, False)
-            restored = time.monotonic()
-            await expect(state).to_have_attribute("data-state", "active", timeout=15_000)
-            back = time.monotonic() - restored
-            print(f"blackout (browser): the call was back {back:.1f} s after the restore")
-            assert back <= 5.0, back
-            before = await remote_video_frames(page)
-            await page.wait_for_function(
-                f"() => document.querySelector('[data-testid=remote-video]').srcObject &&"
-                f" document.querySelector('[data-testid=remote-video]')"
-                f".getVideoPlaybackQuality().totalVideoFrames > {before + 10}",
-                timeout=10_000)
-            w, m = await asyncio.to_thread(washington.call), await asyncio.to_thread(
-                moscow.call)
-            assert w["call_id"] == first["call_id"] and w["gen"] >= 1 and w["verified"]
-            assert m["state"] == "active" and m["verified"] and m["sas"] == w["sas"]
-            assert await page.get_by_test_id("sas").text_content() == sas
-            assert not w["sas_changed"]
-            alarms = await asyncio.to_thread(washington.cli, "alarms", "--json")
-            assert json.loads(alarms.stdout) == []
-        finally:
-            await browser.close()
+        cut(b, True)
+        cut_at = time.monotonic()
+        await expect(state).to_have_attribute("data-state", "reconnecting", timeout=12_000)
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
+        cut(b, False)
+        restored = time.monotonic()
+        await expect(state).to_have_attribute("data-state", "active", timeout=15_000)
+        back = time.monotonic() - restored
+        print(f"blackout (browser): the call was back {back:.1f} s after the restore")
+        assert back <= 5.0, back
+        before = await remote_video_frames(page)
+        await page.wait_for_function(
+            f"() => document.querySelector('[data-testid=remote-video]').srcObject &&"
+            f" document.querySelector('[data-testid=remote-video]')"
+            f".getVideoPlaybackQuality().totalVideoFrames > {before + 10}",
+            timeout=10_000)
+        w = await asyncio.to_thread(washington.call)
+        m = await asyncio.to_thread(moscow.call)
+        assert w["call_id"] == first["call_id"] and w["gen"] >= 1 and w["verified"]
+        assert m["state"] == "active" and m["verified"] and m["sas"] == w["sas"]
+        assert await page.get_by_test_id("sas").text_content() == sas
+        assert not w["sas_changed"]
+        alarms = await asyncio.to_thread(washington.cli, "alarms", "--json")
+        assert json.loads(alarms.stdout) == []
 
 
 @pytest.mark.browser
 async def test_a_long_blackout_ends_a_persons_call_as_lost(
         tmp_path: Path, sites: tuple[str, str], procs: list[Proc]) -> None:
-    from playwright.async_api import async_playwright, expect
-
-    from tests.browser import VIEWPORT, call_button
-    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import expect
 
     a, b = sites
     _washington, moscow, ui = await asyncio.to_thread(start_line, tmp_path, a, b, procs, 8,
                                                       browser=True)
-    wrapper = tmp_path / "chromium-in-namespace"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {a} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o755)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(wrapper),
-                                                   args=CHROMIUM_ARGS, headless=True)
+    async with person_in_a_call(tmp_path, a, ui) as page:
+        state = page.get_by_test_id("call-state")
+        cut(b, True)
         try:
-            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
-            await page.goto(ui)
-            await page.get_by_test_id("link-state").filter(
-                has_text="line server: connected").wait_for(timeout=20_000)
-            await call_button(page, "moscow").click()
-            state = page.get_by_test_id("call-state")
-            await expect(state).to_have_attribute("data-state", "active", timeout=20_000)
-            cut(b, True)
-            try:
-                await expect(state).to_have_attribute("data-state", "reconnecting",
-                                                      timeout=12_000)
-                await expect(state).to_have_attribute("data-reason", "connection_lost",
-                                                      timeout=20_000)
-            finally:
-                cut(b, False)
-            await expect(page.get_by_test_id("call-failed-title")).to_contain_text(
-                "the connection was lost")
-            m = await asyncio.to_thread(moscow.call)
-            assert m["state"] == "ended" and m["end_reason"] == "connection_lost", m
+            await expect(state).to_have_attribute("data-state", "reconnecting",
+                                                  timeout=12_000)
+            await expect(state).to_have_attribute("data-reason", "connection_lost",
+                                                  timeout=20_000)
         finally:
-            await browser.close()
+            cut(b, False)
+        await expect(page.get_by_test_id("call-failed-title")).to_contain_text(
+            "the connection was lost")
+        m = await asyncio.to_thread(moscow.call)
+        assert m["state"] == "ended" and m["end_reason"] == "connection_lost", m

@@ -198,10 +198,12 @@ async def test_a_call_messages_and_a_statement_are_recorded_witnessed_and_proven
                      15, "washington's alarms")
 
 
-@pytest.mark.skipif(not (shutil.which("pdftoppm") and shutil.which("zbarimg")),
-                    reason="needs poppler-utils and zbar-tools (scripts/test installs them)")
 async def test_a_final_statement_on_paper_is_verified_from_a_scan_of_its_page(
         line: LocalLine, tmp_path: Path) -> None:
+    for tool in ("pdftoppm", "zbarimg"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: scripts/test installs poppler-utils and"
+                        " zbar-tools (scripts/test-packages.txt)")
     await line.provision()
     washington = await line.terminal("washington")
     moscow = await line.terminal("moscow")

@@ -13,14 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("scipy")
+from bench.soak import run  # scipy and the bench code: installed by scripts/test
 
 
 @pytest.mark.timeout(600)
 async def test_a_five_minute_call_stays_up_and_piles_nothing_up(tmp_path: Path) -> None:
-    from bench.soak import run
-
     result = await run(tmp_path, minutes=5)
     samples = result.figures["soak_samples"]
     assert len(samples) >= 5 and all(s["state"] == "active" for s in samples)

@@ -8,6 +8,8 @@
 // both signatures. Text from elsewhere is set as text only.
 
 // A line diff (longest common subsequence): [{op: " " | "-" | "+", line}].
+import { button, element } from "./dom.js";
+
 export function lineDiff(before, after) {
   const a = before.split("\n");
   const b = after.split("\n");
@@ -89,18 +91,11 @@ export class RecordPanel {
   }
 
   #el(tag, className, text) {
-    const el = this.doc.createElement(tag);
-    if (className) el.className = className;
-    if (text !== undefined) el.textContent = text;
-    return el;
+    return element(this.doc, tag, className, text);
   }
 
   #button(label, testid, onClick, ghost) {
-    const button = this.#el("button", ghost ? "ghost small" : "small", label);
-    button.type = "button";
-    button.dataset.testid = testid;
-    button.addEventListener("click", onClick);
-    return button;
+    return button(this.doc, label, testid, onClick, ghost);
   }
 
   // The sidebar: the log's summary, the statements, the draft form.

@@ -4,6 +4,8 @@
 // talk's time in both parties' zones, its state, the line's last test beside it, and
 // offers what the person may do now. Text from elsewhere is set as text only.
 
+import { button, element } from "./dom.js";
+
 const STATE_TEXT = { proposed: "Requested", countered: "Another time proposed",
   confirmed: "Confirmed", tentative: "Tentative", declined: "Declined", cancelled: "Cancelled" };
 
@@ -45,18 +47,11 @@ export class TalkPanel {
   }
 
   #el(tag, className, text) {
-    const el = this.doc.createElement(tag);
-    if (className) el.className = className;
-    if (text !== undefined) el.textContent = text;
-    return el;
+    return element(this.doc, tag, className, text);
   }
 
   #button(label, testid, onClick, ghost) {
-    const button = this.#el("button", ghost ? "ghost small" : "small", label);
-    button.type = "button";
-    button.dataset.testid = testid;
-    button.addEventListener("click", onClick);
-    return button;
+    return button(this.doc, label, testid, onClick, ghost);
   }
 
   #talk(talk) {
