@@ -23,7 +23,7 @@ from scipy.signal import correlate
 
 from bench.common import Result, median, percentile, r, say
 from bench.line import BenchLine, active_call, hang_up
-from bench.speech import first_channel
+from bench.samples import first_channel
 from parley.core.call import MediaKind
 from parley.media.ice import use_host_addresses
 from parley.media.robot import RobotOptions

@@ -29,7 +29,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench.line import BenchLine, TimedRobotMedia, active_call, hang_up
-from bench.speech import first_channel
+from bench.samples import first_channel
 from parley.core.call import MediaKind
 from parley.media.engine import MediaEvents
 from parley.media.ice import use_host_addresses

@@ -23,9 +23,10 @@ from pesq import pesq
 from scipy.io import wavfile
 from scipy.signal import correlate, resample_poly
 
+from bench.samples import FRAME, first_channel
+
 RATE = 48_000
 PESQ_RATE = 16_000
-FRAME = 960  # 20 ms at 48 kHz
 # Harvard sentences (IEEE 1969), the usual material for speech quality tests.
 SENTENCES = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue"
              " background. It is easy to tell the depth of a well. These days a chicken leg"
@@ -100,12 +101,6 @@ def through_opus(speech: np.ndarray, encoder: OpusEncoder, decoder: Any) -> np.n
             for decoded in decoder.decode(JitterFrame(packet, timestamp)):
                 out.append(first_channel(decoded.to_ndarray().reshape(-1)))
     return np.concatenate(out)
-
-
-def first_channel(samples: np.ndarray, frame: int = FRAME) -> np.ndarray:
-    """The first channel of one decoded frame of `frame` samples per channel, interleaved."""
-    channels = max(1, len(samples) // frame)
-    return samples.reshape(-1, channels)[:, 0] if channels > 1 else samples
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
