@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from . import notice, schema
+from . import notice, schema, sframe
 from .encoding import b64d, b64e, canonical_json, random_id
 from .errors import ErrorCode, LocalError, ParleyError, RemoteError, SecurityAlarm
 from .keys import DeviceKeys, DevicePublicKeys
@@ -84,6 +84,7 @@ SIGNALING_MAX_AGE_MS = 120_000
 # RECONNECT_GIVE_UP_MS without media it ends (`connection_lost`).
 RECONNECT_RETRY_MS = 2_500
 RECONNECT_GIVE_UP_MS = 60_000
+REKEY_MS = 10 * 60_000  # a new media key for each direction this often in an active call
 SAS_NONCE_BYTES = 16
 _DTLS_DOMAIN = b"parley-dtls-fingerprint-v1\x00"
 
@@ -274,6 +275,11 @@ class MediaKind(StrEnum):
 
 _CALL_ID = schema.text(32)
 _NONCE = schema.text(24)  # SAS_NONCE_BYTES, base64
+# The sender's media secret (sframe.SECRET_BYTES, base64) and its epoch: the SFrame keys
+# for what it sends in this call (core.sframe). Optional on the wire so that a peer
+# without the layer is told apart, loudly, from one whose key was lost.
+_MEDIA_KEY = {"media_key": schema.text(44, required=False),
+              "media_epoch": schema.integer(0, 2**31, required=False)}
 PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "call.offer": {
         "call_id": _CALL_ID,
@@ -283,6 +289,7 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "media": schema.text(8, choices=frozenset(MediaKind)),
         "expires": schema.integer(0, 2**53),  # ms since the epoch: the caller gives up then
         "sas_commit": schema.text(44),  # safety.sas_commitment of the caller's nonce
+        **_MEDIA_KEY,
         # A line test's id: a test call, answered by test sets only (core.linetest).
         "test": schema.text(32, required=False),
     },
@@ -293,6 +300,7 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
         "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
         "dtls_sig": schema.text(88),
         "sas_nonce": _NONCE,
+        **_MEDIA_KEY,
     },
     "call.confirm": {"call_id": _CALL_ID, "sas_nonce": _NONCE},
     "call.ice": {
@@ -308,13 +316,19 @@ PAYLOADS: dict[str, dict[str, schema.Field]] = {
     "call.reoffer": {
         "call_id": _CALL_ID, "gen": schema.integer(1, 10_000), "sdp": schema.text(MAX_SDP),
         "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
-        "dtls_sig": schema.text(88),
+        "dtls_sig": schema.text(88), **_MEDIA_KEY,
     },
     "call.reanswer": {
         "call_id": _CALL_ID, "gen": schema.integer(1, 10_000), "sdp": schema.text(MAX_SDP),
         "dtls": schema.Field(str, max_len=95, check=check_fingerprint),
-        "dtls_sig": schema.text(88),
+        "dtls_sig": schema.text(88), **_MEDIA_KEY,
     },
+    # A new media key on a schedule, in the same peer connection; the peer installs it
+    # and says so (call.rekeyed), and only then does the sender seal under it.
+    "call.rekey": {"call_id": _CALL_ID, "gen": schema.integer(0, 10_000),
+                   "media_key": schema.text(44), "media_epoch": schema.integer(0, 2**31)},
+    "call.rekeyed": {"call_id": _CALL_ID, "gen": schema.integer(0, 10_000),
+                     "media_epoch": schema.integer(0, 2**31)},
     "call.media": {"call_id": _CALL_ID, "audio": schema.boolean(), "video": schema.boolean()},
     "call.end": {"call_id": _CALL_ID,
                  "reason": schema.text(16, choices=frozenset(_REMOTE_END_EVENT))},
@@ -371,6 +385,20 @@ class StopMedia:
 
 
 @dataclass(frozen=True)
+class MediaKeys:
+    """Keys for the call's frame layer (core.sframe): seal with `send`, open with `receive`.
+
+    For the peer connection of generation `gen` only; a media stack given keys for
+    another generation ignores them.
+    """
+
+    call_id: str
+    gen: int
+    send: sframe.StreamKeys | None = None
+    receive: sframe.StreamKeys | None = None
+
+
+@dataclass(frozen=True)
 class SetLocalMedia:
     call_id: str
     audio: bool
@@ -396,7 +424,7 @@ class Alarm:
 
 
 Action = SendEnvelope | StartMedia | ApplyAnswer | AddRemoteIce | StopMedia | SetLocalMedia | \
-    CallChanged | Alarm
+    CallChanged | Alarm | MediaKeys
 
 
 @dataclass(frozen=True)
@@ -426,6 +454,9 @@ class CallInfo:
     reconnecting_since_ms: int | None = None  # media lost then; being restored
     gen: int = 0  # peer connections after the first (reconnections)
     sas_changed: bool = False  # a reconnection changed a certificate: read the new SAS
+    # "sframe+dtls-srtp" when both sides seal every frame under keys sent in the sealed
+    # envelopes (core.sframe), "dtls-srtp" when only the classical outer layer holds.
+    media_protection: str = sframe.PROTECTION
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
@@ -477,6 +508,15 @@ class Call:
     up_ms: int | None = None  # when the peer connection in use last came up (verified)
     answered_gen: int = 0  # the generation the peer's reanswer (caller) came for
     sas_changed: bool = False
+    # The frame layer's keys (core.sframe): our secret per epoch, the epoch we seal
+    # under, a re-key sent and not yet installed by the peer, the peer's last epoch;
+    # and whether either side's frames went without the layer.
+    send_epoch: int = -1
+    rekey_pending: tuple[int, bytes] | None = None
+    rekey_ms: int | None = None
+    recv_epoch: int = -1
+    peer_secret: tuple[int, bytes] | None = None  # from the offer, until we answer
+    unprotected: bool = False
 
     @property
     def role(self) -> str:
@@ -501,7 +541,8 @@ class Call:
             state=self.state,
             end_reason=self.end_reason,
             sas=self.sas(me),
-            verified=self.peer_trust is Trust.VERIFIED and self.handshake_checked,
+            verified=self.peer_trust is Trust.VERIFIED and self.handshake_checked
+            and not self.unprotected,
             peer_trust=self.peer_trust,
             started_ms=self.started_ms,
             answered_ms=self.answered_ms,
@@ -517,6 +558,8 @@ class Call:
             else None,
             gen=self.gen,
             sas_changed=self.sas_changed,
+            media_protection=sframe.PROTECTION_OUTER_ONLY if self.unprotected
+            else sframe.PROTECTION,
         )
 
 
@@ -525,7 +568,8 @@ class CallBook:
 
     def __init__(self, keys: DeviceKeys, device_id: str, *, require_verified: bool = True,
                  test_set: bool = False, reconnect_retry_ms: int = RECONNECT_RETRY_MS,
-                 reconnect_give_up_ms: int = RECONNECT_GIVE_UP_MS) -> None:
+                 reconnect_give_up_ms: int = RECONNECT_GIVE_UP_MS, frame_layer: bool = True,
+                 rekey_ms: int = REKEY_MS) -> None:
         self._keys = keys
         self.device_id = device_id
         self.me = keys.public(device_id)
@@ -535,6 +579,10 @@ class CallBook:
         self.test_set = test_set
         self.reconnect_retry_ms = reconnect_retry_ms
         self.reconnect_give_up_ms = reconnect_give_up_ms
+        # Our media stack seals every frame (core.sframe) with keys we send in the call's
+        # envelopes; without it (a benchmark's baseline), calls are not shown verified.
+        self.frame_layer = frame_layer
+        self.rekey_ms = rekey_ms
         self._calls: dict[str, Call] = {}
         self._notices = notice.NoticeLimiter()
 
@@ -556,7 +604,8 @@ class CallBook:
         return [c for c in self._calls.values() if c.state is not CallState.ENDED]
 
     def next_deadline(self) -> int | None:
-        deadlines = [c.deadline_ms for c in self.live() if c.deadline_ms is not None]
+        deadlines = [d for c in self.live() for d in (c.deadline_ms, c.rekey_ms)
+                     if d is not None]
         return min(deadlines) if deadlines else None
 
     def forget_ended(self, keep: int = 50) -> None:
@@ -598,6 +647,7 @@ class CallBook:
             started_ms=now_ms,
             deadline_ms=now_ms + MEDIA_SETUP_TIMEOUT_MS,
             test_id=test_id,
+            unprotected=not self.frame_layer,
         )
         call.media_started = True
         self._calls[call.call_id] = call
@@ -627,6 +677,7 @@ class CallBook:
             "dtls_sig": b64e(self._keys.sign(
                 dtls_statement(call_id, call.role, self.device_id, call.local_dtls))),
         }
+        keys = self._new_send_keys(call, payload)
         if call.direction == "outgoing":
             payload["media"] = str(call.media)
             payload["expires"] = call.deadline_ms
@@ -638,7 +689,7 @@ class CallBook:
         description = self._send(
             call, "call.offer" if call.direction == "outgoing" else "call.answer", payload)
         # Candidates the stack found before its description was ready follow it.
-        return [description, *(self._send(call, "call.ice", ice) for ice in held),
+        return [*keys, description, *(self._send(call, "call.ice", ice) for ice in held),
                 self._changed(call)]
 
     def accept(self, call_id: str, now_ms: int) -> list[Action]:
@@ -648,7 +699,12 @@ class CallBook:
         call.answered_ms = now_ms
         call.deadline_ms = now_ms + CONNECT_TIMEOUT_MS
         call.media_started = True
-        return [StartMedia(call_id, call.media, call.remote_sdp), *actions, *self._flush_ice(call)]
+        keys: list[Action] = []
+        if call.peer_secret is not None:
+            keys.append(MediaKeys(call_id, 0, receive=self._receive_keys(call, *call.peer_secret)))
+            call.peer_secret = None
+        return [StartMedia(call_id, call.media, call.remote_sdp), *keys, *actions,
+                *self._flush_ice(call)]
 
     def decline(self, call_id: str, now_ms: int) -> list[Action]:
         return self._fire(self.get(call_id), CallEvent.LOCAL_DECLINE, now_ms, local=True)
@@ -705,6 +761,7 @@ class CallBook:
             # The new peer connection's handshake, verified exactly like the first one's.
             call.lost_ms = call.retry_ms = call.give_up_ms = call.deadline_ms = None
             call.up_ms = now_ms
+            self._schedule_rekey(call, now_ms)
             return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
         call.handshake_checked = True
         return self._maybe_verified(call, now_ms)
@@ -715,6 +772,7 @@ class CallBook:
             return []  # the callee waits for the caller to open its commitment
         call.active_ms = call.up_ms = now_ms
         call.deadline_ms = None
+        self._schedule_rekey(call, now_ms)
         return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
 
     def media_failed(self, call_id: str, reason: str, now_ms: int) -> list[Action]:
@@ -741,6 +799,7 @@ class CallBook:
             call.lost_ms = now_ms
             call.give_up_ms = now_ms + self.reconnect_give_up_ms
             call.alarm = None
+            call.rekey_ms = call.rekey_pending = None  # a new connection brings new keys
             actions += self._fire(call, CallEvent.MEDIA_LOST, now_ms)
         elif call.retry_ms is not None and now_ms < call.retry_ms:
             return []  # an attempt is under way: the retry timer takes the next
@@ -771,16 +830,17 @@ class CallBook:
         # The attempt's clock starts when its offer (or answer) goes, not when it was asked.
         call.retry_ms = now_ms + self.reconnect_retry_ms
         call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
-        payload = {
+        payload: dict[str, Any] = {
             "call_id": call.call_id, "gen": call.gen, "sdp": sdp, "dtls": fingerprint,
             "dtls_sig": b64e(self._keys.sign(
                 dtls_statement(call.call_id, call.role, self.device_id, fingerprint)))}
+        keys = self._new_send_keys(call, payload)
         held = [ice for ice in call.pending_local_ice if ice.get("gen", 0) == call.gen]
         call.pending_local_ice = []
         kind = "call.reoffer" if call.direction == "outgoing" else "call.reanswer"
         # The callee's own description is out: the caller's candidates for it can go in.
         flushed = self._flush_ice(call) if call.direction == "incoming" else []
-        return [self._send(call, kind, payload),
+        return [*keys, self._send(call, kind, payload),
                 *(self._send(call, "call.ice", ice) for ice in held), *flushed,
                 self._changed(call)]
 
@@ -942,6 +1002,10 @@ class CallBook:
             return self._on_reconnect(call, payload, now_ms, sent_ms)
         if type_ in ("call.reoffer", "call.reanswer"):
             return self._on_redescription(call, type_, payload, now_ms)
+        if type_ == "call.rekey":
+            return self._on_rekey(call, payload)
+        if type_ == "call.rekeyed":
+            return self._on_rekeyed(call, payload)
         if type_ == "call.media":
             call.remote_audio, call.remote_video = payload["audio"], payload["video"]
             return [self._changed(call)]
@@ -958,6 +1022,8 @@ class CallBook:
     def handle_timer(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         for call in self.live():
+            if call.rekey_ms is not None and call.rekey_ms <= now_ms:
+                actions += self._rekey(call, now_ms)
             if call.deadline_ms is None or call.deadline_ms > now_ms:
                 continue
             if call.state is CallState.RECONNECTING:
@@ -1003,12 +1069,14 @@ class CallBook:
         if call_id in self._calls:
             return []  # duplicate offer: the replay guard already spoke
         self._verify_dtls(sender, call_id, "caller", payload)
+        peer_secret = _media_secret(payload, "call.offer")
         call = Call(
             call_id=call_id, direction="incoming", peer=sender, peer_trust=trust,
             media=MediaKind(payload["media"]), state=CallState.RINGING, started_ms=now_ms,
             deadline_ms=now_ms + RING_TIMEOUT_MS, remote_dtls=normalize_fingerprint(
                 payload["dtls"]), remote_sdp=payload["sdp"],
             remote_commit=payload["sas_commit"], test_id=payload.get("test"),
+            peer_secret=peer_secret, unprotected=not self.frame_layer,
         )
         others_live = bool(self.live())
         self._calls[call_id] = call
@@ -1032,8 +1100,8 @@ class CallBook:
         if others_live:
             call.alarm = "missed while busy on another call"
             return self._fire(call, CallEvent.REFUSED_BUSY, now_ms, local=True)
-        return [self._send(call, "call.ringing", {"call_id": call_id}),
-                self._changed(call)]
+        return [*self._check_peer_protects(call, peer_secret),
+                self._send(call, "call.ringing", {"call_id": call_id}), self._changed(call)]
 
     def _on_answer(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
         if call.direction != "outgoing" or call.state not in (CallState.DIALING,
@@ -1046,6 +1114,11 @@ class CallBook:
             return self.intercepted(call.call_id, alarm, now_ms)
         if len(nonce) != SAS_NONCE_BYTES:
             raise RemoteError(f"call.answer.sas_nonce must be {SAS_NONCE_BYTES} bytes")
+        peer_secret = _media_secret(payload, "call.answer")
+        keys = self._check_peer_protects(call, peer_secret)
+        if peer_secret is not None:
+            keys.append(MediaKeys(call.call_id, 0,
+                                  receive=self._receive_keys(call, *peer_secret)))
         call.remote_dtls = normalize_fingerprint(payload["dtls"])
         call.remote_nonce = nonce
         call.answered_ms = now_ms
@@ -1054,7 +1127,7 @@ class CallBook:
         # The callee's nonce is known: open our commitment, so that its SAS can be shown.
         confirm = self._send(call, "call.confirm", {"call_id": call.call_id,
                                                     "sas_nonce": b64e(call.local_nonce)})
-        return [ApplyAnswer(call.call_id, payload["sdp"]), confirm, *actions]
+        return [*keys, ApplyAnswer(call.call_id, payload["sdp"]), confirm, *actions]
 
     def _on_confirm(self, call: Call, payload: dict[str, Any], now_ms: int) -> list[Action]:
         """The caller opens the commitment it made in its offer."""
@@ -1120,6 +1193,10 @@ class CallBook:
                               payload)
         except SecurityAlarm as alarm:
             return self.intercepted(call.call_id, alarm, now_ms)
+        peer_secret = _media_secret(payload, type_)
+        if peer_secret is not None and peer_secret[0] <= call.recv_epoch:
+            raise RemoteError(f"{type_}.media_epoch {peer_secret[0]} is not after"
+                              f" {call.recv_epoch}: a media key is never used again")
         fingerprint = normalize_fingerprint(payload["dtls"])
         if call.remote_dtls is not None and fingerprint != call.remote_dtls:
             if call.peer_trust is not Trust.VERIFIED:
@@ -1130,23 +1207,114 @@ class CallBook:
                 return self._fire(call, CallEvent.MEDIA_FAILED, now_ms, local=True)
             call.sas_changed = True  # its certificate changed: so does the SAS
         call.remote_dtls = fingerprint
-        actions: list[Action] = []
+        actions: list[Action] = self._check_peer_protects(call, peer_secret)
+        keys: list[Action] = []
+        if peer_secret is not None:
+            keys.append(MediaKeys(call.call_id, gen,
+                                  receive=self._receive_keys(call, *peer_secret)))
         if not offer:
             # Answered: this attempt gets time to connect (ICE and DTLS) before the next.
             call.answered_gen = gen
             call.retry_ms = now_ms + 2 * self.reconnect_retry_ms
             call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
-            return [ApplyAnswer(call.call_id, payload["sdp"]), *self._flush_ice(call),
-                    self._changed(call)]
+            return [*actions, *keys, ApplyAnswer(call.call_id, payload["sdp"]),
+                    *self._flush_ice(call), self._changed(call)]
         if call.state is CallState.ACTIVE:
             call.lost_ms = now_ms
             call.give_up_ms = now_ms + self.reconnect_give_up_ms
+            call.rekey_ms = call.rekey_pending = None
             actions += self._fire(call, CallEvent.MEDIA_LOST, now_ms)
         call.gen = gen
         call.retry_ms = now_ms + self.reconnect_retry_ms
         call.deadline_ms = min(call.retry_ms, call.give_up_ms or call.retry_ms)
         return [*actions, StartMedia(call.call_id, call.media, payload["sdp"], gen=gen,
-                                     restart=True), self._changed(call)]
+                                     restart=True), *keys, self._changed(call)]
+
+    # -- the frame layer's keys (core.sframe) ---------------------------------------
+
+    def _derive(self, call: Call, secret: bytes, epoch: int, *, sending: bool
+                ) -> sframe.StreamKeys:
+        me, peer = self.me.fingerprint_bytes, call.peer.fingerprint_bytes
+        sender, receiver = (me, peer) if sending else (peer, me)
+        return sframe.StreamKeys.derive(secret, call.call_id, sender, receiver, epoch)
+
+    def _next_epoch(self, call: Call) -> tuple[int, bytes]:
+        pending = call.rekey_pending[0] if call.rekey_pending else -1
+        return max(call.send_epoch, pending) + 1, secrets.token_bytes(sframe.SECRET_BYTES)
+
+    def _new_send_keys(self, call: Call, payload: dict[str, Any]) -> list[Action]:
+        """A fresh secret for a new peer connection: into `payload`, and to our stack."""
+        if not self.frame_layer:
+            return []
+        epoch, secret = self._next_epoch(call)
+        payload["media_key"], payload["media_epoch"] = b64e(secret), epoch
+        call.send_epoch, call.rekey_pending = epoch, None
+        return [MediaKeys(call.call_id, call.gen,
+                          send=self._derive(call, secret, epoch, sending=True))]
+
+    def _receive_keys(self, call: Call, epoch: int, secret: bytes) -> sframe.StreamKeys:
+        call.recv_epoch = max(call.recv_epoch, epoch)
+        return self._derive(call, secret, epoch, sending=False)
+
+    def _check_peer_protects(self, call: Call, peer_secret: tuple[int, bytes] | None
+                             ) -> list[Action]:
+        """The alarm when the peer sent no media key: its frames have no end-to-end layer."""
+        if peer_secret is not None or not self.frame_layer:
+            return []
+        return self._unprotected(call, f"{call.peer.device_id} sent no media key: the call's"
+                                       " media is not protected end to end (DTLS-SRTP only)")
+
+    def _unprotected(self, call: Call, message: str) -> list[Action]:
+        if call.unprotected:
+            return []
+        call.unprotected = True
+        call.alarm = message
+        return [Alarm(call.call_id, ErrorCode.MEDIA_UNPROTECTED, message,
+                      "the call is not verified: what is said can be recorded and decrypted"
+                      " later by whoever breaks DTLS's key exchange; end the call and check"
+                      " both terminals' versions"), self._changed(call)]
+
+    def frames_unprotected(self, call_id: str, detail: str, now_ms: int) -> list[Action]:
+        """Our media stack dropped the peer's frames: no layer, unknown keys or replays."""
+        call = self.get(call_id)
+        if call.state is CallState.ENDED:
+            return []
+        return self._unprotected(call, f"frames from {call.peer.device_id} without valid"
+                                       f" end-to-end protection were dropped ({detail})")
+
+    def _schedule_rekey(self, call: Call, now_ms: int) -> None:
+        call.rekey_ms = now_ms + self.rekey_ms if self.frame_layer and self.rekey_ms else None
+
+    def _rekey(self, call: Call, now_ms: int) -> list[Action]:
+        """A new key for what we send, on the schedule; used once the peer has it."""
+        self._schedule_rekey(call, now_ms)
+        if call.state is not CallState.ACTIVE or call.unprotected:
+            return []
+        epoch, secret = self._next_epoch(call)
+        call.rekey_pending = (epoch, secret)
+        return [self._send(call, "call.rekey", {"call_id": call.call_id, "gen": call.gen,
+                                                "media_key": b64e(secret),
+                                                "media_epoch": epoch})]
+
+    def _on_rekey(self, call: Call, payload: dict[str, Any]) -> list[Action]:
+        secret = _media_secret(payload, "call.rekey")
+        assert secret is not None  # required in call.rekey
+        if payload["gen"] != call.gen or secret[0] <= call.recv_epoch \
+                or call.state not in (CallState.ACTIVE, CallState.RECONNECTING):
+            return []  # for a connection replaced, or a key already had
+        keys = self._receive_keys(call, *secret)
+        return [MediaKeys(call.call_id, call.gen, receive=keys),
+                self._send(call, "call.rekeyed", {"call_id": call.call_id, "gen": call.gen,
+                                                  "media_epoch": secret[0]})]
+
+    def _on_rekeyed(self, call: Call, payload: dict[str, Any]) -> list[Action]:
+        pending = call.rekey_pending
+        if pending is None or payload["gen"] != call.gen or payload["media_epoch"] != pending[0]:
+            return []
+        call.rekey_pending = None
+        call.send_epoch = pending[0]
+        return [MediaKeys(call.call_id, call.gen,
+                          send=self._derive(call, pending[1], pending[0], sending=True))]
 
     def _fire(self, call: Call, event: CallEvent, now_ms: int, *,
               local: bool = False) -> list[Action]:
@@ -1165,7 +1333,8 @@ class CallBook:
             reason = end_reason(previous, event)
             call.end_reason = reason
             call.ended_ms = now_ms
-            call.deadline_ms = None
+            call.deadline_ms = call.rekey_ms = None
+            call.rekey_pending = call.peer_secret = None  # the media secrets go with the call
             # An outgoing call whose offer has not gone yet is unknown to the peer.
             peer_knows = call.direction == "incoming" or call.local_dtls is not None
             wire = wire_reason(previous, reason, event, peer_knows=peer_knows)
@@ -1185,6 +1354,17 @@ class CallBook:
     def _changed(self, call: Call) -> CallChanged:
         return CallChanged(call.info(self.me))
 
+
+
+def _media_secret(payload: dict[str, Any], what: str) -> tuple[int, bytes] | None:
+    """(epoch, secret) from a payload's media_key, None if it has none."""
+    if "media_key" not in payload:
+        return None
+    secret = b64d(payload["media_key"], what=f"{what}.media_key", max_bytes=sframe.SECRET_BYTES)
+    if len(secret) != sframe.SECRET_BYTES or "media_epoch" not in payload:
+        raise RemoteError(f"{what}.media_key must be {sframe.SECRET_BYTES} bytes, with its"
+                          " media_epoch")
+    return payload["media_epoch"], secret
 
 
 def transition_table_markdown() -> str:

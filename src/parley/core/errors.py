@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     KEY_CHANGED = "key_changed"
     FINGERPRINT_MISMATCH = "fingerprint_mismatch"
     INSECURE_MEDIA = "insecure_media"
+    MEDIA_UNPROTECTED = "media_unprotected"  # media without the end-to-end layer (SFrame)
     INTERCEPTED = "intercepted"  # the peer reports that it detected interception
     COMMITMENT_MISMATCH = "commitment_mismatch"  # a SAS commitment opened to another value
     NEW_DEVICE = "new_device"  # a party we verified gained a device we have not verified
@@ -127,6 +128,7 @@ _ALARM_TITLES = {
     ErrorCode.KEY_CHANGED: "A peer's key has changed",
     ErrorCode.WRONG_RECIPIENT: "Misrouted message",
     ErrorCode.INSECURE_MEDIA: "Unencrypted media refused",
+    ErrorCode.MEDIA_UNPROTECTED: "Media not protected end to end",
     ErrorCode.REPLAY: "Replayed message",
     ErrorCode.STALE: "Stale message",
     ErrorCode.COMMITMENT_MISMATCH: "Call intercepted",

@@ -60,6 +60,8 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     _call("call.reconnect"),
     _call("call.reoffer"),
     _call("call.reanswer"),
+    _call("call.rekey"),
+    _call("call.rekeyed"),
     # A held notice must not end a later, unrelated call: it ages out, and it only ends
     # calls that were live when it was sent (CallBook.tamper_reported).
     Kind(notice.TAMPER, notice.TAMPER_FIELDS, notice.MAX_AGE_MS, stored=True,
