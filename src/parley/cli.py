@@ -112,6 +112,8 @@ TERMINAL_OPTIONS = [
            " call reconnects (0: never)", 3.0, type=float),
     Option("reconnect-give-up", "a call whose media was lost and does not come back within"
            " this many seconds ends ('connection lost')", 60.0, type=float),
+    Option("media-rekey", "seconds between new media keys in an active call: each side renews"
+           " the key of what it sends (0: only at each new connection)", 600.0, type=float),
     Option("messages-relayed", "for benchmarks only: messages are relayed, not stored, by the"
            " server (nothing waits for a recipient that is away)", False, flag=True),
     Option("timezone", "this site's time zone for scheduled talks (default: its party's, as"
@@ -381,6 +383,7 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
                            cfg["media_timeout"]),
         timezone=cfg["timezone"], record_texts=cfg["record_texts"],
         reconnect_give_up_s=cfg["reconnect_give_up"],
+        media_rekey_s=max(0.0, cfg["media_rekey"]),
         record_interval_s=max(5.0, cfg["record_every"]),
         linetest=LineTestSettings(
             test_set=cfg["test_set"], scheduled=cfg["linetest_every"] > 0,

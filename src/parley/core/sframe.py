@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -273,6 +274,7 @@ class FrameSealer:
         self._kid: int | None = None
         self.counter = 0  # the next CTR; never wound back, whatever the key
         self.sealed = 0
+        self._lock = threading.Lock()  # a media stack may encode in another thread
 
     @property
     def kid(self) -> int | None:
@@ -281,29 +283,33 @@ class FrameSealer:
     def use(self, keys: StreamKeys) -> None:
         """Seal from now on under `keys` (a re-key); the counter runs on."""
         kid = media_kid(keys.epoch, self.kind)
-        if self._kid is not None and kid <= self._kid:
-            return  # an older or the same epoch: keys only move forward
-        self._context.add_key(kid, keys.base_key(self.kind))
-        if self._kid is not None:
-            self._context.remove_key(self._kid)
-        self._kid = kid
+        with self._lock:
+            if self._kid is not None and kid <= self._kid:
+                return  # an older or the same epoch: keys only move forward
+            self._context.add_key(kid, keys.base_key(self.kind))
+            if self._kid is not None:
+                self._context.remove_key(self._kid)
+            self._kid = kid
 
     def seal(self, frame: bytes) -> bytes:
-        if self._kid is None:
-            raise SFrameError("no media key to seal with yet")
-        if self.counter > MAX_VALUE:
-            raise SFrameError("SFrame counter exhausted")
-        clear = clear_bytes(self.kind, frame)
-        metadata = bytes(frame[:clear])
-        out = metadata + self._context.encrypt(self.counter, self._kid, metadata, frame[clear:])
-        self.counter += 1
-        self.sealed += 1
-        return out
+        with self._lock:
+            if self._kid is None:
+                raise SFrameError("no media key to seal with yet")
+            if self.counter > MAX_VALUE:
+                raise SFrameError("SFrame counter exhausted")
+            clear = clear_bytes(self.kind, frame)
+            metadata = bytes(frame[:clear])
+            out = metadata + self._context.encrypt(self.counter, self._kid, metadata,
+                                                   frame[clear:])
+            self.counter += 1
+            self.sealed += 1
+            return out
 
     def erase(self) -> None:
-        for kid in self._context.kids():
-            self._context.remove_key(kid)
-        self._kid = None
+        with self._lock:
+            for kid in self._context.kids():
+                self._context.remove_key(kid)
+            self._kid = None
 
 
 class ReplayWindow:

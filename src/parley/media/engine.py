@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from parley.core.call import MediaKind
+from parley.core.sframe import StreamKeys
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class MediaEvents(Protocol):
 
     def media_failed(self, call_id: str, reason: str) -> None: ...
 
+    def frames_unprotected(self, call_id: str, detail: str) -> None:
+        """The peer's frames keep failing the end-to-end layer (core.sframe): dropped."""
+
     def local_ice(self, call_id: str, candidate: str, mid: str | None,
                   mline: int | None) -> None: ...
 
@@ -43,10 +47,15 @@ class MediaSession(Protocol):
 
     def set_local_media(self, audio: bool, video: bool) -> None: ...
 
+    def set_keys(self, send: StreamKeys | None, receive: StreamKeys | None) -> None:
+        """Seal what we send under `send` from now on; open what comes under `receive` too."""
+
     async def stats(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
 
 class MediaEngine(Protocol):
+    frame_layer: bool  # its sessions seal and open every frame (core.sframe)
+
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> MediaSession: ...

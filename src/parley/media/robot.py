@@ -22,22 +22,28 @@ from typing import Any
 
 import aiortc
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, certificate_digest
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame, VideoFrame
 
+from parley.core import sframe
 from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError
-from parley.media import audio_loss
+from parley.core.sframe import FrameOpener, FrameSealer, Kind, StreamKeys
+from parley.media import audio_loss, frame_layer
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
 from parley.media.recorder import Recorder
 from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
 
 log = logging.getLogger("parley.media")
+VIDEO_CODECS = ("video/vp8", "video/rtx")
+# Frames of one stream that fail the layer in a row before the alarm: half a second of
+# audio. A re-key's overlap or a late retransmission drops one or two, never this many.
+DROPS_ALARM = 25
 
 AudioTap = Callable[[str, int, np.ndarray], None]  # (call_id, monotonic ns, int16 samples)
 # (call_id, monotonic ns, mean brightness 0-255) of each remote video frame; or, sent,
@@ -66,6 +72,10 @@ class RobotOptions:
     # sends silence) for this long has lost its path: it reconnects (core.call), and ends
     # if that does not bring it back (0: never).
     silence_timeout_s: float = 3.0
+    # Seal every frame sent, and open every frame received, with the end-to-end layer
+    # (core.sframe) under keys from the call's sealed envelopes. Off only for a
+    # benchmark's baseline: calls without it are never shown verified.
+    frame_layer: bool = True
 
 
 def dtls_fingerprint(transport: RTCDtlsTransport) -> str:
@@ -119,6 +129,9 @@ class RobotMediaSession:
         self._recorder: Recorder | None = None
         self._player: MediaPlayer | None = None
         self.received = {"audio": ReceivedStats(), "video": ReceivedStats()}
+        self.sealers = {str(k): FrameSealer(k) for k in Kind} if options.frame_layer else {}
+        self.openers = {str(k): FrameOpener(k) for k in Kind} if options.frame_layer else {}
+        self._layer_alarmed = False
         self._reported = False
         self._closed = False
         self.audio_track: MediaStreamTrack
@@ -156,6 +169,28 @@ class RobotMediaSession:
         self.pc.addTrack(self.audio_track)
         if self.video_track is not None:
             self.pc.addTrack(self.video_track)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                # VP8 only: the frame layer leaves VP8's header bytes readable, and
+                # knows no other codec's.
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences(
+                    [c for c in codecs if c.mimeType.lower() in VIDEO_CODECS])
+            if self.sealers and transceiver.kind in self.sealers:
+                frame_layer.attach_sealer(transceiver.sender, self.sealers[transceiver.kind])
+                frame_layer.attach_opener(transceiver.receiver,
+                                          self.openers[transceiver.kind])
+
+    def set_keys(self, send: StreamKeys | None, receive: StreamKeys | None) -> None:
+        for kind in Kind:
+            if send is not None and self.sealers:
+                self.sealers[kind].use(send)
+            if receive is not None and self.openers:
+                self.openers[kind].add(receive)
+
+    @property
+    def media_protection(self) -> str:
+        return sframe.PROTECTION if self.sealers else sframe.PROTECTION_OUTER_ONLY
 
     def _transport(self) -> RTCDtlsTransport:
         for transceiver in self.pc.getTransceivers():
@@ -193,6 +228,11 @@ class RobotMediaSession:
     async def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v.as_dict() for k, v in self.received.items()}
         out["state"] = self.pc.connectionState
+        out["media_protection"] = self.media_protection
+        if self.sealers:
+            out["frame_layer"] = {kind: {"sealed": self.sealers[kind].sealed,
+                                         **self.openers[kind].stats.as_dict()}
+                                  for kind in self.sealers}
         with contextlib.suppress(Exception):
             report = await self.pc.getStats()
             for s in report.values():
@@ -215,6 +255,10 @@ class RobotMediaSession:
         for task in self._tasks:
             task.cancel()
         await self.pc.close()
+        for sealer in self.sealers.values():
+            sealer.erase()  # the call's media keys go with it
+        for opener in self.openers.values():
+            opener.erase()
         if self._recorder is not None:
             await self._recorder.close()
         for track in (self.audio_track, self.video_track):
@@ -265,6 +309,8 @@ class RobotMediaSession:
                 self._events.media_failed(self.call_id, exc.message)
                 return
             self._events.media_connected(self.call_id, fingerprint)
+            if self.openers:
+                self._spawn(self._watch_layer())
             if self._options.silence_timeout_s > 0:  # 0: never ends for want of media
                 watchdog = asyncio.ensure_future(self._watch_media())
                 self._tasks.add(watchdog)
@@ -272,6 +318,23 @@ class RobotMediaSession:
         elif state == "failed" and not self._closed:
             self._events.media_failed(self.call_id, "the media connection failed (ICE or DTLS)")
 
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_layer(self) -> None:
+        """Raise the alarm once when the peer's frames keep failing the layer."""
+        while not self._closed and not self._layer_alarmed:
+            await asyncio.sleep(0.25)
+            for kind, opener in self.openers.items():
+                stats = opener.stats
+                if stats.consecutive_drops >= DROPS_ALARM and not self._layer_alarmed:
+                    self._layer_alarmed = True
+                    self._events.frames_unprotected(
+                        self.call_id, f"{stats.consecutive_drops} {kind} frames in a row:"
+                                      f" {stats.last_drop}")
 
     async def _watch_media(self) -> None:
         timeout = self._options.silence_timeout_s
@@ -347,6 +410,8 @@ class RobotMedia:
         self._trimmer: asyncio.Task[None] | None = None
         # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
         audio_loss.install(options=self.options.opus)
+        frame_layer.install()
+        self.frame_layer = self.options.frame_layer
 
     def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
         segment = self._segments.get(call_id, -1) + 1

@@ -37,6 +37,7 @@ from parley.clock import now_ms
 from parley.core import notice
 from parley.core.call import (
     RECONNECT_GIVE_UP_MS,
+    REKEY_MS,
     Action,
     AddRemoteIce,
     Alarm,
@@ -45,6 +46,7 @@ from parley.core.call import (
     CallChanged,
     CallInfo,
     CallState,
+    MediaKeys,
     MediaKind,
     SendEnvelope,
     SetLocalMedia,
@@ -109,6 +111,8 @@ class TerminalConfig:
     record_interval_s: float = EXCHANGE_EVERY_S  # checkpoints exchanged at least this often
     # A call whose media was lost reconnects; this long without media, it ends.
     reconnect_give_up_s: float = RECONNECT_GIVE_UP_MS / 1000
+    # Each side renews the key of what it sends this often in an active call (0: never).
+    media_rekey_s: float = REKEY_MS / 1000
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -131,7 +135,10 @@ class Terminal:
                              hint="drop --media browser: a test set never reaches a person")
         self.book = CallBook(self.keys, self.device_id, require_verified=config.require_verified,
                              test_set=config.linetest.test_set,
-                             reconnect_give_up_ms=int(config.reconnect_give_up_s * 1000))
+                             reconnect_give_up_ms=int(config.reconnect_give_up_s * 1000),
+                             frame_layer=engine.frame_layer if engine is not None
+                             else config.robot.frame_layer,
+                             rekey_ms=int(config.media_rekey_s * 1000))
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
         self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
@@ -344,6 +351,10 @@ class Terminal:
 
     def local_ice(self, call_id: str, candidate: str, mid: str | None, mline: int | None) -> None:
         self._run(self.book.local_ice(call_id, candidate, mid, mline))
+
+    def frames_unprotected(self, call_id: str, detail: str) -> None:
+        log.warning("call %s: the peer's frames fail the end-to-end layer: %s", call_id, detail)
+        self._run(self.book.frames_unprotected(call_id, detail, now_ms()))
 
     # -- from the server ----------------------------------------------------------------
 
@@ -618,6 +629,10 @@ class Terminal:
             session = self.sessions.get(action.call_id)
             if session is not None:
                 session.set_local_media(action.audio, action.video)
+        elif isinstance(action, MediaKeys):
+            session = self.sessions.get(action.call_id)
+            if session is not None and self._session_gen.get(action.call_id, 0) == action.gen:
+                session.set_keys(action.send, action.receive)
         elif isinstance(action, StopMedia | CallChanged | Alarm):
             raise AssertionError(f"{type(action).__name__} is carried out at once, in _run")
 

@@ -17,7 +17,8 @@ what it reports. The messages (mirrored in ``web/protocol.js``)::
     media.answer    {call_id, sdp}            media.connected   {call_id, certificates}
     media.remote_candidate                    media.failed      {call_id, reason}
                     {call_id, candidate, ...} media.stats       {call_id, stats}
-    media.local     {call_id, audio, video}
+    media.local     {call_id, audio, video}   media.unprotected {call_id, detail}
+    media.keys      {call_id, send?, receive?}
     media.close     {call_id}
 
 A call's media runs like this. `media.open` asks the page for an offer (no
@@ -33,6 +34,13 @@ hashed with SubtleCrypto; getStats as a fallback) and the terminal hands it to
 is not the one the peer signed hangs up as intercepted. The page attaches
 remote audio and video to the screen only once the terminal says the call is
 active and verified, so an interceptor's media is never played.
+
+Every frame is sealed and opened with the end-to-end layer (`core.sframe`) in
+an encoded transform (``RTCRtpScriptTransform``, its worker ``web/sframe-worker.js``
+with ``web/sframe.js``, WebCrypto). `media.keys` gives the page the SFrame base
+keys the call book derived for this peer connection, over this local channel
+only; the page reports a stream whose frames keep failing the layer with
+`media.unprotected`, and the terminal raises the alarm.
 
 Which page: the most recent page that said `page.hello` does the media for new
 calls (older tabs are told they are not the media page; the CLI and the demo
@@ -57,6 +65,7 @@ from parley.core.call import MediaKind
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.safety import check_fingerprint, normalize_fingerprint
 from parley.core.sdp import MAX_SDP, dtls_fingerprints
+from parley.core.sframe import StreamKeys
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
 
@@ -124,6 +133,8 @@ PAGE_MESSAGES: dict[str, dict[str, schema.Field]] = {
                      "reason": schema.text(300)},
     "media.stats": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
                     "stats": schema.obj(check=_stats)},
+    "media.unprotected": {"t": schema.text(32), "call_id": _CALL_ID, "attempt": _ATTEMPT,
+                          "detail": schema.text(200)},
 }
 
 
@@ -162,6 +173,7 @@ class BrowserSession:
         self.stats_report: dict[str, Any] = {}
         self.state = "new"  # new -> describing -> described -> connected -> closed
         self._description: asyncio.Future[str] | None = None
+        self._keys: list[dict[str, Any]] = []  # media.keys sent, again to a page that reloads
 
     # -- MediaSession ------------------------------------------------------------------
 
@@ -184,6 +196,16 @@ class BrowserSession:
         self._send({"t": "media.local", "call_id": self.call_id, "audio": audio,
                     "video": video})
 
+    def set_keys(self, send: StreamKeys | None, receive: StreamKeys | None) -> None:
+        message: dict[str, Any] = {"t": "media.keys", "call_id": self.call_id,
+                                   "attempt": self.attempt}
+        if send is not None:
+            message["send"] = send.as_json()
+        if receive is not None:
+            message["receive"] = receive.as_json()
+        self._keys.append(message)
+        self._send(message)
+
     async def stats(self) -> dict[str, Any]:
         return {**self.stats_report, "state": self.state,
                 "page": self.page.number if self.page is not None else None}
@@ -196,6 +218,7 @@ class BrowserSession:
             self._description.set_exception(LocalError("the call ended before its media was"
                                                        " set up", code=ErrorCode.INVALID_STATE))
         self._send({"t": "media.close", "call_id": self.call_id})
+        self._keys.clear()
         self.engine.forget(self)
 
     # -- from the page -------------------------------------------------------------------
@@ -250,6 +273,8 @@ class BrowserSession:
         if offer is not None:
             message["offer"] = offer
         self._send(message)
+        for keys in self._keys:  # given before the page was chosen
+            self._send(keys)
         try:
             sdp = await asyncio.wait_for(self._description, DESCRIBE_TIMEOUT_S)
         except TimeoutError:
@@ -272,6 +297,8 @@ class BrowserSession:
 
 class BrowserMedia:
     """The MediaEngine of a person's terminal: peer connections live in its web page."""
+
+    frame_layer = True  # the page seals and opens every frame (web/sframe.js)
 
     def __init__(self, ice: IceConfig | None = None) -> None:
         self.ice = ice or IceConfig()
@@ -338,6 +365,8 @@ class BrowserMedia:
             session.fail(f"the browser reported: {data['reason']}")
         elif kind == "media.stats":
             session.stats_report = data["stats"]
+        elif kind == "media.unprotected":
+            session.events.frames_unprotected(session.call_id, data["detail"])
 
     def _hello(self, page: Page) -> None:
         if page in self._pages:
