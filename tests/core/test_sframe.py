@@ -135,12 +135,13 @@ def test_replays_stripped_frames_and_the_other_stream_are_dropped_and_counted() 
     with pytest.raises(SFrameError):
         opener.open(b"\x78" + os.urandom(80))  # no layer at all
     with pytest.raises(SFrameError):
-        opener.open(video.seal(b"\x00" + os.urandom(80)))  # a video frame into audio
+        # A video frame into audio (one byte: both streams leave one byte readable).
+        opener.open(video.seal(b"\x01"))
     with pytest.raises(SFrameError):
         opener.open(b"\x78")
     assert opener.stats.opened == 300
     # The frame with no layer is read as some header: whatever it names, it is dropped.
-    assert opener.stats.dropped["replay"] == 3
+    assert opener.stats.dropped["replay"] >= 3
     assert opener.stats.dropped["malformed"] >= 1 and opener.stats.dropped["wrong_stream"] >= 1
     assert sum(opener.stats.dropped.values()) == 6
     assert opener.stats.consecutive_drops == 3

@@ -197,6 +197,9 @@ class App {
         return this.#withMedia(message, (m) => m.addRemoteCandidate(message.candidate, message.mid, message.mline));
       case Incoming.MEDIA_LOCAL: return this.#withMedia(message, (m) => m.setLocal(message.audio, message.video));
       case Incoming.MEDIA_CLOSE: return this.#mediaClose(message.call_id);
+      case Incoming.MEDIA_KEYS: return this.#withMedia(message, (m) => {
+        if ((message.attempt ?? 0) === m.attempt) m.setKeys(message.send, message.receive);
+      });
       case Incoming.LINETEST:
         if (message.result) this.#linesSoon();
         return undefined;
@@ -417,6 +420,7 @@ class App {
       onConnected: (certificates) => this.#send(Outgoing.connected(callId, certificates, attempt)),
       onFailed: (reason) => this.#send(Outgoing.failed(callId, reason, attempt)),
       onTrack: () => this.render(),
+      onUnprotected: (detail) => this.#send(Outgoing.unprotected(callId, detail, attempt)),
     });
     // Registered before anything is awaited: a media.close meanwhile closes this one.
     this.media.get(callId)?.close();

@@ -6,12 +6,17 @@
 // SDP, and checks the certificate the peer presented in the handshake against
 // the one the peer signed. Remote media is kept in `remoteStream` and only
 // shown once the terminal says the call is active (see app.js).
+//
+// Every frame sent and received goes through the SFrame layer in the media worker
+// (sframe-worker.js, an RTCRtpScriptTransform on each sender and receiver), under
+// keys the terminal gives (setKeys); video is VP8 only, the codec whose header bytes
+// the layer leaves readable.
 
 const LOST_AFTER_MS = 1000; // disconnected this long (after the browser's own ~5 s): lost
 
 export class CallMedia {
   // open: {call_id, media, ice}; hooks: onCandidate(candidate|null),
-  // onConnected(certificates), onFailed(reason), onTrack().
+  // onConnected(certificates), onFailed(reason), onTrack(), onUnprotected(detail).
   constructor(open, hooks) {
     this.kind = open.media;
     this.ice = open.ice;
@@ -28,11 +33,47 @@ export class CallMedia {
     // Peer-connection operations run one after another, in the order the
     // terminal sent them (an answer, then candidates).
     this.queue = Promise.resolve();
+    this.layerStats = {};
+    this.worker = null;
+    if (typeof RTCRtpScriptTransform !== "function") return; // open() refuses the call
+    this.worker = new Worker("/static/sframe-worker.js", { type: "module", name: `sframe ${open.call_id}` });
+    this.worker.addEventListener("message", (event) => {
+      const message = event.data || {};
+      if (message.type === "stats") this.layerStats = message.stats;
+      else if (message.type === "unprotected" && !this.closed) this.hooks.onUnprotected?.(message.detail);
+      else if (message.type === "error" && !this.closed) this.#fail(`the media keys could not be used: ${message.detail}`);
+    });
+  }
+
+  // Keys for the SFrame layer, as the terminal sends them (media.keys).
+  setKeys(send, receive) {
+    if (this.worker) this.worker.postMessage({ type: "keys", send: send || null, receive: receive || null });
+  }
+
+  // Every sender and receiver through the worker, once; video as VP8 only.
+  #attachLayer() {
+    for (const transceiver of this.pc.getTransceivers()) {
+      const kind = transceiver.receiver.track?.kind ?? transceiver.sender.track?.kind;
+      if (kind === "video" && typeof transceiver.setCodecPreferences === "function") {
+        const codecs = RTCRtpReceiver.getCapabilities("video").codecs
+          .filter((c) => ["video/vp8", "video/rtx"].includes(c.mimeType.toLowerCase()));
+        transceiver.setCodecPreferences(codecs);
+      }
+      if (!transceiver.sender.transform) {
+        transceiver.sender.transform = new RTCRtpScriptTransform(this.worker, { side: "send", kind });
+      }
+      if (!transceiver.receiver.transform) {
+        transceiver.receiver.transform = new RTCRtpScriptTransform(this.worker, { side: "receive", kind });
+      }
+    }
   }
 
   // Make an offer (offerSdp undefined) or answer one; resolves with our SDP.
   async open(offerSdp) {
     const video = this.kind === "video";
+    if (!this.worker) {
+      throw new Error("this browser has no encoded transforms (RTCRtpScriptTransform): the call's media cannot be protected end to end");
+    }
     try {
       this.localStream = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: true, noiseSuppression: true },
@@ -59,6 +100,7 @@ export class CallMedia {
     pc.addEventListener("connectionstatechange", () => this.#connectionChanged());
     if (offerSdp !== undefined) await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
     for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+    this.#attachLayer();
     await pc.setLocalDescription(offerSdp !== undefined ? await pc.createAnswer() : await pc.createOffer());
     return pc.localDescription.sdp;
   }
@@ -88,6 +130,7 @@ export class CallMedia {
     this.closed = true;
     if (this.lostTimer) clearTimeout(this.lostTimer);
     if (this.pc) this.pc.close();
+    if (this.worker) this.worker.terminate(); // and the media keys with it
     // Stopping the tracks turns the camera light off.
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
     for (const track of this.remoteStream.getTracks()) track.stop();
@@ -168,6 +211,7 @@ export class CallMedia {
         bytesOut += stat.bytesSent ?? 0;
       }
     }
+    for (const kind of ["audio", "video"]) Object.assign(out[kind], this.layerStats[kind] || {});
     if (received + lost > 0) out.loss_pct = round((100 * lost) / (received + lost));
     const previous = this.previousSample;
     if (previous && now > previous.time) {

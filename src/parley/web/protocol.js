@@ -28,6 +28,7 @@ export const Incoming = Object.freeze({
   MEDIA_REMOTE_CANDIDATE: "media.remote_candidate", // {call_id, candidate, mid, mline}
   MEDIA_LOCAL: "media.local", // {call_id, audio, video}: mute / camera off
   MEDIA_CLOSE: "media.close", // {call_id}: the call ended: release everything
+  MEDIA_KEYS: "media.keys", // {call_id, attempt, send?, receive?}: SFrame keys {epoch, audio, video}
   LINETEST: "linetest", // {result} or {progress}: a line test of this site's lines
   SCHEDULE: "schedule", // {talk} or {reminder}: a scheduled talk changed, or is near
   RECORD: "record", // {size, cosigned?}: the record grew, or the other site cosigned it
@@ -53,6 +54,8 @@ export const Outgoing = Object.freeze({
   connected: (callId, certificates, attempt = 0) => ({ t: "media.connected", call_id: callId, certificates, attempt }),
   failed: (callId, reason, attempt = 0) => ({ t: "media.failed", call_id: callId, reason: String(reason).slice(0, 300), attempt }),
   stats: (callId, stats, attempt = 0) => ({ t: "media.stats", call_id: callId, stats, attempt }),
+  // The peer's frames keep failing the SFrame layer: dropped; the terminal raises the alarm.
+  unprotected: (callId, detail, attempt = 0) => ({ t: "media.unprotected", call_id: callId, detail: String(detail).slice(0, 200), attempt }),
 });
 
 // core/call.py: CallState, EndReason, MediaKind.

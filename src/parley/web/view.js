@@ -89,6 +89,7 @@ export class View {
       verifyDevices: $("verify-devices"), verifyClose: $("verify-close"),
       callDirection: $("call-direction"), callPeer: $("call-peer"), callState: $("call-state"),
       verifiedBadge: $("verified-badge"), unverifiedBadge: $("unverified-badge"), timer: $("call-timer"),
+      mediaProtection: $("media-protection"),
       sasPanel: $("sas-panel"), sas: $("sas"), sasCompact: $("sas-compact"), sasLabel: $("sas-label"),
       callFailed: $("call-failed"), callFailedTitle: $("call-failed-title"), callFailedDetail: $("call-failed-detail"),
       stage: $("stage"), remoteVideo: $("remote-video"), localVideo: $("local-video"),
@@ -346,6 +347,15 @@ export class View {
     el.verifiedBadge.hidden = !(call.verified && !ended);
     el.unverifiedBadge.hidden = !(call.state === CallState.ACTIVE && !call.verified);
     el.unverifiedBadge.textContent = `Not verified: press Safety number beside ${call.peer_party} and compare it with its operator`;
+    // core/sframe.py: every frame sealed end to end inside DTLS-SRTP, or DTLS-SRTP alone.
+    const layered = call.media_protection === "sframe+dtls-srtp";
+    el.mediaProtection.hidden = ended;
+    el.mediaProtection.dataset.protection = call.media_protection || "";
+    el.mediaProtection.classList.toggle("ok", layered);
+    el.mediaProtection.classList.toggle("warn", !layered);
+    el.mediaProtection.textContent = layered
+      ? "Media: end to end (SFrame, post-quantum keys) inside DTLS-SRTP"
+      : "Media NOT protected end to end: DTLS-SRTP only";
     el.timer.textContent = this.#timerText(call, ui.now);
 
     const showSas = Boolean(call.sas) && !ended;
