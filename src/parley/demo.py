@@ -182,6 +182,11 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
         "verified": bool(active["verified"] and callee["verified"]),
         "sas_caller": active["sas"],
         "sas_callee": callee["sas"],
+        # Both sides' view: "sframe+dtls-srtp" when every frame is sealed end to end.
+        "media_protection": active.get("media_protection"),
+        "media_protection_callee": callee.get("media_protection"),
+        "frames_opened": {k: sum(v.get("frame_layer", {}).get(m, {}).get("opened", 0)
+                                 for m in ("audio", "video")) for k, v in stats.items()},
         "setup_ms": setup_ms,
         "video_frames": {k: v.get("video", {}).get("frames", 0) for k, v in stats.items()},
         "audio_frames": {k: v.get("audio", {}).get("frames", 0) for k, v in stats.items()},
@@ -192,6 +197,8 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
     summary["schedule"] = await _schedule_talk(wash, moscow, say)
     summary["statement"] = await _joint_statement(wash, moscow, say)
     ok = (summary["verified"] and summary["sas_caller"] == summary["sas_callee"]
+          and summary["media_protection"] == summary["media_protection_callee"]
+          == "sframe+dtls-srtp" and all(n > 0 for n in summary["frames_opened"].values())
           and all(n > 0 for n in summary["video_frames"].values())
           and all(n > 0 for n in summary["audio_frames"].values())
           and messages["sent"] == messages["delivered"] == messages["read_receipts"]
@@ -202,8 +209,9 @@ async def _headless_call(controls: dict[str, Control], duration_s: float, as_jso
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
-        say(f"verified: {summary['verified']}; frames received -- video {summary['video_frames']},"
-            f" audio {summary['audio_frames']}")
+        say(f"verified: {summary['verified']}; media {summary['media_protection']};"
+            f" frames received -- video {summary['video_frames']}, audio"
+            f" {summary['audio_frames']}")
         say(f"messages: {messages['sent']} sent, {messages['delivered']} delivered,"
             f" {messages['read_receipts']} read receipts")
         say("demo call OK" if ok else "demo call FAILED")
@@ -382,7 +390,8 @@ async def _follow(controls: dict[str, Control], say: Any, robots: set[str]) -> N
                     if seen.get(call["call_id"]) == call["state"]:
                         continue
                     seen[call["call_id"]] = call["state"]
-                    extra = f", SAS {call['sas']}" if call["state"] == "active" else \
+                    extra = f", SAS {call['sas']}, media {call['media_protection']}" \
+                        if call["state"] == "active" else \
                         f" ({call['end_reason']})" if call["state"] == "ended" else ""
                     say(f"[{name}] call {call['direction']} {call['peer']}: {call['state']}{extra}")
                 elif event.get("t") == "linetest" and "result" in event and \

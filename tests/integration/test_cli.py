@@ -265,6 +265,10 @@ def test_headless_demo_reports_a_verified_call_with_media_both_ways() -> None:
     assert all(n > 0 for n in summary["video_frames"].values())
     assert all(n > 0 for n in summary["audio_frames"].values())
     assert summary["setup_ms"] > 0
+    # Every frame sealed end to end (SFrame) inside DTLS-SRTP, and opened at the other side.
+    assert summary["media_protection"] == summary["media_protection_callee"] == \
+        "sframe+dtls-srtp"
+    assert all(n > 0 for n in summary["frames_opened"].values())
     # 100 messages each way during the call, each delivered and read.
     assert summary["messages"] == {"sent": 200, "delivered": 200, "read_receipts": 200}
     # And one line test between the sites' test sets: green, verified each way, frames both

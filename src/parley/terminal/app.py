@@ -721,8 +721,8 @@ class Terminal:
         data = info.to_json()
         placed = self._placed_at.get(info.call_id)
         if info.state is CallState.ACTIVE:
-            log.info("call %s with %s is ACTIVE and verified=%s; SAS %s", info.call_id,
-                     info.peer, info.verified, info.sas)
+            log.info("call %s with %s is ACTIVE and verified=%s; SAS %s; media %s",
+                     info.call_id, info.peer, info.verified, info.sas, info.media_protection)
         elif info.state is CallState.RECONNECTING:
             log.warning("call %s with %s: media lost, reconnecting (peer connection %d)",
                         info.call_id, info.peer, info.gen)
