@@ -30,7 +30,7 @@ from tests.browser import (
     wait_remote_video_plays,
     wait_stats,
 )
-from tests.harness import LocalLine
+from tests.harness import LocalLine, wait_until
 
 pytestmark = pytest.mark.browser
 __all__ = ["chromium", "people"]  # fixtures used below
@@ -103,10 +103,24 @@ async def test_frames_sealed_in_python_open_in_the_page_and_back(
         assert result["sealed"][kind] == sealed[kind]  # same keys, same counters: same bytes
 
 
-def _layer_ok(stats: dict[str, Any]) -> bool:
+def _drops(stats: dict[str, Any], kind: str) -> dict[str, int]:
+    text = stats.get(kind, {}).get("sframe_drops", "")
+    return {why: int(n) for why, n in (item.split(":") for item in text.split())}
+
+
+def _refused(stats: dict[str, Any], kind: str) -> int:
+    """Frames dropped for anything but being a second copy of one already opened.
+
+    Chromium hands its receive transform an occasional video frame twice in a
+    browser-to-browser call; the replay window drops the copy, as it must.
+    """
+    return sum(n for why, n in _drops(stats, kind).items() if why != "replay")
+
+
+def _layer_ok(stats: dict[str, Any], refused: int = 0) -> bool:
     return all(stats.get(kind, {}).get("sframe_opened", 0) > 20
                and stats.get(kind, {}).get("sframe_sealed", 0) > 20
-               and stats.get(kind, {}).get("sframe_dropped", 1) == 0 for kind in ("audio", "video"))
+               and _refused(stats, kind) <= refused for kind in ("audio", "video"))
 
 
 async def test_browser_and_robot_talk_with_the_layer_on(
@@ -135,7 +149,9 @@ async def test_browser_and_robot_talk_with_the_layer_on(
 async def test_two_browsers_talk_with_the_layer_on(line: LocalLine, people: PersonFactory,
                                                    chromium: Browser) -> None:
     await line.provision()
-    washington, moscow = await people("washington"), await people("moscow")
+    # Keys renewed every 2 s: the pages take each new key, and lose no frame over it.
+    washington = await people("washington", media_rekey_s=2.0)
+    moscow = await people("moscow", media_rekey_s=2.0)
     caller, callee = await open_ui(chromium, washington), await open_ui(chromium, moscow)
     await call_button(caller, "moscow").click()
     await expect(callee.get_by_test_id("incoming")).to_be_visible()
@@ -147,8 +163,22 @@ async def test_two_browsers_talk_with_the_layer_on(line: LocalLine, people: Pers
     call_id = washington.terminal.book.calls()[-1].call_id
     for person, page in ((washington, caller), (moscow, callee)):
         await wait_remote_video_plays(page)
-        await wait_stats(person, call_id,
-                         lambda s: video_decoded(s) and audio_decoded(s) and _layer_ok(s))
+        # The first frame or so may beat its key to the worker (the key is posted first,
+        # but a frame and a message are different queues there): at most that is dropped.
+        await wait_stats(person, call_id, lambda s: video_decoded(s) and audio_decoded(s)
+                         and _layer_ok(s, refused=2))
+    await wait_until(lambda: min(p.terminal.book.get(call_id).send_epoch
+                                 for p in (washington, moscow)) >= 3, 20,
+                     what="three re-keys each way")
+    for person in (washington, moscow):
+        before = await person.terminal.call_stats(call_id)
+        opened = before["audio"]["sframe_opened"]
+        after = await wait_stats(person, call_id,
+                                 lambda s, n=opened: s["audio"]["sframe_opened"] > n + 50)
+        for kind in ("audio", "video"):
+            assert _refused(after, kind) == _refused(before, kind), (kind, before, after)
+        assert _drops(after, "audio").get("replay", 0) == 0
+        assert person.terminal.book.info(call_id).verified
 
 
 async def test_a_robot_that_strips_the_layer_is_dropped_by_the_page_and_alarmed(

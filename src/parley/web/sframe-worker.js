@@ -38,6 +38,7 @@ function report() {
       sframe_opened: s.opened,
       sframe_dropped: Object.values(s.dropped).reduce((a, b) => a + b, 0),
       sframe_last_drop: s.last,
+      sframe_drops: Object.entries(s.dropped).map(([why, n]) => `${why}:${n}`).join(" ").slice(0, 64),
     };
     if (!alarmed && s.consecutive >= DROPS_ALARM) {
       alarmed = true;
