@@ -2,7 +2,7 @@
 
     bench/run [--quick] [--json] [--out DIR] [--no-browser] [--profile] [BENCH ...]
 
-BENCH is any of setup, latency, quality, relay, flood, messages, record (default: all of
+BENCH is any of setup, latency, layer, quality, relay, flood, messages, record (default: all of
 them), or soak (only when named: `bench/run soak --minutes 120`, a long call). Each
 prints a table as it finishes; with --json the last line of stdout is one JSON
 object with every figure. Every run writes report.md, results.json and PNG
@@ -28,12 +28,13 @@ from typing import Any
 
 from bench.common import REPO, Result, machine, print_table, say
 
-BENCHES = ("setup", "latency", "quality", "relay", "flood", "messages", "record")
+BENCHES = ("setup", "latency", "layer", "quality", "relay", "flood", "messages", "record")
 LONG = ("soak",)  # only when named: `bench/run soak --minutes 120`
 REQUIRED = ("setup_ratio", "setup_ms_median", "mouth_to_ear_ms_p95", "pesq_clean",
             "pesq_opus_only", "pesq_loss5", "relay_ratio", "idle_2000_mib", "flood_ratio",
             "flood_max_rtt_ms", "flood_login_ms_max", "messages_per_s", "messages_p99_ms",
-            "record_verify_1000_s", "record_paper_chars")
+            "record_verify_1000_s", "record_paper_chars", "layer_video_core_pct",
+            "layer_added_ms_median")
 
 
 async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
@@ -43,6 +44,9 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     if name == "latency":
         from bench import latency
         return await latency.run(root, seconds=15.0 if args.quick else 60.0)
+    if name == "layer":
+        from bench import layer
+        return await layer.run(root, quick=args.quick)
     if name == "quality":
         from bench import quality
         return await quality.run(root, quick=args.quick, browser=args.browser)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import correlate
@@ -123,28 +124,42 @@ def find_clicks(onsets: list[int], sent_ns: list[int], received: Recorder
     return latencies, missing
 
 
-async def run(root: Path, *, seconds: float = 20.0) -> Result:
-    use_host_addresses(["127.0.0.1"])
-    result = Result("latency")
-    started = time.monotonic()
+async def click_call(root: Path, seconds: float, *, media: MediaKind = MediaKind.AUDIO,
+                     frame_layer: bool = True) -> tuple[list[float], int, dict[str, Any]]:
+    """Clicks through one call on a line of its own: latencies (ms), clicks missed, and
+    the caller's stats with ``cpu_per_s``, this process's CPU seconds per second of call
+    (both terminals and their media run here)."""
     source, onsets = click_source()
     sent_ns: list[int] = []
     received = Recorder()
-    line = BenchLine(root / "latency")
+    line = BenchLine(root)
     await line.start()
     try:
         caller = await line.terminal("washington", RobotOptions(
-            audio_source=source, on_local_audio=lambda _c, ns, _s: sent_ns.append(ns)))
-        callee = await line.terminal("moscow", RobotOptions(on_remote_audio=received),
+            audio_source=source, on_local_audio=lambda _c, ns, _s: sent_ns.append(ns),
+            frame_layer=frame_layer))
+        callee = await line.terminal("moscow", RobotOptions(on_remote_audio=received,
+                                                            frame_layer=frame_layer),
                                      auto_answer=True)
-        say(f"latency: clicks through one verified voice call for {seconds:.0f} s")
-        info = await active_call(caller, callee, media=MediaKind.AUDIO)
+        info = await active_call(caller, callee, media=media)
+        cpu, wall = time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         stats = await caller.call_stats(info.call_id)
+        stats["cpu_per_s"] = cpu / wall
         await hang_up(caller, callee, info.call_id)
     finally:
         await line.stop()
     latencies, missing = find_clicks(onsets, sent_ns, received)
+    return latencies, missing, stats
+
+
+async def run(root: Path, *, seconds: float = 20.0) -> Result:
+    use_host_addresses(["127.0.0.1"])
+    result = Result("latency")
+    started = time.monotonic()
+    say(f"latency: clicks through one verified voice call for {seconds:.0f} s")
+    latencies, missing, stats = await click_call(root / "latency", seconds)
     if not latencies:
         raise RuntimeError("no click was found in the recording")
     med, p95 = median(latencies), percentile(latencies, 95)

@@ -13,13 +13,24 @@ carry out (send this envelope, start media, stop media, raise this alarm).
 The wire, inside envelopes::
 
     caller                                   callee
-      call.offer  {call_id, sdp, dtls, dtls_sig, media, expires, sas_commit}  -->
+      call.offer  {call_id, sdp, dtls, dtls_sig, media, expires, sas_commit,
+                   media_key, media_epoch}  -->
                           <--  call.ringing {call_id}
-                          <--  call.answer  {call_id, sdp, dtls, dtls_sig, sas_nonce}
+                          <--  call.answer  {call_id, sdp, dtls, dtls_sig, sas_nonce,
+                                             media_key, media_epoch}
       call.confirm {call_id, sas_nonce}     -->   (opens the caller's commitment)
       call.ice    {call_id, candidate...}   <->   (trickle, from browsers)
       call.media  {call_id, audio, video}   <->   (mute / camera off)
+      call.rekey  {call_id, gen, media_key, media_epoch}  <->  (a new key, on schedule)
+      call.rekeyed {call_id, gen, media_epoch}            <->  (installed: now seal with it)
       call.end    {call_id, reason}         <->   (hang up, decline, busy...)
+
+``media_key`` is the sender's secret for the frame layer (`sframe`): every frame
+it sends in this call, until its next key, is sealed with SFrame under keys
+derived from it, so the media is protected by the envelopes' post-quantum seal
+and not only by DTLS-SRTP's elliptic-curve exchange. `MediaKeys` actions hand the
+derived keys to the media stack; a peer that sends none raises `media_unprotected`
+and the call is not shown as verified.
 
 An offer expires with the caller's patience: ``expires`` is the moment the
 caller gives up reaching the callee (`REACH_TIMEOUT_MS` after the offer left),
