@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {**figures, "seconds": round(seconds, 1), "command": command,
                "targets_missed": [f"{r.bench}: {row.name}" for r in results for row in r.rows
                                   if row.met is False],
-               "machine": host, "failures": failures, "report": str(out / "report.md")}
+               "machine": host, "failures": failures,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "report": str(out / "report.md")}
     (out / "results.json").write_text(json.dumps(
         {**summary, "series": {r.bench: r.series for r in results}}, indent=2))
     try:
