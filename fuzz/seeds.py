@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fuzz.targets import NOTE_KEY, NOTE_NAME
-from parley.core import bundle, checkpoint, merkle, record
+from fuzz.targets import FRAME_KEYS, NOTE_KEY, NOTE_NAME
+from parley.core import bundle, checkpoint, merkle, record, sframe
 from parley.core.encoding import b64e, canonical_json
 from parley.core.envelope import seal_envelope
 from parley.core.keys import DeviceKeys
@@ -132,12 +132,27 @@ def page() -> list[bytes]:
         {"t": "media.connected", "call_id": "c1",
          "certificates": [{"algorithm": "sha-256", "fingerprint": ":".join(["ab"] * 32)}]},
         {"t": "media.stats", "call_id": "c1", "stats": {"rtt_ms": 1, "audio": {"frames": 3}}},
-        {"t": "media.failed", "call_id": "c1", "reason": "ice failed"})]
+        {"t": "media.failed", "call_id": "c1", "reason": "ice failed"},
+        {"t": "media.unprotected", "call_id": "c1", "attempt": 0,
+         "detail": "25 audio frames in a row: auth"})]
+
+
+def media_frames() -> list[bytes]:
+    """Frames sealed as a peer seals them, under the target's fixed keys."""
+    out = []
+    for kind, frames in ((sframe.Kind.AUDIO, [b"\x78" + bytes(range(60)), b"\xfc\x01"]),
+                         (sframe.Kind.VIDEO, [b"\x10\x02\x00\x9d\x01\x2a\x80\x02\xe0\x01"
+                                              + bytes(200), b"\x31\x02\x00" + bytes(40)])):
+        sealer = sframe.FrameSealer(kind)
+        sealer.use(FRAME_KEYS)
+        sealer.counter = 300  # a counter of more than one byte
+        out += [sealer.seal(f) for f in frames]
+    return out
 
 
 def main() -> None:
     seeds: dict[str, list[bytes]] = {**frames(), **record_things(), "payloads": payloads(),
-                                     "page_messages": page(),
+                                     "page_messages": page(), "media_frames": media_frames(),
                                      "sdp": [asyncio.run(sdp_offer())]}
     shutil.rmtree(ROOT, ignore_errors=True)
     for name, items in seeds.items():

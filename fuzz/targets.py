@@ -13,7 +13,9 @@ with what arrives:
 * a terminal: the server's frames (``deliver``'s envelope, ``directory``'s key
   bundles), envelopes and every payload schema, SDP checks, its page's
   messages and local API bodies, the record's entries, checkpoints and
-  cosignatures, bundles and paper codes.
+  cosignatures, bundles and paper codes;
+* a media stack: every encoded frame the peer sends, opened by the SFrame layer
+  (`sframe.FrameOpener`, whose refusals are `SFrameError`s: the frame is dropped).
 
 `scripts/fuzz` runs them under atheris (coverage-guided); `tests/core/
 test_fuzz_corpus.py` runs each over its seed corpus and the inputs of every
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from parley.core import bundle, checkpoint, record, schema, wire
+from parley.core import bundle, checkpoint, record, schema, sframe, wire
 from parley.core.envelope import Envelope
 from parley.core.errors import ParleyError
 from parley.core.keys import DevicePublicKeys
@@ -167,6 +169,25 @@ def bundle_file(data: bytes) -> None:
     report.to_json()
 
 
+# Fixed keys, so that the seeds (frames sealed under them) reach the decryption.
+FRAME_KEYS = sframe.StreamKeys(0, bytes(range(16)), bytes(range(16, 32)))
+
+
+def media_frames(data: bytes) -> None:
+    """The SFrame layer, opening what the peer sent: audio, video, and the header alone."""
+    for kind in sframe.Kind:
+        opener = sframe.FrameOpener(kind)
+        opener.add(FRAME_KEYS)
+        for _ in range(2):  # the second time, a frame that opened is a replay
+            with contextlib.suppress(sframe.SFrameError):
+                opened = opener.open(data)
+                clear = sframe.clear_bytes(kind, data)
+                if opened[:clear] != data[:clear]:
+                    raise AssertionError("the readable bytes changed on the way through")
+    with contextlib.suppress(sframe.SFrameError):
+        sframe.decode_header(data)
+
+
 def paper_code(data: bytes) -> None:
     text = _text(data)
     if text is None:
@@ -179,7 +200,7 @@ TARGETS: dict[str, Target] = {
     "terminal_frames": terminal_frames, "envelope": envelope, "payloads": payloads,
     "key_bundle": key_bundle, "sdp": sdp, "page_messages": page_messages,
     "record_entry": record_entry, "checkpoint_note": checkpoint_note,
-    "bundle_file": bundle_file, "paper_code": paper_code,
+    "bundle_file": bundle_file, "paper_code": paper_code, "media_frames": media_frames,
 }
 
 
