@@ -104,29 +104,67 @@ def test_a_key_that_is_not_32_bytes_with_its_epoch_is_refused(change: dict[str, 
     assert "y" * 16 not in {c.call_id for c in wire.books[M].calls()}
 
 
+def _opens(wire: Keyed, sender: str) -> bool:
+    """Whether the peer's media stack, holding every key it was given in turn (two kept
+    per stream, as a FrameOpener does), opens a frame sealed under the sender's key now."""
+    receiver = wire.other(sender)
+    sealer, opener = FrameSealer(Kind.AUDIO), FrameOpener(Kind.AUDIO)
+    for keys in wire.receiving(receiver):
+        opener.add(keys)
+    sealer.use(wire.sending(sender)[-1])
+    try:
+        opener.open(sealer.seal(b"\x78" + os.urandom(40)))
+    except sframe.SFrameError:
+        return False
+    return True
+
+
 def test_keys_are_renewed_on_a_schedule_and_used_once_the_peer_has_them() -> None:
     wire = Keyed()
     for book in wire.books.values():
         book.rekey_ms = 60_000
     call_id = wire.active_call()
+    # The server loses every call.rekeyed for three rounds: each side sends its one
+    # pending key again, never a newer one, so the key in use is never pushed out.
     wire.drop = {"call.rekeyed"}
-    wire.tick(60_000)
+    for _ in range(3):
+        wire.tick(60_000)
+        assert _opens(wire, W) and _opens(wire, M)
     rekeys = [a for s, a in wire.sent if a.type == "call.rekey"]
-    assert len(rekeys) == 2  # each side renews what it sends
-    assert len(wire.receiving(M)) == len(wire.receiving(W)) == 2
+    assert len(rekeys) == 6 and {a.payload["media_epoch"] for a in rekeys} == {1}
     assert len(wire.sending(W)) == len(wire.sending(M)) == 1  # not acknowledged: not used
+    assert [k.epoch for k in wire.receiving(M)] == [0, 1]
     wire.drop = set()
+    wire.tick(60_000)  # sent again, acknowledged this time: now sealed under it
+    assert [k.epoch for k in wire.sending(W)] == [0, 1] and _opens(wire, W) and _opens(wire, M)
     wire.tick(60_000)
     sends, recvs = wire.sending(W), wire.receiving(M)
-    assert [k.epoch for k in sends] == [0, 2] and [k.epoch for k in recvs] == [0, 1, 2]
-    assert sends[-1] == recvs[-1] and _frames_pass(sends[-1], recvs[-1])
+    assert [k.epoch for k in sends] == [0, 1, 2] and [k.epoch for k in recvs] == [0, 1, 2]
+    assert sends[-1] == recvs[-1] and _opens(wire, W)
     assert wire.books[W].info(call_id).verified
-    # A re-key replayed, or for an older epoch, changes nothing.
-    last = [a for s, a in wire.sent if a.type == "call.rekey" and s == W][-1]
+    # A re-key for an older epoch changes nothing.
+    old = next(a for s, a in wire.sent if a.type == "call.rekey" and s == W)
     before = len(wire.keys[M])
     assert wire.books[M].receive(wire.books[W].me, wire.trust_of[W], "call.rekey",
-                                 last.payload, wire.now) == []
+                                 old.payload, wire.now) == []
     assert len(wire.keys[M]) == before
+
+
+def test_a_reconnection_after_re_keys_the_peer_installed_takes_a_later_epoch() -> None:
+    wire = Keyed()
+    for book in wire.books.values():
+        book.rekey_ms = 60_000
+    call_id = wire.active_call()
+    wire.drop = {"call.rekeyed"}
+    wire.tick(60_000)  # each side's epoch 1 installed by the peer, never acknowledged
+    wire.drop = set()
+    wire.run(M, wire.books[M].media_failed(call_id, "no media for 3 s", wire.now))
+    wire.connect(call_id, seen_by_w=wire.fp[M], seen_by_m=wire.fp[W])
+    for side in (W, M):
+        assert wire.state(side, call_id)[0] is CallState.ACTIVE
+        (keys,) = wire.sending(side, gen=1)
+        assert keys.epoch == 2  # above the re-key the peer already had
+        assert wire.receiving(wire.other(side), gen=1) == [keys]
 
 
 def test_a_reconnection_brings_new_keys_with_later_epochs() -> None:

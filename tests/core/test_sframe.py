@@ -135,8 +135,8 @@ def test_replays_stripped_frames_and_the_other_stream_are_dropped_and_counted() 
     with pytest.raises(SFrameError):
         opener.open(b"\x78" + os.urandom(80))  # no layer at all
     with pytest.raises(SFrameError):
-        # A video frame into audio (one byte: both streams leave one byte readable).
-        opener.open(video.seal(b"\x01"))
+        # A video frame into audio, whose second byte reads as video's key id to audio.
+        opener.open(video.seal(b"\x01\x10\x00" + os.urandom(20)))
     with pytest.raises(SFrameError):
         opener.open(b"\x78")
     assert opener.stats.opened == 300
@@ -158,11 +158,20 @@ def test_reordered_frames_inside_the_window_still_open() -> None:
     assert opener.stats.opened == 10
 
 
+def _keyed_sealer(kind: Kind) -> FrameSealer:
+    sealer = FrameSealer(kind)
+    sealer.use(_keys(os.urandom(32)))
+    return sealer
+
+
 def test_the_clear_bytes_are_the_codec_headers_and_nothing_more() -> None:
     assert sframe.clear_bytes(Kind.AUDIO, b"\x78abc") == 1
     assert sframe.clear_bytes(Kind.VIDEO, b"\x10" + b"\x00" * 20) == 10  # P bit 0: key frame
     assert sframe.clear_bytes(Kind.VIDEO, b"\x11" + b"\x00" * 20) == 3
-    assert sframe.clear_bytes(Kind.VIDEO, b"\x10\x00") == 2
+    with pytest.raises(SFrameError):  # shorter than its readable bytes: not sealed
+        _keyed_sealer(Kind.VIDEO).seal(b"\x10\x00")
+    with pytest.raises(SFrameError):
+        _keyed_sealer(Kind.AUDIO).seal(b"")
     sealer = FrameSealer(Kind.VIDEO)
     sealer.use(_keys(os.urandom(32)))
     plain = b"\x10\x02\x00\x9d\x01\x2a\x80\x02\xe0\x01" + b"secret picture" * 10

@@ -523,6 +523,7 @@ class Call:
     # under, a re-key sent and not yet installed by the peer, the peer's last epoch;
     # and whether either side's frames went without the layer.
     send_epoch: int = -1
+    top_epoch: int = -1  # the highest epoch we ever sent a key for: the next is above it
     rekey_pending: tuple[int, bytes] | None = None
     rekey_ms: int | None = None
     recv_epoch: int = -1
@@ -1250,8 +1251,10 @@ class CallBook:
         return sframe.StreamKeys.derive(secret, call.call_id, sender, receiver, epoch)
 
     def _next_epoch(self, call: Call) -> tuple[int, bytes]:
-        pending = call.rekey_pending[0] if call.rekey_pending else -1
-        return max(call.send_epoch, pending) + 1, secrets.token_bytes(sframe.SECRET_BYTES)
+        """A new epoch, above any we ever sent (a re-key the peer installed and a
+        reconnection then dropped included), and a fresh secret for it."""
+        call.top_epoch += 1
+        return call.top_epoch, secrets.token_bytes(sframe.SECRET_BYTES)
 
     def _new_send_keys(self, call: Call, payload: dict[str, Any]) -> list[Action]:
         """A fresh secret for a new peer connection: into `payload`, and to our stack."""
@@ -1297,12 +1300,18 @@ class CallBook:
         call.rekey_ms = now_ms + self.rekey_ms if self.frame_layer and self.rekey_ms else None
 
     def _rekey(self, call: Call, now_ms: int) -> list[Action]:
-        """A new key for what we send, on the schedule; used once the peer has it."""
+        """A new key for what we send, on the schedule; used once the peer has it.
+
+        While one is pending (its call.rekeyed lost, or held back by the server), the
+        same one goes again: the peer keeps two keys per stream, the one we seal
+        under and the next, and a newer one would make it drop the one in use.
+        """
         self._schedule_rekey(call, now_ms)
-        if call.state is not CallState.ACTIVE or call.unprotected:
-            return []
-        epoch, secret = self._next_epoch(call)
-        call.rekey_pending = (epoch, secret)
+        if call.state is not CallState.ACTIVE or call.recv_epoch < 0:
+            return []  # not now; or a peer without the layer, which opens nothing
+        if call.rekey_pending is None:
+            call.rekey_pending = self._next_epoch(call)
+        epoch, secret = call.rekey_pending
         return [self._send(call, "call.rekey", {"call_id": call.call_id, "gen": call.gen,
                                                 "media_key": b64e(secret),
                                                 "media_epoch": epoch})]
@@ -1310,13 +1319,17 @@ class CallBook:
     def _on_rekey(self, call: Call, payload: dict[str, Any]) -> list[Action]:
         secret = _media_secret(payload, "call.rekey")
         assert secret is not None  # required in call.rekey
-        if payload["gen"] != call.gen or secret[0] <= call.recv_epoch \
+        if payload["gen"] != call.gen \
                 or call.state not in (CallState.ACTIVE, CallState.RECONNECTING):
-            return []  # for a connection replaced, or a key already had
+            return []  # for a connection replaced
+        ack = self._send(call, "call.rekeyed", {"call_id": call.call_id, "gen": call.gen,
+                                                 "media_epoch": secret[0]})
+        if secret[0] == call.recv_epoch:
+            return [ack]  # sent again: our call.rekeyed was lost; the key is in place
+        if secret[0] < call.recv_epoch:
+            return []  # a key already replaced
         keys = self._receive_keys(call, *secret)
-        return [MediaKeys(call.call_id, call.gen, receive=keys),
-                self._send(call, "call.rekeyed", {"call_id": call.call_id, "gen": call.gen,
-                                                  "media_epoch": secret[0]})]
+        return [MediaKeys(call.call_id, call.gen, receive=keys), ack]
 
     def _on_rekeyed(self, call: Call, payload: dict[str, Any]) -> list[Action]:
         pending = call.rekey_pending

@@ -256,13 +256,15 @@ class StreamKeys:
 
 
 def clear_bytes(kind: Kind, frame: bytes | memoryview) -> int:
-    """How many leading bytes of an encoded frame stay readable (authenticated)."""
-    if not frame:
-        return 0
-    if kind is Kind.AUDIO:
+    """How many leading bytes of an encoded frame stay readable (authenticated).
+
+    Read off the first byte, which stays readable: the sender and the receiver
+    count the same. A frame shorter than that is not sealed at all.
+    """
+    if kind is Kind.AUDIO or not frame:
         return 1  # the Opus TOC byte
     keyframe = not frame[0] & 0x01  # VP8 frame tag: P bit 0 is a key frame (RFC 6386, 9.1)
-    return min(len(frame), 10 if keyframe else 3)
+    return 10 if keyframe else 3
 
 
 class FrameSealer:
@@ -298,6 +300,9 @@ class FrameSealer:
             if self.counter > MAX_VALUE:
                 raise SFrameError("SFrame counter exhausted")
             clear = clear_bytes(self.kind, frame)
+            if len(frame) < clear:
+                raise SFrameError(f"a {self.kind} frame of {len(frame)} bytes is too short"
+                                  " to seal")
             metadata = bytes(frame[:clear])
             out = metadata + self._context.encrypt(self.counter, self._kid, metadata,
                                                    frame[clear:])

@@ -173,7 +173,8 @@ class BrowserSession:
         self.stats_report: dict[str, Any] = {}
         self.state = "new"  # new -> describing -> described -> connected -> closed
         self._description: asyncio.Future[str] | None = None
-        self._keys: list[dict[str, Any]] = []  # media.keys sent, again to a page that reloads
+        # media.keys given before a page was chosen (_describe) go to it once it is.
+        self._keys: list[dict[str, Any]] = []
 
     # -- MediaSession ------------------------------------------------------------------
 

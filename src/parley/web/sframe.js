@@ -160,11 +160,11 @@ export function mediaKid(epoch, kind) {
   return 2n * BigInt(epoch) + KIND_BIT[kind];
 }
 
+// Read off the first byte, which stays readable: sender and receiver count the same.
 export function clearBytes(kind, frame) {
-  if (frame.length === 0) return 0;
-  if (kind === "audio") return 1; // the Opus TOC byte
+  if (kind === "audio" || frame.length === 0) return 1; // the Opus TOC byte
   const keyframe = (frame[0] & 0x01) === 0; // VP8 frame tag: P bit 0 is a key frame
-  return Math.min(frame.length, keyframe ? 10 : 3);
+  return keyframe ? 10 : 3;
 }
 
 function hexBytes(hex) {
@@ -195,6 +195,7 @@ export class FrameSealer {
   async seal(frame) {
     if (this.kid === null) throw new SFrameError("no media key to seal with yet");
     const clear = clearBytes(this.kind, frame);
+    if (frame.length < clear) throw new SFrameError(`a ${this.kind} frame of ${frame.length} bytes is too short to seal`);
     const metadata = frame.slice(0, clear);
     const ctr = this.counter;
     this.counter += 1n;
