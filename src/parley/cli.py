@@ -568,7 +568,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for call in status["calls"][-5:]:
         print(f"  call {call['direction']} {call['peer']}: {call['state']}"
               + (f" ({call['end_reason']})" if call["end_reason"] else "")
-              + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else ""))
+              + (f" SAS {call['sas']}" if call["sas"] and call["state"] == "active" else "")
+              + (f"; media {call['media_protection']}"
+                 + ("" if call["media_protection"] == "sframe+dtls-srtp"
+                    else " -- NOT protected end to end")
+                 if call["state"] in ("active", "reconnecting") else ""))
     from parley.core.linetest import age_text
 
     for line in status.get("line_tests") or []:

@@ -115,6 +115,10 @@ async def test_the_guides_walk_through_works_as_written(tmp_path: Path,
         call = status["calls"][-1]
         assert call["state"] == "active" and call["verified"] is True, call
         assert call["peer"] == "moscow/robot"
+        # Every frame sealed end to end (the person's page and the robot), and said so.
+        assert call["media_protection"] == "sframe+dtls-srtp", call
+        assert "media sframe+dtls-srtp" in run("status", "--data",
+                                                str(tmp_path / "washington")).stdout
         # The person sees it verified, with the same code.
         await expect(page.get_by_test_id("call-state")).to_have_attribute("data-state",
                                                                           "active")
