@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ async def test_browser_and_robot_talk_with_the_layer_on(
     stats = await wait_stats(washington, call.call_id,
                              lambda s: video_decoded(s) and audio_decoded(s) and _layer_ok(s))
     assert stats["video"]["frame_width"] > 0
+    await expect(page.get_by_test_id("q-layer")).to_have_text(re.compile(r"^\d+ / 0$"))
     layer = (await robot.call_stats(call.call_id))["frame_layer"]
     assert layer["audio"]["opened"] > 20 and layer["video"]["opened"] > 20
     assert layer["audio"]["dropped"] == layer["video"]["dropped"] == {}

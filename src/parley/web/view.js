@@ -96,7 +96,7 @@ export class View {
       voiceOnly: $("voice-only"), stageWaiting: $("stage-waiting"), remoteMedia: $("remote-media"),
       mute: $("mute"), camera: $("camera"), hangup: $("hangup"), callClose: $("call-close"),
       qRtt: $("q-rtt"), qJitter: $("q-jitter"), qLoss: $("q-loss"), qBitrate: $("q-bitrate"),
-      qResolution: $("q-resolution"), qFrames: $("q-frames"),
+      qResolution: $("q-resolution"), qFrames: $("q-frames"), qLayer: $("q-layer"),
       incoming: $("incoming"), incomingPeer: $("incoming-peer"), incomingDetail: $("incoming-detail"),
       incomingAccept: $("incoming-accept"), incomingDecline: $("incoming-decline"),
       alarm: $("alarm"), alarmTitle: $("alarm-title"), alarmMessage: $("alarm-message"),
@@ -426,7 +426,7 @@ export class View {
     const { el } = this;
     const dash = "–";
     if (!stats) {
-      for (const node of [el.qRtt, el.qJitter, el.qLoss, el.qBitrate, el.qResolution, el.qFrames]) node.textContent = dash;
+      for (const node of [el.qRtt, el.qJitter, el.qLoss, el.qBitrate, el.qResolution, el.qFrames, el.qLayer]) node.textContent = dash;
       return;
     }
     const video = stats.video || {};
@@ -438,6 +438,10 @@ export class View {
     el.qBitrate.textContent = stats.bitrate_in_kbps != null ? `${Math.round(stats.bitrate_in_kbps)} / ${Math.round(stats.bitrate_out_kbps)} kbit/s` : dash;
     el.qResolution.textContent = video.frame_width ? `${video.frame_width}×${video.frame_height}${video.fps ? ` @ ${Math.round(video.fps)} fps` : ""}` : dash;
     el.qFrames.textContent = video.frames_decoded != null ? String(video.frames_decoded) : dash;
+    // The SFrame layer's counts (sframe-worker.js): frames opened, and dropped (never played).
+    const opened = (audio.sframe_opened ?? 0) + (video.sframe_opened ?? 0);
+    const dropped = (audio.sframe_dropped ?? 0) + (video.sframe_dropped ?? 0);
+    el.qLayer.textContent = audio.sframe_opened != null ? `${opened} / ${dropped}` : dash;
   }
 
   // -- incoming calls and alarms ----------------------------------------------------------
