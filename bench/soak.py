@@ -44,6 +44,22 @@ LATENCY_DRIFT_MAX_MS = 20.0
 WHITE = 200.0  # mean luma above which a decoded frame is the white marker
 
 
+def rss_growth(samples: list[dict[str, Any]]) -> tuple[float, float]:
+    """RSS growth after the first interval: (the verdict's, from one sample to another).
+
+    One sample swings by 5-10 % either way as the heap is trimmed and refilled (the
+    111-minute run read 274, 260, 289 and 280 MiB at minutes 10 to 40), so the verdict
+    compares the median of the first three samples after the first interval with the
+    median of the last three; with fewer than six such samples, the first and the last.
+    """
+    after = [s["rss_mib"] for s in (samples[1:] if len(samples) > 1 else samples)]
+    single = (after[-1] - after[0]) / after[0]
+    if len(after) < 6:
+        return single, single
+    start, end = median(after[:3]), median(after[-3:])
+    return (end - start) / start, single
+
+
 class Probe:
     """Records what the callee receives only while a probe is open."""
 
@@ -186,7 +202,7 @@ async def run(root: Path, *, minutes: float) -> Result:
 
     first = samples[1] if len(samples) > 1 else samples[0]  # after the first interval
     last = samples[-1]
-    growth = (last["rss_mib"] - first["rss_mib"]) / first["rss_mib"]
+    growth, single = rss_growth(samples)
     drift = (abs(last["latency_ms"] - samples[0]["latency_ms"])
              if last["latency_ms"] is not None and samples[0]["latency_ms"] is not None
              else float("inf"))
@@ -195,13 +211,15 @@ async def run(root: Path, *, minutes: float) -> Result:
                    None, None, f"{s['fds']} fds, {s['tasks']} tasks, {s['cpu_pct']} % CPU")
         result.row(f"minute {s['minute']:g}: mouth-to-ear / A/V offset", s["latency_ms"], "ms",
                    None, None, f"A/V {s['av_offset_ms']} ms, {s['clicks']} clicks")
-    result.row("RSS growth after the first interval", r(growth * 100, 1), "%", None, None,
-               f"<= {RSS_GROWTH_MAX * 100:.0f} %", growth <= RSS_GROWTH_MAX)
+    result.row("RSS growth after the first interval (medians of three)", r(growth * 100, 1),
+               "%", None, None, f"<= {RSS_GROWTH_MAX * 100:.0f} %", growth <= RSS_GROWTH_MAX)
+    result.row("RSS growth, first sample after it to the last", r(single * 100, 1), "%")
     result.row("mouth-to-ear at the end against the start", r(drift), "ms", None, None,
                f"within {LATENCY_DRIFT_MAX_MS:.0f} ms", drift <= LATENCY_DRIFT_MAX_MS)
     verdict = growth <= RSS_GROWTH_MAX and drift <= LATENCY_DRIFT_MAX_MS
     result.figures.update({
         "soak_minutes": minutes, "soak_rss_growth_pct": r(growth * 100, 1),
+        "soak_rss_growth_single_pct": r(single * 100, 1),
         "soak_latency_drift_ms": r(drift), "soak_verdict": verdict,
         "soak_fds": [s["fds"] for s in samples], "soak_tasks": [s["tasks"] for s in samples],
         "soak_samples": samples,
