@@ -18,6 +18,7 @@ from bench.common import Child, start_server_process
 from parley.core.call import CallInfo, CallState, MediaKind
 from parley.lab import provision_line
 from parley.media.engine import MediaEvents
+from parley.media.ice import IceConfig
 from parley.media.robot import RobotMedia, RobotMediaSession, RobotOptions
 from parley.terminal.app import Terminal, TerminalConfig
 
@@ -33,9 +34,10 @@ class TimedRobotMedia(RobotMedia):
         super().__init__(options)
         self.opened: dict[str, float] = {}
 
-    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents,
+             ice: IceConfig | None = None) -> RobotMediaSession:
         opened = time.monotonic()
-        session = super().open(call_id, media, events)
+        session = super().open(call_id, media, events, ice)
         self.opened[call_id] = opened
         return session
 

@@ -32,7 +32,7 @@ from bench.line import BenchLine, TimedRobotMedia, active_call, hang_up
 from bench.samples import first_channel
 from parley.core.call import MediaKind
 from parley.media.engine import MediaEvents
-from parley.media.ice import use_host_addresses
+from parley.media.ice import IceConfig, use_host_addresses
 from parley.media.robot import RobotMediaSession, RobotOptions
 from parley.media.tracks import clip_source
 
@@ -99,8 +99,9 @@ class RecordingMedia(TimedRobotMedia):
         super().__init__(options)
         self.recorder = recorder
 
-    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
-        session = super().open(call_id, media, events)
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents,
+             ice: IceConfig | None = None) -> RobotMediaSession:
+        session = super().open(call_id, media, events, ice)
         self.recorder.watch(session)
         return session
 

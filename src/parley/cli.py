@@ -89,6 +89,11 @@ SERVER_OPTIONS = [
            " format, signed: see 'parley server alert-key')", [], many=True),
     Option("linetest-interval", "seconds between a line's scheduled tests, for a result that"
            " does not say (a line is red after twice this without one)", 3600, type=int),
+    Option("turn", "a TURN server whose credentials this server issues to logged-in devices"
+           " for their calls (turn:HOST:PORT; with --turn-secret-file)", [], many=True),
+    Option("turn-secret-file", "the secret shared with the TURN server (coturn's"
+           " static-auth-secret), in a file of its own, mode 0600", type=Path),
+    Option("turn-ttl", "how long issued TURN credentials last, in seconds", 86_400, type=int),
     *_threshold_options(),
     *_limit_options(),
 ]
@@ -149,7 +154,27 @@ def server_config(cfg: dict[str, Any]) -> Any:
                         thresholds=Thresholds.from_settings(cfg),
                         linetest_interval_s=cfg["linetest_interval"],
                         alert_webhooks=list(cfg["alert_webhook"]),
-                        admin_token=cfg["admin_token"])
+                        admin_token=cfg["admin_token"], turn=_turn_config(cfg))
+
+
+def _turn_config(cfg: dict[str, Any]) -> Any:
+    from parley.core.turn import TurnConfig
+    from parley.files import check_private
+
+    if not cfg["turn"] and cfg["turn_secret_file"] is None:
+        return None
+    if not cfg["turn"] or cfg["turn_secret_file"] is None:
+        raise LocalError("--turn and --turn-secret-file go together",
+                         code=ErrorCode.BAD_CONFIG,
+                         hint="give the TURN server's URL and the file holding its secret")
+    path: Path = cfg["turn_secret_file"]
+    check_private([path], what="the TURN secret", secret=True)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise LocalError(f"cannot read the TURN secret {path}: {exc.strerror}",
+                         code=ErrorCode.BAD_CONFIG) from None
+    return TurnConfig(tuple(cfg["turn"]), secret, cfg["turn_ttl"])
 
 
 def cmd_server_run(args: argparse.Namespace) -> int:
@@ -228,8 +253,19 @@ def cmd_line_add(args: argparse.Namespace) -> int:
 
 
 def cmd_line_list(args: argparse.Namespace) -> int:
-    for a, b in _server_store(args).lines():
-        print(f"{a} <-> {b}")
+    store = _server_store(args)
+    for a, b in store.lines():
+        media = store.line_media(a, b)
+        print(f"{a} <-> {b}" + ("  (media through the TURN relay only)" if media == "relay"
+                                else ""))
+    return 0
+
+
+def cmd_line_media(args: argparse.Namespace) -> int:
+    _server_store(args).set_line_media(args.a, args.b, args.policy)
+    print(f"line {args.a} <-> {args.b}: " + (
+        "calls go through the TURN relay only (neither site learns the other's addresses)"
+        if args.policy == "relay" else "calls may go directly"))
     return 0
 
 
@@ -1265,6 +1301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     command(lsub, "list", "list lines", cmd_line_list, SERVER_OPTIONS[:1])
+    p = command(lsub, "media", "whether a line's calls may go directly (any) or through the"
+                " TURN relay only (relay)", cmd_line_media, SERVER_OPTIONS[:1])
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("policy", choices=("any", "relay"))
     p = command(ssub, "enroll-code", "make a one-time, expiring code that enrolls one device",
                 cmd_enroll_code, SERVER_OPTIONS[:1])
     p.add_argument("party")

@@ -18,6 +18,7 @@ then, in any order::
     client -> {"t":"ping","ref":..}                       server -> {"t":"pong","ref":..}
     client -> {"t":"linetest","record":{...},"ref":..}    server -> {"t":"filed","ref":..,...}
     client -> {"t":"lines","ref":..}                      server -> {"t":"lines","ref":..,...}
+    client -> {"t":"turn","party":..,"ref":..}            server -> {"t":"turn","servers":..,...}
     server -> {"t":"presence","device":...,"online":...}
     server -> {"t":"roster","party":...}        (that party's devices changed: look again)
     server -> {"t":"acked","ids":[...]}         (these acks are committed: deleted for good)
@@ -104,6 +105,8 @@ CLIENT_MESSAGES: dict[str, dict[str, schema.Field]] = {
     "linetest": {"t": schema.text(16), "record": schema.obj(), "ref": _REF},
     # The state of this device's lines, each with its last record, as the server shows it.
     "lines": {"t": schema.text(16), "ref": _REF},
+    # TURN credentials for a call with `party` (core.turn), and the line's media policy.
+    "turn": {"t": schema.text(16), "party": schema.text(NAME_MAX), "ref": _REF},
 }
 
 SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
@@ -128,6 +131,9 @@ SERVER_MESSAGES: dict[str, dict[str, schema.Field]] = {
               "status": schema.text(8, choices=frozenset({"green", "amber", "red"})),
               "reasons": schema.Field(list, max_len=50), "ref": _REF},
     "lines": {"t": schema.text(16), "lines": schema.Field(list, max_len=1000), "ref": _REF},
+    "turn": {"t": schema.text(16), "servers": schema.Field(list, max_len=8),
+             "expires_ms": schema.integer(0, 2**53),
+             "policy": schema.text(8, choices=frozenset({"any", "relay"})), "ref": _REF},
     "error": {"t": schema.text(16), "code": schema.text(40), "message": schema.text(2000),
               "hint": schema.text(2000, required=False), "ref": _REF,
               "id": schema.text(32, required=False)},

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from parley.core.call import MediaKind
 from parley.core.sframe import StreamKeys
+from parley.media.ice import IceConfig
 
 
 @dataclass(frozen=True)
@@ -58,4 +59,11 @@ class MediaSession(Protocol):
 class MediaEngine(Protocol):
     frame_layer: bool  # its sessions seal and open every frame (core.sframe)
 
-    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> MediaSession: ...
+    @property
+    def ice(self) -> IceConfig:
+        """Its own ICE settings: the servers and host addresses it was configured with."""
+
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents,
+             ice: IceConfig | None = None) -> MediaSession:
+        """A session for one peer connection of a call; `ice`, when given, instead of
+        the engine's own ICE settings (the TURN servers issued for this call added)."""

@@ -14,12 +14,13 @@ Two aiortc/aioice defaults are wrong for Parley and are overridden here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from parley.core.errors import ErrorCode, LocalError
 
@@ -30,9 +31,12 @@ _original_get_host_addresses = aioice.ice.get_host_addresses
 class IceConfig:
     servers: tuple[RTCIceServer, ...] = ()
     host_addresses: tuple[str, ...] | None = None  # None: every interface but loopback
+    # Relayed candidates only (a line whose media must go through TURN: core.turn).
+    relay_only: bool = False
 
     def rtc_configuration(self) -> RTCConfiguration:
-        return RTCConfiguration(iceServers=list(self.servers))
+        return RTCConfiguration(iceServers=list(self.servers), iceTransportPolicy=(
+            RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL))
 
     def browser_configuration(self) -> dict[str, Any]:
         """The page's RTCConfiguration: exactly these ICE servers (never a browser default),
@@ -41,7 +45,16 @@ class IceConfig:
                                                      "credential": s.credential}
                                                     if s.username else {})}
                                for s in self.servers],
+                "iceTransportPolicy": "relay" if self.relay_only else "all",
                 "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"}
+
+    def with_turn(self, servers: Sequence[RTCIceServer], relay_only: bool) -> IceConfig:
+        """These settings plus the TURN servers the line server issued for one call."""
+        return replace(self, servers=(*self.servers, *servers), relay_only=relay_only)
+
+    def has_turn(self) -> bool:
+        urls = [u for s in self.servers for u in ([s.urls] if isinstance(s.urls, str) else s.urls)]
+        return any(u.startswith(("turn:", "turns:")) for u in urls)
 
 
 def parse_ice_server(text: str) -> RTCIceServer:

@@ -112,14 +112,15 @@ class ReceivedStats:
 class RobotMediaSession:
     def __init__(self, call_id: str, media: MediaKind, events: MediaEvents,
                  options: RobotOptions, forget: Callable[[RobotMediaSession], None],
-                 certificate: RTCCertificate | None = None, segment: int = 0) -> None:
+                 certificate: RTCCertificate | None = None, segment: int = 0,
+                 ice: IceConfig | None = None) -> None:
         self.call_id = call_id
         self.media = media
         self._events = events
         self._options = options
         self._forget = forget
         self._opened = time.monotonic()
-        self.pc = RTCPeerConnection(options.ice.rtc_configuration())
+        self.pc = RTCPeerConnection((ice or options.ice).rtc_configuration())
         if certificate is not None:
             # A reconnection's peer connection presents the call's certificate again, so
             # that the fingerprints both sides signed, and the SAS, stay what they were.
@@ -413,11 +414,16 @@ class RobotMedia:
         frame_layer.install()
         self.frame_layer = self.options.frame_layer
 
-    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> RobotMediaSession:
+    @property
+    def ice(self) -> IceConfig:
+        return self.options.ice
+
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents,
+             ice: IceConfig | None = None) -> RobotMediaSession:
         segment = self._segments.get(call_id, -1) + 1
         self._segments[call_id] = segment
         session = RobotMediaSession(call_id, media, events, self.options, self.forget,
-                                    self._certificates.get(call_id), segment)
+                                    self._certificates.get(call_id), segment, ice)
         self._certificates[call_id] = session.certificate
         while len(self._certificates) > KEEP_CERTIFICATES:
             del self._certificates[next(iter(self._certificates))]

@@ -42,6 +42,7 @@ from parley.core.relay.admission import Admission
 from parley.core.relay.limits import Limits
 from parley.core.relay.lines import LineBoard
 from parley.core.relay.relay import Relay, Session
+from parley.core.turn import TurnConfig
 from parley.files import DataLock, check_private, private_dir, write_private_file
 from parley.outbox import Outbox
 from parley.server.alerts import Alerter, load_alert_key
@@ -73,6 +74,7 @@ class ServerConfig:
     # The status page, /lines.json and /metrics need this token, as ?token= or a bearer
     # header. None: open on loopback; on any other address one is made (admin.token).
     admin_token: str | None = None
+    turn: TurnConfig | None = None  # TURN credentials issued to devices (core.turn)
 
     @property
     def loopback(self) -> bool:
@@ -151,7 +153,7 @@ class LineServer:
         self.started_ms = now_ms()
         self.lines = LineBoard(self.store, config.thresholds, config.linetest_interval_s)
         self.relay = Relay(self.store, config.limits, config.origin, self.started_ms,
-                           lines=self.lines)
+                           lines=self.lines, turn=config.turn)
         self.alerter = Alerter(self.store, load_alert_key(config.data_dir),
                                config.alert_webhooks, config.origin)
         self._alerts_task: asyncio.Task[None] | None = None

@@ -102,6 +102,10 @@ MIGRATIONS: list[str] = [
         attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT
     );
     """,
+    # 5: a line's media policy: calls may go directly, or through the TURN relay only
+    """
+    ALTER TABLE lines ADD COLUMN media TEXT NOT NULL DEFAULT 'any';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -202,10 +206,27 @@ class ServerStore:
             raise LocalError("a line joins two different parties", code=ErrorCode.BAD_CONFIG)
         self._need_principal(a)
         self._need_principal(b)
-        self.db.execute("INSERT OR IGNORE INTO lines VALUES (?,?,?)", (*sorted((a, b)), now_ms))
+        self.db.execute("INSERT OR IGNORE INTO lines (a, b, created_ms) VALUES (?,?,?)",
+                        (*sorted((a, b)), now_ms))
 
     def lines(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT a, b FROM lines ORDER BY a, b"))
+
+    def set_line_media(self, a: str, b: str, policy: str) -> None:
+        """Whether the line's calls may go directly ("any") or through TURN only ("relay")."""
+        if policy not in ("any", "relay"):
+            raise LocalError(f"unknown media policy {policy!r}", code=ErrorCode.BAD_CONFIG,
+                             hint="use any (direct allowed) or relay (TURN only)")
+        lo, hi = sorted((a, b))
+        if self.db.execute("UPDATE lines SET media=? WHERE a=? AND b=?",
+                           (policy, lo, hi)).rowcount == 0:
+            raise LocalError(f"there is no line between {a} and {b}", code=ErrorCode.NO_LINE,
+                             hint="open it with 'parley server line add A B'")
+
+    def line_media(self, a: str, b: str) -> str:
+        lo, hi = sorted((a, b))
+        row = self.db.execute("SELECT media FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone()
+        return str(row[0]) if row else "any"
 
     def line_peers(self, party: str) -> list[str]:
         rows = self.db.execute(

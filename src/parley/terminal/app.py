@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiortc import RTCIceServer
+
 from parley.clock import now_ms
 from parley.core import notice
 from parley.core.call import (
@@ -72,7 +74,9 @@ from parley.core.replay import ReplayGuard
 from parley.core.schedule import PAYLOADS as SCHEDULE_PAYLOADS
 from parley.core.statement import PAYLOADS as STATEMENT_PAYLOADS
 from parley.core.trust import Trust, verify_hint
+from parley.core.turn import Grant
 from parley.media.engine import MediaEngine, MediaSession
+from parley.media.ice import IceConfig
 from parley.media.robot import RobotMedia, RobotOptions
 from parley.terminal.linetest import LineTester, LineTestSettings
 from parley.terminal.link import ServerLink
@@ -175,6 +179,8 @@ class Terminal:
         self.engine: MediaEngine = engine or RobotMedia(config.robot)
         self.sessions: dict[str, MediaSession] = {}
         self._session_gen: dict[str, int] = {}  # which peer connection of its call each is
+        # TURN credentials per peer party, and when they came (core.turn).
+        self._turn_grants: dict[str, tuple[Grant, int]] = {}
         self.final_stats: dict[str, dict[str, Any]] = {}
         self._placed_at: dict[str, float] = {}
         # Actions wait in one lane per call (None: not about a call), each lane drained
@@ -670,7 +676,14 @@ class Terminal:
             call = self.book.get(action.call_id)
             if call.gen != action.gen or call.state is CallState.ENDED:
                 return  # a newer attempt has been asked for meanwhile, or it ended
-        session = self.engine.open(action.call_id, action.media, self)
+        try:
+            ice = await self._call_ice(self.book.get(action.call_id).peer.party)
+        except LocalError as exc:
+            self._run(self.book.media_failed(action.call_id, exc.message, now_ms()))
+            return
+        if self.book.get(action.call_id).gen != action.gen:
+            return  # replaced while the credentials came
+        session = self.engine.open(action.call_id, action.media, self, ice)
         self.sessions[action.call_id] = session
         self._session_gen[action.call_id] = action.gen
         try:
@@ -687,6 +700,33 @@ class Terminal:
             if self.book.get(action.call_id).gen == action.gen:
                 self._run(self.book.media_failed(action.call_id, f"media setup failed: {exc}",
                                                  now_ms()))
+
+    async def _call_ice(self, party: str) -> IceConfig | None:
+        """ICE for a call with `party`: ours, plus the TURN relays the server issues for
+        that line (kept while more than half their time is left), relayed only if the
+        line says so. None: ours as they are (a server that issues none, or is away)."""
+        held = self._turn_grants.get(party)
+        now = now_ms()
+        if held is None or now > (held[1] + held[0].expires_ms) // 2:
+            try:
+                grant = await self.link.turn(party)
+            except RemoteError as exc:
+                log.info("no TURN credentials from the server for a call with %s: %s",
+                         party, exc.message)
+                return None
+            held = self._turn_grants[party] = (grant, now)
+        grant = held[0]
+        base = self.engine.ice
+        servers = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                   for s in grant.servers]
+        if grant.relay_only and not servers and not base.has_turn():
+            raise LocalError("this line's calls must go through a TURN relay, and the line"
+                             " server issues none", code=ErrorCode.BAD_CONFIG,
+                             hint="the line host must configure its TURN server"
+                                  " (parley server --turn ... --turn-secret-file ...)")
+        if not servers and not grant.relay_only:
+            return None
+        return base.with_turn(servers, grant.relay_only)
 
     async def _with_session(self, call_id: str,
                             op: Callable[[MediaSession], Awaitable[None]], *,

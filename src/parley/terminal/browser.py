@@ -163,8 +163,9 @@ class BrowserSession:
     """One call's media, done by one page."""
 
     def __init__(self, engine: BrowserMedia, call_id: str, media: MediaKind,
-                 events: MediaEvents, attempt: int = 0) -> None:
+                 events: MediaEvents, attempt: int = 0, ice: IceConfig | None = None) -> None:
         self.engine = engine
+        self.ice = ice or engine.ice
         self.call_id = call_id
         self.attempt = attempt
         self.media = media
@@ -270,7 +271,7 @@ class BrowserSession:
         self._description = asyncio.get_running_loop().create_future()
         message: dict[str, Any] = {"t": "media.open", "call_id": self.call_id,
                                    "attempt": self.attempt, "media": str(self.media),
-                                   "ice": self.engine.ice.browser_configuration()}
+                                   "ice": self.ice.browser_configuration()}
         if offer is not None:
             message["offer"] = offer
         self._send(message)
@@ -315,12 +316,13 @@ class BrowserMedia:
 
     # -- MediaEngine ---------------------------------------------------------------------
 
-    def open(self, call_id: str, media: MediaKind, events: MediaEvents) -> BrowserSession:
+    def open(self, call_id: str, media: MediaKind, events: MediaEvents,
+             ice: IceConfig | None = None) -> BrowserSession:
         attempt = self._attempts.get(call_id, -1) + 1
         self._attempts[call_id] = attempt
         while len(self._attempts) > 64:  # the calls of a long while; each only while it lasts
             del self._attempts[next(iter(self._attempts))]
-        session = BrowserSession(self, call_id, media, events, attempt)
+        session = BrowserSession(self, call_id, media, events, attempt, ice)
         self.sessions[call_id] = session
         return session
 

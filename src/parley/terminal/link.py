@@ -33,6 +33,7 @@ from parley.core.encoding import b64e, random_id
 from parley.core.envelope import Envelope, seal_envelope
 from parley.core.errors import ErrorCode, LocalError, ParleyError, RemoteError
 from parley.core.keys import DeviceKeys, DevicePublicKeys
+from parley.core.turn import Grant, parse_grant
 from parley.outbox import Outbox
 
 log = logging.getLogger("parley.link")
@@ -331,6 +332,10 @@ class ServerLink:
     async def file_linetest(self, record: dict[str, Any]) -> dict[str, Any]:
         """File a line test's record, signed by both ends; the server's verdict."""
         return await self.request({"t": "linetest", "record": record})
+
+    async def turn(self, party: str) -> Grant:
+        """TURN credentials for a call with `party`, and its line's media policy."""
+        return parse_grant(await self.request({"t": "turn", "party": party}))
 
     async def lines(self) -> list[Any]:
         """This device's lines as the server shows them, each with its last record."""

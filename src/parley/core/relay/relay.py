@@ -39,6 +39,7 @@ from ..keys import DevicePublicKeys, split_device_id
 from ..kinds import kind_of
 from ..messages import MAX_AGE_MS as MESSAGE_MAX_AGE_MS
 from ..replay import MAX_FUTURE_SKEW_MS
+from ..turn import TurnConfig, grant
 from .buckets import TokenBucket
 from .fastpath import Header, quick_send
 from .limits import BAD_FRAME_BURST, Limits
@@ -92,6 +93,9 @@ class RelayStore(Protocol):
     def line_peers(self, party: str) -> list[str]: ...
 
     def may_talk(self, a: str, b: str) -> bool: ...
+
+    def line_media(self, a: str, b: str) -> str:
+        """The line's media policy: "any" (direct allowed) or "relay" (TURN only)."""
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> int | None:
@@ -243,8 +247,9 @@ class Relay:
     """Every session of one server process. Pure: give it messages and `now`."""
 
     def __init__(self, store: RelayStore, limits: Limits, origin: str, now_ms: int,
-                 lines: LineBoard | None = None) -> None:
+                 lines: LineBoard | None = None, turn: TurnConfig | None = None) -> None:
         self.store = store
+        self.turn = turn  # TURN credentials handed to devices for their calls (core.turn)
         self.lines = lines  # line-test results filed and shown (None: not kept here)
         self.limits = limits
         self.origin = origin
@@ -368,6 +373,8 @@ class Relay:
                 self._send(session, {"t": "pong", "ref": ref, "time": now_ms})
             elif kind in ("linetest", "lines"):
                 self._lines(session, msg, now_ms)
+            elif kind == "turn":
+                self._turn(session, msg, now_ms)
         except _RateLimited as limited:
             self._reply_error(session, limited.error, limited.ref)
         except RemoteError as exc:
@@ -633,6 +640,22 @@ class Relay:
             "devices": [d.to_json() for d in devices],
             "online": [d.device_id for d in devices if d.device_id in self.online],
         })
+
+    def _turn(self, session: Session, msg: dict[str, Any], now_ms: int) -> None:
+        """TURN credentials for a call with a party this device has a line with."""
+        assert session.device is not None and session.party is not None
+        party = msg["party"]
+        if not self.store.may_talk(session.party, party):
+            raise RemoteError(f"there is no line between {session.party} and {party}",
+                              code=ErrorCode.NO_LINE)
+        policy = self.store.line_media(session.party, party)
+        if self.turn is None:
+            # No relay here: a line that must go through one cannot be called at all.
+            self._send(session, {"t": "turn", "ref": msg.get("ref"), "servers": [],
+                                 "expires_ms": 0, "policy": policy})
+            return
+        self._send(session, {"t": "turn", "ref": msg.get("ref"),
+                             **grant(self.turn, session.device, now_ms, policy)})
 
     def _lines(self, session: Session, msg: dict[str, Any], now_ms: int) -> None:
         if self.lines is None:

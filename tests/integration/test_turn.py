@@ -1,0 +1,170 @@
+"""Two sites with no path to each other talk through coturn, on credentials the server issued.
+
+Three network namespaces made here: the line host's (the line server and a real
+coturn, both on 10.95.0.1) and one per site, each joined to the host's by its own
+veth pair. The host's namespace forwards nothing, so washington's packets can reach
+the server and the relay but never moscow, and the other way round. The line is
+set to *relay only*; the server holds the secret it shares with coturn
+(``use-auth-secret``) and gives each terminal time-limited credentials for its
+call. The call must come up verified, its frames sealed end to end, through the
+relay (coturn's log shows each side's allocation, under the username the server
+issued); and coturn refuses a credential once its time is past.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parley.core.turn import credential
+from tests.integration.test_blackout import ROOT, Site, sh
+from tests.integration.test_cli import Proc, procs
+
+pytestmark = pytest.mark.netns
+__all__ = ["procs"]  # a fixture used below
+HOST = "10.95.0.1"  # the line server and coturn
+W_LINK, M_LINK = ("10.95.1.1", "10.95.1.2"), ("10.95.2.1", "10.95.2.2")  # (host side, site)
+TURN_PORT = 3478
+
+
+@pytest.fixture
+def host_and_sites() -> Iterator[tuple[str, str, str]]:
+    """(the line host's namespace, washington's, moscow's)."""
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root: run scripts/test as root")
+    if shutil.which("turnserver") is None:
+        pytest.fail("coturn is missing: scripts/test installs it (scripts/test-packages.txt)")
+    tag = os.getpid() % 100_000
+    host, w, m = f"parley-h{tag}", f"parley-tw{tag}", f"parley-tm{tag}"
+    for ns in (host, w, m):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "netns", "exec", host, "ip", "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", host, "ip", "addr", "add", f"{HOST}/32", "dev", "lo")
+        sh("ip", "netns", "exec", host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+        for site, (near, far), dev in ((w, W_LINK, f"hw{tag}"), (m, M_LINK, f"hm{tag}")):
+            peer = f"s{dev}"
+            sh("ip", "link", "add", dev, "netns", host, "type", "veth", "peer", "name", peer,
+               "netns", site)
+            sh("ip", "netns", "exec", host, "ip", "addr", "add", f"{near}/24", "dev", dev)
+            sh("ip", "netns", "exec", host, "ip", "link", "set", dev, "up")
+            sh("ip", "netns", "exec", site, "ip", "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", site, "ip", "addr", "add", f"{far}/24", "dev", peer)
+            sh("ip", "netns", "exec", site, "ip", "link", "set", peer, "up")
+            sh("ip", "netns", "exec", site, "ip", "route", "add", f"{HOST}/32", "via", near)
+        yield host, w, m
+    finally:
+        for ns in (host, w, m):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def _turn_probe(ns: str, username: str, password: str) -> str:
+    """Try a TURN allocation from `ns` with these credentials: "allocated" or the error."""
+    code = (
+        "import asyncio, sys\n"
+        "from aioice.turn import create_turn_endpoint\n"
+        "async def main():\n"
+        "    try:\n"
+        "        transport, _ = await asyncio.wait_for(create_turn_endpoint(\n"
+        "            asyncio.DatagramProtocol, server_addr=(sys.argv[1], int(sys.argv[2])),\n"
+        "            username=sys.argv[3], password=sys.argv[4], lifetime=60), 10)\n"
+        "    except Exception as exc:\n"
+        "        print(f'refused: {type(exc).__name__}: {exc}')\n"
+        "        return\n"
+        "    print('allocated', transport.get_extra_info('sockname'))\n"
+        "    transport.close()\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, HOST,
+                           str(TURN_PORT), username, password], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    return (done.stdout + done.stderr).strip()
+
+
+def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
+        tmp_path: Path, host_and_sites: tuple[str, str, str], procs: list[Proc]) -> None:
+    host, w, m = host_and_sites
+    secret = secrets.token_urlsafe(32)
+    secret_file = tmp_path / "turn.secret"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o600)
+    turn_log = tmp_path / "coturn.log"
+    coturn = subprocess.Popen(
+        ["ip", "netns", "exec", host, "turnserver", "-n", "--listening-ip", HOST,
+         "--relay-ip", HOST, "--listening-port", str(TURN_PORT), "--use-auth-secret",
+         "--static-auth-secret", secret, "--realm", "parley.test", "--fingerprint",
+         "--no-tls", "--no-dtls", "--no-cli", "--verbose", "--log-file", str(turn_log),
+         "--simple-log", "--pidfile", str(tmp_path / "coturn.pid"),
+         "--allowed-peer-ip", HOST, "--min-port", "49160", "--max-port", "49200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        server = Proc("server", "--host", HOST, "--port", "0", "--data",
+                      str(tmp_path / "server"), "--turn", f"turn:{HOST}:{TURN_PORT}",
+                      "--turn-secret-file", str(secret_file), netns=host)
+        procs.append(server)
+        url = server.line("ready: ", 60)
+        provision = subprocess.run(
+            ["ip", "netns", "exec", host, sys.executable, "-c",
+             "import asyncio, sys; from pathlib import Path; from parley.lab import"
+             " provision_line; asyncio.run(provision_line(Path(sys.argv[1]), sys.argv[2],"
+             " Path(sys.argv[3])))", str(tmp_path / "server"), url, str(tmp_path)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert provision.returncode == 0, provision.stderr[-2000:]
+        media = subprocess.run(
+            ["ip", "netns", "exec", host, sys.executable, "-m", "parley", "server", "line",
+             "media", "washington", "moscow", "relay", "--data", str(tmp_path / "server")],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert media.returncode == 0 and "relay only" in media.stdout, media.stderr
+
+        for name, ns, (_near, addr), extra in (("moscow", m, M_LINK, ["--auto-answer"]),
+                                               ("washington", w, W_LINK, [])):
+            proc = Proc("terminal", "--data", str(tmp_path / name), "--ice-host", addr,
+                        "--ui-port", "0", *extra, netns=ns)
+            procs.append(proc)
+            proc.line("ui: ", 60)
+        washington, moscow = Site(w, tmp_path / "washington"), Site(m, tmp_path / "moscow")
+        # No path between the sites: washington cannot even reach moscow's address.
+        ping = sh("ip", "netns", "exec", w, "ping", "-c", "1", "-W", "1", M_LINK[1],
+                  check=False)
+        assert ping.returncode != 0
+
+        washington.cli("call", "moscow")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            call = washington.call()
+            if call.get("state") in ("active", "ended"):
+                break
+            time.sleep(0.2)
+        assert call.get("state") == "active", call
+        assert call["verified"] and call["media_protection"] == "sframe+dtls-srtp"
+        callee = moscow.call()
+        assert callee["state"] == "active" and callee["sas"] == call["sas"]
+        # Media flows both ways, and only the relay can carry it.
+        time.sleep(2)
+        for site in (washington, moscow):
+            status = json.loads(site.cli("status", "--json").stdout)
+            assert status["calls"][-1]["state"] == "active"
+        log = turn_log.read_text(errors="replace")
+        for device in ("washington/hotline", "moscow/hotline"):
+            assert f":{device}" in log, f"no allocation by {device} in coturn's log"
+        washington.cli("hangup")
+
+        # The credentials are coturn's to judge: good now, refused once expired.
+        now = int(time.time())
+        for expiry, expect in ((now + 600, "allocated"), (now - 60, "refused")):
+            username = f"{expiry}:washington/hotline"
+            result = _turn_probe(w, username, credential(secret.encode(), username))
+            assert result.startswith(expect), result
+        wrong = _turn_probe(w, f"{now + 600}:washington/hotline", credential(b"x" * 32, "y"))
+        assert wrong.startswith("refused"), wrong
+    finally:
+        coturn.terminate()
+        coturn.wait(10)
