@@ -8,7 +8,10 @@ other side as ever. Real server, real terminals, real aiortc media.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from functools import partial
+
+import aiohttp
 
 from parley.core.call import CallState, EndReason
 from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
@@ -45,3 +48,17 @@ async def test_a_server_restart_in_the_middle_of_a_call_leaves_the_call_up(
                                        and c.state is CallState.ENDED, 15)
     assert ended.end_reason is EndReason.REMOTE_HUNG_UP
     assert not washington.alarms and not moscow.alarms
+
+
+async def test_readiness_says_ready_while_the_store_answers(
+        line: LocalLine, http: aiohttp.ClientSession) -> None:
+    async with http.get(line.url + "/readyz") as resp:
+        assert resp.status == 200 and await resp.json() == {"ready": True}
+    assert line.server is not None
+    line.server.store.db.close()  # the database gone from under it
+    try:
+        async with http.get(line.url + "/readyz") as resp:
+            body = await resp.json()
+            assert resp.status == 503 and body["why"].startswith("the store does not answer")
+    finally:
+        line.server.store.db = sqlite3.connect(line.server.store.path)  # for a clean stop

@@ -25,6 +25,7 @@ import contextlib
 import hmac
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ class LineServer:
         self.app.add_routes([
             web.get("/", self.status_page),
             web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
             web.get("/lines.json", self.lines_json),
             web.post("/v1/enroll", self.enroll),
@@ -271,6 +273,22 @@ class LineServer:
         if not self._is_admin(request):
             return web.json_response({"ok": True})  # nothing of who is connected
         return web.json_response({"ok": True, "online": len(self.relay.online)})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        """For a load balancer: 200 while this server takes logins and its store answers,
+        503 (with why) when its database does not answer. (Shutting down, it stops
+        listening first: a load balancer sees the connection refused.)"""
+        why = ""
+        if self._store_closed:
+            why = "shutting down"
+        else:
+            try:
+                self.store.db.execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                why = f"the store does not answer: {exc}"
+        if why:
+            return web.json_response({"ready": False, "why": why}, status=503)
+        return web.json_response({"ready": True})
 
     async def status_page(self, _request: web.Request) -> web.Response:
         html = render_status(self.store, self.lines, set(self.relay.online),
