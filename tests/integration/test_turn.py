@@ -13,6 +13,8 @@ issued); and coturn refuses a credential once its time is past.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from parley.core.turn import credential
-from tests.integration.test_blackout import ROOT, Site, sh
+from tests.integration.test_blackout import ROOT, Site, person_in_a_call, sh
 from tests.integration.test_cli import Proc, procs
 
 pytestmark = pytest.mark.netns
@@ -89,53 +91,73 @@ def _turn_probe(ns: str, username: str, password: str) -> str:
     return (done.stdout + done.stderr).strip()
 
 
-def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
-        tmp_path: Path, host_and_sites: tuple[str, str, str], procs: list[Proc]) -> None:
-    host, w, m = host_and_sites
+@contextlib.contextmanager
+def relay_line(tmp: Path, namespaces: tuple[str, str, str], procs: list[Proc], *,
+               browser: bool = False) -> Iterator[tuple[Site, Site, str, str, Path]]:
+    """coturn and the line server at the host, the line relay-only, moscow a robot that
+    answers, washington a robot or its person's browser: (washington, moscow, washington's
+    UI, the TURN secret, coturn's log)."""
+    host, w, m = namespaces
     secret = secrets.token_urlsafe(32)
-    secret_file = tmp_path / "turn.secret"
+    secret_file = tmp / "turn.secret"
     secret_file.write_text(secret)
     secret_file.chmod(0o600)
-    turn_log = tmp_path / "coturn.log"
+    turn_log = tmp / "coturn.log"
     coturn = subprocess.Popen(
         ["ip", "netns", "exec", host, "turnserver", "-n", "--listening-ip", HOST,
          "--relay-ip", HOST, "--listening-port", str(TURN_PORT), "--use-auth-secret",
          "--static-auth-secret", secret, "--realm", "parley.test", "--fingerprint",
          "--no-tls", "--no-dtls", "--no-cli", "--verbose", "--log-file", str(turn_log),
-         "--simple-log", "--pidfile", str(tmp_path / "coturn.pid"),
+         "--simple-log", "--pidfile", str(tmp / "coturn.pid"),
          "--allowed-peer-ip", HOST, "--min-port", "49160", "--max-port", "49200"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        server = Proc("server", "--host", HOST, "--port", "0", "--data",
-                      str(tmp_path / "server"), "--turn", f"turn:{HOST}:{TURN_PORT}",
-                      "--turn-secret-file", str(secret_file), netns=host)
+        server = Proc("server", "--host", HOST, "--port", "0", "--data", str(tmp / "server"),
+                      "--turn", f"turn:{HOST}:{TURN_PORT}", "--turn-secret-file",
+                      str(secret_file), netns=host)
         procs.append(server)
         url = server.line("ready: ", 60)
         provision = subprocess.run(
             ["ip", "netns", "exec", host, sys.executable, "-c",
              "import asyncio, sys; from pathlib import Path; from parley.lab import"
              " provision_line; asyncio.run(provision_line(Path(sys.argv[1]), sys.argv[2],"
-             " Path(sys.argv[3])))", str(tmp_path / "server"), url, str(tmp_path)],
+             " Path(sys.argv[3])))", str(tmp / "server"), url, str(tmp)],
             capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert provision.returncode == 0, provision.stderr[-2000:]
         media = subprocess.run(
             ["ip", "netns", "exec", host, sys.executable, "-m", "parley", "server", "line",
-             "media", "washington", "moscow", "relay", "--data", str(tmp_path / "server")],
+             "media", "washington", "moscow", "relay", "--data", str(tmp / "server")],
             capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert media.returncode == 0 and "relay only" in media.stdout, media.stderr
-
-        for name, ns, (_near, addr), extra in (("moscow", m, M_LINK, ["--auto-answer"]),
-                                               ("washington", w, W_LINK, [])):
-            proc = Proc("terminal", "--data", str(tmp_path / name), "--ice-host", addr,
+        ui = ""
+        for name, ns, (_near, addr), extra in (
+                ("moscow", m, M_LINK, ["--auto-answer"]),
+                ("washington", w, W_LINK, ["--media", "browser"] if browser else [])):
+            proc = Proc("terminal", "--data", str(tmp / name), "--ice-host", addr,
                         "--ui-port", "0", *extra, netns=ns)
             procs.append(proc)
-            proc.line("ui: ", 60)
-        washington, moscow = Site(w, tmp_path / "washington"), Site(m, tmp_path / "moscow")
+            ui = proc.line("ui: ", 60)
         # No path between the sites: washington cannot even reach moscow's address.
         ping = sh("ip", "netns", "exec", w, "ping", "-c", "1", "-W", "1", M_LINK[1],
                   check=False)
         assert ping.returncode != 0
+        yield (Site(w, tmp / "washington"), Site(m, tmp / "moscow"), ui, secret, turn_log)
+    finally:
+        coturn.terminate()
+        coturn.wait(10)
 
+
+def _relayed(turn_log: Path) -> None:
+    log = turn_log.read_text(errors="replace")
+    for device in ("washington/hotline", "moscow/hotline"):
+        assert f":{device}" in log, f"no allocation by {device} in coturn's log"
+
+
+def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
+        tmp_path: Path, host_and_sites: tuple[str, str, str], procs: list[Proc]) -> None:
+    _host, w, _m = host_and_sites
+    with relay_line(tmp_path, host_and_sites, procs) as (washington, moscow, _ui, secret,
+                                                          turn_log):
         washington.cli("call", "moscow")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -147,14 +169,11 @@ def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
         assert call["verified"] and call["media_protection"] == "sframe+dtls-srtp"
         callee = moscow.call()
         assert callee["state"] == "active" and callee["sas"] == call["sas"]
-        # Media flows both ways, and only the relay can carry it.
-        time.sleep(2)
+        time.sleep(2)  # media flows both ways, and only the relay can carry it
         for site in (washington, moscow):
             status = json.loads(site.cli("status", "--json").stdout)
             assert status["calls"][-1]["state"] == "active"
-        log = turn_log.read_text(errors="replace")
-        for device in ("washington/hotline", "moscow/hotline"):
-            assert f":{device}" in log, f"no allocation by {device} in coturn's log"
+        _relayed(turn_log)
         washington.cli("hangup")
 
         # The credentials are coturn's to judge: good now, refused once expired.
@@ -165,6 +184,29 @@ def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
             assert result.startswith(expect), result
         wrong = _turn_probe(w, f"{now + 600}:washington/hotline", credential(b"x" * 32, "y"))
         assert wrong.startswith("refused"), wrong
-    finally:
-        coturn.terminate()
-        coturn.wait(10)
+
+
+@pytest.mark.browser
+async def test_a_persons_browser_calls_through_coturn_too(
+        tmp_path: Path, host_and_sites: tuple[str, str, str], procs: list[Proc]) -> None:
+    """washington's media in its person's Chromium, run inside washington's namespace:
+    the page is given the issued credentials and relayed candidates only."""
+    from playwright.async_api import expect
+
+    from tests.browser import remote_video_frames
+
+    _host, w, _m = host_and_sites
+    with relay_line(tmp_path, host_and_sites, procs, browser=True) as (
+            _washington, moscow, ui, _secret, turn_log):
+        async with person_in_a_call(tmp_path, w, ui) as page:
+            await expect(page.get_by_test_id("verified-badge")).to_be_visible()
+            await expect(page.get_by_test_id("media-protection")).to_have_attribute(
+                "data-protection", "sframe+dtls-srtp")
+            await page.wait_for_function(
+                "() => document.querySelector('[data-testid=remote-video]').srcObject &&"
+                " document.querySelector('[data-testid=remote-video]')"
+                ".getVideoPlaybackQuality().totalVideoFrames > 30", timeout=20_000)
+            assert await remote_video_frames(page) > 30
+            callee = await asyncio.to_thread(moscow.call)
+            assert callee["state"] == "active" and callee["verified"]
+            _relayed(turn_log)
