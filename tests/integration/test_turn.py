@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,14 +104,16 @@ def relay_line(tmp: Path, namespaces: tuple[str, str, str], procs: list[Proc], *
     secret_file.write_text(secret)
     secret_file.chmod(0o600)
     turn_log = tmp / "coturn.log"
-    coturn = subprocess.Popen(
-        ["ip", "netns", "exec", host, "turnserver", "-n", "--listening-ip", HOST,
-         "--relay-ip", HOST, "--listening-port", str(TURN_PORT), "--use-auth-secret",
-         "--static-auth-secret", secret, "--realm", "parley.test", "--fingerprint",
-         "--no-tls", "--no-dtls", "--no-cli", "--verbose", "--log-file", str(turn_log),
-         "--simple-log", "--pidfile", str(tmp / "coturn.pid"),
-         "--allowed-peer-ip", HOST, "--min-port", "49160", "--max-port", "49200"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = tmp / "turnserver.conf"  # the secret in a 0600 file, as the guide says
+    conf.write_text("\n".join([
+        "use-auth-secret", f"static-auth-secret={secret}", "realm=parley.test",
+        f"listening-ip={HOST}", f"relay-ip={HOST}", f"listening-port={TURN_PORT}",
+        "fingerprint", "no-tls", "no-dtls", "no-cli", "no-multicast-peers", "verbose",
+        f"log-file={turn_log}", "simple-log", f"pidfile={tmp / 'coturn.pid'}",
+        f"allowed-peer-ip={HOST}", "min-port=49160", "max-port=49200", ""]))
+    conf.chmod(0o600)
+    coturn = subprocess.Popen(["ip", "netns", "exec", host, "turnserver", "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         server = Proc("server", "--host", HOST, "--port", "0", "--data", str(tmp / "server"),
                       "--turn", f"turn:{HOST}:{TURN_PORT}", "--turn-secret-file",
@@ -148,9 +151,25 @@ def relay_line(tmp: Path, namespaces: tuple[str, str, str], procs: list[Proc], *
 
 
 def _relayed(turn_log: Path) -> None:
-    log = turn_log.read_text(errors="replace")
+    """coturn allocated a relay for each side, under the username the server issued."""
+    log = turn_log.read_text(errors="replace").splitlines()
     for device in ("washington/hotline", "moscow/hotline"):
-        assert f":{device}" in log, f"no allocation by {device} in coturn's log"
+        assert any(f":{device}" in line and "ALLOCATE processed, success" in line
+                   for line in log), f"no allocation by {device} in coturn's log"
+
+
+def _call_stats(site: Site, call_id: str) -> dict[str, Any]:
+    """The call's media figures, from the terminal's local API (as `parley ui` shows)."""
+    control = json.loads((site.data / "control.json").read_text())
+    fetch = ("import sys, urllib.request\n"
+             "request = urllib.request.Request(sys.argv[1], headers={'Authorization':"
+             " 'Bearer ' + sys.argv[2]})\n"
+             "print(urllib.request.urlopen(request, timeout=10).read().decode())\n")
+    done = subprocess.run(
+        ["ip", "netns", "exec", site.ns, sys.executable, "-c", fetch,
+         f"{control['url']}/api/calls/{call_id}", control["token"]],
+        capture_output=True, text=True, timeout=30)
+    return dict(json.loads(done.stdout)["stats"])
 
 
 def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
@@ -173,6 +192,10 @@ def test_a_call_with_no_direct_path_goes_through_coturn_on_issued_credentials(
         for site in (washington, moscow):
             status = json.loads(site.cli("status", "--json").stdout)
             assert status["calls"][-1]["state"] == "active"
+            # Relay only: the only candidates gathered, offered and chosen are relayed ones.
+            stats = _call_stats(site, status["calls"][-1]["call_id"])
+            assert stats["ice"] == {"local_types": ["relay"], "selected": ["relay"]}, stats
+            assert stats["audio"]["frames"] > 50 and stats["video"]["frames"] > 20
         _relayed(turn_log)
         washington.cli("hangup")
 
@@ -197,7 +220,7 @@ async def test_a_persons_browser_calls_through_coturn_too(
 
     _host, w, _m = host_and_sites
     with relay_line(tmp_path, host_and_sites, procs, browser=True) as (
-            _washington, moscow, ui, _secret, turn_log):
+            washington, moscow, ui, _secret, turn_log):
         async with person_in_a_call(tmp_path, w, ui) as page:
             await expect(page.get_by_test_id("verified-badge")).to_be_visible()
             await expect(page.get_by_test_id("media-protection")).to_have_attribute(
@@ -209,4 +232,9 @@ async def test_a_persons_browser_calls_through_coturn_too(
             assert await remote_video_frames(page) > 30
             callee = await asyncio.to_thread(moscow.call)
             assert callee["state"] == "active" and callee["verified"]
+            # The page chose a relayed pair; the robot gathered relayed candidates only.
+            stats = await asyncio.to_thread(_call_stats, washington, callee["call_id"])
+            assert stats.get("ice_local") == "relay", stats
+            robot = await asyncio.to_thread(_call_stats, moscow, callee["call_id"])
+            assert robot["ice"]["local_types"] == ["relay"], robot
             _relayed(turn_log)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +36,19 @@ MIN_SECRET_BYTES = 16
 MAX_SERVERS = 8
 
 
+# RFC 7065's turn: and turns: URIs, as both media stacks take them: an IPv4 address or a
+# host name (aiortc refuses IPv6 literals), a port, and for turn: a transport.
+_URL = re.compile(r"^(?:turn:[A-Za-z0-9.-]{1,180}(?::\d{1,5})?(?:\?transport=(?:udp|tcp))?"
+                  r"|turns:[A-Za-z0-9.-]{1,180}(?::\d{1,5})?(?:\?transport=tcp)?)$")
+
+
 def _check_url(url: str) -> str:
-    scheme, _, rest = url.partition(":")
-    if scheme not in ("turn", "turns") or not rest or "@" in rest or len(url) > 200:
+    port = url.split("?")[0].rsplit(":", 1)[-1] if url.count(":") > 1 else "3478"
+    if not _URL.match(url) or not 0 < int(port) < 65536:
         raise LocalError(f"invalid TURN server {url!r}", code=ErrorCode.BAD_CONFIG,
-                         hint="use turn:HOST:PORT or turns:HOST:PORT (optionally"
-                              " ?transport=udp|tcp); the credentials come from the secret")
+                         hint="use turn:HOST:PORT (optionally ?transport=udp or tcp) or"
+                              " turns:HOST:PORT, HOST an IPv4 address or a name; the"
+                              " credentials come from the secret")
     return url
 
 

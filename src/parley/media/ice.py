@@ -49,8 +49,9 @@ class IceConfig:
                 "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"}
 
     def with_turn(self, servers: Sequence[RTCIceServer], relay_only: bool) -> IceConfig:
-        """These settings plus the TURN servers the line server issued for one call."""
-        return replace(self, servers=(*self.servers, *servers), relay_only=relay_only)
+        """These settings plus the TURN servers the line server issued for one call,
+        first (aiortc uses the first TURN server it is given, and only that one)."""
+        return replace(self, servers=(*servers, *self.servers), relay_only=relay_only)
 
     def has_turn(self) -> bool:
         urls = [u for s in self.servers for u in ([s.urls] if isinstance(s.urls, str) else s.urls)]

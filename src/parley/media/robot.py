@@ -230,6 +230,12 @@ class RobotMediaSession:
         out: dict[str, Any] = {k: v.as_dict() for k, v in self.received.items()}
         out["state"] = self.pc.connectionState
         out["media_protection"] = self.media_protection
+        with contextlib.suppress(Exception):  # which candidates: host, srflx or relay
+            ice = self._transport().transport
+            connection = ice._connection
+            out["ice"] = {"local_types": sorted({c.type for c in connection.local_candidates}),
+                          "selected": sorted({p.local_candidate.type
+                                              for p in connection._nominated.values()})}
         if self.sealers:
             out["frame_layer"] = {kind: {"sealed": self.sealers[kind].sealed,
                                          **self.openers[kind].stats.as_dict()}

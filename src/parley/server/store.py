@@ -226,7 +226,9 @@ class ServerStore:
     def line_media(self, a: str, b: str) -> str:
         lo, hi = sorted((a, b))
         row = self.db.execute("SELECT media FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone()
-        return str(row[0]) if row else "any"
+        if row is None:
+            return "any"
+        return "any" if row[0] == "any" else "relay"  # anything else: the safer of the two
 
     def line_peers(self, party: str) -> list[str]:
         rows = self.db.execute(

@@ -88,6 +88,7 @@ from parley.terminal.statements import Statements
 from parley.terminal.store import AlarmRecord, TerminalStore
 from parley.terminal.talks import Talks
 
+TURN_GRANT_KEPT_MS = 5 * 60_000  # a line's media policy holds within this of a change
 log = logging.getLogger("parley.terminal")
 MAX_ENDED_CALLS = 50
 END_KEPT_MS = 10 * 60_000  # a hang-up that could not be sent is sent again this long
@@ -527,7 +528,11 @@ class Terminal:
 
     def _on_link_state(self, up: bool, why: str) -> None:
         self._publish({"t": "link", "connected": up, "detail": why})
-        if up:  # a device gained while we were away is told at once
+        if up:
+            # Asked afresh: the server may have restarted with another TURN secret.
+            for party, (grant, _at) in list(self._turn_grants.items()):
+                self._turn_grants[party] = (grant, -TURN_GRANT_KEPT_MS)
+            # A device gained while we were away is told at once.
             self._spawn_lane_task(self._refresh_peers())
             self.messages.link_up()
             self._send_unsent_ends(None)
@@ -681,8 +686,9 @@ class Terminal:
         except LocalError as exc:
             self._run(self.book.media_failed(action.call_id, exc.message, now_ms()))
             return
-        if self.book.get(action.call_id).gen != action.gen:
-            return  # replaced while the credentials came
+        call = self.book.get(action.call_id)
+        if call.gen != action.gen or call.state is CallState.ENDED:
+            return  # replaced, or ended, while the credentials came
         session = self.engine.open(action.call_id, action.media, self, ice)
         self.sessions[action.call_id] = session
         self._session_gen[action.call_id] = action.gen
@@ -703,18 +709,29 @@ class Terminal:
 
     async def _call_ice(self, party: str) -> IceConfig | None:
         """ICE for a call with `party`: ours, plus the TURN relays the server issues for
-        that line (kept while more than half their time is left), relayed only if the
-        line says so. None: ours as they are (a server that issues none, or is away)."""
+        that line, relayed only if the line says so. A grant is kept for a few minutes
+        (a line's policy, changed by its host, holds within them) and, while its
+        credentials last, stands in when the server cannot be asked. None: ours as they
+        are (a server that issues no relays, or one too old to know of them)."""
         held = self._turn_grants.get(party)
         now = now_ms()
-        if held is None or now > (held[1] + held[0].expires_ms) // 2:
+        if held is None or now > held[1] + TURN_GRANT_KEPT_MS:
             try:
                 grant = await self.link.turn(party)
             except RemoteError as exc:
-                log.info("no TURN credentials from the server for a call with %s: %s",
-                         party, exc.message)
-                return None
-            held = self._turn_grants[party] = (grant, now)
+                if exc.code is ErrorCode.UNKNOWN_TYPE:
+                    log.info("the line server issues no TURN credentials (an older version)")
+                    return None
+                if held is None or now >= held[0].expires_ms - TURN_GRANT_KEPT_MS:
+                    # Without the line's policy, a call could offer this site's addresses
+                    # on a line meant to hide them: it fails instead, saying why.
+                    raise LocalError(f"the line server could not say how to reach {party}"
+                                     f" ({exc.message})", code=ErrorCode.SERVER_ERROR,
+                                     hint="call again once the server is back") from None
+                log.warning("the line server did not answer for TURN credentials (%s);"
+                            " using those issued before", exc.message)
+            else:
+                held = self._turn_grants[party] = (grant, now)
         grant = held[0]
         base = self.engine.ice
         servers = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)

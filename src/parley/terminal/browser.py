@@ -230,6 +230,12 @@ class BrowserSession:
             self._description.set_result(sdp)
 
     def on_candidate(self, candidate: str, mid: str | None, mline: int | None) -> None:
+        if self.ice.relay_only and candidate and " typ relay" not in candidate:
+            # A line whose media goes through the relay only: the browser was told so; a
+            # host or reflexive candidate it offers anyway would tell the peer where we are.
+            log.warning("call %s: the page offered a %s candidate on a relay-only line;"
+                        " not forwarded", self.call_id, candidate.split(" typ ")[-1][:8])
+            return
         if not host_candidate_allowed(candidate, self.engine.ice.host_addresses):
             log.debug("call %s: not forwarding candidate %s", self.call_id, candidate)
             return
@@ -284,6 +290,9 @@ class BrowserSession:
                 f"the browser page did not set up the call's media within"
                 f" {DESCRIBE_TIMEOUT_S:.0f} s", code=ErrorCode.BAD_CONFIG,
                 hint="allow the page to use the camera and microphone") from None
+        if self.ice.relay_only:
+            sdp = "".join(line for line in sdp.splitlines(keepends=True)
+                          if not line.startswith("a=candidate:") or " typ relay" in line)
         prints = dtls_fingerprints(sdp)
         if len(prints) != 1:
             raise LocalError(f"the browser's session description names {len(prints)} sha-256"

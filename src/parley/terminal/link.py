@@ -335,7 +335,10 @@ class ServerLink:
 
     async def turn(self, party: str) -> Grant:
         """TURN credentials for a call with `party`, and its line's media policy."""
-        return parse_grant(await self.request({"t": "turn", "party": party}))
+        reply = await self.request({"t": "turn", "party": party})
+        if reply.get("t") != "turn":
+            raise RemoteError(f"the server answered a TURN request with {reply.get('t')!r}")
+        return parse_grant(reply)
 
     async def lines(self) -> list[Any]:
         """This device's lines as the server shows them, each with its last record."""

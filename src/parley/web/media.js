@@ -188,6 +188,8 @@ export class CallMedia {
       if (stat.type === "transport" && stat.selectedCandidatePairId) {
         const pair = report.get(stat.selectedCandidatePairId);
         if (pair && pair.currentRoundTripTime !== undefined) out.rtt_ms = round(pair.currentRoundTripTime * 1000);
+        const local = pair ? report.get(pair.localCandidateId) : null;
+        if (local) out.ice_local = local.candidateType ?? null; // host, srflx, prflx or relay
       } else if (stat.type === "inbound-rtp" && (stat.kind === "audio" || stat.kind === "video")) {
         const kind = out[stat.kind];
         kind.packets_received = stat.packetsReceived ?? 0;
