@@ -4,7 +4,8 @@
 
 Prints the section; with --readme, replaces what stands between the markers
 ``<!-- soak:begin -->`` and ``<!-- soak:end -->`` there, so that the figures the
-README shows are exactly those of the kept run (tests/core/test_docs.py checks it).
+README shows are exactly those of the kept run (tests/test_readme_figures.py
+checks it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ def section(results: dict[str, Any], source: str, date: str | None = None) -> st
     # The verdict from the samples, by the rule of bench/soak.py (for a run kept from
     # before the rule compared medians, its own one-sample verdict is said beside it).
     growth, single = rss_growth(samples)
-    drift = abs(last["latency_ms"] - first["latency_ms"])
+    drift = abs(last["latency_ms"] - first["latency_ms"]) \
+        if last["latency_ms"] is not None and first["latency_ms"] is not None else float("inf")
+    # Runs before 2026-12-02's change timed mouth-to-ear from each frame's hand-off to
+    # the encoder; since, from the capture of each sample (20 ms more, and the A/V
+    # offset 20 ms more negative).
+    since = ("from the capture of each sample, a 20 ms frame's fill included"
+             if results.get("soak_latency_from") == "capture" else
+             "from each frame's hand-off to the encoder, as this run's bench timed it;"
+             " from the capture of each sample, as benches count now, it is 20 ms more,"
+             " and the A/V offset 20 ms more negative")
     held = growth <= RSS_GROWTH_MAX and drift <= LATENCY_DRIFT_MAX_MS
     recorded = results.get("soak_verdict")
     after = [s["rss_mib"] for s in samples[1:]]
@@ -42,8 +52,8 @@ def section(results: dict[str, Any], source: str, date: str | None = None) -> st
         f" (`bench/run soak --minutes {results['soak_minutes']:g}`, {when}, kept in"
         f" `{source}`; {cpu}, {machine.get('cores', '?')} cores). Every ten minutes: RSS,"
         " file descriptors and asyncio tasks of the process holding both terminals, its"
-        " CPU, mouth-to-ear audio latency, and the A/V offset (video's latency minus"
-        " audio's: negative, video ahead of the sound by aiortc's audio buffer).",
+        f" CPU, mouth-to-ear audio latency ({since}), and the A/V offset (video's latency"
+        " minus audio's: negative, video ahead of the sound by aiortc's audio buffer).",
         "",
         f"Verdict: **{'held' if held else 'NOT held'}**. RSS after the first interval:"
         f" {median(after[:3]):g} MiB (median of the first three samples), at the end"

@@ -205,3 +205,31 @@ def test_a_line_test_call_ends_on_a_loss_instead() -> None:
     book.media_failed(call_id, "no media", 2)
     assert book.info(call_id).state is CallState.ENDED
     assert book.info(call_id).end_reason is EndReason.FAILED
+
+
+def test_an_attempt_whose_media_setup_failed_does_not_stop_the_next() -> None:
+    """The caller's media stack could not make an attempt's offer (no TURN credentials
+    with the server away, say): the next attempt makes a new one, and the call comes back."""
+
+    class Failing(Reconnecting):
+        fail_gens: set[int] = set()
+
+        def run(self, side: str, actions: list[Action]) -> None:
+            for action in actions:
+                if isinstance(action, StartMedia) and side == W and action.gen in self.fail_gens:
+                    self.started[side].append(action)
+                    self.run(side, self.books[side].media_failed(
+                        action.call_id, "media setup failed", self.now, gen=action.gen))
+                else:
+                    super().run(side, [action])
+
+    wire = Failing()
+    call_id = wire.active_call()
+    wire.fail_gens = {1, 2}
+    wire.run(W, wire.books[W].media_failed(call_id, "ice failed", wire.now))
+    for _ in range(3):
+        wire.tick(2_500)
+    gens = [s.gen for s in wire.started[W] if s.restart]
+    assert gens[:3] == [1, 2, 3], gens  # each failed attempt was followed by a new one
+    wire.connect(call_id, seen_by_w=wire.fp[M], seen_by_m=wire.fp[W])
+    assert wire.state(W, call_id)[0] is wire.state(M, call_id)[0] is CallState.ACTIVE

@@ -122,7 +122,8 @@ def test_the_page_gets_exactly_the_configured_ice_servers_and_one_transport() ->
     from parley.media.ice import IceConfig
 
     assert IceConfig().browser_configuration() == {
-        "iceServers": [], "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"}
+        "iceServers": [], "iceTransportPolicy": "all", "bundlePolicy": "max-bundle",
+        "rtcpMuxPolicy": "require"}
     turn = IceConfig(servers=(RTCIceServer(urls="turn:127.0.0.1:3478", username="u",
                                            credential="p"),))
     assert turn.browser_configuration()["iceServers"] == [

@@ -787,7 +787,8 @@ class CallBook:
         self._schedule_rekey(call, now_ms)
         return self._fire(call, CallEvent.MEDIA_VERIFIED, now_ms)
 
-    def media_failed(self, call_id: str, reason: str, now_ms: int) -> list[Action]:
+    def media_failed(self, call_id: str, reason: str, now_ms: int,
+                     gen: int | None = None) -> list[Action]:
         """The media stack lost the call's media (no packets for a while, ICE failed).
 
         Before the call was active, it ends. An active call (a person's; a line test's
@@ -800,6 +801,10 @@ class CallBook:
         call = self.get(call_id)
         if call.state is CallState.ENDED:
             return []
+        if gen is not None and gen == call.gen:
+            # The stack gave up making this generation's description: the next attempt
+            # must not wait for it (_attempt), it makes a new one.
+            call.local_gen = gen
         if call.state in (CallState.ACTIVE, CallState.RECONNECTING) and call.test_id is None:
             return self._lost(call, reason, now_ms)
         call.alarm = call.alarm or reason

@@ -275,15 +275,15 @@ class LineServer:
         return web.json_response({"ok": True, "online": len(self.relay.online)})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        """For a load balancer: 200 while this server takes logins and its store answers,
-        503 (with why) when its database does not answer. (Shutting down, it stops
-        listening first: a load balancer sees the connection refused.)"""
+        """For a load balancer: 200 while this server's database answers a read of its
+        devices, 503 (with why) when it does not (closed, missing, locked, corrupt).
+        (Shutting down, it stops listening first: the connection is refused.)"""
         why = ""
         if self._store_closed:
             why = "shutting down"
         else:
             try:
-                self.store.db.execute("SELECT 1").fetchone()
+                self.store.db.execute("SELECT count(*) FROM devices").fetchone()
             except sqlite3.Error as exc:
                 why = f"the store does not answer: {exc}"
         if why:

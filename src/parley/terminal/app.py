@@ -89,6 +89,7 @@ from parley.terminal.store import AlarmRecord, TerminalStore
 from parley.terminal.talks import Talks
 
 TURN_GRANT_KEPT_MS = 5 * 60_000  # a line's media policy holds within this of a change
+TURN_REQUEST_TIMEOUT_S = 3.0  # a call's setup waits no longer for the server's answer
 log = logging.getLogger("parley.terminal")
 MAX_ENDED_CALLS = 50
 END_KEPT_MS = 10 * 60_000  # a hang-up that could not be sent is sent again this long
@@ -684,7 +685,8 @@ class Terminal:
         try:
             ice = await self._call_ice(self.book.get(action.call_id).peer.party)
         except LocalError as exc:
-            self._run(self.book.media_failed(action.call_id, exc.message, now_ms()))
+            self._run(self.book.media_failed(action.call_id, exc.message, now_ms(),
+                                             gen=action.gen))
             return
         call = self.book.get(action.call_id)
         if call.gen != action.gen or call.state is CallState.ENDED:
@@ -705,7 +707,7 @@ class Terminal:
             log.exception("call %s: media setup failed", action.call_id)
             if self.book.get(action.call_id).gen == action.gen:
                 self._run(self.book.media_failed(action.call_id, f"media setup failed: {exc}",
-                                                 now_ms()))
+                                                 now_ms(), gen=action.gen))
 
     async def _call_ice(self, party: str) -> IceConfig | None:
         """ICE for a call with `party`: ours, plus the TURN relays the server issues for
@@ -717,19 +719,22 @@ class Terminal:
         now = now_ms()
         if held is None or now > held[1] + TURN_GRANT_KEPT_MS:
             try:
-                grant = await self.link.turn(party)
+                grant = await self.link.turn(party, timeout=TURN_REQUEST_TIMEOUT_S)
             except RemoteError as exc:
                 if exc.code is ErrorCode.UNKNOWN_TYPE:
+                    # An older server: it issues none, and knows no policy but "any".
                     log.info("the line server issues no TURN credentials (an older version)")
+                    self._turn_grants[party] = (Grant((), 0, "any"), now)
                     return None
-                if held is None or now >= held[0].expires_ms - TURN_GRANT_KEPT_MS:
+                if held is None or (held[0].servers
+                                    and now >= held[0].expires_ms - TURN_GRANT_KEPT_MS):
                     # Without the line's policy, a call could offer this site's addresses
                     # on a line meant to hide them: it fails instead, saying why.
                     raise LocalError(f"the line server could not say how to reach {party}"
                                      f" ({exc.message})", code=ErrorCode.SERVER_ERROR,
                                      hint="call again once the server is back") from None
                 log.warning("the line server did not answer for TURN credentials (%s);"
-                            " using those issued before", exc.message)
+                            " using what it said before", exc.message)
             else:
                 held = self._turn_grants[party] = (grant, now)
         grant = held[0]

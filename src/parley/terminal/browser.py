@@ -205,7 +205,7 @@ class BrowserSession:
             message["send"] = send.as_json()
         if receive is not None:
             message["receive"] = receive.as_json()
-        self._keys.append(message)
+        self._keys = [*self._keys[-3:], message]  # the latest are all a page needs
         self._send(message)
 
     async def stats(self) -> dict[str, Any]:

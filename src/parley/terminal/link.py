@@ -333,9 +333,9 @@ class ServerLink:
         """File a line test's record, signed by both ends; the server's verdict."""
         return await self.request({"t": "linetest", "record": record})
 
-    async def turn(self, party: str) -> Grant:
+    async def turn(self, party: str, timeout: float = REQUEST_TIMEOUT_S) -> Grant:
         """TURN credentials for a call with `party`, and its line's media policy."""
-        reply = await self.request({"t": "turn", "party": party})
+        reply = await self.request({"t": "turn", "party": party}, timeout)
         if reply.get("t") != "turn":
             raise RemoteError(f"the server answered a TURN request with {reply.get('t')!r}")
         return parse_grant(reply)

@@ -5,8 +5,8 @@
 // worker. Sent frames are sealed (a frame before the first key is not sent at
 // all); received frames are opened, and one that does not open is dropped,
 // never decoded. The page posts {type: "keys", send?, receive?} as the
-// terminal gives them (media.keys); the worker posts {type: "stats"} every
-// second and {type: "unprotected", detail} once, when a stream's frames keep
+// terminal gives them (media.keys); the worker posts {type: "stats"} four
+// times a second and {type: "unprotected", detail} once, when a stream's frames keep
 // failing (DROPS_ALARM in a row, as robot media does).
 
 import { FrameOpener, FrameSealer } from "./sframe.js";
