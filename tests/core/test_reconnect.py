@@ -212,7 +212,9 @@ def test_an_attempt_whose_media_setup_failed_does_not_stop_the_next() -> None:
     with the server away, say): the next attempt makes a new one, and the call comes back."""
 
     class Failing(Reconnecting):
-        fail_gens: set[int] = set()
+        def __init__(self) -> None:
+            super().__init__()
+            self.fail_gens: set[int] = set()
 
         def run(self, side: str, actions: list[Action]) -> None:
             for action in actions:
