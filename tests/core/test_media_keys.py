@@ -44,10 +44,13 @@ class Keyed(Reconnecting):
         return [k.receive for k in self.keys[side] if k.receive is not None and k.gen == gen]
 
 
-def _frames_pass(send: sframe.StreamKeys, receive: sframe.StreamKeys) -> bool:
+def _frames_pass(send: sframe.StreamKeys, *receive: sframe.StreamKeys) -> bool:
+    """Whether a frame sealed under `send` opens at a stack given `receive` in turn
+    (two kept per stream, as a FrameOpener does)."""
     sealer, opener = FrameSealer(Kind.AUDIO), FrameOpener(Kind.AUDIO)
     sealer.use(send)
-    opener.add(receive)
+    for keys in receive:
+        opener.add(keys)
     try:
         opener.open(sealer.seal(b"\x78" + os.urandom(40)))
     except sframe.SFrameError:
@@ -105,18 +108,9 @@ def test_a_key_that_is_not_32_bytes_with_its_epoch_is_refused(change: dict[str, 
 
 
 def _opens(wire: Keyed, sender: str) -> bool:
-    """Whether the peer's media stack, holding every key it was given in turn (two kept
-    per stream, as a FrameOpener does), opens a frame sealed under the sender's key now."""
-    receiver = wire.other(sender)
-    sealer, opener = FrameSealer(Kind.AUDIO), FrameOpener(Kind.AUDIO)
-    for keys in wire.receiving(receiver):
-        opener.add(keys)
-    sealer.use(wire.sending(sender)[-1])
-    try:
-        opener.open(sealer.seal(b"\x78" + os.urandom(40)))
-    except sframe.SFrameError:
-        return False
-    return True
+    """Whether the peer's media stack, holding every key it was given in turn, opens a
+    frame sealed under the sender's key now."""
+    return _frames_pass(wire.sending(sender)[-1], *wire.receiving(wire.other(sender)))
 
 
 def test_keys_are_renewed_on_a_schedule_and_used_once_the_peer_has_them() -> None:
