@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from parley.core.call import CallState
+from parley.core.call import CallInfo, CallState
 from parley.core.sframe import FrameOpener, FrameSealer, Kind, StreamKeys
+from parley.terminal.app import Terminal
 from tests.browser import (
     PersonFactory,
     audio_decoded,
@@ -124,8 +125,9 @@ def _layer_ok(stats: dict[str, Any], refused: int = 0) -> bool:
                and _refused(stats, kind) <= refused for kind in ("audio", "video"))
 
 
-async def test_browser_and_robot_talk_with_the_layer_on(
-        line: LocalLine, people: PersonFactory, chromium: Browser) -> None:
+async def _browser_calls_robot(line: LocalLine, people: PersonFactory, chromium: Browser
+                               ) -> tuple[Any, Terminal, Page, CallInfo]:
+    """washington's page calls moscow's robot, which answers: both active."""
     await line.provision()
     washington = await people("washington")
     robot = await line.terminal("moscow", auto_answer=True)
@@ -133,6 +135,12 @@ async def test_browser_and_robot_talk_with_the_layer_on(
     await call_button(page, "moscow").click()
     await expect(page.get_by_test_id("call-state")).to_have_attribute("data-state", "active")
     call = await robot.wait_for_call(lambda c: c.state is CallState.ACTIVE, 20)
+    return washington, robot, page, call
+
+
+async def test_browser_and_robot_talk_with_the_layer_on(
+        line: LocalLine, people: PersonFactory, chromium: Browser) -> None:
+    washington, robot, page, call = await _browser_calls_robot(line, people, chromium)
     await expect(page.get_by_test_id("media-protection")).to_have_attribute(
         "data-protection", "sframe+dtls-srtp")
     await expect(page.get_by_test_id("media-protection")).to_contain_text("end to end")
@@ -185,12 +193,7 @@ async def test_two_browsers_talk_with_the_layer_on(line: LocalLine, people: Pers
 
 async def test_a_robot_that_strips_the_layer_is_dropped_by_the_page_and_alarmed(
         line: LocalLine, people: PersonFactory, chromium: Browser) -> None:
-    await line.provision()
-    washington = await people("washington")
-    robot = await line.terminal("moscow", auto_answer=True)
-    page = await open_ui(chromium, washington)
-    await call_button(page, "moscow").click()
-    call = await robot.wait_for_call(lambda c: c.state is CallState.ACTIVE, 20)
+    washington, robot, page, call = await _browser_calls_robot(line, people, chromium)
     await wait_stats(washington, call.call_id, _layer_ok)
     for sealer in robot.sessions[call.call_id].sealers.values():  # type: ignore[attr-defined]
         sealer.seal = lambda frame: frame  # type: ignore[method-assign]
