@@ -52,3 +52,57 @@ async def test_robot_media_trims_while_a_call_lasts(monkeypatch: pytest.MonkeyPa
     count = len(trimmed)
     await asyncio.sleep(0.3)
     assert len(trimmed) <= count + 1  # it stops once no call is left
+
+
+ARENAS = """
+import ctypes, os, sys, tempfile, threading
+sys.path.insert(0, {src!r})
+if sys.argv[1] == "bounded":
+    from parley.media import robot
+    assert robot.bound_heap() is True
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+start, hold = threading.Barrier(8), threading.Barrier(9)
+
+def work():
+    start.wait()  # all eight allocate at once, as codec threads under load do
+    blocks = [libc.malloc(2048) for _ in range(2000)]
+    hold.wait()
+    for block in blocks:
+        libc.free(block)
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+hold.wait()
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+out = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, out)
+libc.fclose(out)
+for thread in threads:
+    thread.join()
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.parametrize("mode", ["bounded", "default"])
+def test_bounded_heap_keeps_threads_to_two_arenas(mode: str) -> None:
+    """With `bound_heap`, eight threads allocating at once share two arenas; without it
+    (the control) glibc gives them more."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(robot.__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", ARENAS.format(src=src), mode],
+                          capture_output=True, text=True, timeout=60, check=True)
+    arenas = int(done.stdout.split()[-1])
+    if mode == "bounded":
+        assert arenas <= robot.ARENA_MAX
+    else:
+        assert arenas > robot.ARENA_MAX
