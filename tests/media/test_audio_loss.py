@@ -13,7 +13,8 @@ from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
 from parley.media import audio_loss
-from parley.media.audio_loss import MAX_CONCEALED, AudioJitterBuffer, ConcealingOpusDecoder
+from parley.media.audio_loss import MAX_CONCEALED, ConcealingOpusDecoder
+from parley.media.jitter import AudioJitterBuffer, parts
 
 
 def packet(seq: int) -> RtpPacket:
@@ -31,7 +32,7 @@ def released(buffer: JitterBuffer | AudioJitterBuffer, lost: set[int], n: int
             continue
         _, frame = buffer.add(packet(seq))
         if frame is not None:
-            out.append((seq, frame.timestamp // 960))
+            out += [(seq, part.timestamp // 960) for part in parts(frame)]
     return out
 
 

@@ -8,10 +8,10 @@ aioice):
   occupied: while one sits in the buffer, each packet that arrives pushes a
   *good* packet out, and a hole at the head stalls output until the buffer is
   full. 1 % packet loss becomes about 5 % of frames missing, 5 % about 24 %
-  (``bench/run quality`` measures it). `AudioJitterBuffer` keeps the same
-  latency (a frame leaves when the packet `prefetch` places after it has
-  arrived) but, when that moment comes and the frame is missing, it gives it
-  up and releases the next one: only what the network lost is lost.
+  (``bench/run quality`` measures it). And it holds 80 ms on any link.
+  `parley.media.jitter.AudioJitterBuffer` gives a frame up when its time comes
+  and it is missing (only what the network lost is lost), and sets its delay
+  from the jitter it measures.
 * It sends Opus with no redundancy: CELT-only at 96 kbit/s, so a lost packet
   is 20 ms gone. `FecOpusEncoder` turns on Opus in-band FEC (RFC 6716,
   section 2.1.7; FFmpeg's libopus options ``fec`` and ``packet_loss``): each
@@ -47,12 +47,11 @@ import numpy as np
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
-from aiortc.utils import uint16_add, uint16_gt
 from av import AudioFrame
 
 from parley.core.errors import ErrorCode, LocalError
 from parley.media import libopus
+from parley.media.jitter import AudioJitterBuffer, parts
 
 log = logging.getLogger("parley.media")
 
@@ -86,50 +85,6 @@ class OpusOptions:
                              code=ErrorCode.BAD_CONFIG, hint="use 1 to 100 (percent)")
 
 
-class AudioJitterBuffer:
-    """One packet per frame, released `prefetch` packets late; a frame missing then is lost."""
-
-    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False) -> None:
-        assert not is_video
-        self._capacity = capacity
-        self._prefetch = prefetch
-        self._packets: dict[int, RtpPacket] = {}
-        self._next: int | None = None  # sequence number of the next frame to release
-        self._newest: int | None = None
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
-        if self._next is None or self._newest is None:
-            self._next = self._newest = seq
-        else:
-            ahead = uint16_add(seq, -self._next)  # sequence numbers wrap at 2**16
-            if ahead >= 0x8000 and 0x10000 - ahead <= self._capacity * 4:
-                return False, None  # late: already released or given up
-            if ahead >= self._capacity * 4:
-                # Far from anything expected: the sender restarted its sequence.
-                self._packets.clear()
-                self._next = self._newest = seq
-        if uint16_gt(seq, self._newest):
-            self._newest = seq
-        self._packets[seq] = packet
-        while uint16_add(self._newest, -self._next) >= self._capacity:
-            # Overrun (a burst): the oldest frames go, as in aiortc's buffer.
-            self._packets.pop(self._next, None)
-            self._next = uint16_add(self._next, 1)
-        if uint16_add(self._newest, -self._next) < self._prefetch:
-            return False, None
-        # The frame at the head is due. If it never came, give it up and take the next.
-        while self._next not in self._packets:
-            self._next = uint16_add(self._next, 1)
-        due = self._packets.pop(self._next)
-        self._next = uint16_add(self._next, 1)
-        return False, JitterFrame(data=due._data, timestamp=due.timestamp)  # type: ignore[attr-defined]
-
-
 class ConcealingOpusDecoder(OpusDecoder):
     """aiortc's Opus decoder, plus libopus loss concealment for frames that never came."""
 
@@ -139,6 +94,9 @@ class ConcealingOpusDecoder(OpusDecoder):
         self._duration = 960
 
     def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+        return [f for part in parts(encoded_frame) for f in self._decode(part)]
+
+    def _decode(self, encoded_frame: JitterFrame) -> list[Any]:
         frames: list[Any] = []
         timestamp = encoded_frame.timestamp
         if self._expected is not None and encoded_frame.data:
@@ -176,7 +134,10 @@ class FecOpusDecoder:
         self._decoder = libopus.Decoder(channels=2)
         self._expected: int | None = None  # RTP timestamp of the audio after the last packet
 
-    def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+    def decode(self, encoded_frame: JitterFrame) -> list[AudioFrame]:
+        return [f for part in parts(encoded_frame) for f in self._decode(part)]
+
+    def _decode(self, encoded_frame: JitterFrame) -> list[AudioFrame]:
         data, timestamp = encoded_frame.data, encoded_frame.timestamp
         frames: list[AudioFrame] = []
         try:
@@ -221,7 +182,7 @@ def _opus_codec() -> RTCRtpCodecParameters:
 def _jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
     if is_video:
         return _original_jitter_buffer(capacity, prefetch=prefetch, is_video=True)
-    return AudioJitterBuffer(capacity, prefetch=prefetch)
+    return AudioJitterBuffer(capacity, prefetch=_prefetch)
 
 
 def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
@@ -231,6 +192,7 @@ def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
 
 
 _options = OpusOptions()
+_prefetch: int | None = None
 
 
 def _get_encoder(codec: RTCRtpCodecParameters) -> Any:
@@ -239,13 +201,16 @@ def _get_encoder(codec: RTCRtpCodecParameters) -> Any:
     return _original_get_encoder(codec)
 
 
-def install(enabled: bool = True, options: OpusOptions | None = None) -> None:
+def install(enabled: bool = True, options: OpusOptions | None = None,
+            prefetch: int | None = None) -> None:
     """Use these for every aiortc sender and receiver made from now on in this process (or not).
 
-    Process-wide, like aiortc's own defaults: the last call's `options` hold for
-    every robot session in the process.
+    Process-wide, like aiortc's own defaults: the last call's `options` and
+    `prefetch` (None: the audio delay adapts to the jitter; a number of frames:
+    fixed) hold for every robot session in the process.
     """
-    global _options
+    global _options, _prefetch
+    _prefetch = prefetch
     _receiver.JitterBuffer = _jitter_buffer if enabled else _original_jitter_buffer
     _receiver.get_decoder = _get_decoder if enabled else _original_get_decoder
     _sender.get_encoder = _get_encoder if enabled else _original_get_encoder

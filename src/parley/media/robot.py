@@ -36,6 +36,7 @@ from parley.core.sframe import FrameOpener, FrameSealer, Kind, StreamKeys
 from parley.media import audio_loss, frame_layer
 from parley.media.engine import LocalDescription, MediaEvents
 from parley.media.ice import IceConfig
+from parley.media.jitter import AudioJitterBuffer
 from parley.media.recorder import Recorder
 from parley.media.tracks import SampleSource, SynthAudioTrack, TestPatternTrack
 
@@ -68,6 +69,9 @@ class RobotOptions:
     on_local_video: VideoTap | None = None
     on_remote_video: VideoTap | None = None
     opus: audio_loss.OpusOptions = field(default_factory=audio_loss.OpusOptions)  # FEC sent
+    # Frames of audio held before playing: None adapts the delay to the jitter measured
+    # (parley.media.jitter); a number fixes it (aiortc's own is 4, 80 ms).
+    audio_prefetch: int | None = None
     # A call whose media stops coming (no frame of any kind, though a muted peer still
     # sends silence) for this long has lost its path: it reconnects (core.call), and ends
     # if that does not bring it back (0: never).
@@ -236,6 +240,10 @@ class RobotMediaSession:
             out["ice"] = {"local_types": sorted({c.type for c in connection.local_candidates}),
                           "selected": sorted({p.local_candidate.type
                                               for p in connection._nominated.values()})}
+        for receiver in self.pc.getReceivers():
+            buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+            if isinstance(buffer, AudioJitterBuffer):
+                out["jitter_buffer"] = buffer.stats.as_dict()
         if self.sealers:
             out["frame_layer"] = {kind: {"sealed": self.sealers[kind].sealed,
                                          **self.openers[kind].stats.as_dict()}
@@ -445,7 +453,7 @@ class RobotMedia:
         self._trimmer: asyncio.Task[None] | None = None
         bound_heap()
         # aiortc loses more audio than the network does, and sends no FEC: see audio_loss.
-        audio_loss.install(options=self.options.opus)
+        audio_loss.install(options=self.options.opus, prefetch=self.options.audio_prefetch)
         frame_layer.install()
         self.frame_layer = self.options.frame_layer
 
