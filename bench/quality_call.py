@@ -3,11 +3,11 @@
 Run as ``python -m bench.quality_call JOB.json``, normally inside a network
 namespace that the quality benchmark made for it (so that its iptables rules
 touch nothing else on the machine). It starts a line server, provisions two
-verified terminals and, for each loss level, sets the loss (iptables
-``statistic`` match dropping that share of UDP -- the media; signaling is TCP
-and only slowed by loss, never damaged), places a voice call whose "microphone"
-is the speech clip, and records what the callee decodes, frame by frame with
-each frame's RTP timestamp. Results: one ``.npz`` per call, and a line
+verified terminals and, for each call asked for, sets the link's loss and
+jitter (`bench.impair`, netfilter's queue on incoming UDP -- the media;
+signaling is TCP and only slowed by loss, never damaged), places a voice call
+whose "microphone" is that call's speech clip, and records what the callee
+decodes, frame by frame with each frame's RTP timestamp. Results: one ``.npz`` per call, and a line
 ``json: {...}`` per call on stdout.
 
 Playout is modelled from the timestamps: each decoded frame goes where its
@@ -18,6 +18,7 @@ concealment) is silence -- what a loudspeaker fed by this robot would play.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from bench.line import BenchLine, TimedRobotMedia, active_call, hang_up
 from bench.samples import first_channel
 from parley.core.call import MediaKind
+from parley.media import audio_loss
 from parley.media.engine import MediaEvents
 from parley.media.ice import IceConfig, use_host_addresses
 from parley.media.robot import RobotMediaSession, RobotOptions
@@ -39,13 +41,35 @@ from parley.media.tracks import clip_source
 TAIL_S = 1.5  # after the clip: the last frames are through the jitter buffer by then
 
 
-def set_loss(percent: float) -> None:
-    """Drop `percent` % of incoming UDP in this network namespace (0: drop nothing)."""
-    subprocess.run(["iptables", "-F", "INPUT"], check=True)
-    if percent > 0:
-        subprocess.run(["iptables", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode",
-                        "random", "--probability", f"{percent / 100:.4f}", "-j", "DROP"],
-                       check=True)
+class Impaired:
+    """`bench.impair` running beside this worker, in its network namespace, for one call."""
+
+    def __init__(self, impairment: dict[str, Any]) -> None:
+        self.impairment = impairment
+        self.proc: subprocess.Popen[str] | None = None
+        self.counts: dict[str, Any] = {}
+
+    def __enter__(self) -> Impaired:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.impair",
+                                      json.dumps(self.impairment)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().strip()
+        if ready != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"bench.impair did not start ({ready!r}): is the bench extra"
+                               " (NetfilterQueue) installed?")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()  # its cue to remove its rule and report
+        out = self.proc.stdout.read()
+        self.proc.wait(10)
+        for line in out.splitlines():
+            if line.startswith("json: "):
+                self.counts = json.loads(line[6:])
 
 
 class PlayoutRecorder:
@@ -107,10 +131,10 @@ class RecordingMedia(TimedRobotMedia):
 
 
 async def run(job: dict[str, Any]) -> None:
+    """One call per condition in ``job["calls"]``: {voice, impairment, prefetch, name}."""
     use_host_addresses(["127.0.0.1"])
     root = Path(job["root"])
-    speech = np.load(job["speech"])
-    clip_s = len(speech) / 48_000
+    clips = {voice: np.load(path) for voice, path in job["clips"].items()}
     recorder = PlayoutRecorder()
     line = BenchLine(root)
     await line.start()
@@ -118,27 +142,27 @@ async def run(job: dict[str, Any]) -> None:
         caller = await line.terminal("washington")
         callee = await line.terminal("moscow", engine=RecordingMedia(
             RobotOptions(on_remote_audio=recorder.tap), recorder), auto_answer=True)
-        for percent in job["loss"]:
-            for trial in range(job["trials"]):
-                if job.get("netns"):
-                    set_loss(percent)
-                recorder.reset()
-                line.engines["washington"].options.audio_source = clip_source(speech, loop=False)
+        for call in job["calls"]:
+            speech = clips[call["voice"]]
+            # Process-wide, as robot media installs it: this call's receivers get it.
+            audio_loss.install(prefetch=call.get("prefetch"))
+            recorder.reset()
+            line.engines["washington"].options.audio_source = clip_source(speech, loop=False)
+            impaired = Impaired(call["impairment"]) if job.get("netns") else None
+            with impaired or contextlib.nullcontext():
                 info = await active_call(caller, callee, media=MediaKind.AUDIO, timeout=30)
-                await asyncio.sleep(clip_s + TAIL_S)
+                await asyncio.sleep(len(speech) / 48_000 + TAIL_S)
                 stats = await callee.call_stats(info.call_id)
                 await hang_up(caller, callee, info.call_id)
-                if job.get("netns"):
-                    set_loss(0)
-                path = root / f"loss{percent:g}-{trial}.npy"
-                np.save(path, recorder.playout())
-                inbound = stats.get("inbound", {}).get("audio", {})
-                print("json: " + json.dumps({
-                    "loss": percent, "path": str(path), "packets": inbound.get("packets"),
-                    "lost": inbound.get("lost")}), flush=True)
+            path = root / f"{call['name']}.npy"
+            np.save(path, recorder.playout())
+            inbound = stats.get("inbound", {}).get("audio", {})
+            print("json: " + json.dumps({
+                **call, "path": str(path), "packets": inbound.get("packets"),
+                "lost": inbound.get("lost"), "jitter_buffer": stats.get("jitter_buffer"),
+                "link": impaired.counts if impaired else None}), flush=True)
     finally:
-        if job.get("netns"):
-            set_loss(0)
+        audio_loss.install()
         await line.stop()
 
 

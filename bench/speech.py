@@ -31,6 +31,16 @@ PESQ_RATE = 16_000
 SENTENCES = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue"
              " background. It is easy to tell the depth of a well. These days a chicken leg"
              " is a rare dish.")
+# The quality benchmark's voices: espeak-ng's, each reading sentences of its language.
+VOICES = {
+    "en": ("en-us", SENTENCES),
+    "ru": ("ru", "Съешь же ещё этих мягких французских булок, да выпей чаю. В чащах юга жил"
+                 " бы цитрус? Да, но фальшивый экземпляр. Широкая электрификация южных губерний"
+                 " даст мощный толчок подъёму сельского хозяйства."),
+    "fr": ("fr-fr", "Portez ce vieux whisky au juge blond qui fume. Le cœur déçu mais l'âme"
+                    " plutôt naïve, Louÿs rêva de crapaüter en canoë au delà des îles. Voix"
+                    " ambiguë d'un cœur qui, au zéphyr, préfère les jattes de kiwis."),
+}
 LEAD_S = 1.0  # silence before the speech: the call is up and flowing by then
 TAIL_S = 1.0
 
@@ -41,11 +51,13 @@ def espeak_missing() -> str | None:
     return None
 
 
-def make_speech(workdir: Path) -> np.ndarray:
-    """The sentences, spoken by espeak-ng, as int16 mono at 48 kHz with silence around."""
+def make_speech(workdir: Path, voice: str = "en") -> np.ndarray:
+    """A voice's sentences (`VOICES`), spoken by espeak-ng, as int16 mono at 48 kHz with
+    silence around."""
     workdir.mkdir(parents=True, exist_ok=True)
-    raw = workdir / "speech-espeak.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), SENTENCES],
+    raw = workdir / f"speech-{voice}-espeak.wav"
+    name, text = VOICES[voice]
+    subprocess.run(["espeak-ng", "-v", name, "-s", "150", "-w", str(raw), text],
                    check=True, capture_output=True)
     rate, data = wavfile.read(raw)
     x = data.astype(np.float64)
@@ -57,7 +69,7 @@ def make_speech(workdir: Path) -> np.ndarray:
     x = np.clip(x, -32767, 32767)
     pad = np.zeros(int(LEAD_S * RATE)), np.zeros(int(TAIL_S * RATE))
     speech = np.concatenate([pad[0], x, pad[1]]).astype(np.int16)
-    wavfile.write(workdir / "speech-48k.wav", RATE, speech)
+    wavfile.write(workdir / f"speech-{voice}-48k.wav", RATE, speech)
     return speech
 
 

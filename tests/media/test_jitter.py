@@ -140,3 +140,33 @@ def test_a_fixed_prefetch_stays_fixed() -> None:
     waited = play(buffer, clock, 400, jitter_s=0.0, loss=0.0, seed=5)
     assert buffer.prefetch == 4
     assert min(w for f, w in waited.items() if f > 10) == pytest.approx(0.08)
+
+
+def test_the_frame_layer_opens_every_frame_released_together() -> None:
+    """Under the end-to-end layer, frames that leave the buffer together are each opened."""
+    import os
+
+    from parley.core.sframe import FrameOpener, FrameSealer, Kind, StreamKeys
+    from parley.media.frame_layer import OpeningBuffer
+
+    keys = StreamKeys(1, os.urandom(16), os.urandom(16))
+    sealer, opener = FrameSealer(Kind.AUDIO), FrameOpener(Kind.AUDIO)
+    sealer.use(keys)
+    opener.add(keys)
+    clock = Clock()
+    buffer = OpeningBuffer(AudioJitterBuffer(16, clock=clock), opener)
+    plain = {seq: b"\x78" + os.urandom(40) for seq in range(600)}
+    out: list[tuple[int, bytes]] = []
+    several = 0
+    for seq in range(600):  # jitter for 4 s, then 8 s clean: the delay comes down
+        clock.now = 100.0 + seq * FRAME_S + (random.Random(seq).uniform(0, 0.04)
+                                              if seq < 200 else 0.04)
+        p = packet(seq)
+        p._data = sealer.seal(plain[seq])  # type: ignore[attr-defined]
+        frame = buffer.add(p)[1]
+        if frame is not None:
+            several += isinstance(frame, JitterFrames)
+            out += [(part.timestamp // 960, part.data) for part in parts(frame)]
+    assert several
+    assert out == [(seq, plain[seq]) for seq, _ in out]  # each one opened, in order
+    assert len(out) >= 600 - 4 - buffer.stats.given_up

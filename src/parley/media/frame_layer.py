@@ -32,6 +32,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from parley.core.sframe import FrameOpener, FrameSealer, SFrameError
+from parley.media.jitter import JitterFrames, parts
 
 log = logging.getLogger("parley.media")
 
@@ -99,11 +100,17 @@ class OpeningBuffer:
         pli, frame = self._inner.add(packet)
         if frame is None:
             return pli, None
-        try:
-            data = self.opener.open(frame.data)
-        except SFrameError:
-            return pli, None  # dropped and counted (opener.stats)
-        return pli, JitterFrame(data=data, timestamp=frame.timestamp)
+        opened = []
+        for part in parts(frame):  # the audio buffer may release several frames at once
+            try:
+                opened.append((self.opener.open(part.data), part.timestamp))
+            except SFrameError:
+                continue  # dropped and counted (opener.stats)
+        if not opened:
+            return pli, None
+        if len(opened) == 1:
+            return pli, JitterFrame(data=opened[0][0], timestamp=opened[0][1])
+        return pli, JitterFrames(opened)
 
 
 async def _next_encoded_frame(self: RTCRtpSender, codec: RTCRtpCodecParameters) -> Any:

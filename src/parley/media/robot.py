@@ -242,6 +242,7 @@ class RobotMediaSession:
                                               for p in connection._nominated.values()})}
         for receiver in self.pc.getReceivers():
             buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+            buffer = getattr(buffer, "_inner", buffer)  # under the frame layer's opener
             if isinstance(buffer, AudioJitterBuffer):
                 out["jitter_buffer"] = buffer.stats.as_dict()
         if self.sealers:
