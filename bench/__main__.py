@@ -43,7 +43,8 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
         return await setup.run(root, calls=20 if args.quick else 40)
     if name == "latency":
         from bench import latency
-        return await latency.run(root, seconds=15.0 if args.quick else 60.0)
+        return await latency.run(root, seconds=15.0 if args.quick else 60.0,
+                                 browser=args.browser)
     if name == "layer":
         from bench import layer
         return await layer.run(root, quick=args.quick)

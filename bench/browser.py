@@ -120,3 +120,158 @@ async def browser_to_robot(root: Path, clip: np.ndarray, timeout: float = 30.0
             await person[1].stop()
             await person[0].stop()
         await line.stop()
+
+
+# Click onsets in the page, as the page's audio graph sees them: the microphone's track
+# (getUserMedia) and every remote audio track, each into an AudioWorklet that notes the
+# first sample above a threshold after 0.3 s of quiet, in the page's clock
+# (performance.timeOrigin + now(): the same clock in every page of one machine).
+ONSETS_WORKLET = """
+class Onsets extends AudioWorkletProcessor {
+  constructor() { super(); this.quiet = 0; }
+  process(inputs) {
+    const channel = inputs[0] && inputs[0][0];
+    if (channel) {
+      for (let i = 0; i < channel.length; i++) {
+        if (Math.abs(channel[i]) > 0.1) {
+          if (this.quiet > 0.3 * sampleRate) this.port.postMessage(currentTime + i / sampleRate);
+          this.quiet = 0;
+        } else {
+          this.quiet++;
+        }
+      }
+    }
+    return true;
+  }
+}
+registerProcessor('onsets', Onsets);
+"""
+TAP_ONSETS = """
+(() => {
+  window.__onsets = {local: [], remote: []};
+  let context = null;
+  let loaded = null;  // one module load, awaited by every tap (they can come together)
+  async function tap(stream, side) {
+    if (!context) {
+      context = new AudioContext();
+      const url = URL.createObjectURL(new Blob([WORKLET_SOURCE], {type: 'application/javascript'}));
+      loaded = context.audioWorklet.addModule(url);
+    }
+    await loaded;
+    await context.resume();
+    const node = new AudioWorkletNode(context, 'onsets');
+    node.port.onmessage = (e) => window.__onsets[side].push(
+      performance.timeOrigin + performance.now() - (context.currentTime - e.data) * 1000);
+    const mute = context.createGain();
+    mute.gain.value = 0;
+    context.createMediaStreamSource(stream).connect(node).connect(mute).connect(context.destination);
+  }
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const stream = await getUserMedia(constraints);
+    if (stream.getAudioTracks().length) tap(stream, 'local');
+    return stream;
+  };
+  window.RTCPeerConnection = class extends window.RTCPeerConnection {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('track', (e) => {
+        if (e.track.kind === 'audio') tap(new MediaStream([e.track]), 'remote');
+      });
+    }
+  };
+})();
+""".replace("WORKLET_SOURCE", repr(ONSETS_WORKLET))
+
+
+def _click_track(root: Path, period_s: float) -> Path:
+    """A WAV of the latency benchmark's clicks, one every `period_s`, for Chromium to loop."""
+    from bench.latency import click
+
+    root.mkdir(parents=True, exist_ok=True)
+    period = np.zeros(int(period_s * speech.RATE))
+    chirp = click(speech.RATE)
+    period[:len(chirp)] = chirp * 32767
+    wav = root / "clicks.wav"
+    speech.write_wav(wav, np.tile(period, 17).astype(np.int16))
+    return wav
+
+
+def pair_onsets(sent: list[float], heard: list[float], within_ms: float = 500.0) -> list[float]:
+    """Each click sent, paired with the first one heard after it (within `within_ms`): ms."""
+    out = []
+    for at in sent:
+        after = [h - at for h in heard if 0 < h - at < within_ms]
+        if after:
+            out.append(min(after))
+    return out
+
+
+async def browser_to_browser(root: Path, seconds: float, period_s: float = 0.6,
+                             timeout: float = 30.0) -> dict[str, Any]:
+    """Mouth-to-ear between two persons' web UIs in one Chromium: clicks as both microphones,
+    washington's timed as its page captures them and as moscow's page receives them."""
+    why = browser_missing()
+    if why:
+        raise RuntimeError(why)
+    from playwright.async_api import async_playwright
+
+    from parley.terminal.app import TerminalConfig
+    from parley.terminal.runner import build_terminal
+
+    use_host_addresses(["127.0.0.1"])
+    wav = _click_track(root, period_s)
+    line = BenchLine(root)
+    await line.start()
+    people = []
+    try:
+        for name in ("washington", "moscow"):
+            terminal, control = build_terminal(TerminalConfig(
+                data_dir=root / name, media="browser",
+                robot=RobotOptions(ice=IceConfig(host_addresses=("127.0.0.1",)))))
+            await terminal.start()
+            await control.start()
+            people.append((terminal, control))
+            await asyncio.wait_for(terminal.link.connected.wait(), 10)
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"])
+            try:
+                pages = []
+                for _terminal, control in people:
+                    # The worklet is loaded from a blob: URL, which the UI's CSP forbids.
+                    context = await chromium.new_context(bypass_csp=True)
+                    await context.add_init_script(AUDIO_PROCESSING_OFF + TAP_ONSETS)
+                    page = await context.new_page()
+                    page.set_default_timeout(timeout * 1000)
+                    await page.goto(control.url)
+                    await page.get_by_test_id("link-state").filter(
+                        has_text="line server: connected").wait_for()
+                    pages.append(page)
+                caller, callee = pages
+                await caller.locator(
+                    '[data-testid="voice-call-button"][data-party="moscow"]').click()
+                await callee.get_by_test_id("incoming-accept").click()
+                for page in pages:
+                    await page.locator('[data-testid="call-state"][data-state="active"]'
+                                       ).wait_for()
+                await asyncio.sleep(2.0)  # past the first second of NetEQ settling
+                start = await caller.evaluate("performance.timeOrigin + performance.now()")
+                await asyncio.sleep(seconds)
+                sent = [t for t in await caller.evaluate("window.__onsets.local") if t >= start]
+                heard = await callee.evaluate("window.__onsets.remote")
+                call = people[0][0].book.calls()[-1]
+                peer = people[1][0].book.info(call.call_id)
+                await callee.get_by_test_id("hangup").click()
+            finally:
+                await chromium.close()
+        latencies = pair_onsets(sent, heard)
+        return {"latencies_ms": latencies, "clicks_sent": len(sent),
+                "verified": bool(call.verified and peer.verified and call.sas == peer.sas)}
+    finally:
+        for terminal, control in reversed(people):
+            await control.stop()
+            await terminal.stop()
+        await line.stop()
