@@ -189,13 +189,19 @@ class Child(children.Child):
         return await super().spawn(name, argv, log_dir, stdin=stdin, env=env, cwd=cwd)
 
 
+def pinned(argv: list[str], cpu: int | None) -> list[str]:
+    """`argv` run on one CPU only (``taskset``, which execs it: the pid is the same)."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
 async def start_module(name: str, module: str, log_dir: Path, *args: str,
-                       netns: str | None = None) -> tuple[Child, str]:
+                       netns: str | None = None, cpu: int | None = None) -> tuple[Child, str]:
     """``python -m module args`` in its own process, once it prints ``ready: URL``; and URL.
 
-    Optionally inside a network namespace. A child that never gets ready is stopped.
+    Optionally inside a network namespace, or on one CPU. A child that never gets ready
+    is stopped.
     """
-    argv = [PYTHON, "-m", module, *args]
+    argv = pinned([PYTHON, "-m", module, *args], cpu)
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     child = await Child.spawn(name, argv, log_dir)
@@ -209,11 +215,13 @@ async def start_module(name: str, module: str, log_dir: Path, *args: str,
 
 async def start_server_process(data: Path, log_dir: Path, *, host: str = "127.0.0.1",
                                netns: str | None = None, name: str = "server",
-                               extra_args: Sequence[str] = ()) -> tuple[Child, str]:
-    """`parley server` in its own process (optionally inside a network namespace)."""
+                               extra_args: Sequence[str] = (), cpu: int | None = None
+                               ) -> tuple[Child, str]:
+    """`parley server` in its own process (optionally inside a network namespace, or on
+    one CPU)."""
     return await start_module(name, "parley", log_dir, "server", "--data", str(data), "--host",
                               host, "--port", "0", "--log-level", "warning", *extra_args,
-                              netns=netns)
+                              netns=netns, cpu=cpu)
 
 
 def need_commands(*names: str) -> list[str]:

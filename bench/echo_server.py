@@ -1,8 +1,11 @@
-"""The relay benchmark's baseline: a bare aiohttp WebSocket server that echoes each frame.
+"""The relay benchmark's baselines: bare aiohttp WebSocket servers that echo each frame.
 
 Same framework, same WebSocket settings (message size limit, heartbeat) and
 same path as the line server, and nothing else: no login, no parsing, no
-validation, no routing. Run as its own process; prints ``ready: URL``.
+validation, no routing. The plain echo answers message for message; the
+batching echo (``batch``) writes its replies as the line server does, several
+to a message when they come together -- the best a bare echo does. Run as its
+own process; prints ``ready: URL``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from parley.core import wire
+from parley.outbox import Outbox
 from parley.server.app import MAX_WS_MESSAGE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,6 +30,21 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:
             await ws.send_str(msg.data)
+    return ws
+
+
+async def batching_echo(request: web.Request) -> web.WebSocketResponse:
+    """The echo with the line server's batching: replies written in one turn of the loop
+    leave as one message (`wire.BATCH_SUBPROTOCOL`, through the line server's `Outbox`)."""
+    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
+                               protocols=(wire.BATCH_SUBPROTOCOL,))
+    await ws.prepare(request)
+    out = Outbox(ws.send_str, batched=ws.ws_protocol == wire.BATCH_SUBPROTOCOL)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            for frame in msg.data.split("\n") if out.batched else (msg.data,):
+                out.put(frame)
+    out.close()
     return ws
 
 
@@ -45,5 +65,6 @@ async def serve(handler: Handler, host: str = "127.0.0.1") -> None:
 
 
 if __name__ == "__main__":
+    # python -m bench.echo_server [batch]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(echo, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
+        asyncio.run(serve(batching_echo if sys.argv[1:] == ["batch"] else echo))

@@ -1,15 +1,25 @@
 """Server capacity: envelope relay throughput and latency, and memory per idle terminal.
 
 Three processes: the server under test, the load (`bench.relay_client`, a
-separate process so that the server has a core of its own on a two-core
-machine) and this orchestrator, which mostly sleeps. The server under test is
-either the real line server (``python -m parley server``) or the baseline, a
-bare aiohttp WebSocket echo server (`bench.echo_server`); the load sends both
-the very same frames through the very same client loop, one WebSocket message
-per frame, writing what it sends while handling one read in one socket write.
-It offers the line server batches (`wire.BATCH_SUBPROTOCOL`), as a terminal's
-link does, so the server's replies may come several to a message; the echo
-server echoes message for message, the best a bare echo can do.
+separate process) and this orchestrator, which mostly sleeps. On a machine of
+two cores or more the server under test runs on CPU 1 and the load on CPU 0
+(``taskset``), so that neither takes the other's core. The server under test
+is the real line server (``python -m parley server``) or a baseline:
+
+* the plain echo (`bench.echo_server`): a bare aiohttp WebSocket server that
+  sends each frame back as it came, message for message -- the product's
+  target is half of it;
+* the batching echo (``bench.echo_server batch``): the same, writing its
+  replies as the line server does, several to a message when they come
+  together (`wire.BATCH_SUBPROTOCOL`, the line server's `Outbox`) -- the best
+  a bare echo does, and the fair comparison for a server that batches;
+* the minimal relay (`bench.floor_server`), a diagnostic: the least a relay
+  speaking this protocol does, with no checks.
+
+The load sends all of them the very same frames through the very same client
+loop, one WebSocket message per frame. Throughput is measured in rounds, each
+round measuring every server back to back; a ratio is the median of the
+per-round ratios, shown with their range (three rounds quick, five full).
 
 * Throughput: devices enrolled through the server's admin store, logged in with
   the real challenge-response, each keeping a window of real envelopes --
@@ -38,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +59,7 @@ from bench.common import (
     Result,
     median,
     percentile,
+    pinned,
     r,
     raise_fd_limit,
     rss_mib,
@@ -62,6 +74,29 @@ from parley.core.keys import DeviceKeys
 from parley.server.store import ServerStore
 
 TARGET_RATIO = 0.5
+# The server under test and the load each on a core of its own (taskset), so that neither
+# takes the other's: the orchestrator mostly sleeps. Unpinned on a one-core machine.
+_PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+SERVER_CPU = 1 if _PIN else None
+LOAD_CPU = 0 if _PIN else None
+
+
+def paired(samples: dict[str, list[dict[str, Any]]], kind: str, base: str,
+           per_cpu: bool = False) -> list[float]:
+    """Per-round ratios of kind to base (each round measured them back to back); per
+    server CPU-second if asked."""
+    out = []
+    for a, b in zip(samples[kind], samples[base], strict=True):
+        if not per_cpu:
+            out.append(a["per_s"] / b["per_s"])
+        elif a["server_cpu"] and b["server_cpu"]:
+            out.append((a["per_s"] / a["server_cpu"]) / (b["per_s"] / b["server_cpu"]))
+    return out or [float("nan")]
+
+
+def spread(ratios: list[float]) -> str:
+    """'0.61-0.70x over 5 rounds': the per-round ratios' range."""
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds"
 TARGET_IDLE_MIB = 150.0
 CAPACITY_RATE_LIMIT = 1_000_000
 LATENCY_RATE_SHARE = 0.95  # the latency load must send at least this share of its set rate
@@ -114,8 +149,8 @@ class Bench:
         path = self.root / f"job{self.job_n}.json"
         path.write_text(json.dumps(job))
         path.chmod(0o600)  # private keys inside
-        client = await Child.spawn(f"load{self.job_n}", [PYTHON, "-m", "bench.relay_client",
-                                                         str(path)], self.logs)
+        client = await Child.spawn(f"load{self.job_n}", pinned(
+            [PYTHON, "-m", "bench.relay_client", str(path)], LOAD_CPU), self.logs)
         try:
             if job["job"] == "throughput":
                 await client.line("mark: start", 120)
@@ -141,10 +176,10 @@ class Bench:
         extra = ["--rate-limit", str(rate_limit), "--byte-rate-limit", str(10**12)] \
             if rate_limit else []
         parley, parley_url = await start_server_process(data, self.logs, name=f"server-{data.name}",
-                                                        extra_args=extra)
+                                                        extra_args=extra, cpu=SERVER_CPU)
         try:
             echo, echo_url = await start_module(f"echo-{data.name}", "bench.echo_server",
-                                                self.logs)
+                                                self.logs, cpu=SERVER_CPU)
         except BaseException:
             await parley.stop()
             raise
@@ -163,9 +198,9 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     started = time.monotonic()
     bench = Bench(root / "relay")
     seconds = 3.0 if quick else 8.0
-    # Throughput is the median of three rounds, each measuring every server in turn, even
-    # when quick: on a shared machine a single sample of the echo varies by a third.
-    rounds, sample_s = 3, 2.0 if quick else 8.0
+    # Rounds, each measuring every server in turn, back to back: a ratio is the median of
+    # the per-round ratios (on a shared machine one sample of the echo varies by a third).
+    rounds, sample_s = (3, 2.0) if quick else (5, 8.0)
     f = result.figures
 
     # -- throughput and latency ----------------------------------------------------------
@@ -176,9 +211,14 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     by_id = {d["id"]: d for d in devices}
     pair = [by_id["washington/t00"], by_id["moscow/t00"]]  # the two-terminal runs' devices
     parley, parley_url, echo, echo_url = await bench.servers(data)
-    floor, floor_url = await start_module("floor", "bench.floor_server", bench.logs)
-    urls = {"echo": echo_url, "parley": parley_url, "stored": parley_url, "floor": floor_url}
-    pids = {"echo": echo.pid, "parley": parley.pid, "stored": parley.pid, "floor": floor.pid}
+    floor, floor_url = await start_module("floor", "bench.floor_server", bench.logs,
+                                          cpu=SERVER_CPU)
+    batch, batch_url = await start_module("batch-echo", "bench.echo_server", bench.logs, "batch",
+                                          cpu=SERVER_CPU)
+    urls = {"echo": echo_url, "batch-echo": batch_url, "parley": parley_url,
+            "stored": parley_url, "floor": floor_url}
+    pids = {"echo": echo.pid, "batch-echo": batch.pid, "parley": parley.pid,
+            "stored": parley.pid, "floor": floor.pid}
     try:
         for terminals in (2, 50):
             chosen = [by_id[f"{p}/{n}"] for n in names[:terminals // 2]
@@ -188,7 +228,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             samples: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
             for _ in range(rounds):
                 for kind in urls:
-                    job = {"job": "throughput", "mode": "echo" if kind == "echo" else "parley",
+                    mode = kind if kind in ("echo", "batch-echo") else "parley"
+                    job = {"job": "throughput", "mode": mode,
                            "url": urls[kind], "devices": chosen, "pairs": pairs,
                            "window": window, "seconds": sample_s, "warmup_s": 1.0,
                            "ephemeral": kind != "stored"}
@@ -202,24 +243,43 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             rate = {k: median([s["per_s"] for s in v]) for k, v in samples.items()}
             cpu = {k: median([s["server_cpu"] for s in v]) for k, v in samples.items()}
             load_cpu = {k: median([s["load_cpu"] for s in v]) for k, v in samples.items()}
-            per_cpu = {k: rate[k] / cpu[k] if cpu[k] else float("nan") for k in rate}
-            ratio = rate["parley"] / rate["echo"]
-            f[f"relay_{terminals}_per_s"] = r(rate["parley"], 0)
-            f[f"relay_{terminals}_stored_per_s"] = r(rate["stored"], 0)
-            f[f"relay_{terminals}_echo_per_s"] = r(rate["echo"], 0)
-            f[f"relay_{terminals}_ratio"] = r(ratio, 2)
-            f[f"relay_{terminals}_stored_ratio"] = r(rate["stored"] / rate["echo"], 2)
-            f[f"relay_{terminals}_server_cpu"] = {k: r(v, 2) for k, v in cpu.items()}
-            f[f"relay_{terminals}_load_cpu"] = {k: r(v, 2) for k, v in load_cpu.items()}
-            f[f"relay_{terminals}_ratio_per_cpu_s"] = r(per_cpu["parley"] / per_cpu["echo"], 2)
-            result.row(f"relay, {terminals} terminals (ephemeral)", rate["parley"], "/s",
-                       rate["echo"], ratio, f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
-            result.row(f"relay, {terminals} terminals (stored)", rate["stored"], "/s",
-                       rate["echo"], rate["stored"] / rate["echo"])
-            f[f"relay_{terminals}_floor_per_s"] = r(rate["floor"], 0)
-            f[f"relay_{terminals}_floor_ratio"] = r(rate["floor"] / rate["echo"], 2)
-            result.row(f"  minimal relay, no checks ({terminals})", rate["floor"], "/s",
-                       rate["echo"], rate["floor"] / rate["echo"])
+
+            ratios = {"echo": paired(samples, "parley", "echo"),
+                      "batch-echo": paired(samples, "parley", "batch-echo"),
+                      "stored": paired(samples, "stored", "echo"),
+                      "floor": paired(samples, "floor", "echo"),
+                      "per_cpu": paired(samples, "parley", "echo", per_cpu=True),
+                      "batch_per_cpu": paired(samples, "parley", "batch-echo", per_cpu=True)}
+            ratio = median(ratios["echo"])
+            n = terminals
+            f[f"relay_{n}_per_s"] = r(rate["parley"], 0)
+            f[f"relay_{n}_stored_per_s"] = r(rate["stored"], 0)
+            f[f"relay_{n}_echo_per_s"] = r(rate["echo"], 0)
+            f[f"relay_{n}_batch_echo_per_s"] = r(rate["batch-echo"], 0)
+            f[f"relay_{n}_ratio"] = r(ratio, 2)
+            f[f"relay_{n}_ratio_rounds"] = [r(x, 2) for x in ratios["echo"]]
+            f[f"relay_{n}_batch_ratio"] = r(median(ratios["batch-echo"]), 2)
+            f[f"relay_{n}_batch_ratio_rounds"] = [r(x, 2) for x in ratios["batch-echo"]]
+            f[f"relay_{n}_stored_ratio"] = r(median(ratios["stored"]), 2)
+            f[f"relay_{n}_server_cpu"] = {k: r(v, 2) for k, v in cpu.items()}
+            f[f"relay_{n}_load_cpu"] = {k: r(v, 2) for k, v in load_cpu.items()}
+            f[f"relay_{n}_ratio_per_cpu_s"] = r(median(ratios["per_cpu"]), 2)
+            f[f"relay_{n}_batch_ratio_per_cpu_s"] = r(median(ratios["batch_per_cpu"]), 2)
+            result.row(f"relay, {n} terminals (ephemeral) / plain echo, {spread(ratios['echo'])}",
+                       rate["parley"], "/s", rate["echo"], ratio, f">= {TARGET_RATIO}x",
+                       ratio >= TARGET_RATIO)
+            result.row(f"  / batching echo, {spread(ratios['batch-echo'])}", rate["parley"], "/s",
+                       rate["batch-echo"], median(ratios["batch-echo"]))
+            result.row(f"  per server CPU-second / plain echo, {spread(ratios['per_cpu'])}",
+                       rate["parley"] / cpu["parley"] if cpu["parley"] else None, "/s",
+                       rate["echo"] / cpu["echo"] if cpu["echo"] else None,
+                       median(ratios["per_cpu"]))
+            result.row(f"relay, {n} terminals (stored) / plain echo, {spread(ratios['stored'])}",
+                       rate["stored"], "/s", rate["echo"], median(ratios["stored"]))
+            f[f"relay_{n}_floor_per_s"] = r(rate["floor"], 0)
+            f[f"relay_{n}_floor_ratio"] = r(median(ratios["floor"]), 2)
+            result.row(f"  minimal relay, no checks ({n}) / plain echo", rate["floor"], "/s",
+                       rate["echo"], median(ratios["floor"]))
         f["relay_ratio"] = min(f["relay_2_ratio"], f["relay_50_ratio"])
         f["relay_target_ratio"] = TARGET_RATIO
         f["relay_met"] = f["relay_ratio"] >= TARGET_RATIO
@@ -273,6 +333,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
     finally:
         await parley.stop()
         await echo.stop()
+        await batch.stop()
         await floor.stop()
 
     # -- the default per-device limit, shown at work ------------------------------------

@@ -97,6 +97,13 @@ class Load:
         if self.mode == "echo":
             device.ws = await RawWebSocket.connect(self.host, self.port, on_text=handler)
             return
+        if self.mode == "batch-echo":
+            ws = await RawWebSocket.connect(self.host, self.port, on_text=handler,
+                                            protocols=(wire.BATCH_SUBPROTOCOL,))
+            if ws.protocol == wire.BATCH_SUBPROTOCOL:
+                ws.on_text = split_batches(handler)
+            device.ws = ws
+            return
         login: asyncio.Queue[bytes] = asyncio.Queue()
         ws = await RawWebSocket.connect(self.host, self.port, on_text=login.put_nowait,
                                         protocols=(wire.BATCH_SUBPROTOCOL,))
@@ -147,13 +154,14 @@ class Load:
     # -- frames received ---------------------------------------------------------------
 
     def handler(self, device: Device) -> Any:
-        reply = ECHO if self.mode == "echo" else SENT
+        echo = self.mode in ("echo", "batch-echo")
+        reply = ECHO if echo else SENT
 
         def on_text(payload: bytes) -> None:
             if payload.startswith(reply):
                 device.completions += 1
                 device.in_flight -= 1
-                if self.mode == "echo":
+                if echo:
                     device.deliveries += 1
                     self._latency(payload)
                 self._refill(device)
