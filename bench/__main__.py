@@ -5,8 +5,12 @@
 BENCH is any of setup, latency, layer, quality, relay, flood, messages, record (default: all of
 them), or soak (only when named: `bench/run soak --minutes 120`, a long call). Each
 prints a table as it finishes; with --json the last line of stdout is one JSON
-object with every figure. Every run writes report.md, results.json and PNG
-plots to a folder it prints (default bench/out/<time>/). --quick runs all four
+object with every figure. Every run writes report.md, results.json (figures,
+table rows, series, the machine) and PNG plots to a folder it prints: a full
+run's is kept in bench/results/<time>/ to be committed (its work files stay in
+bench/out/), a quick run's goes to bench/out/<time>-quick/. The README's table
+is rendered from a kept run: ``python -m bench.readme_table RESULTS --readme
+README.md``. --quick runs all four
 in under five minutes; the full run measures longer and more often and, with
 --profile (on by default in a full run), records a py-spy profile of the line
 server relaying at saturation. The exit status is 1 if a benchmark failed, a
@@ -67,12 +71,12 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     return await relay.run(root, quick=args.quick, profile=args.profile)
 
 
-async def run_all(args: argparse.Namespace, out: Path) -> tuple[list[Result], list[str]]:
+async def run_all(args: argparse.Namespace, work: Path) -> tuple[list[Result], list[str]]:
     results, failures = [], []
     for name in args.benches:
         say(f"-- {name}")
         try:
-            result = await run_one(name, out / "work", args)
+            result = await run_one(name, work, args)
         except Exception as exc:
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             say(f"{name} FAILED:\n{traceback.format_exc()}")
@@ -90,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object, last line")
     parser.add_argument("--minutes", type=float, default=120.0,
                         help="how long the soak call lasts (default 120)")
-    parser.add_argument("--out", type=Path, help="where to write the report (default:"
-                        " bench/out/<time>)")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: a"
+                        " full run's is kept in bench/results/<time>/, to be committed; a quick"
+                        " run's goes to bench/out/<time>-quick/)")
     parser.add_argument("--no-browser", dest="browser", action="store_false",
-                        help="skip the browser-to-robot quality figure")
+                        help="skip the browser rows (browser to robot speech, browser to"
+                        " browser latency)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="py-spy profile of the server relaying (default: on in a full run)")
     args = parser.parse_args(argv)
@@ -106,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         args.profile = not args.quick
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = (args.out or REPO / "bench" / "out" / (stamp + ("-quick" if args.quick else ""))
-           ).resolve()
+    kept = args.out is None and not args.quick
+    out = (args.out or REPO / "bench" / ("results" if kept else "out") /
+           (stamp + ("-quick" if args.quick else ""))).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # What a run works on (recordings, server data, logs) stays out of a kept folder.
+    work = REPO / "bench" / "out" / stamp / "work" if kept else out / "work"
     started = time.monotonic()
     host = machine()
     say(f"bench: {', '.join(args.benches)}{' (quick)' if args.quick else ''}; output in {out}")
-    results, failures = asyncio.run(run_all(args, out))
+    results, failures = asyncio.run(run_all(args, work))
     seconds = time.monotonic() - started
     figures: dict[str, Any] = {}
     for result in results:
@@ -125,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                "machine": host, "failures": failures,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "report": str(out / "report.md")}
+    rows = {r.bench: [[row.name, row.value, row.unit, row.baseline, row.ratio, row.target,
+                       row.met] for row in r.rows] for r in results}
     (out / "results.json").write_text(json.dumps(
-        {**summary, "series": {r.bench: r.series for r in results}}, indent=2))
+        {**summary, "rows": rows, "series": {r.bench: r.series for r in results}}, indent=2))
     try:
         from bench.report import write_report
         write_report(out, results, summary)

@@ -3,16 +3,18 @@
 ``python -m bench.impair '{"loss": 5, "model": "bursty", ...}'`` run inside a
 network namespace (the quality benchmark's, `bench.quality`) puts every UDP
 packet that arrives there (``iptables -A INPUT -p udp -j NFQUEUE``: the media;
-signaling is TCP) through this process, which drops some and holds others back
-before letting them through. The kernel here has no netem; this does the part
-of it the benchmarks need, with a seeded random generator so that two calls
-(say, two jitter buffers) can meet the same network.
+signaling is TCP) through this process, which drops some RTP packets and
+holds others back before letting them through (STUN, DTLS and RTCP pass). The
+kernel here has no netem; this does the part of it the benchmarks need. Each
+packet's fate comes from its place in its flow and a pattern drawn from the
+seed (`Link`), so that two calls (say, with two jitter buffers) meet the same
+network, packet for packet. SRTP leaves the RTP header in the clear.
 
 * ``model: random``: each packet is lost with probability ``loss`` %.
-* ``model: bursty``: a two-state Gilbert-Elliott chain per flow (source and
-  destination port): in the good state nothing is lost, in the bad state
-  everything; it enters the bad state with probability p and leaves it with
-  r = 1 / ``burst`` (mean burst length, packets), p chosen so that the share
+* ``model: bursty``: a two-state Gilbert-Elliott chain: in the good state
+  nothing is lost, in the bad state everything; it enters the bad state with
+  probability p and leaves it with r = 1 / ``burst`` (mean burst length,
+  packets), p chosen so that the share
   of time in the bad state, p / (p + r), is ``loss`` %. Real links lose
   packets in bursts like this (queues overflowing, radio fades), which is the
   hard case for Opus in-band FEC: each packet carries a copy of only the one
@@ -75,34 +77,56 @@ class GilbertElliott:
         return self.bad
 
 
+PATTERN = 1 << 16  # packets in a flow's pattern; a call of 20 min at 50 packets a second
+
+
 class Link:
+    """Each RTP packet's fate -- lost, or held how long -- from its place in its flow.
+
+    The n-th packet of a flow (counted from the first RTP sequence number seen in it)
+    meets the n-th entry of a pattern drawn once from the seed, so two calls on links
+    with the same seed meet the same losses and delays, packet for packet, whatever
+    else happens. Packets that are not RTP (STUN, DTLS, RTCP) pass untouched.
+    """
+
     def __init__(self, impairment: Impairment) -> None:
         self.impairment = impairment
-        self.rng = random.Random(impairment.seed)
-        self.flows: dict[tuple[int, int], GilbertElliott] = {}
+        rng = random.Random(impairment.seed)
+        loss = impairment.loss / 100
+        if impairment.model == "bursty":
+            chain = GilbertElliott(loss, impairment.burst, rng)
+            self.lost = [chain.lose() for _ in range(PATTERN)]
+        else:
+            self.lost = [rng.random() < loss for _ in range(PATTERN)]
+        jitter_s = impairment.jitter_ms / 1000
+        self.delays = [rng.uniform(0, 2 * jitter_s) for _ in range(PATTERN)] if jitter_s \
+            else None
+        self.first: dict[tuple[int, int], int] = {}
         self.seen = 0
         self.dropped = 0
 
-    def lose(self, flow: tuple[int, int]) -> bool:
-        loss = self.impairment.loss / 100
-        if self.impairment.model == "random":
-            return self.rng.random() < loss
-        chain = self.flows.get(flow)
-        if chain is None:
-            chain = self.flows[flow] = GilbertElliott(loss, self.impairment.burst,
-                                                      random.Random(self.rng.random()))
-        return chain.lose()
-
-    def delay_s(self) -> float:
-        return self.rng.uniform(0, 2 * self.impairment.jitter_ms) / 1000
+    def fate(self, ip: bytes) -> tuple[bool, float]:
+        """(lost, seconds to hold) for one IPv4 packet."""
+        place = rtp_place(ip, self.first)
+        if place is None:
+            return False, 0.0
+        return self.lost[place], self.delays[place] if self.delays else 0.0
 
 
-def udp_flow(ip: bytes) -> tuple[int, int]:
-    """(source port, destination port) of an IPv4 UDP packet; (0, 0) if it is not one."""
-    if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
-        return 0, 0
+def rtp_place(ip: bytes, first: dict[tuple[int, int], int]) -> int | None:
+    """The place of an IPv4 UDP packet carrying RTP in its flow (source and destination
+    port); None if it carries something else (RTP version 2, and not RTCP's packet types
+    under RFC 5761's demultiplexing)."""
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+        return None
     at = (ip[0] & 0x0F) * 4
-    return int.from_bytes(ip[at:at + 2], "big"), int.from_bytes(ip[at + 2:at + 4], "big")
+    udp = ip[at:at + 12]
+    if len(udp) < 12 or udp[8] >> 6 != 2 or 64 <= (udp[9] & 0x7F) <= 95:
+        return None
+    flow = (int.from_bytes(udp[0:2], "big"), int.from_bytes(udp[2:4], "big"))
+    seq = int.from_bytes(udp[10:12], "big")
+    start = first.setdefault(flow, seq)
+    return (seq - start) % PATTERN
 
 
 def rule(action: str) -> list[str]:
@@ -118,11 +142,11 @@ async def serve(impairment: Impairment) -> dict[str, int]:
 
     def verdict(packet: object) -> None:
         link.seen += 1
-        if impairment.loss and link.lose(udp_flow(packet.get_payload())):  # type: ignore[attr-defined]
+        lost, delay = link.fate(packet.get_payload())  # type: ignore[attr-defined]
+        if lost:
             link.dropped += 1
             packet.drop()  # type: ignore[attr-defined]
             return
-        delay = link.delay_s()
         if delay <= 0:
             packet.accept()  # type: ignore[attr-defined]
             return

@@ -62,11 +62,9 @@ class Impaired:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.close()  # its cue to remove its rule and report
-        out = self.proc.stdout.read()
-        self.proc.wait(10)
+        assert self.proc is not None
+        self.proc.terminate()  # its cue to remove its rule and report
+        out, _ = self.proc.communicate(timeout=10)
         for line in out.splitlines():
             if line.startswith("json: "):
                 self.counts = json.loads(line[6:])

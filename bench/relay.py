@@ -76,9 +76,10 @@ from parley.server.store import ServerStore
 TARGET_RATIO = 0.5
 # The server under test and the load each on a core of its own (taskset), so that neither
 # takes the other's: the orchestrator mostly sleeps. Unpinned on a one-core machine.
-_PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-SERVER_CPU = 1 if _PIN else None
-LOAD_CPU = 0 if _PIN else None
+_CPUS = sorted(os.sched_getaffinity(0))
+_PIN = shutil.which("taskset") is not None and len(_CPUS) >= 2
+SERVER_CPU = _CPUS[1] if _PIN else None
+LOAD_CPU = _CPUS[0] if _PIN else None
 
 
 def paired(samples: dict[str, list[dict[str, Any]]], kind: str, base: str,

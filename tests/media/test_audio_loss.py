@@ -55,10 +55,16 @@ def test_late_duplicate_and_restarted_sequences() -> None:
     out = [buffer.add(packet(s))[1] for s in (0, 1, 2, 3)]
     assert [f.timestamp // 960 if f else None for f in out] == [None, None, 0, 1]
     assert buffer.add(packet(0))[1] is None  # late: already released
-    buffer.add(packet(3))  # a duplicate: harmless
+    assert buffer.stats.late == 1
+    assert buffer.add(packet(3))[1] is None  # a duplicate: nothing comes out twice
+    assert buffer.add(packet(4))[1].timestamp // 960 == 2  # type: ignore[union-attr]
+    assert buffer.add(packet(30_000))[1] is None  # one stray packet: on probation, dropped
+    assert [f.timestamp // 960 for s in (5, 6) if (f := buffer.add(packet(s))[1])] == [3, 4]
     for start in (40_000, 10):  # a restart, ahead or behind (mod 2**16)
-        jumped = [buffer.add(packet(s))[1] for s in (start, start + 1, start + 2)]
-        assert jumped[-1] is not None and jumped[-1].timestamp == (start * 960) % 2**32
+        jumped = [buffer.add(packet(s))[1] for s in range(start, start + 4)]
+        # The first is on probation; the second starts the new sequence, two held after it.
+        assert jumped[:3] == [None, None, None]
+        assert jumped[3] is not None and jumped[3].timestamp == ((start + 1) * 960) % 2**32
 
 
 def opus_packets(n: int) -> list[tuple[bytes, int]]:

@@ -170,3 +170,38 @@ def test_the_frame_layer_opens_every_frame_released_together() -> None:
     assert several
     assert out == [(seq, plain[seq]) for seq, _ in out]  # each one opened, in order
     assert len(out) >= 600 - 4 - buffer.stats.given_up
+
+
+def test_a_few_late_packets_raise_the_delay_that_would_have_caught_them() -> None:
+    """A clean link (no delay held), then one packet in ten 30-50 ms late: those come after
+    their frame was given up, and they are what the delay must be set from."""
+    clock = Clock()
+    buffer = AudioJitterBuffer(16, clock=clock)
+    rng = random.Random(9)
+    arrivals = sorted((seq * FRAME_S + (rng.choice((0.03, 0.05)) if seq >= 500 and seq % 10 == 0
+                                        else 0.0), seq) for seq in range(3000))
+    given_up_at: dict[int, int] = {}
+    for at, seq in arrivals:
+        clock.now = 100.0 + at
+        buffer.add(packet(seq))
+        given_up_at[seq] = buffer.stats.given_up
+        if seq == 499:
+            assert buffer.prefetch == 0
+    assert buffer.prefetch >= 3  # 50 ms of spread and the margin: three frames
+    # After the first late ones, none is missed again.
+    assert given_up_at[2999] - given_up_at[1000] == 0
+    assert buffer.stats.late <= 10
+
+
+def test_a_restart_counts_what_it_drops_and_measures_afresh() -> None:
+    clock = Clock()
+    buffer = AudioJitterBuffer(16, clock=clock)
+    play(buffer, clock, 200, jitter_s=0.04, loss=0.0, seed=6)
+    held = buffer.prefetch
+    given_up = buffer.stats.given_up
+    assert held == 3
+    for seq in (30_000, 30_001):
+        clock.now += FRAME_S
+        buffer.add(packet(seq))
+    assert buffer.stats.given_up >= given_up + held - 1  # what was held is counted
+    assert buffer.prefetch == jitter.INITIAL_PREFETCH

@@ -40,7 +40,7 @@ from aiortc.utils import uint16_add, uint16_gt
 RATE = 48_000  # Opus's RTP clock (RFC 7587)
 WINDOW_S = 5.0
 MARGIN_S = 0.005
-WARMUP = 50  # packets: a second of 20 ms frames
+WARMUP = 25  # packets: half a second of 20 ms frames
 INITIAL_PREFETCH = 2
 DEFAULT_FRAME = 960  # 20 ms at 48 kHz, until consecutive packets say otherwise
 
@@ -115,7 +115,9 @@ def parts(frame: JitterFrame) -> list[JitterFrame]:
     """The frames a released JitterFrame (or JitterFrames) carries, timestamps as aiortc's."""
     if not isinstance(frame, JitterFrames):
         return [frame]
-    return [frame] + [JitterFrame(data=data, timestamp=(frame.timestamp + ts - frame.first)
+    # aiortc's mapped timestamps are not taken modulo 2**32 (they pass it after a day):
+    # only the step from the first frame is.
+    return [frame] + [JitterFrame(data=data, timestamp=frame.timestamp + (ts - frame.first)
                                   % 2**32) for data, ts in frame.more]
 
 
@@ -127,10 +129,14 @@ class BufferStats:
     prefetch: int = 0  # frames held now
     frame_ms: float = 20.0
     spread_ms: float = 0.0  # the transit spread the prefetch covers
+    packets: int = 0
+    prefetch_sum: int = 0  # the prefetch at each packet, summed: its mean over the call
 
     def as_dict(self) -> dict[str, float | int | str]:
+        mean = self.prefetch_sum / self.packets if self.packets else 0.0
         return {"released": self.released, "given_up": self.given_up, "late": self.late,
                 "delay_ms": round(self.prefetch * self.frame_ms, 1),
+                "mean_delay_ms": round(mean * self.frame_ms, 1),
                 "spread_ms": round(self.spread_ms, 1)}
 
 
@@ -152,6 +158,7 @@ class AudioJitterBuffer:
         self._spread = DelaySpread()
         self._frame = DEFAULT_FRAME
         self._last: RtpPacket | None = None
+        self._stray: int | None = None  # a packet far from the sequence, on probation
         self.stats = BufferStats(prefetch=INITIAL_PREFETCH if prefetch is None else prefetch)
 
     @property
@@ -163,18 +170,34 @@ class AudioJitterBuffer:
         return self.stats.prefetch
 
     def _measure(self, packet: RtpPacket) -> None:
-        last = self._last
-        if last is not None and packet.sequence_number == uint16_add(last.sequence_number, 1):
-            step = (packet.timestamp - last.timestamp) % 2**32
-            if 0 < step <= RATE // 8:  # 2.5 to 120 ms: an Opus packet's length
-                self._frame = step
-        self._last = packet
+        """Note a packet's transit (late ones too: they are the jitter) and set the delay."""
         self._spread.add(self._clock(), packet.timestamp)
         frame_s = self._frame / RATE
         self.stats.frame_ms = frame_s * 1000
         self.stats.spread_ms = self._spread.seconds * 1000
         if self._fixed is None and self._spread.count >= WARMUP:
             self.stats.prefetch = prefetch_for(self._spread.seconds, frame_s, self._capacity - 2)
+        self.stats.packets += 1
+        self.stats.prefetch_sum += self.stats.prefetch
+
+    def _frame_length(self, packet: RtpPacket) -> None:
+        last = self._last
+        if last is not None and packet.sequence_number == uint16_add(last.sequence_number, 1):
+            step = (packet.timestamp - last.timestamp) % 2**32
+            if 0 < step <= RATE * 120 // 1000:  # up to 120 ms: an Opus packet's longest
+                self._frame = step
+        self._last = packet
+
+    def _restart(self, seq: int) -> None:
+        """The sender restarted its sequence: what is held goes, and the measure starts over."""
+        self.stats.given_up += len(self._packets)
+        self._packets.clear()
+        self._spread.reset()
+        self._last = None
+        self._stray = None
+        self._next = self._newest = seq
+        if self._fixed is None:
+            self.stats.prefetch = INITIAL_PREFETCH
 
     def _held(self) -> int:
         """Places from the head to the newest packet (0x8000 and up: the head is past it)."""
@@ -189,13 +212,17 @@ class AudioJitterBuffer:
             ahead = uint16_add(seq, -self._next)  # sequence numbers wrap at 2**16
             if ahead >= 0x8000 and 0x10000 - ahead <= self._capacity * 4:
                 self.stats.late += 1
+                self._measure(packet)  # how late it came is what the delay must cover
                 return False, None  # late: already released or given up
             if ahead >= self._capacity * 4:
-                # Far from anything expected: the sender restarted its sequence.
-                self._packets.clear()
-                self._spread.reset()
-                self._last = None
-                self._next = self._newest = seq
+                # Far from anything expected: a restarted sender, or one stray packet. As
+                # RFC 3550 (A.1) does, a new sequence counts once two packets follow on.
+                if self._stray is None or seq != uint16_add(self._stray, 1):
+                    self._stray = seq
+                    return False, None
+                self._restart(seq)
+        self._stray = None
+        self._frame_length(packet)
         self._measure(packet)
         if uint16_gt(seq, self._newest):
             self._newest = seq
