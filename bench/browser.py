@@ -22,6 +22,7 @@ from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from bench import speech
 from bench.line import BenchLine
 from bench.quality_call import PlayoutRecorder, RecordingMedia
+from bench.samples import click
 from parley.core.call import CallState
 from parley.media.ice import IceConfig, use_host_addresses
 from parley.media.robot import RobotOptions
@@ -187,8 +188,6 @@ TAP_ONSETS = """
 
 def _click_track(root: Path, period_s: float) -> Path:
     """A WAV of the latency benchmark's clicks, one every `period_s`, for Chromium to loop."""
-    from bench.latency import click
-
     root.mkdir(parents=True, exist_ok=True)
     period = np.zeros(int(period_s * speech.RATE))
     chirp = click(speech.RATE)

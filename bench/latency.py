@@ -40,7 +40,7 @@ from scipy.signal import correlate
 
 from bench.common import Result, median, percentile, r, say
 from bench.line import BenchLine, active_call, hang_up
-from bench.samples import first_channel
+from bench.samples import click, first_channel
 from parley.core.call import MediaKind
 from parley.media import audio_loss
 from parley.media.ice import IceConfig, use_host_addresses
@@ -53,14 +53,6 @@ TARGET_P95_MS = 55.0
 CLICK_PERIOD_S = 0.6
 SEARCH_S = 0.55  # a click is looked for this long after it was sent
 FIRST_CLICK_S = 1.0
-
-
-def click(rate: int = AUDIO_RATE) -> np.ndarray:
-    """5 ms linear chirp from 1 to 6 kHz under a Hann window, at -6 dBFS."""
-    n = int(0.005 * rate)
-    t = np.arange(n) / rate
-    phase = 2 * np.pi * (1000 * t + (5000 / (2 * 0.005)) * t ** 2)
-    return 0.5 * np.hanning(n) * np.sin(phase)
 
 
 def click_source(period_s: float = CLICK_PERIOD_S, first_s: float = FIRST_CLICK_S

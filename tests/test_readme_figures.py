@@ -21,3 +21,18 @@ def test_the_long_call_section_is_the_kept_soak_run() -> None:
     assert shown == section(kept, SOAK, when.group(0)).strip(), \
         "README's long-call section differs from the kept run: python -m bench.soak_table" \
         f" {SOAK} --readme README.md"
+
+
+def test_the_performance_table_is_the_kept_runs_it_names() -> None:
+    from bench import readme_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme_table.BEGIN in readme, "the README shows a performance table"
+    shown = readme.split(readme_table.BEGIN, 1)[1].split(readme_table.END, 1)[0].strip()
+    sources = re.findall(r"kept in `(bench/results/[^`]+/results\.json)`", shown)
+    assert sources, "the table names the kept runs it comes from"
+    runs = [(json.loads((ROOT / source).read_text()), source) for source in sources]
+    assert all(not results["command"].startswith("bench/run --quick") for results, _ in runs)
+    assert shown == readme_table.section(runs).strip(), \
+        "README's performance table differs from the kept runs: python -m bench.readme_table" \
+        f" {' '.join(sources)} --readme README.md"
