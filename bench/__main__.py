@@ -10,8 +10,8 @@ table rows, series, the machine) and PNG plots to a folder it prints: a full
 run's is kept in bench/results/<time>/ to be committed (its work files stay in
 bench/out/), a quick run's goes to bench/out/<time>-quick/. The README's table
 is rendered from a kept run: ``python -m bench.readme_table RESULTS --readme
-README.md``. --quick runs all four
-in under five minutes; the full run measures longer and more often and, with
+README.md``. --quick runs all of them, shorter and fewer times (about ten
+minutes); the full run measures longer and more often and, with
 --profile (on by default in a full run), records a py-spy profile of the line
 server relaying at saturation. The exit status is 1 if a benchmark failed, a
 figure is missing, or any target was missed (each named on a ``TARGETS MISSED``
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("benches", nargs="*", metavar="BENCH",
                         help=f"any of {', '.join(BENCHES)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="all of it in under five minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="all of it, shorter and fewer times (about ten minutes)")
     parser.add_argument("--json", action="store_true", help="one JSON object, last line")
     parser.add_argument("--minutes", type=float, default=120.0,
                         help="how long the soak call lasts (default 120)")
