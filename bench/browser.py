@@ -200,7 +200,11 @@ def _click_track(root: Path, period_s: float) -> Path:
 def pair_onsets(sent: list[float], heard: list[float], within_ms: float = 500.0) -> list[float]:
     """Each click sent, paired with the first one heard after it (within `within_ms`): ms."""
     out = []
-    for at in sent:
+    last = float("-inf")
+    for at in sorted(sent):
+        if at - last < within_ms / 2:
+            continue  # the same click on a second microphone track of the page
+        last = at
         after = [h - at for h in heard if 0 < h - at < within_ms]
         if after:
             out.append(min(after))
