@@ -4,10 +4,10 @@
 
 Writes, between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``, for each
 kept run named: which command ran, when, on which machine, and every row of
-that run that has a target (with the rows under it), each beside its baseline
-from the same run (a ratio's range over the run's rounds or calls is in the
-row's name). `tests/test_readme_figures.py` checks that the README shows
-exactly this for the kept runs it names.
+that run's tables, each beside its baseline from the same run (a ratio's range
+over the run's rounds or calls is in the row's name).
+`tests/test_readme_figures.py` checks that the README shows exactly this for
+the kept runs it names.
 """
 
 from __future__ import annotations
@@ -22,18 +22,9 @@ from bench.common import Row, markdown_table
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
-def headline_rows(results: dict[str, Any]) -> list[Row]:
-    """The rows with a target, in the run's order, and the rows just under them ("  ...")."""
-    out: list[Row] = []
-    for rows in results.get("rows", {}).values():
-        keep = False
-        for raw in rows:
-            row = Row(*raw)
-            if not row.name.startswith("  "):
-                keep = row.met is not None
-            if keep:
-                out.append(row)
-    return out
+def all_rows(results: dict[str, Any]) -> list[Row]:
+    """Every row of the run's tables, in the run's order."""
+    return [Row(*raw) for rows in results.get("rows", {}).values() for raw in rows]
 
 
 def run_section(results: dict[str, Any], source: str) -> str:
@@ -41,7 +32,7 @@ def run_section(results: dict[str, Any], source: str) -> str:
     when = results.get("finished", "")[:10]
     missed = results.get("targets_missed", [])
     failed = results.get("failures", [])
-    verdict = "every target met" if not missed else \
+    verdict = "Every target met" if not missed else \
         f"**{len(missed)} target{'s' if len(missed) > 1 else ''} missed**"
     if failed:
         verdict += f"; **{len(failed)} benchmark{'s' if len(failed) > 1 else ''} failed**"
@@ -50,7 +41,7 @@ def run_section(results: dict[str, Any], source: str) -> str:
         f" row): {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB,"
         f" {host['os']}, Python {host['python']}, aiortc {host['aiortc']}. {verdict}.",
         "",
-        markdown_table(headline_rows(results)),
+        markdown_table(all_rows(results)),
     ]
     return "\n".join(lines)
 

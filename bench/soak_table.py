@@ -53,7 +53,7 @@ def section(results: dict[str, Any], source: str, date: str | None = None) -> st
         f" `{source}`; {cpu}, {machine.get('cores', '?')} cores). Every ten minutes: RSS,"
         " file descriptors and asyncio tasks of the process holding both terminals, its"
         f" CPU, mouth-to-ear audio latency ({since}), and the A/V offset (video's latency"
-        " minus audio's: negative, video ahead of the sound by aiortc's audio buffer).",
+        " minus audio's: positive, the picture behind the sound).",
         "",
         f"Verdict: **{'held' if held else 'NOT held'}**. RSS after the first interval:"
         f" {median(after[:3]):g} MiB (median of the first three samples), at the end"
