@@ -57,6 +57,29 @@ def browser_missing() -> str | None:
     return None
 
 
+async def start_person(root: Path, name: str, people: list[tuple[Any, Any]]
+                       ) -> tuple[Any, Any]:
+    """A browser-media terminal of the bench line and its local UI, loopback ICE only,
+    noted in `people` (for `stop_people`) before it is waited for."""
+    from parley.terminal.app import TerminalConfig
+    from parley.terminal.runner import build_terminal
+
+    terminal, control = build_terminal(TerminalConfig(
+        data_dir=root / name, media="browser",
+        robot=RobotOptions(ice=IceConfig(host_addresses=("127.0.0.1",)))))
+    await terminal.start()
+    people.append((terminal, control))
+    await control.start()
+    await asyncio.wait_for(terminal.link.connected.wait(), 10)
+    return terminal, control
+
+
+async def stop_people(people: list[tuple[Any, Any]]) -> None:
+    for terminal, control in reversed(people):
+        await control.stop()
+        await terminal.stop()
+
+
 def _microphone_file(root: Path, clip: np.ndarray) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     wav = root / "microphone.wav"
@@ -72,25 +95,16 @@ async def browser_to_robot(root: Path, clip: np.ndarray, timeout: float = 30.0
         raise RuntimeError(why)
     from playwright.async_api import async_playwright
 
-    from parley.terminal.app import TerminalConfig
-    from parley.terminal.runner import build_terminal
-
     use_host_addresses(["127.0.0.1"])
     wav = _microphone_file(root, clip)
     recorder = PlayoutRecorder()
     line = BenchLine(root)
     await line.start()
-    person = None
+    people: list[tuple[Any, Any]] = []
     try:
         robot = await line.terminal("moscow", engine=RecordingMedia(
             RobotOptions(on_remote_audio=recorder.tap), recorder), auto_answer=True)
-        terminal, control = build_terminal(TerminalConfig(
-            data_dir=root / "washington", media="browser",
-            robot=RobotOptions(ice=IceConfig(host_addresses=("127.0.0.1",)))))
-        await terminal.start()
-        await control.start()
-        person = (terminal, control)
-        await asyncio.wait_for(terminal.link.connected.wait(), 10)
+        terminal, control = await start_person(root, "washington", people)
         async with async_playwright() as playwright:
             chromium = await playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True,
@@ -117,9 +131,7 @@ async def browser_to_robot(root: Path, clip: np.ndarray, timeout: float = 30.0
         return {"played": recorder.playout(),
                 "verified": bool(call.verified and mine.verified and call.sas == mine.sas)}
     finally:
-        if person is not None:
-            await person[1].stop()
-            await person[0].stop()
+        await stop_people(people)
         await line.stop()
 
 
@@ -220,23 +232,14 @@ async def browser_to_browser(root: Path, seconds: float, period_s: float = 0.6,
         raise RuntimeError(why)
     from playwright.async_api import async_playwright
 
-    from parley.terminal.app import TerminalConfig
-    from parley.terminal.runner import build_terminal
-
     use_host_addresses(["127.0.0.1"])
     wav = _click_track(root, period_s)
     line = BenchLine(root)
     await line.start()
-    people = []
+    people: list[tuple[Any, Any]] = []
     try:
         for name in ("washington", "moscow"):
-            terminal, control = build_terminal(TerminalConfig(
-                data_dir=root / name, media="browser",
-                robot=RobotOptions(ice=IceConfig(host_addresses=("127.0.0.1",)))))
-            await terminal.start()
-            await control.start()
-            people.append((terminal, control))
-            await asyncio.wait_for(terminal.link.connected.wait(), 10)
+            await start_person(root, name, people)
         async with async_playwright() as playwright:
             chromium = await playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True,
@@ -274,7 +277,5 @@ async def browser_to_browser(root: Path, seconds: float, period_s: float = 0.6,
         return {"latencies_ms": latencies, "clicks_sent": len(sent),
                 "verified": bool(call.verified and peer.verified and call.sas == peer.sas)}
     finally:
-        for terminal, control in reversed(people):
-            await control.stop()
-            await terminal.stop()
+        await stop_people(people)
         await line.stop()
