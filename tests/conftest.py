@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -8,6 +8,7 @@ import pytest
 
 from parley.media.ice import use_host_addresses
 from tests.harness import LocalLine, close_websockets
+from tests.postgres import PostgresCluster
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,3 +34,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
             yield session
         finally:
             await close_websockets(session)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, for the whole run (tests.postgres)."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> str:
+    """A new, empty PostgreSQL database of this test's own."""
+    return postgres.new_database()

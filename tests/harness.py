@@ -99,7 +99,8 @@ class LocalLine:
     async def provision(self, *, verify: bool = True, via: str | None = None,
                         test_sets: bool = False) -> dict[str, Path]:
         return await provision_line(self.root / "server", via or self.url, self.root,
-                                    verify=verify, test_sets=test_sets)
+                                    verify=verify, test_sets=test_sets,
+                                    database=self._server_options.get("database"))
 
     async def terminal(self, name: str, *, server_url: str | None = None,
                        connect: bool = True, **options: Any) -> Terminal:

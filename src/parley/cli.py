@@ -79,6 +79,11 @@ def _threshold_options() -> list[Option]:
 
 SERVER_OPTIONS = [
     Option("data", "server data directory", default_home() / "server", type=Path),
+    Option("database", "where the server keeps its state: sqlite: (server.db in the data"
+           " directory, the default), sqlite:///PATH, or postgresql://USER@HOST:PORT/DB (shared"
+           " by several server nodes; a password goes in ~/.pgpass, not here)"),
+    Option("standby", "with a PostgreSQL --database another node serves: wait, not listening,"
+           " and take over the moment it stops", False, flag=True),
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),
@@ -97,9 +102,12 @@ SERVER_OPTIONS = [
     *_threshold_options(),
     *_limit_options(),
 ]
+STORE_OPTIONS = SERVER_OPTIONS[:2]  # where the administration commands find the store
 TERMINAL_OPTIONS = [
     Option("data", "terminal data directory", default_home() / "terminal", type=Path),
     Option("server", "line server URL (default: the one enrolled with)"),
+    Option("failover-server", "another node of the same line host, tried in turn when the"
+           " server cannot be reached (once per node)", [], many=True),
     Option("require-verified", "refuse calls with peers whose key is not verified", True,
            flag=True),
     Option("auto-answer", "accept incoming calls at once (robots)", False, flag=True),
@@ -154,7 +162,8 @@ def server_config(cfg: dict[str, Any]) -> Any:
                         thresholds=Thresholds.from_settings(cfg),
                         linetest_interval_s=cfg["linetest_interval"],
                         alert_webhooks=list(cfg["alert_webhook"]),
-                        admin_token=cfg["admin_token"], turn=_turn_config(cfg))
+                        admin_token=cfg["admin_token"], turn=_turn_config(cfg),
+                        database=cfg["database"], standby=cfg["standby"])
 
 
 def _turn_config(cfg: dict[str, Any]) -> Any:
@@ -187,7 +196,10 @@ def cmd_server_run(args: argparse.Namespace) -> int:
                     " /metrics need the admin token ('parley server admin-token')", cfg["host"])
     config = server_config(cfg)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_server(config, on_ready=lambda url: print(f"ready: {url}", flush=True)))
+        asyncio.run(run_server(
+            config, on_ready=lambda url: print(f"ready: {url}", flush=True),
+            on_standby=lambda why: print(f"standby: {why}; taking over when it stops",
+                                         flush=True)))
     return 0
 
 
@@ -228,9 +240,10 @@ def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _server_store(args: argparse.Namespace) -> Any:
-    from parley.server.store import ServerStore
+    from parley.server.store import open_store
 
-    return ServerStore(_server_settings(args)["data"] / "server.db")
+    cfg = _server_settings(args)
+    return open_store(cfg["database"], cfg["data"])
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
@@ -322,6 +335,37 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from parley.files import DataLock
+    from parley.server.store import copy_store, open_store, redact
+
+    cfg = _server_settings(args)
+    if not args.to:
+        raise LocalError("say where to copy the line: --to postgresql://USER@HOST:PORT/DB",
+                         code=ErrorCode.INVALID_INPUT)
+    # The server must not run on the source meanwhile: what it stored after the copy
+    # began would not be in the copy.
+    with DataLock(cfg["data"], "a line server", secret=False):
+        source = open_store(cfg["database"], cfg["data"])
+        try:
+            target = open_store(args.to, cfg["data"])
+            try:
+                print(f"copying {source.where} into {target.where}", flush=True)
+                counts = copy_store(source, target, progress=lambda table, n: print(
+                    f"  {table:13} {n:9,d} rows", flush=True))
+            finally:
+                target.close()
+        finally:
+            source.close()
+    if args.json:
+        print(json.dumps({"copied": counts, "to": redact(args.to)}))
+    else:
+        print(f"done: {sum(counts.values()):,d} rows in one transaction. Start the server"
+              f" (every node) with --database {redact(args.to)}; {cfg['data']} keeps its admin"
+              " token and alert key, the old database is left as it was.")
+    return 0
+
+
 def cmd_codes(args: argparse.Namespace) -> int:
     codes = _server_store(args).unspent_codes(now_ms())
     for party, device, created, expires in codes:
@@ -408,7 +452,8 @@ def terminal_config(cfg: dict[str, Any]) -> Any:
     ice = IceConfig(servers=tuple(parse_ice_server(s) for s in cfg["ice_server"]),
                     host_addresses=tuple(cfg["ice_host"]) or None)
     return TerminalConfig(
-        data_dir=cfg["data"], server_url=cfg["server"], require_verified=cfg["require_verified"],
+        data_dir=cfg["data"], server_url=cfg["server"],
+        failover_servers=tuple(cfg["failover_server"]), require_verified=cfg["require_verified"],
         auto_answer=cfg["auto_answer"], ui_port=cfg["ui_port"], media=cfg["media"],
         messages_stored=not cfg["messages_relayed"],
         robot=RobotOptions(ice=ice, play=cfg["play"], record_dir=cfg["record"],
@@ -1288,43 +1333,49 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="parties: add or list")
     psub = principal.add_subparsers(dest="principal_command", metavar="ACTION", required=True)
     p = command(psub, "add", "create a party (a head of state's office, a ministry)",
-                cmd_principal_add, SERVER_OPTIONS[:1])
+                cmd_principal_add, STORE_OPTIONS)
     p.add_argument("name", help="short name, e.g. washington")
     p.add_argument("--display", help="full name, e.g. 'The White House'")
     p.add_argument("--timezone", default="UTC", help="IANA time zone, e.g. Europe/Moscow")
-    command(psub, "list", "list parties", cmd_principal_list, SERVER_OPTIONS[:1])
+    command(psub, "list", "list parties", cmd_principal_list, STORE_OPTIONS)
     line = ssub.add_parser("line", help="lines between parties: add or list",
                            description="lines between parties: add or list")
     lsub = line.add_subparsers(dest="line_command", metavar="ACTION", required=True)
     p = command(lsub, "add", "open a line: these two parties may talk", cmd_line_add,
-                SERVER_OPTIONS[:1])
+                STORE_OPTIONS)
     p.add_argument("a")
     p.add_argument("b")
-    command(lsub, "list", "list lines", cmd_line_list, SERVER_OPTIONS[:1])
+    command(lsub, "list", "list lines", cmd_line_list, STORE_OPTIONS)
     p = command(lsub, "media", "whether a line's calls may go directly (any) or through the"
-                " TURN relay only (relay)", cmd_line_media, SERVER_OPTIONS[:1])
+                " TURN relay only (relay)", cmd_line_media, STORE_OPTIONS)
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("policy", choices=("any", "relay"))
     p = command(ssub, "enroll-code", "make a one-time, expiring code that enrolls one device",
-                cmd_enroll_code, SERVER_OPTIONS[:1])
+                cmd_enroll_code, STORE_OPTIONS)
     p.add_argument("party")
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
                    help=f"how long the code is valid: {DURATION_HELP} (default 24h)")
     p.add_argument("--quiet", action="store_true", help="print only the code")
+    p = command(ssub, "migrate-store", "copy this server's line (parties, devices, codes,"
+                " waiting envelopes, line tests, alerts) into an empty PostgreSQL database,"
+                " with the server stopped", cmd_migrate_store, STORE_OPTIONS)
+    p.add_argument("--to", required=True, metavar="URL",
+                   help="the empty database to copy into: postgresql://USER@HOST:PORT/DB")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
     command(ssub, "codes", "the enrollment codes not spent yet (not the codes themselves: only"
-            " their hashes are kept)", cmd_codes, SERVER_OPTIONS[:1])
+            " their hashes are kept)", cmd_codes, STORE_OPTIONS)
     p = command(ssub, "cancel-code", "cancel an enrollment code given out by mistake",
-                cmd_cancel_code, SERVER_OPTIONS[:1])
+                cmd_cancel_code, STORE_OPTIONS)
     p.add_argument("code")
     p = command(ssub, "admin-token", "the token of the server's own pages (status, metrics)"
-                " when it listens beyond loopback", cmd_admin_token, SERVER_OPTIONS[:1])
+                " when it listens beyond loopback", cmd_admin_token, STORE_OPTIONS)
     p.add_argument("--quiet", action="store_true", help="print only the token")
     p = command(ssub, "alert-key", "the public key that signs every alert webhook",
-                cmd_alert_key, SERVER_OPTIONS[:1])
+                cmd_alert_key, STORE_OPTIONS)
     p.add_argument("--json", action="store_true")
     p = command(ssub, "devices", "list enrolled devices and their fingerprints", cmd_devices,
-                SERVER_OPTIONS[:1])
+                STORE_OPTIONS)
     p.add_argument("--json", action="store_true")
     device = ssub.add_parser("device", help="devices: list, replace, revoke, log",
                              description="devices: list, replace, revoke, log. An enrollment"
@@ -1332,21 +1383,21 @@ def build_parser() -> argparse.ArgumentParser:
                              " each is written to the device log.")
     dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
     p = command(dsub, "list", "list enrolled devices, their fingerprints and state",
-                cmd_devices, SERVER_OPTIONS[:1])
+                cmd_devices, STORE_OPTIONS)
     p.add_argument("--json", action="store_true")
     p = command(dsub, "replace", "revoke a device's keys now and make a one-time code that"
                 " enrolls its replacement under the same name", cmd_device_replace,
-                SERVER_OPTIONS[:1])
+                STORE_OPTIONS)
     p.add_argument("device", help="party/device, e.g. washington/desk")
     p.add_argument("--ttl", type=_duration_ms, default=24 * 3_600_000,
                    help=f"how long the code is valid: {DURATION_HELP} (default 24h)")
     p.add_argument("--reason", help="why, for the device log")
     p = command(dsub, "revoke", "revoke a device: it can no longer log in or be reached",
-                cmd_device_revoke, SERVER_OPTIONS[:1])
+                cmd_device_revoke, STORE_OPTIONS)
     p.add_argument("device", help="party/device, e.g. washington/desk")
     p.add_argument("--reason", help="why, for the device log")
     p = command(dsub, "log", "enrollments, replacements, revocations and refused takeovers",
-                cmd_device_log, SERVER_OPTIONS[:1])
+                cmd_device_log, STORE_OPTIONS)
     p.add_argument("--limit", type=int, default=100, help="how many of the latest (default 100)")
 
     # terminal

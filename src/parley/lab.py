@@ -15,7 +15,7 @@ from parley.clock import now_ms
 from parley.core.errors import ErrorCode, LocalError
 from parley.core.keys import DevicePublicKeys
 from parley.core.linetest import TEST_SET_DEVICE
-from parley.server.store import ServerStore
+from parley.server.store import open_store
 from parley.terminal.enroll import enroll
 from parley.terminal.peers import PeerBook, with_peer_book
 from parley.terminal.store import TerminalStore
@@ -26,9 +26,10 @@ DEVICE = "hotline"
 
 
 def create_parties(server_data: Path, parties: dict[str, tuple[str, str]],
-                   lines: list[tuple[str, str]]) -> dict[str, str]:
+                   lines: list[tuple[str, str]], database: str | None = None
+                   ) -> dict[str, str]:
     """Parties and lines on the server; returns a fresh enrollment code per party."""
-    admin = ServerStore(server_data / "server.db")
+    admin = open_store(database, server_data)
     try:
         for name, (display, tz) in parties.items():
             if admin.principal(name) is None:
@@ -92,7 +93,7 @@ def test_set_dir(root: Path, party: str) -> Path:
 
 async def provision_line(server_data: Path, server_url: str, root: Path, *,
                          parties: dict[str, tuple[str, str]] = PARTIES, verify: bool = True,
-                         test_sets: bool = False,
+                         test_sets: bool = False, database: str | None = None,
                          say: Callable[[str], None] = lambda _text: None) -> dict[str, Path]:
     """Two parties, the line between them, one enrolled terminal each, keys verified.
 
@@ -102,7 +103,7 @@ async def provision_line(server_data: Path, server_url: str, root: Path, *,
     the line's test results itself.
     """
     names = list(parties)
-    codes = create_parties(server_data, parties, [(names[0], names[1])])
+    codes = create_parties(server_data, parties, [(names[0], names[1])], database)
     say(f"parties {' and '.join(names)} created, line opened")
     dirs = {}
     for name in names:
@@ -111,7 +112,7 @@ async def provision_line(server_data: Path, server_url: str, root: Path, *,
         say(f"{public.device_id} enrolled (code {codes[name]}), fingerprint {public.fingerprint}")
     ids = {name: f"{name}/{DEVICE}" for name in names}
     if test_sets:
-        admin = ServerStore(server_data / "server.db")
+        admin = open_store(database, server_data)
         try:
             more = {name: admin.create_enroll_code(name, 10 * 60_000, now_ms())
                     for name in names}

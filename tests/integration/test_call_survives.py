@@ -61,4 +61,4 @@ async def test_readiness_says_ready_while_the_store_answers(
             body = await resp.json()
             assert resp.status == 503 and body["why"].startswith("the store does not answer")
     finally:
-        line.server.store.db = sqlite3.connect(line.server.store.path)  # for a clean stop
+        line.server.store.backend.conn = sqlite3.connect(line.server.store.path)  # clean stop

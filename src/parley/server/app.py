@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from parley.outbox import Outbox
 from parley.server.alerts import Alerter, load_alert_key
 from parley.server.listener import Guard, Listener
 from parley.server.status import line_summaries, render_status
-from parley.server.store import DB_FILE, ServerStore
+from parley.server.store import open_store
 
 log = logging.getLogger("parley.server")
 
@@ -76,6 +75,11 @@ class ServerConfig:
     # header. None: open on loopback; on any other address one is made (admin.token).
     admin_token: str | None = None
     turn: TurnConfig | None = None  # TURN credentials issued to devices (core.turn)
+    # None or "sqlite:": server.db in data_dir; "postgresql://...": a shared database.
+    database: str | None = None
+    # On PostgreSQL: while another node serves the database, wait for it to stop (and
+    # take over) instead of refusing to start.
+    standby: bool = False
 
     @property
     def loopback(self) -> bool:
@@ -149,7 +153,13 @@ class LineServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = ServerStore(config.data_dir / DB_FILE)
+        private_dir(config.data_dir)  # its keys and token, whichever store it uses
+        self.store = open_store(config.database, config.data_dir)
+        try:
+            self.store.claim_node()
+        except BaseException:
+            self.store.close()
+            raise
         self._store_closed = False
         self.started_ms = now_ms()
         self.lines = LineBoard(self.store, config.thresholds, config.linetest_interval_s)
@@ -283,8 +293,8 @@ class LineServer:
             why = "shutting down"
         else:
             try:
-                self.store.db.execute("SELECT count(*) FROM devices").fetchone()
-            except sqlite3.Error as exc:
+                self.store.check()
+            except self.store.Error as exc:
                 why = f"the store does not answer: {exc}"
         if why:
             return web.json_response({"ready": False, "why": why}, status=503)
@@ -557,19 +567,40 @@ async def start_server(config: ServerConfig) -> tuple[LineServer, web.AppRunner]
         await runner.cleanup()
         raise
     server.relay.origin = config.origin  # with port 0, known only now
-    log.info("line server listening on %s (data in %s)", config.origin, config.data_dir)
+    log.info("line server listening on %s (data in %s; store %s)", config.origin,
+             config.data_dir, server.store.where)
     return server, runner
 
 
-async def run_server(config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
-                     ) -> None:
-    """Serve until cancelled (one process per data directory: see `DataLock`)."""
+async def run_server(config: ServerConfig, *, on_ready: Callable[[str], None] | None = None,
+                     on_standby: Callable[[str], None] | None = None) -> None:
+    """Serve until cancelled (one process per data directory: see `DataLock`); a standby
+    says why it waits (`on_standby`) before it serves."""
     with DataLock(config.data_dir, "a line server", secret=False):
-        await _serve(config, on_ready)
+        await _serve(config, on_ready, on_standby)
 
 
-async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None) -> None:
-    _server, runner = await start_server(config)
+STANDBY_POLL_S = 1.0
+
+
+async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None,
+                 on_standby: Callable[[str], None] | None = None) -> None:
+    waited = False
+    while True:
+        try:
+            _server, runner = await start_server(config)
+            break
+        except LocalError as exc:
+            if not config.standby or exc.code is not ErrorCode.BUSY:
+                raise
+            if not waited:
+                log.warning("standby: %s; taking over when it stops", exc.message)
+                if on_standby is not None:
+                    on_standby(exc.message)
+                waited = True
+            await asyncio.sleep(STANDBY_POLL_S)
+    if waited:
+        log.warning("standby: the other node is gone; this one serves the line now")
     if on_ready is not None:
         on_ready(f"http://{config.host}:{config.port}")
     try:

@@ -1,31 +1,43 @@
-"""The line server's SQLite store: principals, lines, enrollment codes, devices, mail.
+"""The line server's store: principals, lines, enrollment codes, devices, mail.
 
-One file in the data directory (0600, in a 0700 directory), in WAL mode. An
-envelope the server said it stored survives a crash of the server process: it
-is committed before the server says so. Mailbox writes (envelopes stored,
+Two backends behind one class, chosen by a URL (`open_store`): SQLite, one
+file in the data directory (0600, in a 0700 directory, WAL mode; the default),
+or PostgreSQL (``postgresql://...``), which several server nodes can share.
+Both run the same SQL (SQLite's ``?`` placeholders become PostgreSQL's), the
+same schema (`MIGRATIONS`, with SQLite's column types spelled PostgreSQL's way
+by `_postgres_ddl`) and the same tests.
+
+An envelope the server said it stored survives a crash of the server process:
+it is committed before the server says so. Mailbox writes (envelopes stored,
 envelopes acknowledged) join one open *group* transaction instead of
 committing one by one, which was one WAL write per envelope and per ack; the
 server calls `commit_group` once per event-loop turn, before any frame of
 that turn leaves it (see `LineServer._make_durable`). Everything else commits
-as it happens. Enrollment codes are kept only as SHA-256 hashes.
+as it happens. No statement inside a transaction may fail on a constraint
+(PostgreSQL would abort the whole group): duplicates are ``ON CONFLICT DO
+NOTHING`` and counted. Enrollment codes are kept only as SHA-256 hashes.
 
 Devices are never overwritten by an enrollment: a code spent with the name of
 a device that exists is refused. Only the operator replaces a device
 (`replace_device`: the old keys stop working at once and a one-time code
 bound to that device enrolls its new keys) or revokes one (`revoke_device`);
 both, and every enrollment and refused takeover, are written to the device
-log (`device_log`), and the running server notices them through
-`directory_version` (SQLite's ``data_version``, which moves when another
-connection commits).
+log (`device_log`), and every running server notices them through
+`directory_version` (a counter every change of parties, lines or devices
+moves, whichever process or node made it).
 
-The schema carries its version (``PRAGMA user_version``) and is brought up to
-date at open, one step at a time (`MIGRATIONS`).
+The schema carries its version (SQLite's ``PRAGMA user_version``, a
+``parley_schema`` row in PostgreSQL) and is brought up to date at open, one
+step at a time, each step in a transaction of its own (PostgreSQL's DDL is
+transactional, and nodes starting together take turns: an advisory lock).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -33,14 +45,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DevicePublicKeys, check_name, device_id, split_device_id
 from parley.files import check_private, create_private_file, private_dir
 
+log = logging.getLogger(__name__)
+
 DB_FILE = "server.db"
 
-# Each step takes the schema from the version before it to its own.
+# Each step takes the schema from the version before it to its own. Written for SQLite;
+# `_postgres_ddl` gives PostgreSQL's spelling of the same.
 MIGRATIONS: list[str] = [
     # 1: the first line server
     """
@@ -106,6 +122,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE lines ADD COLUMN media TEXT NOT NULL DEFAULT 'any';
     """,
+    # 6: one counter of changes to parties, lines and devices, which every node watches
+    """
+    CREATE TABLE directory (
+        one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL
+    );
+    INSERT INTO directory VALUES (1, 0);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -143,54 +166,325 @@ class DeviceEvent:
     detail: str
 
 
-class ServerStore:
+class _SQLite:
+    """The embedded store: one file, one connection, on the server's event loop."""
+
+    name = "sqlite"
+    Error: type[Exception] = sqlite3.Error
+
     def __init__(self, path: Path) -> None:
         self.path = path
         private_dir(path.parent)
         create_private_file(path)
         check_private([path.parent, path], what="the server's data", secret=False)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crash
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across crashes
+        self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def begin_exclusive(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")  # one writer at a time, from the first statement
+
+    def begin_snapshot(self) -> None:
+        self.conn.execute("BEGIN")  # WAL: every read of it sees one moment
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_schema_version(self, version: int) -> None:
+        self.conn.execute(f"PRAGMA user_version={int(version)}")
+
+    def statements(self, migration: str) -> list[str]:
+        return [s for s in migration.split(";") if s.strip()]
+
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def identity_follows(self, table: str, column: str) -> None:
+        """SQLite's AUTOINCREMENT follows the largest key inserted by itself."""
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _postgres_ddl(migration: str) -> list[str]:
+    """A migration written for SQLite, in PostgreSQL's types: 64-bit integers for every
+    integer (times are milliseconds), identity columns, bytea."""
+    sql = migration.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    sql = re.sub(r"\bINTEGER\b", "BIGINT", sql)
+    sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
+    sql = sql.replace(") WITHOUT ROWID", ")")
+    return [s for s in sql.split(";") if s.strip()]
+
+
+def redact(url: str) -> str:
+    """A database URL fit for a log: its password (if any) replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+# Transactions that change the directory take this lock (a PostgreSQL advisory lock),
+# as SQLite's BEGIN IMMEDIATE makes them take turns; so does bringing the schema up.
+_DIRECTORY_LOCK = 0x7061726C6579  # "parley"
+# Held by the one server node serving a database, for as long as its connection lives.
+_NODE_LOCK = 0x7061726C6580
+
+
+class _Postgres:
+    """PostgreSQL through psycopg 3: one connection per store, in autocommit mode with
+    explicit transactions (the mailbox group, the directory's changes). A connection
+    lost between transactions is made again on next use; one lost inside a
+    transaction fails it (the server then closes its connections, as for any failed
+    commit, and the terminals send again what was not acknowledged)."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
+        self.node = False  # holds the node lock (`ServerStore.claim_node`)
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise LocalError("PostgreSQL needs psycopg", code=ErrorCode.BAD_CONFIG,
+                             hint="pip install 'psycopg[binary]'") from exc
+        self._psycopg = psycopg
+        self.Error: type[Exception] = psycopg.Error
+        self.url = url
+        self._timeout = connect_timeout
+        self._sql: dict[str, str] = {}
+        self.conn = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            conn = self._psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=max(1, int(self._timeout)),
+                                         application_name="parley-server")
+        except self._psycopg.Error as exc:
+            raise LocalError(f"cannot reach the database {redact(self.url)}: {exc}".strip(),
+                             code=ErrorCode.BAD_CONFIG,
+                             hint="check that PostgreSQL runs and the URL (host, port,"
+                                  " database, user) is right; a password goes in ~/.pgpass"
+                                  " or PGPASSFILE, not in the URL") from None
+        conn.execute("SET statement_timeout = '30s'")
+        # A node whose machine vanished lets go of its lock within half a minute.
+        conn.execute("SET tcp_keepalives_idle = 10")
+        conn.execute("SET tcp_keepalives_interval = 5")
+        conn.execute("SET tcp_keepalives_count = 3")
+        claimed = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                               (_NODE_LOCK,)).fetchone() if self.node else (True,)
+        if not (claimed and claimed[0]):
+            conn.close()
+            raise self._psycopg.OperationalError(
+                "another server node took over this database while this one was cut off")
+        return conn
+
+    def claim_node(self) -> bool:
+        self.node = bool(self.execute("SELECT pg_try_advisory_lock(?)",
+                                      (_NODE_LOCK,)).fetchone()[0])
+        return self.node
+
+    def __str__(self) -> str:
+        return redact(self.url)
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        text = self._sql.get(sql)
+        if text is None:
+            text = self._sql[sql] = sql.replace("?", "%s")
+        if self.conn.closed and not self.in_transaction:
+            log.warning("the database connection was lost; connecting again")
+            self.conn = self._connect()
+        return self.conn.execute(text, params)
+
+    @property
+    def in_transaction(self) -> bool:
+        if self.conn.closed:
+            return False
+        status = self.conn.info.transaction_status
+        return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    def begin_exclusive(self) -> None:
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", (_DIRECTORY_LOCK,))
+
+    def begin_snapshot(self) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def commit(self) -> None:
+        """COMMIT, which PostgreSQL turns into a silent ROLLBACK when a statement of the
+        transaction failed: that is an error here, never a success."""
+        failed = self._psycopg.pq.TransactionStatus.INERROR
+        if self.conn.info.transaction_status == failed:
+            self.conn.execute("ROLLBACK")
+            raise self._psycopg.OperationalError(
+                "a statement of this transaction failed: it was rolled back")
+        cur = self.conn.execute("COMMIT")
+        if cur.statusmessage != "COMMIT":
+            raise self._psycopg.OperationalError(
+                f"the transaction was not committed ({cur.statusmessage})")
+
+    def schema_version(self) -> int:
+        self.execute("CREATE TABLE IF NOT EXISTS parley_schema (one INTEGER PRIMARY KEY"
+                     " CHECK (one = 1), version INTEGER NOT NULL)")
+        row = self.execute("SELECT version FROM parley_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_schema_version(self, version: int) -> None:
+        self.execute("INSERT INTO parley_schema VALUES (1, ?) ON CONFLICT (one) DO UPDATE"
+                     " SET version = excluded.version", (version,))
+
+    def statements(self, migration: str) -> list[str]:
+        return _postgres_ddl(migration)
+
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
+
+    def identity_follows(self, table: str, column: str) -> None:
+        """Rows copied with their keys: the next key the table makes comes after them."""
+        self.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+                     f" coalesce(max({column}), 1), max({column}) IS NOT NULL) FROM {table}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def is_postgres(url: str | None) -> bool:
+    return bool(url) and urlsplit(str(url)).scheme in ("postgresql", "postgres")
+
+
+def open_store(database: str | None, data_dir: Path) -> ServerStore:
+    """The store a `--database` URL names: none or ``sqlite:`` is ``server.db`` in the data
+    directory, ``sqlite:///PATH`` that file, ``postgresql://...`` a PostgreSQL database."""
+    if is_postgres(database):
+        return ServerStore(url=str(database))
+    if not database or database == "sqlite:":
+        return ServerStore(data_dir / DB_FILE)
+    parts = urlsplit(database)
+    if parts.scheme == "sqlite" and parts.path:
+        return ServerStore(Path(parts.path))
+    raise LocalError(f"unknown database {redact(database)!r}", code=ErrorCode.BAD_CONFIG,
+                     hint="give sqlite: (the data directory's server.db), sqlite:///PATH, or"
+                          " postgresql://USER@HOST:PORT/DBNAME")
+
+
+class ServerStore:
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
+        self.backend: _SQLite | _Postgres = _Postgres(url) if url else _SQLite(
+            path if path is not None else Path(DB_FILE))
+        self.Error = self.backend.Error
+        try:
+            self._migrate()
+        except BaseException:
+            self.backend.close()
+            raise
+
+    @property
+    def db(self) -> Any:
+        """The backend's connection (sqlite3 or psycopg), for tests and tools."""
+        return self.backend.conn
+
+    @property
+    def path(self) -> Path:
+        assert isinstance(self.backend, _SQLite), "a PostgreSQL store has no file"
+        return self.backend.path
+
+    @property
+    def where(self) -> str:
+        """The database, fit for a log: its file, or its URL without a password."""
+        return str(self.backend)
+
+    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self.backend.execute(sql, params)
 
     def _migrate(self) -> None:
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        backend = self.backend
+        if isinstance(backend, _Postgres):
+            with self.transaction():  # nodes starting together: one brings it up
+                version = backend.schema_version()
+        else:
+            version = backend.schema_version()
         if version > SCHEMA_VERSION:
             raise LocalError(
-                f"{self.path} has schema version {version}; this Parley knows up to"
+                f"{self.where} has schema version {version}; this Parley knows up to"
                 f" {SCHEMA_VERSION}", code=ErrorCode.BAD_CONFIG,
                 hint="run the newer Parley that wrote it, or restore a backup")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
-                for statement in MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version={target}")
+                if backend.schema_version() >= target:
+                    continue  # another node took this step meanwhile
+                for statement in backend.statements(MIGRATIONS[target - 1]):
+                    self._q(statement)
+                backend.set_schema_version(target)
+
+    def claim_node(self) -> None:
+        """Be the one server node on this database (PostgreSQL), or say who is.
+
+        Nodes do not yet tell each other of the envelopes they store: two at once would
+        leave a recipient on one waiting for what the other stored. A second node is
+        refused while the first holds the lock; it is free the moment the first one's
+        connection ends (a crash, a kill, its machine gone within ~25 s), so a standby
+        restarted by systemd takes over by itself.
+        """
+        backend = self.backend
+        if isinstance(backend, _Postgres) and not backend.claim_node():
+            holder = self._q(
+                "SELECT a.client_addr, a.application_name, a.backend_start FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+                " AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = ?",
+                (_NODE_LOCK,)).fetchone()
+            seen = f" (connected from {holder[0] or 'a local socket'} since {holder[2]:%c})" \
+                if holder else ""
+            raise LocalError(f"another line server node runs on {self.where}{seen}",
+                             code=ErrorCode.BUSY,
+                             hint="one node serves a database for now: stop the other, or"
+                                  " keep this one as a standby that is started again until"
+                                  " it takes over (systemd Restart=always)")
+
+    def check(self) -> None:
+        """Raise `Error` unless the database answers a read of its devices."""
+        self._q("SELECT count(*) FROM devices").fetchone()
 
     def close(self) -> None:
-        self.commit_group()
-        self.db.close()
+        try:
+            self.commit_group()
+        finally:
+            self.backend.close()
 
     # -- principals and lines ---------------------------------------------------
 
     def add_principal(self, name: str, display: str, timezone: str, now_ms: int) -> Principal:
         check_name(name, what="party name")
-        try:
-            self.db.execute("INSERT INTO principals VALUES (?,?,?,?)",
-                            (name, display or name, timezone, now_ms))
-        except sqlite3.IntegrityError:
-            raise LocalError(f"party {name!r} already exists", code=ErrorCode.BAD_CONFIG) from None
+        with self.transaction():
+            if self._q("INSERT INTO principals VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                       (name, display or name, timezone, now_ms)).rowcount == 0:
+                raise LocalError(f"party {name!r} already exists", code=ErrorCode.BAD_CONFIG)
+            self._directory_changed()
         return Principal(name, display or name, timezone)
 
     def principals(self) -> list[Principal]:
-        rows = self.db.execute("SELECT name, display, timezone FROM principals ORDER BY name")
+        rows = self._q("SELECT name, display, timezone FROM principals ORDER BY name")
         return [Principal(*row) for row in rows]
 
     def principal(self, name: str) -> Principal | None:
-        row = self.db.execute("SELECT name, display, timezone FROM principals WHERE name=?",
-                              (name,)).fetchone()
+        row = self._q("SELECT name, display, timezone FROM principals WHERE name=?",
+                      (name,)).fetchone()
         return Principal(*row) if row else None
 
     def principal_exists(self, name: str) -> bool:
@@ -206,11 +500,13 @@ class ServerStore:
             raise LocalError("a line joins two different parties", code=ErrorCode.BAD_CONFIG)
         self._need_principal(a)
         self._need_principal(b)
-        self.db.execute("INSERT OR IGNORE INTO lines (a, b, created_ms) VALUES (?,?,?)",
-                        (*sorted((a, b)), now_ms))
+        with self.transaction():
+            if self._q("INSERT INTO lines (a, b, created_ms) VALUES (?,?,?) ON CONFLICT DO"
+                       " NOTHING", (*sorted((a, b)), now_ms)).rowcount:
+                self._directory_changed()
 
     def lines(self) -> list[tuple[str, str]]:
-        return list(self.db.execute("SELECT a, b FROM lines ORDER BY a, b"))
+        return list(self._q("SELECT a, b FROM lines ORDER BY a, b"))
 
     def set_line_media(self, a: str, b: str, policy: str) -> None:
         """Whether the line's calls may go directly ("any") or through TURN only ("relay")."""
@@ -218,20 +514,23 @@ class ServerStore:
             raise LocalError(f"unknown media policy {policy!r}", code=ErrorCode.BAD_CONFIG,
                              hint="use any (direct allowed) or relay (TURN only)")
         lo, hi = sorted((a, b))
-        if self.db.execute("UPDATE lines SET media=? WHERE a=? AND b=?",
-                           (policy, lo, hi)).rowcount == 0:
-            raise LocalError(f"there is no line between {a} and {b}", code=ErrorCode.NO_LINE,
-                             hint="open it with 'parley server line add A B'")
+        with self.transaction():
+            if self._q("UPDATE lines SET media=? WHERE a=? AND b=?",
+                       (policy, lo, hi)).rowcount == 0:
+                raise LocalError(f"there is no line between {a} and {b}",
+                                 code=ErrorCode.NO_LINE,
+                                 hint="open it with 'parley server line add A B'")
+            self._directory_changed()
 
     def line_media(self, a: str, b: str) -> str:
         lo, hi = sorted((a, b))
-        row = self.db.execute("SELECT media FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone()
+        row = self._q("SELECT media FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone()
         if row is None:
             return "any"
         return "any" if row[0] == "any" else "relay"  # anything else: the safer of the two
 
     def line_peers(self, party: str) -> list[str]:
-        rows = self.db.execute(
+        rows = self._q(
             "SELECT b FROM lines WHERE a=? UNION SELECT a FROM lines WHERE b=? ORDER BY 1",
             (party, party))
         return [r[0] for r in rows]
@@ -240,21 +539,24 @@ class ServerStore:
         if a == b:
             return True  # a party's own devices
         lo, hi = sorted((a, b))
-        return self.db.execute("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
+        return self._q("SELECT 1 FROM lines WHERE a=? AND b=?", (lo, hi)).fetchone() \
             is not None
 
     def directory_version(self) -> int:
-        """Moves whenever another connection (the admin CLI) has committed a change."""
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        """Moves whenever parties, lines or devices changed, here or in another process."""
+        return int(self._q("SELECT version FROM directory").fetchone()[0])
+
+    def _directory_changed(self) -> None:
+        self._q("UPDATE directory SET version = version + 1")
 
     # -- enrollment ---------------------------------------------------------------
 
     def _new_code(self, party: str, ttl_ms: int, now_ms: int, device: str | None) -> str:
         raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(12))
         code = f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
-        self.db.execute("INSERT INTO enroll_codes (code_hash, party, created_ms, expires_ms,"
-                        " device) VALUES (?,?,?,?,?)",
-                        (_hash_code(code), party, now_ms, now_ms + ttl_ms, device))
+        self._q("INSERT INTO enroll_codes (code_hash, party, created_ms, expires_ms,"
+                " device) VALUES (?,?,?,?,?)",
+                (_hash_code(code), party, now_ms, now_ms + ttl_ms, device))
         return code
 
     def create_enroll_code(self, party: str, ttl_ms: int, now_ms: int) -> str:
@@ -275,7 +577,7 @@ class ServerStore:
         taken: str | None = None  # an existing device the enrollment named
         try:
             with self.transaction():
-                row = self.db.execute(
+                row = self._q(
                     "SELECT party, expires_ms, used_ms, device FROM enroll_codes"
                     " WHERE code_hash=?", (digest,)).fetchone()
                 if row is None:
@@ -307,8 +609,8 @@ class ServerStore:
                         hint="enroll the replacement under the name"
                              f" {split_device_id(bound)[1]!r} ('parley terminal init --name"
                              " ...'), or ask for a code for a new device")
-                exists = self.db.execute("SELECT 1 FROM devices WHERE id=?",
-                                         (ident,)).fetchone() is not None
+                exists = self._q("SELECT 1 FROM devices WHERE id=?",
+                                 (ident,)).fetchone() is not None
                 if exists and bound is None:
                     taken = ident
                     raise RemoteError(
@@ -318,20 +620,21 @@ class ServerStore:
                              f" ...'); if it replaces {ident}, ask the server operator to run"
                              f" 'parley server device replace {ident}' and use the code it"
                              " prints")
-                self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by=? WHERE code_hash=?",
-                                (now_ms, ident, digest))
+                self._q("UPDATE enroll_codes SET used_ms=?, used_by=? WHERE code_hash=?",
+                        (now_ms, ident, digest))
                 if exists:
-                    self.db.execute("UPDATE devices SET sign=?, kem=?, kem_sig=?, enrolled_ms=?,"
-                                    " revoked_ms=NULL WHERE id=?",
-                                    (public.sign, public.kem, public.kem_sig, now_ms, ident))
+                    self._q("UPDATE devices SET sign=?, kem=?, kem_sig=?, enrolled_ms=?,"
+                            " revoked_ms=NULL WHERE id=?",
+                            (public.sign, public.kem, public.kem_sig, now_ms, ident))
                     self._cancel_codes(ident, now_ms)  # any other code for it is spent now
                 else:
-                    self.db.execute(
+                    self._q(
                         "INSERT INTO devices (id, party, name, sign, kem, kem_sig, enrolled_ms)"
                         " VALUES (?,?,?,?,?,?,?)",
                         (ident, party, device, public.sign, public.kem, public.kem_sig, now_ms))
                 self._log(now_ms, "replaced" if exists else "enrolled", ident,
                           public.fingerprint, "with a replacement code" if exists else "")
+                self._directory_changed()
         except RemoteError:
             if taken is not None:
                 self._log(now_ms, "refused", taken, None,
@@ -370,34 +673,35 @@ class ServerStore:
 
     def _revoke(self, ident: str, now_ms: int) -> None:
         # What waits for it was sealed to the keys now revoked: nobody will read it.
-        self.db.execute("UPDATE devices SET revoked_ms=coalesce(revoked_ms, ?) WHERE id=?",
-                        (now_ms, ident))
-        self.db.execute("DELETE FROM mailbox WHERE recipient=?", (ident,))
+        self._directory_changed()
+        self._q("UPDATE devices SET revoked_ms=coalesce(revoked_ms, ?) WHERE id=?",
+                (now_ms, ident))
+        self._q("DELETE FROM mailbox WHERE recipient=?", (ident,))
 
     def _cancel_codes(self, ident: str, now_ms: int) -> int:
         """Spend every unspent replacement code bound to `ident`; how many there were."""
-        return self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
-                               " device=? AND used_ms IS NULL", (now_ms, ident)).rowcount
+        return int(self._q("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
+                           " device=? AND used_ms IS NULL", (now_ms, ident)).rowcount)
 
     def cancel_code(self, code: str, now_ms: int) -> str:
         """Spend an unspent code unused (a code given out by mistake); the party it was for."""
         with self.transaction():
-            row = self.db.execute("SELECT party, device FROM enroll_codes WHERE code_hash=? AND"
-                                  " used_ms IS NULL", (_hash_code(code),)).fetchone()
+            row = self._q("SELECT party, device FROM enroll_codes WHERE code_hash=? AND"
+                          " used_ms IS NULL", (_hash_code(code),)).fetchone()
             if row is None:
                 raise LocalError("no unspent code like that", code=ErrorCode.ENROLL_CODE_INVALID,
                                  hint="'parley server codes' lists the unspent ones")
-            self.db.execute("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
-                            " code_hash=?", (now_ms, _hash_code(code)))
+            self._q("UPDATE enroll_codes SET used_ms=?, used_by='cancelled' WHERE"
+                    " code_hash=?", (now_ms, _hash_code(code)))
             self._log(now_ms, "cancelled", row[1] or f"{row[0]}/(new device)", None,
                       "an enrollment code was cancelled")
         return str(row[0])
 
     def unspent_codes(self, now_ms: int) -> list[tuple[str, str | None, int, int]]:
         """(party, device it replaces, created, expires) of every code still good."""
-        rows = self.db.execute("SELECT party, device, created_ms, expires_ms FROM enroll_codes"
-                               " WHERE used_ms IS NULL AND expires_ms>=? ORDER BY created_ms",
-                               (now_ms,))
+        rows = self._q("SELECT party, device, created_ms, expires_ms FROM enroll_codes"
+                       " WHERE used_ms IS NULL AND expires_ms>=? ORDER BY created_ms",
+                       (now_ms,))
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _device_record(self, ident: str) -> DeviceRecord:
@@ -410,12 +714,12 @@ class ServerStore:
 
     def _log(self, now_ms: int, action: str, device: str, fingerprint: str | None,
              detail: str) -> None:
-        self.db.execute("INSERT INTO device_log (time_ms, action, device, fingerprint, detail)"
-                        " VALUES (?,?,?,?,?)", (now_ms, action, device, fingerprint, detail))
+        self._q("INSERT INTO device_log (time_ms, action, device, fingerprint, detail)"
+                " VALUES (?,?,?,?,?)", (now_ms, action, device, fingerprint, detail))
 
     def device_log(self, limit: int = 100) -> list[DeviceEvent]:
-        rows = self.db.execute("SELECT time_ms, action, device, fingerprint, detail FROM"
-                               " device_log ORDER BY seq DESC LIMIT ?", (limit,))
+        rows = self._q("SELECT time_ms, action, device, fingerprint, detail FROM"
+                       " device_log ORDER BY seq DESC LIMIT ?", (limit,))
         return [DeviceEvent(*row) for row in rows][::-1]
 
     @contextmanager
@@ -423,15 +727,16 @@ class ServerStore:
         # The server commits its open mailbox group first, on the one path that handles
         # a failed commit (LineServer._make_durable): a group committed here could fail
         # while frames that report it still wait to leave.
-        if self.db.in_transaction:
+        if self.backend.in_transaction:
             raise RuntimeError("mailbox writes are still open: commit the group first")
-        self.db.execute("BEGIN IMMEDIATE")
+        self.backend.begin_exclusive()
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.backend.in_transaction:
+                self._q("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        self.backend.commit()
 
     # -- directory ----------------------------------------------------------------
 
@@ -439,26 +744,26 @@ class ServerStore:
 
     def device(self, ident: str) -> DevicePublicKeys | None:
         """An enrolled device's keys, unless it was revoked."""
-        row = self.db.execute(self._ACTIVE + " AND id=?", (ident,)).fetchone()
+        row = self._q(self._ACTIVE + " AND id=?", (ident,)).fetchone()
         return DevicePublicKeys(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3])) \
             if row else None
 
     def revoked(self, ident: str) -> bool:
-        return self.db.execute("SELECT 1 FROM devices WHERE id=? AND revoked_ms IS NOT NULL",
-                               (ident,)).fetchone() is not None
+        return self._q("SELECT 1 FROM devices WHERE id=? AND revoked_ms IS NOT NULL",
+                       (ident,)).fetchone() is not None
 
     def devices(self, party: str | None = None) -> list[DevicePublicKeys]:
-        rows = self.db.execute(self._ACTIVE + " AND party=? ORDER BY id", (party,)) if party \
-            else self.db.execute(self._ACTIVE + " ORDER BY id")
+        rows = self._q(self._ACTIVE + " AND party=? ORDER BY id", (party,)) if party \
+            else self._q(self._ACTIVE + " ORDER BY id")
         return [DevicePublicKeys(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in rows]
 
     def device_keys(self) -> dict[str, bytes]:
-        return {r[0]: bytes(r[1]) for r in self.db.execute(
+        return {r[0]: bytes(r[1]) for r in self._q(
             "SELECT id, sign FROM devices WHERE revoked_ms IS NULL")}
 
     def device_records(self) -> list[DeviceRecord]:
-        rows = self.db.execute("SELECT id, sign, kem, kem_sig, enrolled_ms, revoked_ms FROM"
-                               " devices ORDER BY id")
+        rows = self._q("SELECT id, sign, kem, kem_sig, enrolled_ms, revoked_ms FROM"
+                       " devices ORDER BY id")
         return [DeviceRecord(r[0], DevicePublicKeys(r[0], bytes(r[1]), bytes(r[2]),
                                                     bytes(r[3])).fingerprint, r[4], r[5])
                 for r in rows]
@@ -466,37 +771,38 @@ class ServerStore:
     # -- mailbox: envelopes stored until delivered ---------------------------------
 
     def _join_group(self) -> None:
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN")
+        if not self.backend.in_transaction:
+            self._q("BEGIN")
 
     @property
     def group_open(self) -> bool:
         """Are there mailbox writes not yet committed?"""
-        return self.db.in_transaction
+        return self.backend.in_transaction
 
     def commit_group(self) -> None:
         """Commit the mailbox writes made since the last commit; on failure, forget them."""
-        if self.db.in_transaction:
+        if self.backend.in_transaction:
             try:
-                self.db.execute("COMMIT")
-            except sqlite3.Error:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
+                self.backend.commit()
+            except self.Error:
+                if self.backend.in_transaction:
+                    self._q("ROLLBACK")
                 raise
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> int | None:
         """Store once (in the open group): its mailbox position; None if already waiting."""
         self._join_group()
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO mailbox (id, recipient, sender, body, stored_ms)"
-            " VALUES (?,?,?,?,?)", (envelope_id, recipient, sender, body, now_ms))
-        return cur.lastrowid if cur.rowcount == 1 else None
+        row = self._q(
+            "INSERT INTO mailbox (id, recipient, sender, body, stored_ms) VALUES (?,?,?,?,?)"
+            " ON CONFLICT DO NOTHING RETURNING seq",
+            (envelope_id, recipient, sender, body, now_ms)).fetchone()
+        return int(row[0]) if row else None
 
     def pending(self, recipient: str, after_seq: int, limit: int
                 ) -> list[tuple[int, str, str]]:
         """The oldest `limit` stored envelopes for `recipient` after `after_seq`."""
-        rows = self.db.execute(
+        rows = self._q(
             "SELECT seq, id, body FROM mailbox WHERE recipient=? AND seq>? ORDER BY seq LIMIT ?",
             (recipient, after_seq, limit))
         return [(r[0], r[1], r[2]) for r in rows]
@@ -508,98 +814,140 @@ class ServerStore:
         it must not be stored -- and delivered -- a second time.
         """
         self._join_group()
-        row = self.db.execute("DELETE FROM mailbox WHERE recipient=? AND id=?"
-                              " RETURNING sender, length(body), stored_ms",
-                              (recipient, envelope_id)).fetchone()
+        row = self._q("DELETE FROM mailbox WHERE recipient=? AND id=?"
+                      " RETURNING sender, length(body), stored_ms",
+                      (recipient, envelope_id)).fetchone()
         if row is None:
             return None
-        self.db.execute("INSERT OR IGNORE INTO acked VALUES (?,?,?)",
-                        (recipient, envelope_id, row[2]))
+        self._q("INSERT INTO acked VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                (recipient, envelope_id, row[2]))
         return row[0], int(row[1])
 
     def was_delivered(self, recipient: str, envelope_id: str) -> bool:
         """Was this envelope stored for `recipient`, and acknowledged (recently)?"""
-        return self.db.execute("SELECT 1 FROM acked WHERE recipient=? AND id=?",
-                               (recipient, envelope_id)).fetchone() is not None
+        return self._q("SELECT 1 FROM acked WHERE recipient=? AND id=?",
+                       (recipient, envelope_id)).fetchone() is not None
 
     def forget_acked(self, stored_before_ms: int) -> int:
         """Forget acknowledged ids stored before then (in the open group); how many."""
         self._join_group()
-        return self.db.execute("DELETE FROM acked WHERE stored_ms<?",
-                               (stored_before_ms,)).rowcount
+        return int(self._q("DELETE FROM acked WHERE stored_ms<?",
+                           (stored_before_ms,)).rowcount)
 
     def waiting(self, recipient: str, envelope_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM mailbox WHERE recipient=? AND id=?",
-                               (recipient, envelope_id)).fetchone() is not None
+        return self._q("SELECT 1 FROM mailbox WHERE recipient=? AND id=?",
+                       (recipient, envelope_id)).fetchone() is not None
 
     def mailbox_usage(self) -> list[tuple[str, str, int, int]]:
-        rows = self.db.execute("SELECT recipient, sender, COUNT(*), SUM(length(body)) FROM"
-                               " mailbox GROUP BY recipient, sender")
+        rows = self._q("SELECT recipient, sender, COUNT(*), SUM(length(body)) FROM"
+                       " mailbox GROUP BY recipient, sender")
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     # -- line tests (core.relay.lines) -------------------------------------------------
 
     def add_linetest(self, record: dict[str, Any], filed_ms: int, status: str,
                      reasons: list[str]) -> bool:
-        try:
-            self.db.execute(
-                "INSERT INTO linetests VALUES (?,?,?,?,?,?,?,?,?)",
-                (record["test_id"], record["line"], record["caller"], record["callee"],
-                 record["ended_ms"], filed_ms, status, json.dumps(reasons), json.dumps(record)))
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        return bool(self._q(
+            "INSERT INTO linetests VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (record["test_id"], record["line"], record["caller"], record["callee"],
+             record["ended_ms"], filed_ms, status, json.dumps(reasons),
+             json.dumps(record))).rowcount)
 
     def last_linetest(self, line: str) -> tuple[dict[str, Any], str, list[str]] | None:
-        row = self.db.execute("SELECT record, status, reasons FROM linetests WHERE line=?"
-                              " ORDER BY ended_ms DESC LIMIT 1", (line,)).fetchone()
+        row = self._q("SELECT record, status, reasons FROM linetests WHERE line=?"
+                      " ORDER BY ended_ms DESC LIMIT 1", (line,)).fetchone()
         return (json.loads(row[0]), row[1], json.loads(row[2])) if row else None
 
     def linetest_history(self, line: str, since_ms: int, limit: int = 5_000
                          ) -> list[tuple[dict[str, Any], str, list[str]]]:
         """A line's results since then, oldest first."""
-        rows = self.db.execute(
+        rows = self._q(
             "SELECT record, status, reasons FROM (SELECT record, status, reasons, ended_ms FROM"
-            " linetests WHERE line=? AND ended_ms>=? ORDER BY ended_ms DESC LIMIT ?)"
+            " linetests WHERE line=? AND ended_ms>=? ORDER BY ended_ms DESC LIMIT ?) AS recent"
             " ORDER BY ended_ms", (line, since_ms, limit))
         return [(json.loads(r[0]), r[1], json.loads(r[2])) for r in rows]
 
     def line_states(self) -> dict[str, tuple[str, list[str], int]]:
         return {r[0]: (r[1], json.loads(r[2]), r[3]) for r in
-                self.db.execute("SELECT line, status, reasons, since_ms FROM line_state")}
+                self._q("SELECT line, status, reasons, since_ms FROM line_state")}
 
     def set_line_state(self, line: str, status: str, reasons: list[str], since_ms: int) -> None:
-        self.db.execute("INSERT INTO line_state VALUES (?,?,?,?) ON CONFLICT(line) DO UPDATE"
-                        " SET status=excluded.status, reasons=excluded.reasons,"
-                        " since_ms=excluded.since_ms", (line, status, json.dumps(reasons),
+        self._q("INSERT INTO line_state VALUES (?,?,?,?) ON CONFLICT(line) DO UPDATE"
+                " SET status=excluded.status, reasons=excluded.reasons,"
+                " since_ms=excluded.since_ms", (line, status, json.dumps(reasons),
                                                         since_ms))
 
     def forget_linetests(self, ended_before_ms: int) -> int:
-        return self.db.execute("DELETE FROM linetests WHERE ended_ms<?",
-                               (ended_before_ms,)).rowcount
+        return int(self._q("DELETE FROM linetests WHERE ended_ms<?",
+                           (ended_before_ms,)).rowcount)
 
     # -- alerts to deliver (server.alerts) ----------------------------------------------
 
     def queue_alert(self, url: str, body: bytes, now_ms: int) -> None:
-        self.db.execute("INSERT INTO alerts (url, body, created_ms, next_ms) VALUES (?,?,?,?)",
-                        (url, body, now_ms, now_ms))
+        self._q("INSERT INTO alerts (url, body, created_ms, next_ms) VALUES (?,?,?,?)",
+                (url, body, now_ms, now_ms))
 
     def pending_alerts(self, limit: int = 200) -> list[tuple[int, str, bytes, int, int, int]]:
         """(id, url, body, attempts, created_ms, next_ms) of alerts to deliver, oldest first."""
-        return list(self.db.execute(
+        return list(self._q(
             "SELECT id, url, body, attempts, created_ms, next_ms FROM alerts ORDER BY id"
             " LIMIT ?", (limit,)))
 
     def next_alert_ms(self) -> int | None:
-        row = self.db.execute("SELECT MIN(next_ms) FROM alerts").fetchone()
+        row = self._q("SELECT MIN(next_ms) FROM alerts").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
     def alert_done(self, ident: int) -> None:
-        self.db.execute("DELETE FROM alerts WHERE id=?", (ident,))
+        self._q("DELETE FROM alerts WHERE id=?", (ident,))
 
     def alert_failed(self, ident: int, next_ms: int, error: str) -> None:
-        self.db.execute("UPDATE alerts SET attempts=attempts+1, next_ms=?, last_error=?"
-                        " WHERE id=?", (next_ms, error[:300], ident))
+        self._q("UPDATE alerts SET attempts=attempts+1, next_ms=?, last_error=?"
+                " WHERE id=?", (next_ms, error[:300], ident))
 
     def alerts_waiting(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])
+        return int(self._q("SELECT COUNT(*) FROM alerts").fetchone()[0])
+
+
+# Every table, parents before children; `directory` is the target's own (its counter moves).
+_TABLES = ["principals", "lines", "enroll_codes", "devices", "device_log", "mailbox", "acked",
+           "linetests", "line_state", "alerts"]
+_IDENTITY = {"mailbox": "seq", "device_log": "seq", "alerts": "id"}
+_BATCH = 1_000
+
+
+def copy_store(source: ServerStore, target: ServerStore,
+               progress: Any = None) -> dict[str, int]:
+    """Copy every row of `source` into `target`, an empty store of the same schema, in
+    one transaction of the target's (all of it or none) from one snapshot of the
+    source's; the rows copied per table. `progress(table, rows)` after each table."""
+    if source.where == target.where:
+        raise LocalError("the source and the target are the same database",
+                         code=ErrorCode.BAD_CONFIG)
+    held = [t for t in ("principals", "devices", "mailbox")
+            if target._q(f"SELECT count(*) FROM {t}").fetchone()[0]]
+    if held:
+        raise LocalError(f"{target.where} is not empty (it has {', '.join(held)})",
+                         code=ErrorCode.BAD_CONFIG,
+                         hint="copy into a new, empty database (createdb ...)")
+    counts: dict[str, int] = {}
+    source.commit_group()
+    source.backend.begin_snapshot()
+    try:
+        with target.transaction():
+            for table in _TABLES:
+                cur = source._q(f"SELECT * FROM {table}")
+                columns = [d[0] for d in cur.description]
+                insert = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+                          f" ({', '.join('?' * len(columns))})")
+                counts[table] = 0
+                while rows := cur.fetchmany(_BATCH):
+                    target.backend.executemany(insert, rows)
+                    counts[table] += len(rows)
+                if table in _IDENTITY:
+                    target.backend.identity_follows(table, _IDENTITY[table])
+                if progress is not None:
+                    progress(table, counts[table])
+            target._directory_changed()
+    finally:
+        source._q("ROLLBACK")
+    return counts

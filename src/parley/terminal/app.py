@@ -102,6 +102,9 @@ PEERS_REFRESH_S = 600.0  # the line peers' directory listings, looked at again f
 class TerminalConfig:
     data_dir: Path
     server_url: str | None = None  # default: the one recorded at enrollment
+    # Other nodes of the same line host, tried in turn when the current one cannot be
+    # reached (each with its own --public-url, on the same database).
+    failover_servers: tuple[str, ...] = ()
     require_verified: bool = True
     auto_answer: bool = False
     ui_host: str = "127.0.0.1"
@@ -146,7 +149,8 @@ class Terminal:
                              else config.robot.frame_layer,
                              rekey_ms=int(config.media_rekey_s * 1000))
         self.replay = ReplayGuard(seen=self.store.seen_envelopes(now_ms()))
-        self.link = ServerLink(server_url, self.device_id, self.keys, on_deliver=self._on_deliver,
+        self.link = ServerLink([server_url, *config.failover_servers], self.device_id,
+                               self.keys, on_deliver=self._on_deliver,
                                on_presence=self._on_presence, on_state=self._on_link_state,
                                on_roster=self._on_roster, on_acked=self.store.confirm_acks)
         self.peers = PeerBook(self.store, self.me, self.link, on_alarm=self._publish_alarm,

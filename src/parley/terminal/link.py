@@ -3,9 +3,12 @@
 `ServerLink.run()` keeps one WebSocket up for as long as the terminal runs:
 it answers the server's challenge with a signature, then reads frames until the
 connection drops, and reconnects with exponential backoff (0.5 s doubling to
-30 s, with jitter so that many terminals do not return in lockstep after a
-server restart). Requests (`send`, `directory`, `ping`) carry a ``ref`` and
-wait for the reply that names it. Every frame from the server is validated by
+5 s, with jitter so that many terminals do not return in lockstep after a
+server restart). Given several URLs (the nodes of one line host: `servers`),
+it stays on the one that answers and, when that one cannot be reached, tries
+the next at once, backing off only once every one of them failed. Requests
+(`send`, `directory`, `ping`) carry a ``ref`` and wait for the reply that
+names it. Every frame from the server is validated by
 `core.wire` first; a bad one is logged and dropped.
 
 The link offers the server batches (`wire.BATCH_SUBPROTOCOL`): what it sends
@@ -21,7 +24,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,7 +68,7 @@ def websocket_url(url: str) -> str:
 class ServerLink:
     def __init__(
         self,
-        server_url: str,
+        server_url: str | Sequence[str],
         device_id: str,
         keys: DeviceKeys,
         *,
@@ -76,7 +79,12 @@ class ServerLink:
         on_roster: Callable[[str], None] | None = None,
         on_acked: Callable[[list[str]], None] | None = None,
     ) -> None:
-        self.origin = server_origin(server_url)
+        urls = [server_url] if isinstance(server_url, str) else list(server_url)
+        if not urls:
+            raise LocalError("no server URL", code=ErrorCode.BAD_CONFIG)
+        # The line host's nodes, in the order given, each once; `origin` is the current one.
+        self.servers = list(dict.fromkeys(server_origin(url) for url in urls))
+        self.origin = self.servers[0]
         self.device_id = device_id
         self._keys = keys
         self._receive = receive
@@ -97,14 +105,25 @@ class ServerLink:
         self._session: aiohttp.ClientSession | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._inbox_task: asyncio.Task[None] | None = None
+        self._served = False  # the current attempt reached a node
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def _next_server(self) -> bool:
+        """Move on to the next node; True when that starts the list over."""
+        at = self.servers.index(self.origin)
+        self.origin = self.servers[(at + 1) % len(self.servers)]
+        if len(self.servers) > 1:
+            log.warning("trying the line server's next node, %s", self.origin)
+        return at + 1 == len(self.servers)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         delay = BACKOFF_FIRST_S
         while True:
+            unreachable = False
             try:
+                self._served = False
                 await self._connect_and_serve()
                 delay = BACKOFF_FIRST_S  # a clean session resets the backoff
             except asyncio.CancelledError:
@@ -120,12 +139,17 @@ class ServerLink:
                     code=ErrorCode.TOO_MANY_CONNECTIONS if exc.status == 503 else
                     ErrorCode.SERVER_ERROR, hint="it is tried again shortly")
                 log.warning("%s", self.last_error)
+                unreachable = exc.status == 503
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot reach the line server at %s: %s", self.origin,
                             exc or type(exc).__name__)
+                unreachable = True
             except Exception:  # a defect here must not leave the terminal offline for good
                 log.exception("the link to %s failed unexpectedly", self.origin)
             self._set_connected(False, "disconnected")
+            if unreachable and not self._served and len(self.servers) > 1 and \
+                    not self._next_server():
+                continue  # the next node at once: only a whole round of them backs off
             wait = delay * random.uniform(0.8, 1.2)
             log.info("reconnecting in %.1f s", wait)
             await asyncio.sleep(wait)
@@ -170,6 +194,7 @@ class ServerLink:
                                             protocols=(wire.BATCH_SUBPROTOCOL,)) as ws:
             outbox = Outbox(ws.send_str, batched=ws.protocol == wire.BATCH_SUBPROTOCOL)
             self._ws, self._outbox = ws, outbox
+            self._served = True  # this node answered: after a drop, it is tried again first
             try:
                 for frame in await self._login(ws, outbox.batched):
                     await self._on_frame(frame)

@@ -1,0 +1,105 @@
+"""A line host that loses a machine: two server nodes on one PostgreSQL, one killed.
+
+Node 1 serves; node 2 (`--standby`) waits on the same database. Two terminals,
+each given both nodes' URLs, exchange messages both ways; node 1 is killed with
+SIGKILL in the middle of it. Node 2 takes over, the terminals fail over to it,
+and in the end each side holds every message of the other once, in the order
+sent, with a delivery receipt for each; a verified call then goes through node 2.
+Everything is real: PostgreSQL, `parley server` processes, the terminals, aiortc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from functools import partial
+from pathlib import Path
+
+from parley.core.call import CallState
+from parley.lab import provision_line
+from parley.terminal.app import Terminal
+from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
+from tests.integration.test_message_crashes import free_port, start
+
+MESSAGES = 150
+
+
+def received(terminal: Terminal, party: str) -> list[str]:
+    return [m["text"] for m in terminal.messages.conversation(party, limit=10 * MESSAGES)
+            if m["kind"] == "text" and not m["outgoing"]]
+
+
+def receipts(terminal: Terminal) -> int:
+    return int(terminal.store.db.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE delivered_ms IS NOT NULL").fetchone()[0])
+
+
+async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_over(
+        tmp_path: Path, pg_url: str) -> None:
+    logs = tmp_path / "logs"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+
+    def node_args(n: int) -> list[str]:
+        return ["server", "--database", pg_url, "--standby", "--data",
+                str(tmp_path / f"node{n + 1}"), "--port", str(ports[n])]
+
+    node1 = await start("node1", node_args(0), logs, "ready: ")
+    node2 = await start("node2", node_args(1), logs, "standby: ")  # waits, not listening
+    line = LocalLine(tmp_path)
+    line.url = urls[0]
+    try:
+        await provision_line(tmp_path / "node1", urls[0], tmp_path, database=pg_url)
+        washington = await line.terminal("washington", failover_servers=(urls[1],))
+        moscow = await line.terminal("moscow", failover_servers=(urls[1],))
+        assert washington.link.origin == moscow.link.origin == urls[0]
+
+        async def send(terminal: Terminal, to: str, prefix: str) -> None:
+            for n in range(MESSAGES):
+                await terminal.messages.send_text(to, f"{prefix}{n:03d}")
+                await asyncio.sleep(0.01)
+
+        exchange = asyncio.gather(send(washington, "moscow", "w"),
+                                  send(moscow, "washington", "m"))
+        await wait_until(lambda: len(received(moscow, "washington")) >= MESSAGES // 3, 30,
+                         "a third of the messages through node 1")
+        node1.proc.send_signal(signal.SIGKILL)
+        await node1.proc.wait()
+        in_flight = MESSAGES - len(received(moscow, "washington"))
+        assert in_flight > 0, "the node was to die in the middle of the exchange"
+        await node2.line("ready: ", 30)  # node 2 took over the database
+        await exchange
+        await wait_until(lambda: washington.link.origin == moscow.link.origin == urls[1]
+                         and washington.link.connected.is_set()
+                         and moscow.link.connected.is_set(), 30, "both on node 2")
+        await wait_until(lambda: len(received(moscow, "washington")) == MESSAGES
+                         and len(received(washington, "moscow")) == MESSAGES, 60,
+                         "every message at each side")
+        assert received(moscow, "washington") == [f"w{n:03d}" for n in range(MESSAGES)]
+        assert received(washington, "moscow") == [f"m{n:03d}" for n in range(MESSAGES)]
+        for terminal in (washington, moscow):
+            await wait_until(lambda t=terminal: receipts(t) == MESSAGES, 60,  # type: ignore[misc]
+                             f"a delivery receipt for each at {terminal.device_id}")
+            assert terminal.messages.ms.outbox_size() == 0
+            with sqlite3.connect(terminal.config.data_dir / "terminal.db") as db:
+                # Each once: nothing shown twice, no gap noticed, nothing seen as a replay.
+                assert db.execute("SELECT COUNT(*) FROM messages WHERE outgoing=0"
+                                  " AND kind='text'").fetchone() == (MESSAGES,)
+                assert db.execute("SELECT COUNT(*) FROM messages WHERE late=1"
+                                  ).fetchone() == (0,)
+                assert db.execute("SELECT code, message FROM alarms").fetchall() == []
+
+        # And a verified call through the node that took over.
+        moscow.config.auto_answer = True
+        caller, callee = await active_call(washington, moscow)
+        assert caller.verified and callee.verified and caller.sas == callee.sas
+        await wait_for(partial(frames, moscow, caller.call_id), lambda f: f["audio"] > 0, 10,
+                       "audio at moscow")
+        washington.hangup(caller.call_id)
+        await moscow.wait_for_call(
+            lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
+    finally:
+        await line.stop()
+        for child in (node2, node1):
+            await child.stop()

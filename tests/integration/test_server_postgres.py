@@ -1,0 +1,166 @@
+"""The line server on PostgreSQL: a verified call and messages, and a line moved there.
+
+A real PostgreSQL (tests.postgres), the real server, real terminals with real
+aiortc media. `parley server migrate-store` is run as the operator runs it, on a
+line that has a message waiting for a recipient who is away: the recipient, back
+on the server now on PostgreSQL, gets it once, and the devices are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import aiohttp
+import psycopg
+import pytest
+
+from parley.core.call import CallState
+from parley.core.errors import ErrorCode, LocalError
+from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
+
+
+def _texts(terminal, party: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [m["text"] for m in terminal.messages.conversation(party)
+            if m["kind"] == "text" and not m["outgoing"]]
+
+
+async def test_a_verified_call_and_messages_through_a_server_on_postgresql(
+        tmp_path: Path, pg_url: str) -> None:
+    line = LocalLine(tmp_path)
+    await line.start(database=pg_url)
+    try:
+        assert line.server is not None and line.server.store.backend.name == "postgresql"
+        await line.provision()
+        washington = await line.terminal("washington")
+        moscow = await line.terminal("moscow", auto_answer=True)
+        caller, callee = await active_call(washington, moscow)
+        assert caller.verified and callee.verified and caller.sas == callee.sas
+        for t in (washington, moscow):
+            await wait_for(partial(frames, t, caller.call_id),
+                           lambda f: f["audio"] > 0 and f["video"] > 0, 10,
+                           f"audio and video at {t.device_id}")
+        for n in range(20):
+            await washington.messages.send_text("moscow", f"w{n}")
+            await moscow.messages.send_text("washington", f"m{n}")
+        await wait_until(lambda: _texts(moscow, "washington") == [f"w{n}" for n in range(20)]
+                         and _texts(washington, "moscow") == [f"m{n}" for n in range(20)],
+                         20, "twenty messages each way, in order")
+        washington.hangup(caller.call_id)
+        await moscow.wait_for_call(
+            lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
+        # Everything acknowledged in the end: nothing waits in PostgreSQL's mailbox.
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            await wait_until(lambda: db.execute("SELECT count(*) FROM mailbox").fetchone()[0]
+                             == 0, 10, "every envelope acknowledged")
+            assert db.execute("SELECT count(*) FROM acked").fetchone()[0] >= 40
+        async with aiohttp.ClientSession() as http, http.get(f"{line.url}/readyz") as ready:
+            assert ready.status == 200 and (await ready.json())["ready"] is True
+    finally:
+        await line.stop()
+
+
+def _parley(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PARLEY_HOME": "/nonexistent"}
+    return subprocess.run([sys.executable, "-m", "parley", *argv], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+async def test_migrate_store_moves_a_line_with_waiting_mail_into_postgresql(
+        tmp_path: Path, pg_url: str) -> None:
+    line = LocalLine(tmp_path)
+    await line.start()
+    server_data = tmp_path / "server"
+    try:
+        await line.provision()
+        washington = await line.terminal("washington")
+        moscow = await line.terminal("moscow")
+        await moscow.stop()  # away: what is sent now waits in the server's mailbox
+        line.terminals.remove(moscow)
+        for n in range(3):
+            await washington.messages.send_text("moscow", f"while away {n}")
+        await wait_until(lambda: all(
+            m["deliveries"][0]["stored_ms"] for m in washington.messages.conversation("moscow")
+            if m["outgoing"]), 10, "three messages stored at the server")
+        await line.stop_server()
+
+        refused = _parley("server", "migrate-store", "--data", str(server_data), "--to",
+                          "postgresql://nobody:secret@127.0.0.1:9/none")
+        assert refused.returncode != 0 and "cannot reach the database" in refused.stderr
+        assert "secret" not in refused.stderr
+
+        copied = _parley("server", "migrate-store", "--data", str(server_data), "--to", pg_url,
+                         "--json")
+        assert copied.returncode == 0, copied.stderr
+        counts = json.loads(copied.stdout.strip().splitlines()[-1])["copied"]
+        assert counts["principals"] == 2 and counts["lines"] == 1 and counts["devices"] == 2
+        assert counts["mailbox"] == 3
+        # A second copy into the same database is refused: it is not empty any more.
+        again = _parley("server", "migrate-store", "--data", str(server_data), "--to", pg_url)
+        assert again.returncode != 0 and "not empty" in again.stderr
+        listed = _parley("server", "principal", "list", "--data", str(server_data),
+                         "--database", pg_url)
+        assert listed.returncode == 0 and "moscow" in listed.stdout, listed.stderr
+
+        with psycopg.connect(pg_url) as db:
+            copied_top = db.execute("SELECT max(seq) FROM mailbox").fetchone()[0]
+        await line.start(port=line.port, database=pg_url)
+        assert line.server is not None and line.server.store.backend.name == "postgresql"
+        back = await line.terminal("moscow")  # the same device, the same keys
+        await wait_until(lambda: _texts(back, "washington") == [
+            f"while away {n}" for n in range(3)], 20, "the waiting messages, once, in order")
+        await wait_until(lambda: washington.link.connected.is_set(), 20, what="washington back")
+        await washington.messages.send_text("moscow", "after the move")
+        await wait_until(lambda: _texts(back, "washington")[-1:] == ["after the move"], 10,
+                         "a new message through PostgreSQL")
+        assert len(_texts(back, "washington")) == 4
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            await wait_until(lambda: db.execute("SELECT count(*) FROM mailbox").fetchone()[0]
+                             == 0, 10, "every envelope acknowledged")
+            # ... numbered after the copied ones: the identity followed them.
+            sequence = db.execute("SELECT pg_get_serial_sequence('mailbox', 'seq')"
+                                  ).fetchone()[0]
+            assert db.execute(f"SELECT last_value FROM {sequence}").fetchone()[0] > copied_top
+    finally:
+        await line.stop()
+
+
+async def test_one_node_serves_a_database_and_a_standby_takes_over_when_it_stops(
+        tmp_path: Path, pg_url: str) -> None:
+    first = LocalLine(tmp_path / "node1")
+    await first.start(database=pg_url)
+    standby = LocalLine(tmp_path / "node2")
+    try:
+        with pytest.raises(LocalError) as refused:
+            await standby.start(database=pg_url)
+        assert refused.value.code is ErrorCode.BUSY
+        assert "another line server node runs on" in refused.value.message
+        assert "standby" in (refused.value.hint or "")
+        await first.stop_server()
+        await standby.start(database=pg_url)  # the lock went with the first one's connection
+        assert standby.server is not None and standby.server.store.backend.node
+    finally:
+        await first.stop()
+        await standby.stop()
+
+
+async def test_readyz_says_when_postgresql_stops_answering_and_recovers(
+        tmp_path: Path, pg_url: str) -> None:
+    line = LocalLine(tmp_path)
+    await line.start(database=pg_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+                              " application_name = 'parley-server'")
+            async with http.get(f"{line.url}/readyz") as ready:
+                assert ready.status == 503
+                assert "does not answer" in (await ready.json())["why"]
+            async with http.get(f"{line.url}/readyz") as ready:  # connected again
+                assert ready.status == 200, await ready.text()
+    finally:
+        await line.stop()
