@@ -30,7 +30,10 @@ per-round ratios, shown with their range (three rounds quick, five full).
   saturation, alongside the server's CPU use (so that a load-bound run shows).
   Ephemeral envelopes (call signaling) are the headline; stored ones
   (messages: written to SQLite before the ``sent``, deleted on ``ack``) are
-  reported too.
+  reported too, and both again with the server on PostgreSQL (one node, the
+  same devices copied in with `copy_store`; PostgreSQL with its durable
+  defaults, pinned to the server's core: the node and its database on one core,
+  as the SQLite server and its embedded database are), in the same rounds.
 * Relay latency at a fixed, moderate rate: from sending an envelope to its
   partner receiving it (echo: to receiving the echo).
 * Memory: the server's resident set (VmRSS) idle, then with 2,000 logged-in
@@ -71,7 +74,8 @@ from bench.profile import record as record_profile
 from bench.profile import summarise
 from parley.clock import now_ms
 from parley.core.keys import DeviceKeys
-from parley.server.store import ServerStore
+from parley.lab_postgres import PostgresCluster
+from parley.server.store import ServerStore, copy_store
 
 TARGET_RATIO = 0.5
 # The server under test and the load each on a core of its own (taskset), so that neither
@@ -216,10 +220,29 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                                           cpu=SERVER_CPU)
     batch, batch_url = await start_module("batch-echo", "bench.echo_server", bench.logs, "batch",
                                           cpu=SERVER_CPU)
+    cluster = PostgresCluster(durable=True, cpu=SERVER_CPU).start()
+    pg_server: Child | None = None
+    try:
+        pg_url = cluster.new_database()
+        source, target = ServerStore(data / "server.db"), ServerStore(url=pg_url)
+        try:
+            copy_store(source, target)  # the same devices, keys and line
+        finally:
+            source.close()
+            target.close()
+        pg_server, pg_server_url = await start_server_process(
+            bench.root / "line-pg", bench.logs, name="server-pg", cpu=SERVER_CPU,
+            extra_args=["--database", pg_url, "--rate-limit", str(CAPACITY_RATE_LIMIT),
+                        "--byte-rate-limit", str(10**12)])
+    except BaseException:
+        cluster.stop()
+        raise
     urls = {"echo": echo_url, "batch-echo": batch_url, "parley": parley_url,
-            "stored": parley_url, "floor": floor_url}
+            "stored": parley_url, "floor": floor_url, "parley-pg": pg_server_url,
+            "stored-pg": pg_server_url}
     pids = {"echo": echo.pid, "batch-echo": batch.pid, "parley": parley.pid,
-            "stored": parley.pid, "floor": floor.pid}
+            "stored": parley.pid, "floor": floor.pid, "parley-pg": pg_server.pid,
+            "stored-pg": pg_server.pid}
     try:
         for terminals in (2, 50):
             chosen = [by_id[f"{p}/{n}"] for n in names[:terminals // 2]
@@ -233,7 +256,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                     job = {"job": "throughput", "mode": mode,
                            "url": urls[kind], "devices": chosen, "pairs": pairs,
                            "window": window, "seconds": sample_s, "warmup_s": 1.0,
-                           "ephemeral": kind != "stored"}
+                           "ephemeral": kind not in ("stored", "stored-pg")}
                     out = await bench.load(job, pids[kind])
                     if out["errors"]:
                         raise RuntimeError(f"{kind} relay run had {out['errors']} errors:"
@@ -249,6 +272,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                       "batch-echo": paired(samples, "parley", "batch-echo"),
                       "stored": paired(samples, "stored", "echo"),
                       "floor": paired(samples, "floor", "echo"),
+                      "pg": paired(samples, "parley-pg", "parley"),
+                      "stored_pg": paired(samples, "stored-pg", "stored"),
                       "per_cpu": paired(samples, "parley", "echo", per_cpu=True),
                       "batch_per_cpu": paired(samples, "parley", "batch-echo", per_cpu=True)}
             ratio = median(ratios["echo"])
@@ -277,6 +302,14 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                        median(ratios["per_cpu"]))
             result.row(f"relay, {n} terminals (stored) / plain echo, {spread(ratios['stored'])}",
                        rate["stored"], "/s", rate["echo"], median(ratios["stored"]))
+            f[f"relay_{n}_pg_per_s"] = r(rate["parley-pg"], 0)
+            f[f"relay_{n}_pg_ratio"] = r(median(ratios["pg"]), 2)
+            f[f"relay_{n}_stored_pg_per_s"] = r(rate["stored-pg"], 0)
+            f[f"relay_{n}_stored_pg_ratio"] = r(median(ratios["stored_pg"]), 2)
+            result.row(f"  on PostgreSQL, stored / on SQLite, {spread(ratios['stored_pg'])}",
+                       rate["stored-pg"], "/s", rate["stored"], median(ratios["stored_pg"]))
+            result.row(f"  on PostgreSQL, ephemeral / on SQLite, {spread(ratios['pg'])}",
+                       rate["parley-pg"], "/s", rate["parley"], median(ratios["pg"]))
             f[f"relay_{n}_floor_per_s"] = r(rate["floor"], 0)
             f[f"relay_{n}_floor_ratio"] = r(median(ratios["floor"]), 2)
             result.row(f"  minimal relay, no checks ({n}) / plain echo", rate["floor"], "/s",
@@ -332,6 +365,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                 f" ({reached}); the latency rows are not figures at that rate")
         result.series["relay_latency_ms"] = lat
     finally:
+        await pg_server.stop()
+        cluster.stop()
         await parley.stop()
         await echo.stop()
         await batch.stop()
