@@ -278,6 +278,29 @@ def test_a_postgresql_group_that_failed_is_an_error_never_a_silent_success(
         other.close()
 
 
+def test_a_postgresql_group_whose_connection_was_lost_fails_its_commit(pg_url: str) -> None:
+    """A broken connection forgets its transaction: the store must not, or a group lost
+    with it would be 'committed' (nothing to commit) and its "stored" replies sent."""
+    store, other = ServerStore(url=pg_url), ServerStore(url=pg_url)
+    try:
+        store.store_envelope("e1", "washington/desk", "moscow/desk", "{}", T0)
+        other.db.execute("SELECT pg_terminate_backend(%s)", (store.db.info.backend_pid,))
+        with pytest.raises(store.Error):
+            store.store_envelope("e2", "washington/desk", "moscow/desk", "{}", T0)
+        assert store.group_open
+        with pytest.raises(store.Error, match="lost with this transaction"):
+            store.commit_group()
+        assert not store.group_open
+        assert other.pending("moscow/desk", 0, 10) == []
+        # The next use connects again, and the sender's second try is stored.
+        assert store.store_envelope("e1", "washington/desk", "moscow/desk", "{}", T0)
+        store.commit_group()
+        assert [r[1] for r in other.pending("moscow/desk", 0, 10)] == ["e1"]
+    finally:
+        store.close()
+        other.close()
+
+
 def test_what_was_committed_is_there_after_reopening(backend: str | None,
                                                       tmp_path: Path) -> None:
     first = open_store(backend, tmp_path / "server")

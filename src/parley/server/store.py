@@ -201,6 +201,9 @@ class _SQLite:
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -259,6 +262,9 @@ class _Postgres:
 
     def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
         self.node = False  # holds the node lock (`ServerStore.claim_node`)
+        # A transaction was begun and not ended: kept here, not asked of the connection,
+        # which forgets it when it breaks (and a lost group must fail its commit).
+        self._open = False
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -307,17 +313,25 @@ class _Postgres:
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = sql.replace("?", "%s")
-        if self.conn.closed and not self.in_transaction:
+        if self.conn.closed and not self._open:
             log.warning("the database connection was lost; connecting again")
             self.conn = self._connect()
-        return self.conn.execute(text, params)
+        cur = self.conn.execute(text, params)
+        if text.startswith("BEGIN"):
+            self._open = True
+        return cur
 
     @property
     def in_transaction(self) -> bool:
-        if self.conn.closed:
-            return False
+        if self._open or self.conn.closed:
+            return self._open
         status = self.conn.info.transaction_status
         return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    def rollback(self) -> None:
+        self._open = False
+        if not self.conn.closed:
+            self.conn.execute("ROLLBACK")
 
     def begin_exclusive(self) -> None:
         self.execute("BEGIN")
@@ -329,6 +343,10 @@ class _Postgres:
     def commit(self) -> None:
         """COMMIT, which PostgreSQL turns into a silent ROLLBACK when a statement of the
         transaction failed: that is an error here, never a success."""
+        self._open = False
+        if self.conn.closed:
+            raise self._psycopg.OperationalError(
+                "the connection to the database was lost with this transaction")
         failed = self._psycopg.pq.TransactionStatus.INERROR
         if self.conn.info.transaction_status == failed:
             self.conn.execute("ROLLBACK")
@@ -734,7 +752,7 @@ class ServerStore:
             yield
         except BaseException:
             if self.backend.in_transaction:
-                self._q("ROLLBACK")
+                self.backend.rollback()
             raise
         self.backend.commit()
 
@@ -786,7 +804,7 @@ class ServerStore:
                 self.backend.commit()
             except self.Error:
                 if self.backend.in_transaction:
-                    self._q("ROLLBACK")
+                    self.backend.rollback()
                 raise
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
@@ -949,5 +967,5 @@ def copy_store(source: ServerStore, target: ServerStore,
                     progress(table, counts[table])
             target._directory_changed()
     finally:
-        source._q("ROLLBACK")
+        source.backend.rollback()
     return counts
