@@ -80,8 +80,8 @@ def _threshold_options() -> list[Option]:
 SERVER_OPTIONS = [
     Option("data", "server data directory", default_home() / "server", type=Path),
     Option("database", "where the server keeps its state: sqlite: (server.db in the data"
-           " directory, the default), sqlite:///PATH, or postgresql://USER@HOST:PORT/DB (shared"
-           " by several server nodes; a password goes in ~/.pgpass, not here)"),
+           " directory, the default), sqlite:///PATH, or postgresql://USER@HOST:PORT/DB (which a"
+           " node and its --standby share; a password goes in ~/.pgpass, not here)"),
     Option("standby", "with a PostgreSQL --database another node serves: wait, not listening,"
            " and take over the moment it stops", False, flag=True),
     Option("host", "address to listen on", "127.0.0.1"),
@@ -346,7 +346,8 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     # The server must not run on the source meanwhile: what it stored after the copy
     # began would not be in the copy.
     with DataLock(cfg["data"], "a line server", secret=False):
-        source = open_store(cfg["database"], cfg["data"])
+        # A PostgreSQL source is held as a serving node holds it: refused while one does.
+        source = open_store(cfg["database"], cfg["data"], node=True)
         try:
             target = open_store(args.to, cfg["data"])
             try:

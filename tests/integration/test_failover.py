@@ -103,3 +103,30 @@ async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_o
         await line.stop()
         for child in (node2, node1):
             await child.stop()
+
+
+async def test_a_terminal_moves_on_from_a_node_its_proxy_answers_for_with_502(
+        line: LocalLine) -> None:
+    """Behind nginx, a dead node is a 502 from the proxy, not a refused connection."""
+    from aiohttp import web
+
+    async def bad_gateway(_request: web.Request) -> web.Response:
+        return web.Response(status=502, text="502 Bad Gateway")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", bad_gateway)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    dead = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        await line.provision()
+        washington = await line.terminal("washington", server_url=dead,
+                                         failover_servers=(line.url,), connect=False)
+        await wait_until(lambda: washington.link.connected.is_set(), 10,
+                         what="washington logged in by the node that serves")
+        assert washington.link.origin == line.url and washington.link.servers == [dead,
+                                                                                  line.url]
+    finally:
+        await runner.cleanup()

@@ -8,6 +8,7 @@ on the server now on PostgreSQL, gets it once, and the devices are the same.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from parley.core.call import CallState
 from parley.core.errors import ErrorCode, LocalError
+from parley.server.store import ServerStore
 from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
 
 
@@ -162,5 +164,32 @@ async def test_readyz_says_when_postgresql_stops_answering_and_recovers(
                 assert "does not answer" in (await ready.json())["why"]
             async with http.get(f"{line.url}/readyz") as ready:  # connected again
                 assert ready.status == 200, await ready.text()
+    finally:
+        await line.stop()
+
+
+async def test_a_node_cut_off_while_a_standby_took_over_stops_serving(
+        tmp_path: Path, pg_url: str) -> None:
+    """No two nodes serving one database: a node whose connection broke and whose lock
+    another node took meanwhile closes its sessions and stops, not relaying from what
+    it had cached."""
+    line = LocalLine(tmp_path)
+    await line.start(database=pg_url)
+    try:
+        await line.provision()
+        washington = await line.terminal("washington")
+        assert line.server is not None
+        node = line.server
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)",
+                          (node.store.db.info.backend_pid,))
+        other = ServerStore(url=pg_url, node=True)  # the standby, taking over at once
+        try:
+            await asyncio.wait_for(node.stopped.wait(), 10)
+            await wait_until(lambda: not washington.link.connected.is_set(), 10,
+                             what="washington's session closed by the node that stopped")
+            assert node.store.superseded
+        finally:
+            other.close()
     finally:
         await line.stop()

@@ -16,7 +16,7 @@ import pytest
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DeviceKeys
-from parley.server.store import ServerStore, open_store
+from parley.server.store import ServerStore, open_store, redact
 
 T0 = 1_700_000_000_000
 
@@ -90,6 +90,28 @@ def test_parties_and_lines(store: ServerStore) -> None:
     assert no_line.value.code is ErrorCode.NO_LINE
     with pytest.raises(LocalError, match="unknown media policy"):
         store.set_line_media("moscow", "washington", "carrier-pigeon")
+
+
+def test_a_line_between_names_that_sort_apart_by_locale(store: ServerStore) -> None:
+    """A line's parties are kept in code-point order (CHECK a < b), whatever the
+    database's locale would say ('a-x' comes after 'a_x' in en-US)."""
+    store.add_principal("ab-x", "", "UTC", T0)
+    store.add_principal("ab_x", "", "UTC", T0)
+    store.add_line("ab_x", "ab-x", T0)
+    assert store.lines() == [("ab-x", "ab_x")]
+    assert store.may_talk("ab_x", "ab-x") and store.line_peers("ab_x") == ["ab-x"]
+    assert [p.name for p in store.principals()] == ["ab-x", "ab_x"]
+
+
+def test_an_envelope_id_with_a_nul_is_refused_by_either_store(store: ServerStore) -> None:
+    with pytest.raises(RemoteError) as refused:
+        store.store_envelope("e\x00", "washington/desk", "moscow/desk", "{}", T0)
+    assert refused.value.code is ErrorCode.BAD_MESSAGE
+    store.store_envelope("e1", "washington/desk", "moscow/desk", "{}", T0)
+    with pytest.raises(RemoteError):
+        store.delivered("moscow/desk", "e1\x00")
+    store.commit_group()  # the group was not harmed
+    assert [r[1] for r in store.pending("moscow/desk", 0, 10)] == ["e1"]
 
 
 def test_every_change_of_the_directory_moves_its_counter_for_every_connection(
@@ -366,6 +388,13 @@ def test_an_unknown_database_url_is_refused_with_what_to_give(tmp_path: Path) ->
         open_store("mysql://root:hunter2@db/parley", tmp_path)
     assert "hunter2" not in refused.value.message
     assert "postgresql://" in (refused.value.hint or "")
+
+
+def test_a_database_url_is_logged_without_any_password() -> None:
+    assert redact("postgresql://parley:s3cret@db:5432/line") == "postgresql://parley:***@db:5432/line"
+    shown = redact("postgresql://parley@db/line?sslmode=require&password=s3cret&sslpassword=k")
+    assert "s3cret" not in shown and "=k" not in shown and "sslmode=require" in shown
+    assert redact("postgresql://parley@db/line") == "postgresql://parley@db/line"
 
 
 def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:

@@ -154,12 +154,7 @@ class LineServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         private_dir(config.data_dir)  # its keys and token, whichever store it uses
-        self.store = open_store(config.database, config.data_dir)
-        try:
-            self.store.claim_node()
-        except BaseException:
-            self.store.close()
-            raise
+        self.store = open_store(config.database, config.data_dir, node=True)
         self._store_closed = False
         self.started_ms = now_ms()
         self.lines = LineBoard(self.store, config.thresholds, config.linetest_interval_s)
@@ -173,6 +168,7 @@ class LineServer:
         self.admission: Admission[Guard] = Admission(config.limits)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
+        self.stopped = asyncio.Event()  # set when this node must stop serving
         self._ticker: asyncio.Task[None] | None = None
         self.listener: Listener | None = None  # set by start_server
         self.registry = CollectorRegistry(auto_describe=True)
@@ -221,6 +217,11 @@ class LineServer:
                 log.exception("the lines' states could not be updated; tried again shortly")
             if self.store.group_open:
                 self._make_durable()
+            if self.store.superseded and not self.stopped.is_set():
+                log.error("another server node took over %s while this one was cut off"
+                          " from it: this one stops serving", self.store.where)
+                self.relay.close_all(WSCloseCode.GOING_AWAY, "another node serves the line")
+                self.stopped.set()
 
     def _tick_lines(self, now: int) -> None:
         if now < self._next_lines_ms:
@@ -585,13 +586,32 @@ STANDBY_POLL_S = 1.0
 
 async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None,
                  on_standby: Callable[[str], None] | None = None) -> None:
+    while True:
+        server, runner = await _start_or_stand_by(config, on_standby)
+        if on_ready is not None:
+            on_ready(f"http://{config.host}:{config.port}")
+        try:
+            await server.stopped.wait()  # until another node took over the database
+        finally:
+            await runner.cleanup()
+        if not config.standby:
+            raise LocalError(f"another server node took over {server.store.where}",
+                             code=ErrorCode.BUSY,
+                             hint="this node stopped serving; with --standby it waits to"
+                                  " take over again")
+        log.warning("standby again: another node serves the line")
+
+
+async def _start_or_stand_by(config: ServerConfig, on_standby: Callable[[str], None] | None
+                             ) -> tuple[LineServer, web.AppRunner]:
+    """Start serving; a --standby node waits while another node serves the database or
+    while the database does not answer."""
     waited = False
     while True:
         try:
-            _server, runner = await start_server(config)
-            break
+            started = await start_server(config)
         except LocalError as exc:
-            if not config.standby or exc.code is not ErrorCode.BUSY:
+            if not config.standby or exc.code not in (ErrorCode.BUSY, ErrorCode.SERVER_ERROR):
                 raise
             if not waited:
                 log.warning("standby: %s; taking over when it stops", exc.message)
@@ -599,11 +619,7 @@ async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None,
                     on_standby(exc.message)
                 waited = True
             await asyncio.sleep(STANDBY_POLL_S)
-    if waited:
-        log.warning("standby: the other node is gone; this one serves the line now")
-    if on_ready is not None:
-        on_ready(f"http://{config.host}:{config.port}")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+            continue
+        if waited:
+            log.warning("standby: the other node is gone; this one serves the line now")
+        return started

@@ -105,23 +105,20 @@ class ServerLink:
         self._session: aiohttp.ClientSession | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._inbox_task: asyncio.Task[None] | None = None
-        self._served = False  # the current attempt reached a node
+        self._served = False  # the current attempt was logged in by its node
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def _next_server(self) -> bool:
-        """Move on to the next node; True when that starts the list over."""
+    def _next_server(self) -> None:
         at = self.servers.index(self.origin)
         self.origin = self.servers[(at + 1) % len(self.servers)]
-        if len(self.servers) > 1:
-            log.warning("trying the line server's next node, %s", self.origin)
-        return at + 1 == len(self.servers)
+        log.warning("trying the line server's next node, %s", self.origin)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         delay = BACKOFF_FIRST_S
+        misses = 0  # attempts in a row that were not logged in
         while True:
-            unreachable = False
             try:
                 self._served = False
                 await self._connect_and_serve()
@@ -139,17 +136,20 @@ class ServerLink:
                     code=ErrorCode.TOO_MANY_CONNECTIONS if exc.status == 503 else
                     ErrorCode.SERVER_ERROR, hint="it is tried again shortly")
                 log.warning("%s", self.last_error)
-                unreachable = exc.status == 503
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot reach the line server at %s: %s", self.origin,
                             exc or type(exc).__name__)
-                unreachable = True
             except Exception:  # a defect here must not leave the terminal offline for good
                 log.exception("the link to %s failed unexpectedly", self.origin)
             self._set_connected(False, "disconnected")
-            if unreachable and not self._served and len(self.servers) > 1 and \
-                    not self._next_server():
-                continue  # the next node at once: only a whole round of them backs off
+            # An attempt that failed before the welcome (refused, a proxy's 502 for a
+            # dead node, a node that cannot log anyone in): the next node at once; only
+            # a whole round of them backs off. A session that ended tries its node again.
+            misses = 0 if self._served else misses + 1
+            if misses and len(self.servers) > 1:
+                self._next_server()
+                if misses % len(self.servers):
+                    continue
             wait = delay * random.uniform(0.8, 1.2)
             log.info("reconnecting in %.1f s", wait)
             await asyncio.sleep(wait)
@@ -194,9 +194,10 @@ class ServerLink:
                                             protocols=(wire.BATCH_SUBPROTOCOL,)) as ws:
             outbox = Outbox(ws.send_str, batched=ws.protocol == wire.BATCH_SUBPROTOCOL)
             self._ws, self._outbox = ws, outbox
-            self._served = True  # this node answered: after a drop, it is tried again first
             try:
-                for frame in await self._login(ws, outbox.batched):
+                frames = await self._login(ws, outbox.batched)
+                self._served = True  # this node logged us in: after a drop, it comes first
+                for frame in frames:
                     await self._on_frame(frame)
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
