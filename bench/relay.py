@@ -33,7 +33,9 @@ per-round ratios, shown with their range (three rounds quick, five full).
   reported too, and both again with the server on PostgreSQL (one node, the
   same devices copied in with `copy_store`; PostgreSQL with its durable
   defaults, pinned to the server's core: the node and its database on one core,
-  as the SQLite server and its embedded database are), in the same rounds.
+  as the SQLite server and its embedded database are; no autovacuum and no timed
+  checkpoint, so that it takes nothing from the other servers' rounds on that
+  core), in the same rounds.
 * Relay latency at a fixed, moderate rate: from sending an envelope to its
   partner receiving it (echo: to receiving the echo).
 * Memory: the server's resident set (VmRSS) idle, then with 2,000 logged-in
@@ -220,7 +222,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                                           cpu=SERVER_CPU)
     batch, batch_url = await start_module("batch-echo", "bench.echo_server", bench.logs, "batch",
                                           cpu=SERVER_CPU)
-    cluster = PostgresCluster(durable=True, cpu=SERVER_CPU).start()
+    cluster = PostgresCluster(durable=True, cpu=SERVER_CPU, quiet=True).start()
     pg_server: Child | None = None
     try:
         pg_url = cluster.new_database()

@@ -43,8 +43,12 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, *, durable: bool = False, cpu: int | None = None) -> None:
+    def __init__(self, *, durable: bool = False, cpu: int | None = None,
+                 quiet: bool = False) -> None:
         self.durable = durable
+        # No autovacuum and rare checkpoints: it works only when asked, so that a benchmark
+        # round that does not use it is not slowed by it on a core it shares.
+        self.quiet = quiet
         self.cpu = cpu  # pinned to this CPU (taskset), with every backend it starts
         self.bindir = _bindir()
         self.root = Path(tempfile.mkdtemp(prefix="parley-pg-"))
@@ -69,6 +73,8 @@ class PostgresCluster:
                    f" -c unix_socket_directories={self.root} -c max_connections=200")
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.quiet:
+            options += " -c autovacuum=off -c checkpoint_timeout=3600 -c max_wal_size=8GB"
         pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
         self._run(*pin, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.root / "log"), "-o", options, "-w", "-t", "60", "start")
