@@ -323,7 +323,8 @@ class Terminal:
             "device": self.device_id,
             "party": self.party,
             "fingerprint": self.me.fingerprint,
-            "server": self.link.origin,
+            "server": self.link.origin,  # the node in use, of:
+            "servers": list(self.link.servers),
             "connected": self.link.connected.is_set(),
             "server_error": str(self.link.last_error) if self.link.last_error else None,
             "require_verified": self.book.require_verified,

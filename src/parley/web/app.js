@@ -37,6 +37,13 @@ function emptyParty(party) {
   return { party, trust: null, warning: "", devices: [], error: "" };
 }
 
+// With several nodes of the line host (--failover-server), which one this terminal is on.
+function nodeNote(status) {
+  const servers = status?.servers || [];
+  if (servers.length < 2) return "";
+  return ` to ${status.server} (node ${servers.indexOf(status.server) + 1} of ${servers.length})`;
+}
+
 class App {
   constructor(doc, token) {
     this.token = token;
@@ -593,7 +600,7 @@ class App {
     if (status) view.showIdentity(status);
     if (!this.terminalUp) view.showLink("terminal not reachable", false);
     else if (status && !status.connected) view.showLink("line server: NOT CONNECTED", false);
-    else view.showLink("line server: connected", true);
+    else view.showLink("line server: connected" + nodeNote(status), true);
     view.robot = status?.media === "robot";
     view.showMediaRole(this.isMediaPage, status?.media);
     view.showPageError(this.notice);
