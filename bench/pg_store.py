@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.pg_store [--cpu N]
 
-The store alone, no server: envelopes stored, committed in groups as the server
-commits once per loop turn, then acknowledged (deleted, their ids kept) and
-committed again, on a throwaway durable cluster (`parley.lab_postgres`, pinned
+The store alone, no server, making the calls the relay makes: envelopes stored
+(one statement each), committed in groups as the server commits once per loop
+turn, then acknowledged (deleted, their ids kept: one statement) and committed
+again, on a throwaway durable cluster (`parley.lab_postgres`, pinned
 to the last CPU). Each group size runs twice, with the WAL flushed at each
 commit (``synchronous_commit = on``, what the server uses) and without (the
 baseline: what the flush costs), and prints the ratio. ``--cpu`` pins this
@@ -30,7 +31,6 @@ def rate(store: ServerStore, per_commit: int, tag: str) -> float:
     for first in range(0, ENVELOPES, per_commit):
         ids = [f"{tag}-{n}" for n in range(first, first + per_commit)]
         for ident in ids:
-            store.was_delivered("moscow/desk", ident)
             store.store_envelope(ident, "washington/desk", "moscow/desk", BODY, 1)
         store.commit_group()
         for ident in ids:

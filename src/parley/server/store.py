@@ -892,13 +892,15 @@ class ServerStore:
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> int | None:
-        """Store once (in the open group): its mailbox position; None if already waiting."""
+        """Store once (in the open group): its mailbox position; None if it waits already
+        or was acknowledged (`was_delivered`) -- one statement, one round trip."""
         _storable_id(envelope_id)
         self._join_group()
         row = self._q(
-            "INSERT INTO mailbox (id, recipient, sender, body, stored_ms) VALUES (?,?,?,?,?)"
+            "INSERT INTO mailbox (id, recipient, sender, body, stored_ms) SELECT ?,?,?,?,?"
+            " WHERE NOT EXISTS (SELECT 1 FROM acked WHERE recipient=? AND id=?)"
             " ON CONFLICT DO NOTHING RETURNING seq",
-            (envelope_id, recipient, sender, body, now_ms)).fetchone()
+            (envelope_id, recipient, sender, body, now_ms, recipient, envelope_id)).fetchone()
         return int(row[0]) if row else None
 
     def pending(self, recipient: str, after_seq: int, limit: int
@@ -917,6 +919,13 @@ class ServerStore:
         """
         _storable_id(envelope_id)
         self._join_group()
+        if self.backend.name == "postgresql":  # both in one round trip
+            row = self._q(
+                "WITH gone AS (DELETE FROM mailbox WHERE recipient=? AND id=? RETURNING"
+                " recipient, id, sender, length(body) AS size, stored_ms), kept AS (INSERT"
+                " INTO acked SELECT recipient, id, stored_ms FROM gone ON CONFLICT DO"
+                " NOTHING) SELECT sender, size FROM gone", (recipient, envelope_id)).fetchone()
+            return (row[0], int(row[1])) if row else None
         row = self._q("DELETE FROM mailbox WHERE recipient=? AND id=?"
                       " RETURNING sender, length(body), stored_ms",
                       (recipient, envelope_id)).fetchone()

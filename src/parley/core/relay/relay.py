@@ -99,7 +99,8 @@ class RelayStore(Protocol):
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> int | None:
-        """Store once; its mailbox position, or None if this id was already waiting."""
+        """Store once; its mailbox position, or None if this id was already waiting or was
+        acknowledged (within `ACKED_KEPT_MS`): it is never stored, or delivered, twice."""
 
     def pending(self, recipient: str, after_seq: int, limit: int
                 ) -> list[tuple[int, str, str]]:
@@ -541,11 +542,8 @@ class Relay:
             self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref,
                                                    envelope_id))
             return
-        if self.store.was_delivered(recipient, envelope_id):
-            self._sent_again(session, recipient, envelope_id, ref)
-            return
         seq = self.store.store_envelope(envelope_id, sender, recipient, body, now_ms)
-        if seq is None:
+        if seq is None:  # waiting already, or delivered already
             self._sent_again(session, recipient, envelope_id, ref)
             return
         self.quota.added(sender, recipient, size)
