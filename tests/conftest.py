@@ -6,9 +6,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from parley.lab_postgres import PostgresCluster
 from parley.media.ice import use_host_addresses
 from tests.harness import LocalLine, close_websockets
-from tests.postgres import PostgresCluster
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -38,7 +38,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1, for the whole run (tests.postgres)."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1, for the whole run (parley.lab_postgres)."""
     cluster = PostgresCluster().start()
     try:
         yield cluster

@@ -341,3 +341,20 @@ class HostileRelay:
 __all__ = ["HostileRelay", "LocalLine", "WireClient", "active_call", "close_websockets",
            "connect", "device_of", "frames", "local_line", "logged_in", "wait_for",
            "wait_until"]
+
+
+@contextlib.asynccontextmanager
+async def impostor(route: web.RouteDef) -> AsyncIterator[str]:
+    """Something on 127.0.0.1 that answers `route` in place of a line server (or a node
+    of one: a proxy's 502 for a node that is gone); its URL."""
+    app = web.Application()
+    app.add_routes([route])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -11,10 +11,8 @@ Everything is real: PostgreSQL, `parley server` processes, the terminals, aiortc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from parley.core.call import CallState
 from parley.lab import provision_line
 from parley.terminal.app import Terminal
 from tests.browser import PersonFactory, chromium, open_ui, people
-from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
+from tests.harness import LocalLine, active_call, frames, impostor, wait_for, wait_until
 from tests.integration.test_message_crashes import free_port, start
 
 MESSAGES = 150
@@ -113,28 +111,19 @@ async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_o
             await child.stop()
 
 
-@contextlib.asynccontextmanager
-async def bad_gateway() -> AsyncIterator[str]:
-    """What a proxy answers for a node that is gone: 502 to everything; its URL."""
-    async def answer(_request: web.Request) -> web.Response:
-        return web.Response(status=502, text="502 Bad Gateway")
+async def _bad_gateway(_request: web.Request) -> web.Response:
+    return web.Response(status=502, text="502 Bad Gateway")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+
+# What a proxy answers for a node that is gone: 502 to everything.
+BAD_GATEWAY = web.route("*", "/{tail:.*}", _bad_gateway)
 
 
 async def test_a_terminal_moves_on_from_a_node_its_proxy_answers_for_with_502(
         line: LocalLine) -> None:
     """Behind nginx, a dead node is a 502 from the proxy, not a refused connection."""
     await line.provision()
-    async with bad_gateway() as dead:
+    async with impostor(BAD_GATEWAY) as dead:
         washington = await line.terminal("washington", server_url=dead,
                                          failover_servers=(line.url,), connect=False)
         await wait_until(lambda: washington.link.connected.is_set(), 10,
@@ -148,7 +137,7 @@ async def test_a_terminal_moves_on_from_a_node_its_proxy_answers_for_with_502(
 async def test_the_web_ui_says_which_node_of_the_line_host_it_is_on(
         line: LocalLine, people: PersonFactory, chromium: Browser) -> None:
     await line.provision()
-    async with bad_gateway() as dead:
+    async with impostor(BAD_GATEWAY) as dead:
         washington = await people("washington", server_url=dead,
                                   failover_servers=(line.url,))
         page = await open_ui(chromium, washington)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,23 +16,7 @@ from parley.core.keys import DeviceKeys
 from parley.terminal.enroll import enroll
 from parley.terminal.link import ServerLink
 from parley.terminal.store import TerminalStore
-from tests.harness import LocalLine, active_call, wait_until
-
-
-@contextlib.asynccontextmanager
-async def impostor(route: web.RouteDef) -> AsyncIterator[str]:
-    """Something on 127.0.0.1 that answers `route` in place of a line server; its URL."""
-    app = web.Application()
-    app.add_routes([route])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+from tests.harness import LocalLine, active_call, impostor, wait_until
 
 
 async def test_terminals_reconnect_after_a_server_restart_and_call_again(

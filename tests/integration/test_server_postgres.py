@@ -1,6 +1,6 @@
 """The line server on PostgreSQL: a verified call and messages, and a line moved there.
 
-A real PostgreSQL (tests.postgres), the real server, real terminals with real
+A real PostgreSQL (parley.lab_postgres), the real server, real terminals with real
 aiortc media. `parley server migrate-store` is run as the operator runs it, on a
 line that has a message waiting for a recipient who is away: the recipient, back
 on the server now on PostgreSQL, gets it once, and the devices are the same.
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from parley.core.call import CallState
 from parley.core.errors import ErrorCode, LocalError
 from parley.server.store import ServerStore
 from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
+from tests.integration.test_cli import run
 
 
 def _texts(terminal, party: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -67,9 +66,7 @@ async def test_a_verified_call_and_messages_through_a_server_on_postgresql(
 
 
 def _parley(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PARLEY_HOME": "/nonexistent"}
-    return subprocess.run([sys.executable, "-m", "parley", *argv], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return run(*argv, check=False, env={"PARLEY_HOME": "/nonexistent"}, timeout=120)
 
 
 async def test_migrate_store_moves_a_line_with_waiting_mail_into_postgresql(

@@ -41,7 +41,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +180,7 @@ class _SQLite:
 
     name = "sqlite"
     Error: type[Exception] = sqlite3.Error
+    superseded = False  # one process, one file: no other node can take it over
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -220,7 +221,7 @@ class _SQLite:
         self.conn.execute(f"PRAGMA user_version={int(version)}")
 
     def statements(self, migration: str) -> list[str]:
-        return [s for s in migration.split(";") if s.strip()]
+        return _statements(migration)
 
     def executemany(self, sql: str, rows: list[Any]) -> None:
         self.conn.executemany(sql, rows)
@@ -243,7 +244,11 @@ def _postgres_ddl(migration: str) -> list[str]:
     # parties), whatever the database's locale.
     sql = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)
     sql = sql.replace(") WITHOUT ROWID", ")")
-    return [s for s in sql.split(";") if s.strip()]
+    return _statements(sql)
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.split(";") if s.strip()]
 
 
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
@@ -356,10 +361,15 @@ class _Postgres:
     def __str__(self) -> str:
         return redact(self.url)
 
-    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+    def _text(self, sql: str) -> str:
+        """The store's SQL (``?`` placeholders) in psycopg's (``%s``), made once each."""
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = sql.replace("?", "%s")
+        return text
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        text = self._text(sql)
         if self.conn.closed and not self._open:
             self._reconnect()
         cur = self.conn.execute(text, params)
@@ -422,7 +432,7 @@ class _Postgres:
 
     def executemany(self, sql: str, rows: list[Any]) -> None:
         with self.conn.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)
+            cur.executemany(self._text(sql), rows)
 
     def identity_follows(self, table: str, column: str) -> None:
         """Rows copied with their keys: the next key the table makes comes after them."""
@@ -457,8 +467,10 @@ def open_store(database: str | None, data_dir: Path, *, node: bool = False) -> S
 class ServerStore:
     def __init__(self, path: Path | None = None, *, url: str | None = None,
                  node: bool = False) -> None:
-        self.backend: _SQLite | _Postgres = _Postgres(url) if url else _SQLite(
-            path if path is not None else Path(DB_FILE))
+        if (path is None) == (url is None):
+            raise ValueError("a store is a file (path) or a PostgreSQL database (url)")
+        self.backend: _SQLite | _Postgres = _Postgres(url) if url is not None else \
+            _SQLite(path or Path(DB_FILE))
         self.Error = self.backend.Error
         try:
             if node:
@@ -556,7 +568,7 @@ class ServerStore:
     def superseded(self) -> bool:
         """Did another node take over this (PostgreSQL) database while this one was cut
         off from it? Then this node must stop serving."""
-        return bool(getattr(self.backend, "superseded", False))
+        return self.backend.superseded
 
     def check(self) -> None:
         """Raise `Error` unless the database answers a read of its devices."""
@@ -1030,7 +1042,7 @@ _BATCH = 1_000
 
 
 def copy_store(source: ServerStore, target: ServerStore,
-               progress: Any = None) -> dict[str, int]:
+               progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Copy every row of `source` into `target`, an empty store of the same schema, in
     one transaction of the target's (all of it or none) from one snapshot of the
     source's; the rows copied per table. `progress(table, rows)` after each table."""

@@ -12,7 +12,7 @@ replaced, a newer session of the same device). The aiohttp layer in
 `server/app.py` only moves bytes: it hands each WebSocket message to
 `receive` with ``now`` and carries out what the relay asked of each `Port`.
 
-The store is behind `RelayStore` (SQLite today, `server/store.py`); it is the
+The store is behind `RelayStore` (SQLite or PostgreSQL, `server/store.py`); it is the
 system of record -- an envelope the relay calls stored is in it, committed
 before any frame that says so leaves (the adapter commits the store's open
 group before every write; see `parley.outbox`).
