@@ -346,8 +346,8 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     # The server must not run on the source meanwhile: what it stored after the copy
     # began would not be in the copy.
     with DataLock(cfg["data"], "a line server", secret=False):
-        # A PostgreSQL source is held as a serving node holds it: refused while one does.
-        source = open_store(cfg["database"], cfg["data"], node=True)
+        # A PostgreSQL source is held alone: refused while a node serves it.
+        source = open_store(cfg["database"], cfg["data"], alone=True)
         try:
             target = open_store(args.to, cfg["data"])
             try:

@@ -128,23 +128,30 @@ async def test_migrate_store_moves_a_line_with_waiting_mail_into_postgresql(
         await line.stop()
 
 
-async def test_one_node_serves_a_database_and_a_standby_takes_over_when_it_stops(
+async def test_nodes_serve_beside_each_other_and_a_standby_waits_until_none_does(
         tmp_path: Path, pg_url: str) -> None:
-    first = LocalLine(tmp_path / "node1")
+    first, second = LocalLine(tmp_path / "node1"), LocalLine(tmp_path / "node2")
+    standby = LocalLine(tmp_path / "node3")
     await first.start(database=pg_url)
-    standby = LocalLine(tmp_path / "node2")
     try:
+        await second.start(database=pg_url)  # serves beside the first
+        assert first.server is not None and second.server is not None
+        nodes = {first.server.store.backend.node_id, second.server.store.backend.node_id}
+        assert len(nodes) == 2 and first.server.store.backend.live_nodes() == nodes
         with pytest.raises(LocalError) as refused:
-            await standby.start(database=pg_url)
+            await standby.start(database=pg_url, standby=True)
         assert refused.value.code is ErrorCode.BUSY
         assert "another line server node runs on" in refused.value.message
         assert "standby" in (refused.value.hint or "")
         await first.stop_server()
-        await standby.start(database=pg_url)  # the lock went with the first one's connection
+        with pytest.raises(LocalError):  # one is left
+            await standby.start(database=pg_url, standby=True)
+        await second.stop_server()
+        await standby.start(database=pg_url, standby=True)  # none is: it serves
         assert standby.server is not None and standby.server.store.backend.node
     finally:
-        await first.stop()
-        await standby.stop()
+        for line in (first, second, standby):
+            await line.stop()
 
 
 async def test_readyz_says_when_postgresql_stops_answering_and_recovers(
@@ -165,28 +172,33 @@ async def test_readyz_says_when_postgresql_stops_answering_and_recovers(
         await line.stop()
 
 
-async def test_a_node_cut_off_while_a_standby_took_over_stops_serving(
+async def test_a_node_cut_off_from_the_database_closes_its_sessions_and_joins_again(
         tmp_path: Path, pg_url: str) -> None:
-    """No two nodes serving one database: a node whose connection broke and whose lock
-    another node took meanwhile closes its sessions and stops, not relaying from what
-    it had cached."""
+    """What a node knew of the others while it was cut off may be stale, and they have
+    forgotten its sessions (its lock went with its connection): it closes them, and its
+    terminals come back to it joined again, under a new node id."""
     line = LocalLine(tmp_path)
     await line.start(database=pg_url)
     try:
         await line.provision()
         washington = await line.terminal("washington")
+        moscow = await line.terminal("moscow")
         assert line.server is not None
         node = line.server
+        before = node.store.backend.node_id
+        sockets = (washington.link._ws, moscow.link._ws)
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)",
                           (node.store.db.info.backend_pid,))
-        other = ServerStore(url=pg_url, node=True)  # the standby, taking over at once
-        try:
-            await asyncio.wait_for(node.stopped.wait(), 10)
-            await wait_until(lambda: not washington.link.connected.is_set(), 10,
-                             what="washington's session closed by the node that stopped")
-            assert node.store.superseded
-        finally:
-            other.close()
+        await wait_until(lambda: node.store.backend.node_id != before, 10,
+                         what="the node connected again, with a new id")
+        await wait_until(lambda: all(
+            t.link.connected.is_set() and t.link._ws is not None and t.link._ws is not old
+            for t, old in zip((washington, moscow), sockets, strict=True)), 20,
+            what="both sessions closed by the node cut off, and back")
+        assert node.store.backend.live_nodes() == {node.store.backend.node_id}
+        await washington.messages.send_text("moscow", "after the cut")
+        await wait_until(lambda: _texts(moscow, "washington") == ["after the cut"], 10,
+                         what="a message through the node joined again")
     finally:
         await line.stop()

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,8 +130,9 @@ class Alerter:
     """Queues each change for every webhook, and delivers what is due, signed."""
 
     def __init__(self, store: ServerStore, key: ed25519.Ed25519PrivateKey, urls: list[str],
-                 external_url: str) -> None:
+                 external_url: str, active: Callable[[], bool] = lambda: True) -> None:
         self.store = store
+        self._active = active  # of several nodes, one delivers
         self.key = key
         self.urls = list(urls)
         self.external_url = external_url
@@ -160,6 +161,9 @@ class Alerter:
     async def run(self) -> None:
         try:
             while True:
+                if not self._active():
+                    await asyncio.sleep(1)
+                    continue
                 try:
                     await self._deliver_due()
                 except Exception:  # the store was busy, say: the alerts wait, they are kept

@@ -46,6 +46,7 @@ from parley.core.turn import TurnConfig
 from parley.files import DataLock, check_private, private_dir, write_private_file
 from parley.outbox import Outbox
 from parley.server.alerts import Alerter, load_alert_key
+from parley.server.cluster import Cluster
 from parley.server.listener import Guard, Listener
 from parley.server.status import line_summaries, render_status
 from parley.server.store import open_store
@@ -77,8 +78,8 @@ class ServerConfig:
     turn: TurnConfig | None = None  # TURN credentials issued to devices (core.turn)
     # None or "sqlite:": server.db in data_dir; "postgresql://...": a shared database.
     database: str | None = None
-    # On PostgreSQL: while another node serves the database, wait for it to stop (and
-    # take over) instead of refusing to start.
+    # On PostgreSQL: while any other node serves the database, wait for them to stop (and
+    # take over) instead of serving beside them.
     standby: bool = False
 
     @property
@@ -154,21 +155,26 @@ class LineServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         private_dir(config.data_dir)  # its keys and token, whichever store it uses
-        self.store = open_store(config.database, config.data_dir, node=True)
+        self.store = open_store(config.database, config.data_dir, node=True,
+                                standby=config.standby)
         self._store_closed = False
         self.started_ms = now_ms()
         self.lines = LineBoard(self.store, config.thresholds, config.linetest_interval_s)
         self.relay = Relay(self.store, config.limits, config.origin, self.started_ms,
                            lines=self.lines, turn=config.turn)
+        # Other nodes on the same (PostgreSQL) database: see server.cluster.
+        self.cluster = Cluster(self.store, self.relay, self.lines, self._commit_soon) \
+            if self.store.backend.name == "postgresql" else None
+        self._rejoining: asyncio.Future[Any] | None = None
         self.alerter = Alerter(self.store, load_alert_key(config.data_dir),
-                               config.alert_webhooks, config.origin)
+                               config.alert_webhooks, config.origin,
+                               active=lambda: self.relay.housekeeping)
         self._alerts_task: asyncio.Task[None] | None = None
         self._next_lines_ms = 0
         self._next_linetest_sweep_ms = 0
         self.admission: Admission[Guard] = Admission(config.limits)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
-        self.stopped = asyncio.Event()  # set when this node must stop serving
         self._ticker: asyncio.Task[None] | None = None
         self.listener: Listener | None = None  # set by start_server
         self.registry = CollectorRegistry(auto_describe=True)
@@ -201,6 +207,8 @@ class LineServer:
         return self.relay.online
 
     async def _start_ticker(self, _app: web.Application) -> None:
+        if self.cluster is not None:
+            await self.cluster.start()
         self._ticker = asyncio.ensure_future(self._tick())
         self._alerts_task = asyncio.ensure_future(self.alerter.run())
 
@@ -215,17 +223,43 @@ class LineServer:
                 self._tick_lines(now_ms())
             except Exception:
                 log.exception("the lines' states could not be updated; tried again shortly")
+            if self.cluster is not None:
+                self._tick_cluster(now_ms())
             if self.store.group_open:
                 self._make_durable()
-            if self.store.superseded and not self.stopped.is_set():
-                log.error("another server node took over %s while this one was cut off"
-                          " from it: this one stops serving", self.store.where)
-                self.relay.close_all(WSCloseCode.GOING_AWAY, "another node serves the line")
-                self.stopped.set()
+
+    def _tick_cluster(self, now: int) -> None:
+        cluster = self.cluster
+        assert cluster is not None
+        if self._rejoining is not None and not self._rejoining.done():
+            return
+        if cluster.broken:
+            # What it knew of the other nodes may be stale, and they may have forgotten
+            # its sessions: they are closed (the terminals fail over or come back) and
+            # the node joins again, as if it had just started.
+            log.error("this node lost its connection to %s: closing its sessions and"
+                      " joining the other nodes again", self.store.where)
+            self.relay.close_all(WSCloseCode.GOING_AWAY, "the server lost its database;"
+                                 " connect again")
+            self._rejoining = self._background(self._rejoin())
+            return
+        try:
+            cluster.tick(now)
+        except self.store.Error as exc:
+            log.warning("could not reach the other nodes through the database: %s", exc)
+
+    async def _rejoin(self) -> None:
+        assert self.cluster is not None
+        try:
+            self.store.check()  # connects again (its own locks, a new node id)
+            await self.cluster.rejoin()
+        except Exception as exc:
+            log.warning("not joined again yet (%s); trying again shortly", exc)
+            await asyncio.sleep(1)
 
     def _tick_lines(self, now: int) -> None:
-        if now < self._next_lines_ms:
-            return
+        if now < self._next_lines_ms or not self.relay.housekeeping:
+            return  # (of several nodes, one judges the lines and sends the alerts)
         self._next_lines_ms = now + LINES_TICK_MS
         changes = self.lines.tick(now)
         if changes:
@@ -249,6 +283,8 @@ class LineServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.cluster is not None:
+            await self.cluster.stop()
         self._make_durable()
         self.store.close()
 
@@ -586,20 +622,13 @@ STANDBY_POLL_S = 1.0
 
 async def _serve(config: ServerConfig, on_ready: Callable[[str], None] | None,
                  on_standby: Callable[[str], None] | None = None) -> None:
-    while True:
-        server, runner = await _start_or_stand_by(config, on_standby)
-        if on_ready is not None:
-            on_ready(f"http://{config.host}:{config.port}")
-        try:
-            await server.stopped.wait()  # until another node took over the database
-        finally:
-            await runner.cleanup()
-        if not config.standby:
-            raise LocalError(f"another server node took over {server.store.where}",
-                             code=ErrorCode.BUSY,
-                             hint="this node stopped serving; with --standby it waits to"
-                                  " take over again")
-        log.warning("standby again: another node serves the line")
+    _server, runner = await _start_or_stand_by(config, on_standby)
+    if on_ready is not None:
+        on_ready(f"http://{config.host}:{config.port}")
+    try:
+        await asyncio.Future()  # until cancelled
+    finally:
+        await runner.cleanup()
 
 
 async def _start_or_stand_by(config: ServerConfig, on_standby: Callable[[str], None] | None

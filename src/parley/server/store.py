@@ -130,8 +130,38 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO directory VALUES (1, 0);
     """,
+    # 7: several nodes serving one database: who is logged in on which node, and call
+    # signaling on its way from one node to another
+    """
+    CREATE TABLE node_sessions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, node INTEGER NOT NULL, sid TEXT NOT NULL,
+        device TEXT NOT NULL, receive INTEGER NOT NULL, UNIQUE (sid)
+    );
+    CREATE INDEX node_sessions_node ON node_sessions (node);
+    CREATE TABLE transit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX transit_time ON transit (created_ms);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+def _payloads(events: list[str]) -> list[str]:
+    """Events joined by newlines into notifications PostgreSQL takes (8,000 bytes each)."""
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for event in events:
+        if chunk and size + len(event) + 1 > MAX_NOTIFY:
+            payloads.append("\n".join(chunk))
+            chunk, size = [], 0
+        chunk.append(event)
+        size += len(event) + 1
+    if chunk:
+        payloads.append("\n".join(chunk))
+    return payloads
+
 
 def _storable_id(envelope_id: str) -> None:
     """An id from the network that either store keeps as it is (PostgreSQL's text holds
@@ -180,7 +210,6 @@ class _SQLite:
 
     name = "sqlite"
     Error: type[Exception] = sqlite3.Error
-    superseded = False  # one process, one file: no other node can take it over
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -273,7 +302,11 @@ def redact(url: str) -> str:
 # as SQLite's BEGIN IMMEDIATE makes them take turns; so does bringing the schema up.
 _DIRECTORY_LOCK = 0x7061726C6579  # "parley"
 # Held by the one server node serving a database, for as long as its connection lives.
-_NODE_LOCK = 0x7061726C6580
+_NODE_LOCK = 0x7061726C6580  # shared by serving nodes; exclusive: no node serves
+_LEADER_LOCK = 0x7061726C6581  # the node that does the line's housekeeping
+_NODES_NS = 0x70617200  # (this, node id): one lock per serving node, which others watch
+EVENTS_CHANNEL = "parley_events"
+MAX_NOTIFY = 7_900  # PostgreSQL's limit on a notification's payload is 8,000 bytes
 
 
 class _Postgres:
@@ -286,7 +319,11 @@ class _Postgres:
     name = "postgresql"
 
     def __init__(self, url: str, *, connect_timeout: float = 10) -> None:
-        self.node = False  # holds the node lock (`ServerStore.claim_node`)
+        self.node = False  # a serving node: holds the node lock, shared (`claim_node`)
+        self.exclusive = False  # holds it alone: no other node serves (a schema upgrade)
+        self.node_id = 0  # this node's own lock, made at each connection (0: none)
+        self.leader = False
+        self.connects = 0  # connections made: a node that connected again has lost its locks
         # A transaction was begun and not ended: kept here, not asked of the connection,
         # which forgets it when it breaks (and a lost group must fail its commit).
         self._open = False
@@ -301,8 +338,6 @@ class _Postgres:
         self._timeout = connect_timeout
         self._sql: dict[str, str] = {}
         self._retry_at = 0.0  # a reconnect failed: not tried again before then (monotonic)
-        # Taken over by another node while this one was cut off: it must stop serving.
-        self.superseded = False
         try:
             self.conn = self._connect()
         except self._psycopg.Error as exc:
@@ -315,30 +350,49 @@ class _Postgres:
     def _connect(self, timeout: float | None = None) -> Any:
         # Client-side keepalives and a send timeout: a partitioned network fails a query
         # within ~20 s instead of holding the node for minutes.
-        conn = self._psycopg.connect(
-            self.url, autocommit=True, application_name="parley-server",
-            connect_timeout=max(1, int(timeout or self._timeout)), keepalives=1,
-            keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
-            tcp_user_timeout=20_000)
+        conn = self._psycopg.connect(self.url, **self._connect_args("parley-server", timeout))
         conn.execute("SET statement_timeout = '30s'")
         # A node whose machine vanished lets go of its lock within half a minute.
         conn.execute("SET tcp_keepalives_idle = 10")
         conn.execute("SET tcp_keepalives_interval = 5")
         conn.execute("SET tcp_keepalives_count = 3")
-        claimed = conn.execute("SELECT pg_try_advisory_lock(%s)",
-                               (_NODE_LOCK,)).fetchone() if self.node else (True,)
-        if not (claimed and claimed[0]):
-            conn.close()
-            self.superseded = True
-            raise self._psycopg.OperationalError(
-                "another server node took over this database while this one was cut off")
+        self.connects += 1
+        self.exclusive = self.leader = False
+        if self.node:  # connected again: serving again, beside whoever serves now
+            claimed = conn.execute("SELECT pg_try_advisory_lock_shared(%s)",
+                                   (_NODE_LOCK,)).fetchone()
+            if not (claimed and claimed[0]):
+                conn.close()
+                raise self._psycopg.OperationalError(
+                    "the database is being upgraded or taken over (retrying)")
+            self._take_node_id(conn)
         return conn
+
+    def _connect_args(self, name: str, timeout: float | None) -> dict[str, Any]:
+        return {"autocommit": True, "application_name": name,
+                "connect_timeout": max(1, int(timeout or self._timeout)), "keepalives": 1,
+                "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "tcp_user_timeout": 20_000}
+
+    async def listen(self, channel: str) -> Any:
+        """A connection of its own, on the event loop, that hears `channel`'s
+        notifications (`AsyncConnection.notifies`)."""
+        conn = await self._psycopg.AsyncConnection.connect(
+            self.url, **self._connect_args("parley-server-events", 5))
+        await conn.execute(f"LISTEN {channel}")
+        return conn
+
+    def _take_node_id(self, conn: Any) -> None:
+        while True:
+            ident = secrets.randbelow(2**31 - 2) + 1
+            if conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                            (_NODES_NS, ident)).fetchone()[0]:
+                self.node_id = ident
+                return
 
     def _reconnect(self) -> None:
         """Connect again after the connection broke; at most once a second (each try
         holds the event loop up to the connect timeout), failing as a store error."""
-        if self.superseded:
-            raise self._psycopg.OperationalError("another server node serves this database")
         now = time.monotonic()
         if now < self._retry_at:
             raise self._psycopg.OperationalError("the database is not reachable (retrying)")
@@ -349,14 +403,41 @@ class _Postgres:
             self._retry_at = time.monotonic() + 1.0
             raise
 
-    def claim_node(self) -> bool:
-        self.node = bool(self.execute("SELECT pg_try_advisory_lock(?)",
-                                      (_NODE_LOCK,)).fetchone()[0])
-        return self.node
+    def claim_alone(self) -> bool:
+        """The node lock alone (no node serves): for a schema upgrade, a standby's turn."""
+        self.exclusive = bool(self.execute("SELECT pg_try_advisory_lock(?)",
+                                           (_NODE_LOCK,)).fetchone()[0])
+        return self.exclusive
 
-    def release_node(self) -> None:
+    def claim_shared(self) -> bool:
+        """The node lock beside the other serving nodes, and a lock of this node's own."""
+        if not self.execute("SELECT pg_try_advisory_lock_shared(?)",
+                            (_NODE_LOCK,)).fetchone()[0]:
+            return False
+        self.node = True
+        if self.exclusive:
+            self.release_alone()
+        if not self.node_id:
+            self._take_node_id(self.conn)
+        return True
+
+    def release_alone(self) -> None:
         self.execute("SELECT pg_advisory_unlock(?)", (_NODE_LOCK,))
-        self.node = False
+        self.exclusive = False
+
+    def try_leader(self) -> bool:
+        if not self.leader:
+            self.leader = bool(self.execute("SELECT pg_try_advisory_lock(?)",
+                                            (_LEADER_LOCK,)).fetchone()[0])
+        return self.leader
+
+    def live_nodes(self) -> set[int]:
+        """The ids of the nodes serving now (whose connection holds their lock)."""
+        rows = self.execute(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND"
+            " objsubid = 2 AND classid::bigint = ? AND database = (SELECT oid FROM"
+            " pg_database WHERE datname = current_database())", (_NODES_NS,))
+        return {int(r[0]) for r in rows}
 
     def __str__(self) -> str:
         return redact(self.url)
@@ -447,13 +528,15 @@ def is_postgres(url: str | None) -> bool:
     return bool(url) and urlsplit(str(url)).scheme in ("postgresql", "postgres")
 
 
-def open_store(database: str | None, data_dir: Path, *, node: bool = False) -> ServerStore:
+def open_store(database: str | None, data_dir: Path, *, node: bool = False,
+               standby: bool = False, alone: bool = False) -> ServerStore:
     """The store a `--database` URL names: none or ``sqlite:`` is ``server.db`` in the data
     directory, ``sqlite:///PATH`` that file, ``postgresql://...`` a PostgreSQL database.
-    A server `node` serves it: on PostgreSQL it takes the node lock (`claim_node`)
-    before it brings the schema up."""
+    On PostgreSQL, a server `node` serves it beside other nodes (a `standby` only once
+    none does), and a tool may hold it `alone` (refused while a node serves); see
+    `ServerStore.claim_node`."""
     if is_postgres(database):
-        return ServerStore(url=str(database), node=node)
+        return ServerStore(url=str(database), node=node, standby=standby, alone=alone)
     if not database or database == "sqlite:":
         return ServerStore(data_dir / DB_FILE)
     parts = urlsplit(database)
@@ -466,16 +549,19 @@ def open_store(database: str | None, data_dir: Path, *, node: bool = False) -> S
 
 class ServerStore:
     def __init__(self, path: Path | None = None, *, url: str | None = None,
-                 node: bool = False) -> None:
+                 node: bool = False, standby: bool = False, alone: bool = False) -> None:
         if (path is None) == (url is None):
             raise ValueError("a store is a file (path) or a PostgreSQL database (url)")
         self.backend: _SQLite | _Postgres = _Postgres(url) if url is not None else \
             _SQLite(path or Path(DB_FILE))
         self.Error = self.backend.Error
+        self._events: list[str] = []  # told to every node when the open group commits
         try:
-            if node:
-                self.claim_node()
+            if node or alone:
+                self.claim_node(alone=standby or alone)
             self._migrate()
+            if node:
+                self.serve_shared()
         except BaseException:
             self.backend.close()
             raise
@@ -511,11 +597,18 @@ class ServerStore:
                 f" {SCHEMA_VERSION}", code=ErrorCode.BAD_CONFIG,
                 hint="run the newer Parley that wrote it, or restore a backup")
         borrowed = False  # the node lock, taken only to bring the schema up
-        if version < SCHEMA_VERSION and isinstance(backend, _Postgres) and not backend.node:
-            # Never under a node that serves it: only with the node lock held (another
-            # tool bringing it up holds it a moment; a serving node, for good).
+        if version < SCHEMA_VERSION and isinstance(backend, _Postgres) \
+                and not backend.exclusive:
+            # Never under a node that serves it: only with the node lock held alone
+            # (another tool bringing it up holds it a moment; serving nodes, for good).
+            if backend.node:
+                raise LocalError(
+                    f"{self.where} has schema version {version}, and nodes of an older"
+                    f" Parley serve it; this one needs {SCHEMA_VERSION}", code=ErrorCode.BUSY,
+                    hint="stop the older nodes, then start the new ones: the first to start"
+                         " brings the schema up")
             deadline = time.monotonic() + 10
-            while not (borrowed := backend.claim_node()):
+            while not (borrowed := backend.claim_alone()):
                 version = backend.schema_version()
                 if version >= SCHEMA_VERSION:
                     break
@@ -534,41 +627,55 @@ class ServerStore:
                     self._q(statement)
                 backend.set_schema_version(target)
         if borrowed and isinstance(backend, _Postgres):
-            backend.release_node()
+            backend.release_alone()
 
-    def claim_node(self) -> None:
-        """Be the one server node on this database (PostgreSQL), or say who is.
+    def claim_node(self, *, alone: bool = False) -> None:
+        """Serve this database as a node (PostgreSQL): beside the nodes that serve it
+        already, or, `alone` (a standby), only once no other node does -- or say who does.
 
-        Nodes do not yet tell each other of the envelopes they store: two at once would
-        leave a recipient on one waiting for what the other stored. A second node is
-        refused while the first holds the lock; it is free the moment the first one's
-        connection ends (a crash, a kill, its machine gone within ~25 s), so a standby
-        restarted by systemd takes over by itself.
+        The first node takes the node lock alone (and brings the schema up); every
+        serving node then holds it shared, and a lock of its own besides, which the
+        others watch to know it is alive. Each lock is free the moment its node's
+        connection ends (a crash, a kill, its machine gone within ~25 s).
         """
         backend = self.backend
-        if isinstance(backend, _Postgres) and not backend.claim_node():
-            holder = self._q(
-                "SELECT a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity"
-                " a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND"
-                " l.database = (SELECT oid FROM pg_database WHERE datname ="
-                " current_database()) AND l.objsubid = 1"
-                " AND ((l.classid::bigint << 32) | l.objid::bigint) = ?",
-                (_NODE_LOCK,)).fetchone()
-            seen = ""
-            if holder is not None:  # (what a role without pg_read_all_stats may not see)
-                since = f" since {holder[1]:%c}" if holder[1] is not None else ""
-                seen = f" (connected from {holder[0] or 'a local socket'}{since})"
-            raise LocalError(f"another line server node runs on {self.where}{seen}",
-                             code=ErrorCode.BUSY,
-                             hint="one node serves a database for now: stop the other, or"
-                                  " keep this one as a standby that is started again until"
-                                  " it takes over (systemd Restart=always)")
+        if not isinstance(backend, _Postgres):
+            return
+        if backend.claim_alone():
+            return  # the first: brings the schema up (`_migrate`), then shares the lock
+        deadline = time.monotonic() + (0 if alone else 10)
+        while not alone:  # a moment while the first brings the schema up
+            if backend.claim_shared():
+                return
+            if time.monotonic() > deadline:
+                raise LocalError(f"the node lock of {self.where} is held alone for more"
+                                 " than 10 s", code=ErrorCode.BUSY,
+                                 hint="a node is upgrading the schema, or a tool copies a"
+                                      " line into it: start this node again when it is done")
+            time.sleep(0.1)
+        # (Serving nodes share it: the oldest of them is named.)
+        holder = self._q(
+            "SELECT a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity"
+            " a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND"
+            " l.database = (SELECT oid FROM pg_database WHERE datname ="
+            " current_database()) AND l.objsubid = 1"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = ? ORDER BY a.backend_start",
+            (_NODE_LOCK,)).fetchone()
+        seen = ""
+        if holder is not None:  # (what a role without pg_read_all_stats may not see)
+            since = f" since {holder[1]:%c}" if holder[1] is not None else ""
+            seen = f" (connected from {holder[0] or 'a local socket'}{since})"
+        raise LocalError(f"another line server node runs on {self.where}{seen}",
+                         code=ErrorCode.BUSY,
+                         hint="a standby waits while any node serves; without --standby"
+                              " this node would serve beside it")
 
-    @property
-    def superseded(self) -> bool:
-        """Did another node take over this (PostgreSQL) database while this one was cut
-        off from it? Then this node must stop serving."""
-        return self.backend.superseded
+    def serve_shared(self) -> None:
+        """After the schema is up: serve beside the nodes that start after this one."""
+        backend = self.backend
+        if isinstance(backend, _Postgres) and backend.exclusive and not backend.node \
+                and not backend.claim_shared():
+            raise RuntimeError("the node lock held alone could not be shared")
 
     def check(self) -> None:
         """Raise `Error` unless the database answers a read of its devices."""
@@ -893,14 +1000,68 @@ class ServerStore:
         return self.backend.in_transaction
 
     def commit_group(self) -> None:
-        """Commit the mailbox writes made since the last commit; on failure, forget them."""
+        """Commit the mailbox writes made since the last commit, and tell the other nodes
+        what they did (`notify`: delivered by PostgreSQL with the commit, never without
+        it); on failure, forget them."""
         if self.backend.in_transaction:
+            events, self._events = self._events, []
             try:
+                if events:
+                    self._q("SELECT pg_notify(?, x) FROM unnest(?::text[]) AS x",
+                            (EVENTS_CHANNEL, _payloads(events)))
                 self.backend.commit()
             except self.Error:
                 if self.backend.in_transaction:
                     self.backend.rollback()
                 raise
+
+    # -- several nodes on one database (PostgreSQL; see server.cluster) -------------------
+
+    def notify(self, event: str) -> None:
+        """Tell every node serving this database (this one too) of `event` (one line, see
+        core.relay.peers) once the open group commits."""
+        self._join_group()
+        self._events.append(event)
+
+    def add_node_session(self, node: int, sid: str, device: str, receive: bool) -> int:
+        """A session logged in on `node` (in the open group): its place in the order of
+        logins, which every node agrees on."""
+        self._join_group()
+        return int(self._q("INSERT INTO node_sessions (node, sid, device, receive) VALUES"
+                           " (?,?,?,?) ON CONFLICT (sid) DO UPDATE SET node = excluded.node"
+                           " RETURNING seq", (node, sid, device, int(receive))).fetchone()[0])
+
+    def drop_node_session(self, sid: str) -> None:
+        self._join_group()
+        self._q("DELETE FROM node_sessions WHERE sid=?", (sid,))
+
+    def node_sessions(self) -> list[tuple[int, int, str, str, bool]]:
+        """Every session logged in on a node: (seq, node, sid, device, receive)."""
+        rows = self._q("SELECT seq, node, sid, device, receive FROM node_sessions ORDER BY seq")
+        return [(int(r[0]), int(r[1]), r[2], r[3], bool(r[4])) for r in rows]
+
+    def forget_nodes(self, live: set[int]) -> int:
+        """Forget the sessions of nodes that are gone (in the open group); how many."""
+        self._join_group()
+        gone = [n for (n,) in self._q("SELECT DISTINCT node FROM node_sessions")
+                if int(n) not in live]
+        return sum(int(self._q("DELETE FROM node_sessions WHERE node=?", (n,)).rowcount)
+                   for n in gone)
+
+    def put_transit(self, recipient: str, body: str, now_ms: int) -> int:
+        """Call signaling on its way to another node (in the open group): its id."""
+        self._join_group()
+        return int(self._q("INSERT INTO transit (recipient, body, created_ms) VALUES (?,?,?)"
+                           " RETURNING seq", (recipient, body, now_ms)).fetchone()[0])
+
+    def transit(self, seq: int) -> tuple[str, str] | None:
+        row = self._q("SELECT recipient, body FROM transit WHERE seq=?", (seq,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def forget_transit(self, created_before_ms: int) -> int:
+        self._join_group()
+        return int(self._q("DELETE FROM transit WHERE created_ms<?",
+                           (created_before_ms,)).rowcount)
 
     def store_envelope(self, envelope_id: str, sender: str, recipient: str, body: str,
                        now_ms: int) -> int | None:

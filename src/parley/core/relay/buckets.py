@@ -32,6 +32,11 @@ class TokenBucket:
         self.tokens -= amount
         return True
 
+    def spend(self, now_ms: int, amount: float) -> None:
+        """Take what was spent elsewhere (another node), into debt of at most a burst."""
+        self._refill(now_ms)
+        self.tokens = max(-self.burst, self.tokens - amount)
+
     def wait_ms(self, now_ms: int) -> float:
         """How long until a take would succeed (0: now)."""
         self._refill(now_ms)

@@ -160,6 +160,10 @@ class LineBoard:
         """What the store holds may not be what was cached (a commit failed)."""
         self._last.clear()
 
+    def forget(self, line: str) -> None:
+        """A test of this line was filed on another node: read it from the store anew."""
+        self._last.pop(line, None)
+
     def forget_old(self, now_ms: int) -> int:
         return self.store.forget_linetests(now_ms - KEPT_MS)
 

@@ -44,6 +44,7 @@ from .buckets import TokenBucket
 from .fastpath import Header, quick_send
 from .limits import BAD_FRAME_BURST, Limits
 from .lines import LineBoard
+from .peers import NO_PEERS, Peers
 
 # Errors that say the client itself sent something malformed; these spend its budget.
 _MALFORMED = frozenset({ErrorCode.BAD_MESSAGE, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_TYPE})
@@ -146,6 +147,7 @@ class Session:
     opened_ms: int
     batched: bool
     nonce: str = field(default_factory=lambda: b64e(secrets.token_bytes(24)))
+    sid: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # across nodes
     device: str | None = None
     party: str | None = None
     receive: bool = True
@@ -266,6 +268,14 @@ class Relay:
         self._next_sweep_ms = now_ms + BUCKET_SWEEP_MS
         self._next_acked_sweep_ms = now_ms  # the first tick forgets what aged out while away
         self.quota = Quota(limits, store.mailbox_usage())
+        # Other nodes serving the same database (server.cluster); none by default.
+        self.peers: Peers = NO_PEERS
+        self.elsewhere: dict[str, int] = {}  # device -> receiving sessions on other nodes
+        # Devices with sessions on other nodes too: what they spend of their rate here is
+        # counted (`spent`) and told to the others, so the limit holds across nodes.
+        self.shared: set[str] = set()
+        self.spent: dict[str, list[int]] = {}  # device -> [frames, bytes] since last told
+        self.housekeeping = True  # sweeps the store's shared tables (one node of several)
 
     # -- connections ------------------------------------------------------------------
 
@@ -289,13 +299,15 @@ class Relay:
             mine.remove(session)
             if not mine:
                 del self._of_device[device]
+            self.peers.logged_out(session.sid, device)
         if session.receive:
             sessions = self.online.get(device)
             if sessions is not None and session in sessions:
                 sessions.remove(session)
                 if not sessions:
                     del self.online[device]
-                    self._presence(device, False)
+                    if not self.elsewhere.get(device):
+                        self._presence(device, False)
 
     def close(self, session: Session, code: int, reason: str) -> None:
         """Stop reading it and have the adapter close it (what is queued goes first)."""
@@ -347,6 +359,10 @@ class Relay:
                     self._rate_limited(raw, f"{self.limits.rate_limit:g} frames")
                 if not size.take(now_ms, len(raw)):
                     self._rate_limited(raw, f"{self.limits.byte_rate_limit / 1024 / 1024:g} MiB")
+                if device in self.shared:
+                    spent = self.spent.setdefault(device, [0, 0])
+                    spent[0] += 1
+                    spent[1] += len(raw)
                 quick = quick_send(raw)
                 if quick is not None:  # the common case, checked in one go (see fastpath)
                     msg, header = quick
@@ -482,20 +498,24 @@ class Relay:
         if session.receive:
             sessions = self.online.setdefault(device, [])
             sessions.append(session)
-            if len(sessions) == 1:
+            if len(sessions) == 1 and not self.elsewhere.get(device):
                 self._presence(device, True)
             self._top_up(session)
         mine = self._of_device.setdefault(device, [])
         mine.append(session)
+        self.peers.logged_in(session.sid, device, session.receive)
         while len(mine) > self.limits.max_sessions_per_device:
-            oldest = mine[0]
-            self.counters.sessions_replaced += 1
-            self._reply_error(oldest, RemoteError(
-                f"closing: {device} logged in again, and a device holds at most"
-                f" {self.limits.max_sessions_per_device} sessions",
-                code=ErrorCode.TOO_MANY_CONNECTIONS))
-            self.close(oldest, wire.CloseCode.REPLACED, "replaced by a newer session")
-            self.disconnect(oldest)
+            self.replace(mine[0])
+
+    def replace(self, session: Session) -> None:
+        """Close a device's oldest session for a newer one (here or on another node)."""
+        self.counters.sessions_replaced += 1
+        self._reply_error(session, RemoteError(
+            f"closing: {session.device} logged in again, and a device holds at most"
+            f" {self.limits.max_sessions_per_device} sessions",
+            code=ErrorCode.TOO_MANY_CONNECTIONS))
+        self.close(session, wire.CloseCode.REPLACED, "replaced by a newer session")
+        self.disconnect(session)
 
     # -- envelopes ----------------------------------------------------------------------
 
@@ -514,12 +534,15 @@ class Relay:
         targets = self.online.get(recipient, ())
         ref = msg.get("ref")
         if msg.get("ephemeral"):
-            if not targets:
+            elsewhere = self.elsewhere.get(recipient)
+            if not targets and not elsewhere:
                 self.counters.refused += 1
                 raise RemoteError(f"{recipient} is not online",
                                   code=ErrorCode.RECIPIENT_OFFLINE,
                                   hint="call again when the other terminal is connected")
             self._fanout(session, targets, body)
+            if elsewhere:
+                self.peers.forward(recipient, body)
             self.counters.relayed += 1
             self._send(session, {"t": "sent", "id": envelope_id, "status": "delivered",
                                  "ref": ref})
@@ -548,6 +571,7 @@ class Relay:
             return
         self.quota.added(sender, recipient, size)
         self.counters.stored += 1
+        self.peers.stored(seq, recipient, sender, size)
         delivered = False
         window, window_bytes = self.limits.mailbox_window, self.limits.mailbox_window_bytes
         for target in targets:
@@ -594,6 +618,12 @@ class Relay:
         gone = self.store.delivered(device, envelope_id)
         if gone is not None:
             self.quota.removed(gone[0], device, gone[1])
+            self.peers.acked(device, gone[0], gone[1], envelope_id)
+        self.acknowledged(device, envelope_id)
+
+    def acknowledged(self, device: str, envelope_id: str) -> None:
+        """An envelope acknowledged (here, or by a session on another node): no session
+        of the device here waits for it any longer, and the next ones may follow."""
         for session in self.online.get(device, ()):
             size = session.inflight.pop(envelope_id, None)
             if size is not None:
@@ -636,7 +666,8 @@ class Relay:
             "t": "directory", "party": party, "ref": msg.get("ref"),
             "display": principal.display[:200], "timezone": principal.timezone[:64],
             "devices": [d.to_json() for d in devices],
-            "online": [d.device_id for d in devices if d.device_id in self.online],
+            "online": [d.device_id for d in devices
+                       if d.device_id in self.online or self.elsewhere.get(d.device_id)],
         })
 
     def _turn(self, session: Session, msg: dict[str, Any], now_ms: int) -> None:
@@ -664,6 +695,7 @@ class Relay:
                                  "lines": self.lines.for_party(session.party, now_ms)})
             return
         status, reasons = self.lines.file(session.device, msg["record"], now_ms)
+        self.peers.line_filed(msg["record"]["line"])
         self._send(session, {"t": "filed", "ref": msg.get("ref"),
                              "test_id": msg["record"]["test_id"], "status": status,
                              "reasons": reasons[:50]})
@@ -687,7 +719,7 @@ class Relay:
         if version != self._directory_version:
             self._directory_version = version
             self.directory_changed()
-        if now_ms >= self._next_acked_sweep_ms:
+        if now_ms >= self._next_acked_sweep_ms and self.housekeeping:
             self._next_acked_sweep_ms = now_ms + ACKED_SWEEP_MS
             self.store.forget_acked(now_ms - ACKED_KEPT_MS)
         if now_ms >= self._next_sweep_ms:
@@ -714,6 +746,53 @@ class Relay:
                     self.disconnect(session)
         for party in sorted({split_device_id(d)[0] for d in changed}):
             self._tell_watchers(party, None, wire.encode_frame({"t": "roster", "party": party}))
+
+    # -- what other nodes did (server.cluster) -------------------------------------------
+
+    def ring(self, recipient: str, seq: int) -> None:
+        """Another node stored envelope `seq` for `recipient`: send it to its sessions here.
+
+        Nodes commit in their own order, so `seq` may be below what a session was sent
+        already (a later one, committed first): it reads the store again from there, and
+        what it was sent already is not sent twice."""
+        for session in self.online.get(recipient, ()):
+            if seq <= session.cursor:
+                session.cursor = seq - 1
+            session.backlog = True
+            self._top_up(session)
+
+    def deliver_forwarded(self, recipient: str, body: str) -> None:
+        """Call signaling another node forwarded for `recipient`'s sessions here."""
+        for target in self.online.get(recipient, ()):
+            target.port.put(body)
+            self.counters.relayed += 1
+
+    def set_elsewhere(self, device: str, receiving: int, shared: bool) -> None:
+        """How many receiving sessions `device` has on other nodes (and whether any at
+        all): its presence changes when that takes it online or offline in all."""
+        before = self.elsewhere.get(device, 0)
+        if receiving:
+            self.elsewhere[device] = receiving
+        else:
+            self.elsewhere.pop(device, None)
+        if shared:
+            self.shared.add(device)
+        else:
+            self.shared.discard(device)
+            self.spent.pop(device, None)
+        if bool(before) != bool(receiving) and device not in self.online:
+            self._presence(device, bool(receiving))
+
+    def spent_elsewhere(self, device: str, frames: int, size: int, now_ms: int) -> None:
+        """What `device` spent of its rate on another node, taken from its buckets here."""
+        buckets = self._rates.get(device)
+        if buckets is not None:
+            buckets[0].spend(now_ms, frames)
+            buckets[1].spend(now_ms, size)
+
+    def sessions_of(self, device: str) -> list[Session]:
+        """The device's logged-in sessions here, oldest first."""
+        return list(self._of_device.get(device, ()))
 
     # -- output -------------------------------------------------------------------------
 
