@@ -108,6 +108,9 @@ async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_o
                 assert db.execute("SELECT code, message FROM alarms").fetchall() == []
 
         assert moscow.link.origin == urls[1]  # never moved
+        # Node 2 forgot node 1's sessions the moment its lock went with its connection.
+        await wait_until(lambda: "is gone: its sessions are forgotten"
+                         in (logs / "node2.log").read_text(), 10, "node 2 noticing node 1 gone")
 
         # And a verified call through the node that is left.
         caller, callee = await active_call(washington, moscow)

@@ -8,7 +8,6 @@ on the server now on PostgreSQL, gets it once, and the devices are the same.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from functools import partial
@@ -20,7 +19,6 @@ import pytest
 
 from parley.core.call import CallState
 from parley.core.errors import ErrorCode, LocalError
-from parley.server.store import ServerStore
 from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
 from tests.integration.test_cli import run
 

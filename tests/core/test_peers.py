@@ -1,0 +1,82 @@
+"""What nodes tell each other (core.relay.peers), and the relay acting on it.
+
+Events are read from the database, which any role with access can NOTIFY into:
+each field is checked, and what does not parse is an error, never a crash. The
+doorbell is tested against the real SQLite store with envelopes committed out
+of the order of their mailbox positions, as two nodes commit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from parley.core.errors import RemoteError
+from parley.core.relay import peers
+from tests.core.test_relay import Line, M, W
+
+
+@given(st.text(max_size=32), st.integers(0, 2**63 - 1), st.integers(1, 2**31))
+def test_an_acked_event_carries_any_envelope_id_through(ident: str, size: int, node: int
+                                                        ) -> None:
+    line = peers.encode_event(peers.ACKED, node, "moscow/desk", "washington/desk", size,
+                              peers.encode_ident(ident))
+    assert "\n" not in line
+    event = peers.parse_event(line)
+    assert (event.kind, event.node, event.size, event.ident) == (peers.ACKED, node, size, ident)
+
+
+@given(st.text(max_size=300))
+def test_whatever_arrives_parses_or_is_refused(text: str) -> None:
+    try:
+        event = peers.parse_event(text)
+    except RemoteError:
+        return
+    assert event.kind in peers._FIELDS
+
+
+@pytest.mark.parametrize("junk, why", [
+    ("", "unknown event kind"),
+    ("q 1 2", "unknown event kind"),
+    ("m 1 2 moscow/desk washington/desk", "has 3 fields, not 4"),
+    ("m -1 2 moscow/desk washington/desk 3", "node"),
+    ("m 1 2 moscow/desk washington/desk 99999999999999999999", "size"),
+    ("s 1 2 sid moscow/desk 2", "receive is 0 or 1"),
+    ("x 1 sid mos\tcow", "bad device"),
+    ("a 1 moscow/desk washington/desk 3 %%%", "bad envelope id"),
+    ("l 1 " + "a" * 1100, "at most 1024"),
+])
+def test_a_bad_event_says_what_is_wrong(junk: str, why: str) -> None:
+    with pytest.raises(RemoteError, match=why):
+        peers.parse_event(junk)
+
+
+def test_an_envelope_committed_after_a_later_one_still_rings_through(tmp_path: Path) -> None:
+    """Two nodes commit in their own order: the doorbell for position 5 may come after
+    the recipient was sent position 10. It is sent, once, and 10 is not sent again."""
+    line = Line(tmp_path)
+    session, port = line.login(M)
+    port.take()
+    db = line.store.db
+
+    def stored(seq: int) -> dict[str, object]:
+        frame = {"t": "deliver", "env": line.envelope(W, M, n=seq)}
+        db.execute("INSERT INTO mailbox (seq, id, recipient, sender, body, stored_ms)"
+                   " VALUES (?,?,?,?,?,?)", (seq, frame["env"]["id"], M, W,  # type: ignore[index]
+                                              json.dumps(frame), line.now))
+        db.commit()
+        return frame
+
+    later = stored(10)
+    line.relay.ring(M, 10)
+    assert port.take() == [later]
+    assert session.cursor == 10
+    earlier = stored(5)
+    line.relay.ring(M, 5)
+    assert port.take() == [earlier]  # and not `later` again
+    line.relay.ring(M, 10)  # a doorbell heard twice sends nothing twice
+    assert port.take() == []
