@@ -68,7 +68,7 @@ async def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
         from bench import soak
         return await soak.run(root, minutes=args.minutes)
     from bench import relay
-    return await relay.run(root, quick=args.quick, profile=args.profile)
+    return await relay.run(root, quick=args.quick, profile=args.profile, nodes=args.nodes)
 
 
 async def run_all(args: argparse.Namespace, work: Path) -> tuple[list[Result], list[str]]:
@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                         " browser latency)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="py-spy profile of the server relaying (default: on in a full run)")
+    parser.add_argument("--nodes", type=int, default=1, metavar="N",
+                        help="relay: also measure N line-server nodes sharing PostgreSQL,"
+                        " every envelope crossing between them (default 1: not measured)")
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes is 1 or more")
     unknown = [b for b in args.benches if b not in (*BENCHES, *LONG)]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from"
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         figures.update(result.figures)
     command = "bench/run" + (" --quick" if args.quick else "") + \
+        (f" --nodes {args.nodes}" if args.nodes > 1 else "") + \
         ("" if args.benches == list(BENCHES) else " " + " ".join(args.benches))
     summary = {**figures, "seconds": round(seconds, 1), "command": command,
                "targets_missed": [f"{r.bench}: {row.name}" for r in results for row in r.rows

@@ -149,9 +149,15 @@ class Bench:
         self.logs = root / "logs"
         self.job_n = 0
 
-    async def load(self, job: dict[str, Any], server_pid: int, profile_to: Path | None = None
-                   ) -> dict[str, Any]:
-        """Run one load job; for throughput, note the server's CPU over the window."""
+    async def load(self, job: dict[str, Any], server_pid: int | list[int],
+                   profile_to: Path | None = None) -> dict[str, Any]:
+        """Run one load job; for throughput, note the server's CPU over the window (of
+        every node, for a server of several)."""
+        pids = server_pid if isinstance(server_pid, list) else [server_pid]
+
+        def server_cpu() -> float:
+            return sum(cpu_seconds(pid) for pid in pids)
+
         self.job_n += 1
         path = self.root / f"job{self.job_n}.json"
         path.write_text(json.dumps(job))
@@ -161,15 +167,13 @@ class Bench:
         try:
             if job["job"] == "throughput":
                 await client.line("mark: start", 120)
-                cpu0, client0, t0 = cpu_seconds(server_pid), cpu_seconds(client.pid), \
-                    time.monotonic()
+                cpu0, client0, t0 = server_cpu(), cpu_seconds(client.pid), time.monotonic()
                 spy = None if profile_to is None else asyncio.ensure_future(
-                    record_profile(server_pid, job["seconds"] - 1, profile_to))
+                    record_profile(pids[0], job["seconds"] - 1, profile_to))
                 await client.line("mark: end", job["seconds"] + 30)
                 if spy is not None:
                     await spy
-                cpu1, client1, t1 = cpu_seconds(server_pid), cpu_seconds(client.pid), \
-                    time.monotonic()
+                cpu1, client1, t1 = server_cpu(), cpu_seconds(client.pid), time.monotonic()
                 out = await client.json_line(30)
                 out["server_cpu"] = (cpu1 - cpu0) / (t1 - t0)
                 out["load_cpu"] = (client1 - client0) / (t1 - t0)
@@ -193,13 +197,19 @@ class Bench:
         return parley, parley_url, echo, echo_url
 
 
+def _where(url: str | list[str]) -> dict[str, Any]:
+    """A load job's server: one URL, or a node's each (device i on node i mod n)."""
+    return {"urls": url} if isinstance(url, list) else {"url": url}
+
+
 def both_ways(terminals: int) -> list[list[int]]:
     """Devices 0 and 1, 2 and 3, ... partners, each sending to the other."""
     return [[i, i + 1] for i in range(0, terminals, 2)] + \
         [[i + 1, i] for i in range(0, terminals, 2)]
 
 
-async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Result:
+async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: int = 1
+              ) -> Result:
     raise_fd_limit(4 * IDLE_TERMINALS + 1000)
     result = Result("relay")
     started = time.monotonic()
@@ -224,6 +234,7 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                                           cpu=SERVER_CPU)
     cluster = PostgresCluster(durable=True, cpu=SERVER_CPU, quiet=True).start()
     pg_server: Child | None = None
+    pg_nodes: list[tuple[Child, str]] = []  # the second node on, with --nodes
     try:
         pg_url = cluster.new_database()
         source, target = ServerStore(data / "server.db"), ServerStore(url=pg_url)
@@ -232,19 +243,34 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
         finally:
             source.close()
             target.close()
+        pg_args = ["--database", pg_url, "--rate-limit", str(CAPACITY_RATE_LIMIT),
+                   "--byte-rate-limit", str(10**12)]
         pg_server, pg_server_url = await start_server_process(
             bench.root / "line-pg", bench.logs, name="server-pg", cpu=SERVER_CPU,
-            extra_args=["--database", pg_url, "--rate-limit", str(CAPACITY_RATE_LIMIT),
-                        "--byte-rate-limit", str(10**12)])
+            extra_args=pg_args)
+        # More nodes on the same database, on the same core: what crossing between nodes
+        # costs, at the CPU one node has (two cores cannot show more: the load has one).
+        for k in range(2, nodes + 1):
+            node, _url = await start_server_process(
+                bench.root / f"line-pg{k}", bench.logs, name=f"server-pg{k}", cpu=SERVER_CPU,
+                extra_args=pg_args)
+            pg_nodes.append((node, _url))
     except BaseException:
+        for node, _url in pg_nodes:
+            await node.stop()
         cluster.stop()
         raise
-    urls = {"echo": echo_url, "batch-echo": batch_url, "parley": parley_url,
-            "stored": parley_url, "floor": floor_url, "parley-pg": pg_server_url,
-            "stored-pg": pg_server_url}
-    pids = {"echo": echo.pid, "batch-echo": batch.pid, "parley": parley.pid,
-            "stored": parley.pid, "floor": floor.pid, "parley-pg": pg_server.pid,
-            "stored-pg": pg_server.pid}
+    urls: dict[str, str | list[str]] = {
+        "echo": echo_url, "batch-echo": batch_url, "parley": parley_url, "stored": parley_url,
+        "floor": floor_url, "parley-pg": pg_server_url, "stored-pg": pg_server_url}
+    pids: dict[str, int | list[int]] = {
+        "echo": echo.pid, "batch-echo": batch.pid, "parley": parley.pid, "stored": parley.pid,
+        "floor": floor.pid, "parley-pg": pg_server.pid, "stored-pg": pg_server.pid}
+    if pg_nodes:  # every device's partner on another node: each envelope crosses
+        node_urls = [pg_server_url, *(u for _n, u in pg_nodes)]
+        node_pids = [pg_server.pid, *(n.pid for n, _u in pg_nodes)]
+        urls |= {"parley-nodes": node_urls, "stored-nodes": node_urls}
+        pids |= {"parley-nodes": node_pids, "stored-nodes": node_pids}
     try:
         for terminals in (2, 50):
             chosen = [by_id[f"{p}/{n}"] for n in names[:terminals // 2]
@@ -255,10 +281,10 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             for _ in range(rounds):
                 for kind in urls:
                     mode = kind if kind in ("echo", "batch-echo") else "parley"
-                    job = {"job": "throughput", "mode": mode,
-                           "url": urls[kind], "devices": chosen, "pairs": pairs,
+                    job = {"job": "throughput", "mode": mode, **_where(urls[kind]),
+                           "devices": chosen, "pairs": pairs,
                            "window": window, "seconds": sample_s, "warmup_s": 1.0,
-                           "ephemeral": kind not in ("stored", "stored-pg")}
+                           "ephemeral": not kind.startswith("stored")}
                     out = await bench.load(job, pids[kind])
                     if out["errors"]:
                         raise RuntimeError(f"{kind} relay run had {out['errors']} errors:"
@@ -312,6 +338,20 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                        rate["stored-pg"], "/s", rate["stored"], median(ratios["stored_pg"]))
             result.row(f"  on PostgreSQL, ephemeral / on SQLite, {spread(ratios['pg'])}",
                        rate["parley-pg"], "/s", rate["parley"], median(ratios["pg"]))
+            if pg_nodes:
+                ratios["nodes"] = paired(samples, "parley-nodes", "parley-pg")
+                ratios["stored_nodes"] = paired(samples, "stored-nodes", "stored-pg")
+                f[f"relay_{n}_nodes_per_s"] = r(rate["parley-nodes"], 0)
+                f[f"relay_{n}_nodes_ratio"] = r(median(ratios["nodes"]), 2)
+                f[f"relay_{n}_stored_nodes_per_s"] = r(rate["stored-nodes"], 0)
+                f[f"relay_{n}_stored_nodes_ratio"] = r(median(ratios["stored_nodes"]), 2)
+                f[f"relay_{n}_nodes_server_cpu"] = r(cpu["stored-nodes"], 2)
+                result.row(f"  {nodes} nodes on PostgreSQL, stored, every envelope crossing"
+                           f" / 1 node, {spread(ratios['stored_nodes'])}", rate["stored-nodes"],
+                           "/s", rate["stored-pg"], median(ratios["stored_nodes"]))
+                result.row(f"  {nodes} nodes on PostgreSQL, ephemeral, every envelope crossing"
+                           f" / 1 node, {spread(ratios['nodes'])}", rate["parley-nodes"], "/s",
+                           rate["parley-pg"], median(ratios["nodes"]))
             f[f"relay_{n}_floor_per_s"] = r(rate["floor"], 0)
             f[f"relay_{n}_floor_ratio"] = r(median(ratios["floor"]), 2)
             result.row(f"  minimal relay, no checks ({n}) / plain echo", rate["floor"], "/s",
@@ -358,6 +398,29 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
             f[f"relay_latency_ms_p{q}"] = r(p, 2)
             f[f"relay_latency_echo_ms_p{q}"] = r(e, 2)
             result.row(f"relay latency p{q} at {at}", p, "ms", e, p / e)
+        if pg_nodes:
+            # Messages (stored: committed before "sent", acknowledged), one terminal each
+            # side: on SQLite, on one PostgreSQL node, and with the two on different nodes
+            # (the doorbell: stored by one node, read and sent by the other).
+            for kind in ("stored", "stored-pg", "stored-nodes"):
+                out = await bench.load({
+                    "job": "latency", "mode": "parley", **_where(urls[kind]), "devices": pair,
+                    "pairs": both_ways(2), "rate": rate_per_s, "seconds": seconds * 2,
+                    "warmup_s": 0.5, "ephemeral": False}, pids[kind])
+                if out["errors"] or not out["latencies_ms"]:
+                    raise RuntimeError(f"{kind} latency run had {out['errors']} errors:"
+                                       f" {out.get('last_error', '')}")
+                lat[kind] = out["latencies_ms"]
+            for q in (50, 99):
+                base = percentile(lat["stored"], q)
+                for kind, label in (("stored-pg", "1 node on PostgreSQL"),
+                                    ("stored-nodes", f"{nodes} nodes, crossing")):
+                    value = percentile(lat[kind], q)
+                    key = kind.replace("-", "_")
+                    f[f"relay_latency_{key}_ms_p{q}"] = r(value, 2)
+                    result.row(f"message latency p{q} at {rate_per_s}/s, {label} / SQLite",
+                               value, "ms", base, value / base)
+                f[f"relay_latency_stored_ms_p{q}"] = r(base, 2)
         f["relay_latency_rate_per_s"] = rate_per_s
         f["relay_latency_achieved_per_s"] = {k: r(v, 0) for k, v in achieved.items()}
         f["relay_latency_rate_reached"] = not slow
@@ -367,6 +430,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False) -> Resul
                 f" ({reached}); the latency rows are not figures at that rate")
         result.series["relay_latency_ms"] = lat
     finally:
+        for node, _url in pg_nodes:
+            await node.stop()
         await pg_server.stop()
         cluster.stop()
         await parley.stop()

@@ -62,6 +62,7 @@ def envelope_id(payload: bytes) -> bytes:
 class Device:
     ident: str
     keys: DeviceKeys
+    node: int = 0  # which of the job's urls it logs in to
     ws: RawWebSocket | None = None
     frames: list[tuple[bytes, bytes]] = field(default_factory=list)  # (envelope id, frame)
     next_frame: int = 0
@@ -71,21 +72,37 @@ class Device:
     in_flight: int = 0
     last_error: str = ""
 
+    # Stored envelopes are each sent once under a new id (the pool's sealed ones, their id
+    # replaced): sent again, one would be answered as a duplicate, never stored.
+    unique: bool = False
+    prefix: bytes = b""
+    sent: int = 0
+
     def frame(self) -> tuple[bytes, bytes]:
-        frame = self.frames[self.next_frame]
+        ident, frame = self.frames[self.next_frame]
         self.next_frame = (self.next_frame + 1) % len(self.frames)
-        return frame
+        if self.unique:
+            self.sent += 1
+            at = frame.find(ID_MARK) + len(ID_MARK)  # the envelope's id comes first
+            new = self.prefix + b"%014d" % self.sent
+            frame = frame[:at] + new + frame[at + len(new):]
+            ident = new
+        return ident, frame
 
 
 class Load:
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
         self.mode: str = job["mode"]
-        parts = urlsplit(job["url"])
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.origin = f"{parts.scheme}://{parts.netloc}"
-        self.devices = [Device(d["id"], DeviceKeys.from_private_bytes(d["key"].encode()))
-                        for d in job["devices"]]
+        # Several nodes of one line server: device i logs in to node i mod n (so partners,
+        # listed next to each other, are on different nodes).
+        self.nodes: list[tuple[str, int, str]] = []
+        for url in job.get("urls") or [job["url"]]:
+            parts = urlsplit(url)
+            self.nodes.append((parts.hostname or "127.0.0.1", parts.port or 80,
+                               f"{parts.scheme}://{parts.netloc}"))
+        self.devices = [Device(d["id"], DeviceKeys.from_private_bytes(d["key"].encode()),
+                               node=i % len(self.nodes)) for i, d in enumerate(job["devices"])]
         self.running = False
         self.stored = not job.get("ephemeral", True)
         self.sent_at: dict[bytes, float] = {}
@@ -94,23 +111,23 @@ class Load:
     # -- connecting ----------------------------------------------------------------
 
     async def connect(self, device: Device, handler: Any) -> None:
+        host, port, origin = self.nodes[device.node]
         if self.mode == "echo":
-            device.ws = await RawWebSocket.connect(self.host, self.port, on_text=handler)
+            device.ws = await RawWebSocket.connect(host, port, on_text=handler)
             return
         if self.mode == "batch-echo":
-            ws = await RawWebSocket.connect(self.host, self.port, on_text=handler,
+            ws = await RawWebSocket.connect(host, port, on_text=handler,
                                             protocols=(wire.BATCH_SUBPROTOCOL,))
             if ws.protocol == wire.BATCH_SUBPROTOCOL:
                 ws.on_text = split_batches(handler)
             device.ws = ws
             return
         login: asyncio.Queue[bytes] = asyncio.Queue()
-        ws = await RawWebSocket.connect(self.host, self.port, on_text=login.put_nowait,
+        ws = await RawWebSocket.connect(host, port, on_text=login.put_nowait,
                                         protocols=(wire.BATCH_SUBPROTOCOL,))
         batched = ws.protocol == wire.BATCH_SUBPROTOCOL
         challenge = json.loads(await asyncio.wait_for(login.get(), 30))
-        sig = device.keys.sign(wire.auth_statement(challenge["nonce"], device.ident,
-                                                   self.origin))
+        sig = device.keys.sign(wire.auth_statement(challenge["nonce"], device.ident, origin))
         ws.send_text(json.dumps({"t": "hello", "device": device.ident, "sig": b64e(sig),
                                  "receive": True}))
         welcome, *rest = (await asyncio.wait_for(login.get(), 30)).split(b"\n") if batched \
@@ -145,8 +162,12 @@ class Load:
             msg: dict[str, Any] = {"t": "send", "env": env.to_json(), "ref": f"r{k}"}
             if not self.stored:
                 msg["ephemeral"] = True
-            sender.frames.append((env.id.encode(), client_frame(
-                json.dumps(msg, separators=(",", ":")).encode())))
+            text = json.dumps(msg, separators=(",", ":")).encode()
+            assert text.find(ID_MARK) == text.find(b'"id":"' + env.id.encode()) \
+                and len(env.id) == 22, "the envelope's id is the frame's first"
+            sender.frames.append((env.id.encode(), client_frame(text)))
+        if self.stored:
+            sender.unique, sender.prefix = True, random_id()[:8].encode()
 
     def pairs(self) -> list[tuple[Device, Device]]:
         return [(self.devices[a], self.devices[b]) for a, b in self.job["pairs"]]

@@ -137,6 +137,7 @@ class Cluster:
     def apply(self, payload: str) -> None:
         """One notification: events, one per line."""
         rings: dict[str, int] = {}
+        transits: list[peers.Event] = []
         for line in payload.split("\n"):
             try:
                 event = peers.parse_event(line)
@@ -145,13 +146,20 @@ class Cluster:
                 log.warning("refused an event from the database: %s", exc.message)
                 continue
             self.events += 1
-            self._apply(event, rings)
+            self._apply(event, rings, transits)
         for device, seq in rings.items():
             self.relay.ring(device, seq)
+        if transits:  # the call signaling of one commit, read in one statement
+            found = self.store.transits([e.seq for e in transits])
+            for event in transits:
+                row = found.get(event.seq)
+                if row is not None and row[0] == event.recipient:
+                    self.relay.deliver_forwarded(event.recipient, row[1])
         if self.store.group_open:
             self._wrote()
 
-    def _apply(self, event: peers.Event, rings: dict[str, int]) -> None:
+    def _apply(self, event: peers.Event, rings: dict[str, int],
+               transits: list[peers.Event]) -> None:
         kind, relay = event.kind, self.relay
         if kind == peers.SESSION_IN:
             self._session_in(event)
@@ -170,9 +178,7 @@ class Cluster:
             relay.acknowledged(event.recipient, event.ident)
         elif kind == peers.TRANSIT:
             if event.recipient in relay.online:
-                row = self.store.transit(event.seq)
-                if row is not None and row[0] == event.recipient:
-                    relay.deliver_forwarded(event.recipient, row[1])
+                transits.append(event)
         elif kind == peers.SPENT:
             relay.spent_elsewhere(event.device, event.frames, event.size, now_ms())
         elif kind == peers.LINE_FILED:
@@ -250,8 +256,10 @@ class Cluster:
         self._wrote()
 
     def forward(self, recipient: str, body: str) -> None:
-        seq = self.store.put_transit(recipient, body, now_ms())
-        self.store.notify(peers.encode_event(peers.TRANSIT, self.node, seq, recipient))
+        self.store.put_transit(recipient, body, now_ms(), self._transit_event)
+
+    def _transit_event(self, seq: int, recipient: str) -> str:
+        return peers.encode_event(peers.TRANSIT, self.node, seq, recipient)
 
     def line_filed(self, line: str) -> None:
         self.store.notify(peers.encode_event(peers.LINE_FILED, self.node, line))

@@ -556,6 +556,8 @@ class ServerStore:
             _SQLite(path or Path(DB_FILE))
         self.Error = self.backend.Error
         self._events: list[str] = []  # told to every node when the open group commits
+        self._transit: list[tuple[str, str, int]] = []  # written then (put_transit)
+        self._transit_event: Callable[[int, str], str] = lambda seq, to: ""
         try:
             if node or alone:
                 self.claim_node(alone=standby or alone)
@@ -1005,7 +1007,16 @@ class ServerStore:
         it); on failure, forget them."""
         if self.backend.in_transaction:
             events, self._events = self._events, []
+            transit, self._transit = self._transit, []
             try:
+                if transit:  # one statement for the turn's call signaling to other nodes
+                    rows = self._q(
+                        "INSERT INTO transit (recipient, body, created_ms) SELECT * FROM"
+                        " unnest(?::text[], ?::text[], ?::bigint[]) RETURNING seq, recipient",
+                        ([t[0] for t in transit], [t[1] for t in transit],
+                         [t[2] for t in transit])).fetchall()
+                    events += [self._transit_event(int(seq), recipient)
+                               for seq, recipient in rows]
                 if events:
                     self._q("SELECT pg_notify(?, x) FROM unnest(?::text[]) AS x",
                             (EVENTS_CHANNEL, _payloads(events)))
@@ -1048,15 +1059,18 @@ class ServerStore:
         return sum(int(self._q("DELETE FROM node_sessions WHERE node=?", (n,)).rowcount)
                    for n in gone)
 
-    def put_transit(self, recipient: str, body: str, now_ms: int) -> int:
-        """Call signaling on its way to another node (in the open group): its id."""
+    def put_transit(self, recipient: str, body: str, now_ms: int,
+                    event: Callable[[int, str], str]) -> None:
+        """Call signaling on its way to another node: written, with the turn's others, in
+        one statement when the open group commits, and told with `event(seq, recipient)`."""
         self._join_group()
-        return int(self._q("INSERT INTO transit (recipient, body, created_ms) VALUES (?,?,?)"
-                           " RETURNING seq", (recipient, body, now_ms)).fetchone()[0])
+        self._transit.append((recipient, body, now_ms))
+        self._transit_event = event
 
-    def transit(self, seq: int) -> tuple[str, str] | None:
-        row = self._q("SELECT recipient, body FROM transit WHERE seq=?", (seq,)).fetchone()
-        return (row[0], row[1]) if row else None
+    def transits(self, seqs: list[int]) -> dict[int, tuple[str, str]]:
+        """Call signaling in transit, by id: (recipient, body)."""
+        rows = self._q("SELECT seq, recipient, body FROM transit WHERE seq = ANY(?)", (seqs,))
+        return {int(r[0]): (r[1], r[2]) for r in rows}
 
     def forget_transit(self, created_before_ms: int) -> int:
         self._join_group()
