@@ -93,6 +93,7 @@ class Line:
     def send(self, session: Session, *frames: dict[str, Any] | str) -> None:
         self.relay.receive(session, "\n".join(f if isinstance(f, str) else json.dumps(f)
                                               for f in frames), self.now)
+        self.relay.flush()  # as the server does before its turn's frames leave
 
     def envelope(self, sender: str, recipient: str, size: int = 10, n: int = 0
                  ) -> dict[str, Any]:
@@ -100,6 +101,7 @@ class Line:
                              "msg.text", {"n": n, "text": "x" * size}, self.now).to_json()
 
     def commit(self) -> None:
+        self.relay.flush()
         self.store.commit_group()
 
 

@@ -223,3 +223,11 @@ ENROLL_REQUEST = {
     "device": schema.text(NAME_MAX),
     "keys": schema.obj(check=_key_bundle),  # the device's id is the server's to give
 }
+
+
+def check_storable_id(envelope_id: str) -> None:
+    """An envelope id from the network that a store keeps as it is (PostgreSQL's text
+    holds no NUL): refused with what was wrong, never a database error."""
+    if "\x00" in envelope_id:
+        raise RemoteError("an envelope id cannot hold a NUL character",
+                          code=ErrorCode.BAD_MESSAGE)

@@ -225,7 +225,7 @@ class LineServer:
                 log.exception("the lines' states could not be updated; tried again shortly")
             if self.cluster is not None:
                 self._tick_cluster(now_ms())
-            if self.store.group_open:
+            if self.store.group_open or self.relay.has_writes:
                 self._make_durable()
 
     def _tick_cluster(self, now: int) -> None:
@@ -397,7 +397,7 @@ class LineServer:
                     if conn.guard is not None and session.device is not None:
                         conn.guard.authenticated()
                         conn.guard = None
-                    if self.store.group_open:
+                    if self.store.group_open or relay.has_writes:
                         self._commit_soon()
                     while session.congested:  # a recipient that does not keep up slows us
                         await self._wait_for_reader(session.congested.pop())
@@ -443,11 +443,13 @@ class LineServer:
             asyncio.get_running_loop().call_soon(self._make_durable)
 
     def _make_durable(self) -> None:
-        """Commit this turn's mailbox writes: before any frame leaves, and once a turn."""
+        """Write and commit this turn's mailbox writes: before any frame leaves, and once a
+        turn."""
         self._commit_scheduled = False
-        if not self.store.group_open:
+        if not (self.store.group_open or self.relay.has_writes):
             return
         try:
+            self.relay.flush()  # the turn's stored envelopes and acks, one statement each
             self.store.commit_group()
         except Exception:
             # Frames may speak of what is now lost ("sent ... stored"): none may leave.

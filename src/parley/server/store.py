@@ -50,6 +50,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DevicePublicKeys, check_name, device_id, split_device_id
+from parley.core.wire import check_storable_id
 from parley.files import check_private, create_private_file, private_dir
 
 log = logging.getLogger(__name__)
@@ -163,12 +164,7 @@ def _payloads(events: list[str]) -> list[str]:
     return payloads
 
 
-def _storable_id(envelope_id: str) -> None:
-    """An id from the network that either store keeps as it is (PostgreSQL's text holds
-    no NUL): refused, on both, with what was wrong, never a database error."""
-    if "\x00" in envelope_id:
-        raise RemoteError("an envelope id cannot hold a NUL character",
-                          code=ErrorCode.BAD_MESSAGE)
+_storable_id = check_storable_id
 
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
@@ -1089,6 +1085,56 @@ class ServerStore:
             " ON CONFLICT DO NOTHING RETURNING seq",
             (envelope_id, recipient, sender, body, now_ms, recipient, envelope_id)).fetchone()
         return int(row[0]) if row else None
+
+    def store_envelopes(self, rows: list[tuple[str, str, str, str, int]]
+                        ) -> dict[tuple[str, str], int]:
+        """Store a turn's envelopes (id, sender, recipient, body, stored_ms), each once, in
+        the open group: the mailbox position of each stored, by (recipient, id); one
+        statement on PostgreSQL, where each is a round trip."""
+        for row in rows:
+            _storable_id(row[0])
+        if self.backend.name != "postgresql":
+            out = {}
+            for ident, sender, recipient, body, stored in rows:
+                seq = self.store_envelope(ident, sender, recipient, body, stored)
+                if seq is not None:
+                    out[(recipient, ident)] = seq
+            return out
+        if not rows:
+            return {}
+        self._join_group()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        found = self._q(
+            "INSERT INTO mailbox (id, recipient, sender, body, stored_ms) SELECT v.id,"
+            " v.recipient, v.sender, v.body, v.stored_ms FROM unnest(?::text[], ?::text[],"
+            " ?::text[], ?::text[], ?::bigint[]) AS v(id, sender, recipient, body, stored_ms)"
+            " WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.recipient = v.recipient AND"
+            " a.id = v.id) ON CONFLICT DO NOTHING RETURNING recipient, id, seq",
+            columns).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in found}
+
+    def delivered_many(self, acks: list[tuple[str, str]]) -> list[tuple[str, str, str, int]]:
+        """Delete a turn's acknowledged envelopes (recipient, id) in the open group: the
+        (recipient, id, sender, size) of each that was waiting; one statement on
+        PostgreSQL."""
+        for _recipient, ident in acks:
+            _storable_id(ident)
+        if self.backend.name != "postgresql":
+            out = []
+            for recipient, ident in acks:
+                gone = self.delivered(recipient, ident)
+                if gone is not None:
+                    out.append((recipient, ident, gone[0], gone[1]))
+            return out
+        self._join_group()
+        rows = self._q(
+            "WITH gone AS (DELETE FROM mailbox m USING unnest(?::text[], ?::text[]) AS"
+            " v(recipient, id) WHERE m.recipient = v.recipient AND m.id = v.id RETURNING"
+            " m.recipient, m.id, m.sender, length(m.body) AS size, m.stored_ms), kept AS"
+            " (INSERT INTO acked SELECT recipient, id, stored_ms FROM gone ON CONFLICT DO"
+            " NOTHING) SELECT recipient, id, sender, size FROM gone",
+            ([a[0] for a in acks], [a[1] for a in acks])).fetchall()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     def pending(self, recipient: str, after_seq: int, limit: int
                 ) -> list[tuple[int, str, str]]:

@@ -103,6 +103,14 @@ class RelayStore(Protocol):
         """Store once; its mailbox position, or None if this id was already waiting or was
         acknowledged (within `ACKED_KEPT_MS`): it is never stored, or delivered, twice."""
 
+    def store_envelopes(self, rows: list[tuple[str, str, str, str, int]]
+                        ) -> dict[tuple[str, str], int]:
+        """Store each once (id, sender, recipient, body, stored_ms): positions by
+        (recipient, id) of those stored."""
+
+    def delivered_many(self, acks: list[tuple[str, str]]) -> list[tuple[str, str, str, int]]:
+        """Delete the acknowledged (recipient, id): (recipient, id, sender, size) of each."""
+
     def pending(self, recipient: str, after_seq: int, limit: int
                 ) -> list[tuple[int, str, str]]:
         """Up to `limit` stored envelopes after `after_seq`, oldest first: (seq, id, frame)."""
@@ -246,8 +254,30 @@ def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
+@dataclass(eq=False)
+class _Stored:
+    """An envelope to be stored with the rest of its turn (`Relay.flush`)."""
+    session: Session
+    envelope_id: str
+    sender: str
+    recipient: str
+    body: str
+    size: int
+    ref: Any
+    now_ms: int
+    again: bool = False  # the same envelope a second time in one turn
+
+
 class Relay:
-    """Every session of one server process. Pure: give it messages and `now`."""
+    """Every session of one server process. Pure: give it messages and `now`.
+
+    Stored envelopes and acknowledgements of one event-loop turn are written
+    together, one statement each (`flush`, which the adapter calls before it
+    commits and before any frame leaves): what is said of them ("sent", the
+    delivery) is said then. A frame answered at once by a session with stored
+    envelopes waiting is answered after them (`_send` flushes first), so that
+    each session's answers keep the order of its frames.
+    """
 
     def __init__(self, store: RelayStore, limits: Limits, origin: str, now_ms: int,
                  lines: LineBoard | None = None, turn: TurnConfig | None = None) -> None:
@@ -276,6 +306,11 @@ class Relay:
         self.shared: set[str] = set()
         self.spent: dict[str, list[int]] = {}  # device -> [frames, bytes] since last told
         self.housekeeping = True  # sweeps the store's shared tables (one node of several)
+        self._stored: list[_Stored] = []  # this turn's, to be written (`flush`)
+        self._storing: set[tuple[str, str]] = set()  # their (recipient, id)
+        self._waiting: set[Session] = set()  # the sessions that sent them
+        self._acks: list[tuple[str, str]] = []  # this turn's acknowledgements (device, id)
+        self._acked_now: set[tuple[str, str]] = set()  # the same, to read past in the store
 
     # -- connections ------------------------------------------------------------------
 
@@ -339,7 +374,8 @@ class Relay:
                 self._frame(session, frame, now_ms)
         if session.acked:
             # Written after the store's group is committed, like every frame (see Outbox).
-            self._send(session, {"t": "acked", "ids": session.acked})
+            # (Its own ids, no ref: it need not wait for the turn's stored envelopes.)
+            self._send(session, {"t": "acked", "ids": session.acked}, in_order=False)
             session.acked = []
 
     def binary(self, session: Session, now_ms: int) -> None:
@@ -554,9 +590,16 @@ class Relay:
             raise RemoteError(f"{type_} envelopes are never stored; send them ephemeral",
                               hint="set ephemeral: true")
         size = len(body)
+        wire.check_storable_id(envelope_id)
+        if (recipient, envelope_id) in self._storing:  # twice in one turn: once stored
+            self._stored.append(_Stored(session, envelope_id, sender, recipient, body, size,
+                                        ref, now_ms, again=True))
+            self._waiting.add(session)
+            return
         try:
             self.quota.check(sender, recipient, size)
         except RemoteError as exc:
+            self.flush()
             if self.store.waiting(recipient, envelope_id) or \
                     self.store.was_delivered(recipient, envelope_id):
                 self._sent_again(session, recipient, envelope_id, ref)
@@ -565,13 +608,54 @@ class Relay:
             self._send(session, wire.error_message(exc.code, exc.message, exc.hint, ref,
                                                    envelope_id))
             return
-        seq = self.store.store_envelope(envelope_id, sender, recipient, body, now_ms)
-        if seq is None:  # waiting already, or delivered already
-            self._sent_again(session, recipient, envelope_id, ref)
+        self.quota.added(sender, recipient, size)  # taken back if it was not stored
+        self._stored.append(_Stored(session, envelope_id, sender, recipient, body, size, ref,
+                                    now_ms))
+        self._storing.add((recipient, envelope_id))
+        self._waiting.add(session)
+
+    @property
+    def has_writes(self) -> bool:
+        """Stored envelopes or acknowledgements wait to be written (`flush`)."""
+        return bool(self._stored or self._acks)
+
+    def flush(self) -> None:
+        """Write this turn's acknowledgements and stored envelopes (one statement each, in
+        the store's open group), and say what became of each."""
+        if self._acks:
+            acks, self._acks = self._acks, []
+            self._acked_now.clear()
+            for recipient, envelope_id, sender, size in self.store.delivered_many(acks):
+                self.quota.removed(sender, recipient, size)
+                self.peers.acked(recipient, sender, size, envelope_id)
+        if not self._stored:
             return
-        self.quota.added(sender, recipient, size)
+        stored, self._stored = self._stored, []
+        self._storing.clear()
+        self._waiting.clear()
+        try:
+            seqs = self.store.store_envelopes([(s.envelope_id, s.sender, s.recipient, s.body,
+                                                s.now_ms) for s in stored if not s.again])
+        except BaseException:
+            for s in stored:  # none was stored
+                if not s.again:
+                    self.quota.removed(s.sender, s.recipient, s.size)
+            raise
+        for s in stored:
+            seq = None if s.again else seqs.get((s.recipient, s.envelope_id))
+            if seq is None:  # waiting already, or delivered already
+                if not s.again:
+                    self.quota.removed(s.sender, s.recipient, s.size)
+                self._sent_again(s.session, s.recipient, s.envelope_id, s.ref)
+            else:
+                self._stored_now(s, seq)
+
+    def _stored_now(self, stored: _Stored, seq: int) -> None:
+        session, envelope_id, size = stored.session, stored.envelope_id, stored.size
+        recipient, body = stored.recipient, stored.body
         self.counters.stored += 1
-        self.peers.stored(seq, recipient, sender, size)
+        self.peers.stored(seq, recipient, stored.sender, size)
+        targets = self.online.get(recipient, ())
         delivered = False
         window, window_bytes = self.limits.mailbox_window, self.limits.mailbox_window_bytes
         for target in targets:
@@ -591,7 +675,8 @@ class Relay:
         if delivered:
             self.counters.relayed += 1
         self._send(session, {"t": "sent", "id": envelope_id,
-                             "status": "delivered" if delivered else "stored", "ref": ref})
+                             "status": "delivered" if delivered else "stored",
+                             "ref": stored.ref})
 
     def _sent_again(self, session: Session, recipient: str, envelope_id: str,
                     ref: Any) -> None:
@@ -615,10 +700,9 @@ class Relay:
         self._routes.add((party, recipient))
 
     def _ack(self, device: str, envelope_id: str) -> None:
-        gone = self.store.delivered(device, envelope_id)
-        if gone is not None:
-            self.quota.removed(gone[0], device, gone[1])
-            self.peers.acked(device, gone[0], gone[1], envelope_id)
+        wire.check_storable_id(envelope_id)
+        self._acks.append((device, envelope_id))  # deleted with the turn's others (flush)
+        self._acked_now.add((device, envelope_id))
         self.acknowledged(device, envelope_id)
 
     def acknowledged(self, device: str, envelope_id: str) -> None:
@@ -644,7 +728,9 @@ class Relay:
         for seq, envelope_id, body in rows:
             if session.inflight and session.inflight_bytes + len(body) > window_bytes:
                 return  # the window is full by size: the rest follow acks
-            if envelope_id not in session.inflight:
+            # (Not one it acknowledged this turn: still in the store until `flush`.)
+            if envelope_id not in session.inflight and \
+                    (session.device, envelope_id) not in self._acked_now:
                 session.inflight[envelope_id] = len(body)
                 session.inflight_bytes += len(body)
                 session.port.put(body)
@@ -730,6 +816,7 @@ class Relay:
 
     def directory_changed(self) -> None:
         """Devices were enrolled, replaced or revoked (here or by the admin CLI)."""
+        self.flush()  # (what waits to be stored counts in the quota being read again)
         self._routes.clear()
         self.reload_quota()  # a revoked device's mailbox is emptied with it
         before, self._device_keys = self._device_keys, self.store.device_keys()
@@ -815,7 +902,10 @@ class Relay:
             if target.port.full:
                 sender.congested.append(target.port)
 
-    def _send(self, session: Session, message: dict[str, Any]) -> None:
+    def _send(self, session: Session, message: dict[str, Any], *, in_order: bool = True
+              ) -> None:
+        if in_order and session in self._waiting:
+            self.flush()  # its earlier frames are answered first
         if message.get("ref", "") is None:
             del message["ref"]
         session.port.put(wire.encode_frame(message))
