@@ -150,8 +150,23 @@ def media_frames() -> list[bytes]:
     return out
 
 
+def node_events() -> list[bytes]:
+    """What nodes tell each other: one of each event, and a notification of several."""
+    from parley.core.relay import peers
+    one = [peers.encode_event(peers.STORED, 7, 12, "moscow/hotline", "washington/hotline", 900),
+           peers.encode_event(peers.ACKED, 7, "moscow/hotline", "washington/hotline", 900,
+                              peers.encode_ident("b0QmY2Vp_ZXJz-IHRleHQ")),
+           peers.encode_event(peers.SESSION_IN, 7, 3, "Zm9vYmFyYmF6cXV4", "moscow/hotline", 1),
+           peers.encode_event(peers.SESSION_OUT, 7, "Zm9vYmFyYmF6cXV4", "moscow/hotline"),
+           peers.encode_event(peers.TRANSIT, 7, 4, "moscow/hotline"),
+           peers.encode_event(peers.SPENT, 7, "moscow/hotline", 12, 3400),
+           peers.encode_event(peers.LINE_FILED, 7, "moscow:washington")]
+    return [e.encode() for e in one] + ["\n".join(one).encode()]
+
+
 def main() -> None:
     seeds: dict[str, list[bytes]] = {**frames(), **record_things(), "payloads": payloads(),
+                                     "node_events": node_events(),
                                      "page_messages": page(), "media_frames": media_frames(),
                                      "sdp": [asyncio.run(sdp_offer())]}
     shutil.rmtree(ROOT, ignore_errors=True)

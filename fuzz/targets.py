@@ -14,6 +14,8 @@ with what arrives:
   bundles), envelopes and every payload schema, SDP checks, its page's
   messages and local API bodies, the record's entries, checkpoints and
   cosignatures, bundles and paper codes;
+* a server node: what the other nodes tell it through the database (a
+  notification's events, one per line: `core.relay.peers`);
 * a media stack: every encoded frame the peer sends, opened by the SFrame layer
   (`sframe.FrameOpener`, whose refusals are `SFrameError`s: the frame is dropped).
 
@@ -35,6 +37,7 @@ from parley.core.errors import ParleyError
 from parley.core.keys import DevicePublicKeys
 from parley.core.kinds import KINDS
 from parley.core.linetest import check_record_shape
+from parley.core.relay import peers
 from parley.core.relay.fastpath import quick_send
 from parley.core.sdp import check_secure_sdp, dtls_fingerprints
 from parley.core.statement import Version
@@ -195,12 +198,24 @@ def paper_code(data: bytes) -> None:
     bundle.verify_file(bundle.from_paper(text))
 
 
+def node_events(data: bytes) -> None:
+    """A server node, reading a notification from the other nodes (server.cluster)."""
+    text = _text(data)
+    if text is None:
+        return
+    for line in text.split("\n"):
+        event = peers.parse_event(line)
+        if event.kind == peers.ACKED:
+            assert isinstance(event.ident, str)
+
+
 TARGETS: dict[str, Target] = {
     "server_frames": server_frames, "fast_path": fast_path,
     "terminal_frames": terminal_frames, "envelope": envelope, "payloads": payloads,
     "key_bundle": key_bundle, "sdp": sdp, "page_messages": page_messages,
     "record_entry": record_entry, "checkpoint_note": checkpoint_note,
     "bundle_file": bundle_file, "paper_code": paper_code, "media_frames": media_frames,
+    "node_events": node_events,
 }
 
 

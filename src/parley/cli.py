@@ -80,10 +80,10 @@ def _threshold_options() -> list[Option]:
 SERVER_OPTIONS = [
     Option("data", "server data directory", default_home() / "server", type=Path),
     Option("database", "where the server keeps its state: sqlite: (server.db in the data"
-           " directory, the default), sqlite:///PATH, or postgresql://USER@HOST:PORT/DB (which a"
-           " node and its --standby share; a password goes in ~/.pgpass, not here)"),
-    Option("standby", "with a PostgreSQL --database another node serves: wait, not listening,"
-           " and take over the moment it stops", False, flag=True),
+           " directory, the default), sqlite:///PATH, or postgresql://USER@HOST:PORT/DB (which"
+           " any number of nodes serve at once; a password goes in ~/.pgpass, not here)"),
+    Option("standby", "with a PostgreSQL --database: do not serve beside other nodes; wait,"
+           " not listening, while any serves, and take over once none does", False, flag=True),
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "port to listen on (0: any free port)", 8800, type=int),
     Option("public-url", "URL terminals use to reach this server (default http://HOST:PORT)"),

@@ -194,11 +194,22 @@ async def test_call_signaling_crosses_to_the_other_node_and_is_refused_when_none
 
 
 async def test_one_node_judges_the_lines_and_the_other_takes_over_when_it_stops(
-        nodes: tuple[LocalLine, LocalLine, dict[str, Path]]) -> None:
+        nodes: tuple[LocalLine, LocalLine, dict[str, Path]],
+        http: aiohttp.ClientSession) -> None:
     node1, node2, _ = nodes
     servers = [node1.server, node2.server]
     assert servers[0] is not None and servers[1] is not None
     assert [s.relay.housekeeping for s in servers] == [True, False]  # node 1 came first
+    # What the operator's pages say of it.
+    for node, leader in ((node1, 1), (node2, 0)):
+        async with http.get(f"{node.url}/metrics") as resp:
+            metrics = await resp.text()
+        assert "parley_nodes_serving 2.0" in metrics
+        assert f"parley_node_leader {leader}.0" in metrics
+        async with http.get(f"{node.url}/") as resp:
+            page = await resp.text()
+        assert "of 2 serving postgresql://" in page
+        assert ("judges the lines" in page) == bool(leader)
     await node1.stop_server()
     await wait_until(lambda: servers[1].relay.housekeeping, 10,  # type: ignore[union-attr]
                      what="node 2 taking the housekeeping over")

@@ -338,8 +338,10 @@ class LineServer:
         return web.json_response({"ready": True})
 
     async def status_page(self, _request: web.Request) -> web.Response:
-        html = render_status(self.store, self.lines, set(self.relay.online),
-                             self.relay.counters.__dict__, now_ms() - self.started_ms, now_ms())
+        html = render_status(self.store, self.lines,
+                             set(self.relay.online) | set(self.relay.elsewhere),
+                             self.relay.counters.__dict__, now_ms() - self.started_ms, now_ms(),
+                             node=self.cluster.describe() if self.cluster else "")
         return web.Response(text=html, content_type="text/html")
 
     async def lines_json(self, _request: web.Request) -> web.Response:
@@ -529,6 +531,16 @@ class _Metrics:
         ]
         gauges.append(("alerts_waiting", "Alert deliveries waiting to be taken.",
                        server.store.alerts_waiting()))
+        cluster = server.cluster
+        if cluster is not None:
+            gauges += [("nodes_serving", "Server nodes serving this database (this one too).",
+                        len(cluster.live | {cluster.node})),
+                       ("node_leader", "1 if this node judges the lines and sends the alerts.",
+                        int(cluster.leader))]
+            counters += [("node_events", "Events heard from the nodes (this one too).",
+                          cluster.events),
+                         ("node_events_refused", "Events heard that did not parse.",
+                          cluster.refused)]
         counters += [
             ("linetests_filed", "Line test results accepted, signed by both ends.",
              server.lines.filed),

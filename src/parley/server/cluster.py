@@ -83,6 +83,12 @@ class Cluster:
     def leader(self) -> bool:
         return self.backend.leader
 
+    def describe(self) -> str:
+        """For the status page: which node this is, among how many."""
+        others = len(self.live - {self.node})
+        return (f"node {self.node} of {others + 1} serving {self.store.where}"
+                + (" (judges the lines and sends the alerts)" if self.leader else ""))
+
     @property
     def broken(self) -> bool:
         """Lost what it heard from, or its own locks: it must close its sessions and join

@@ -149,7 +149,7 @@ data-status="{state.status}">
 
 
 def render_status(store: ServerStore, board: LineBoard, online: set[str],
-                  counters: dict[str, Any], uptime_ms: int, now: int) -> str:
+                  counters: dict[str, Any], uptime_ms: int, now: int, node: str = "") -> str:
     e = html.escape
     devices = store.device_records()
     active = [d for d in devices if d.revoked_ms is None]
@@ -176,7 +176,7 @@ def render_status(store: ServerStore, board: LineBoard, online: set[str],
 <style>{_STYLE}</style></head><body><main>
 <h1>Parley line server</h1>
 <div class="muted">up {_uptime(uptime_ms)} · {len(online)} of {len(active)} devices online ·
-{e(stats)}</div>
+{e(stats)}</div>{f'<div class="muted" data-testid="node">{e(node)}</div>' if node else ""}
 <p class="muted">This server routes sealed envelopes. It never sees message or call content,
 and terminals do not trust the keys it lists: they check them against keys verified in person.
 A line is green only on a test result signed by both ends; with none for two test intervals
