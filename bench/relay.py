@@ -223,10 +223,13 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: i
     # -- throughput and latency ----------------------------------------------------------
     data = bench.root / "line"
     names = [f"t{i:02d}" for i in range(25)]
-    devices = enroll_devices(data, {"washington": names, "moscow": names},
+    # The latency runs' pair is their own: the throughput runs leave envelopes stored for
+    # theirs (what was in flight when the load stopped), which a latency run would first
+    # have to drain.
+    devices = enroll_devices(data, {"washington": [*names, "lat"], "moscow": [*names, "lat"]},
                              [("washington", "moscow")])
     by_id = {d["id"]: d for d in devices}
-    pair = [by_id["washington/t00"], by_id["moscow/t00"]]  # the two-terminal runs' devices
+    pair = [by_id["washington/lat"], by_id["moscow/lat"]]
     parley, parley_url, echo, echo_url = await bench.servers(data)
     floor, floor_url = await start_module("floor", "bench.floor_server", bench.logs,
                                           cpu=SERVER_CPU)

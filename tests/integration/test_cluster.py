@@ -23,7 +23,7 @@ import pytest
 
 from parley.core.relay.limits import Limits
 from parley.server.store import EVENTS_CHANNEL
-from tests.harness import LocalLine, WireClient, device_of, logged_in, wait_until
+from tests.harness import LocalLine, WireClient, device_of, logged_in, wait_for, wait_until
 from tests.integration.test_server_batching import envelope_to
 
 
@@ -200,12 +200,14 @@ async def test_one_node_judges_the_lines_and_the_other_takes_over_when_it_stops(
     servers = [node1.server, node2.server]
     assert servers[0] is not None and servers[1] is not None
     assert [s.relay.housekeeping for s in servers] == [True, False]  # node 1 came first
-    # What the operator's pages say of it.
+    # What the operator's pages say of it (the nodes serving, as of the last second).
     for node, leader in ((node1, 1), (node2, 0)):
-        async with http.get(f"{node.url}/metrics") as resp:
-            metrics = await resp.text()
-        assert "parley_nodes_serving 2.0" in metrics
-        assert f"parley_node_leader {leader}.0" in metrics
+        async def metrics(url: str = node.url) -> str:
+            async with http.get(f"{url}/metrics") as resp:
+                return await resp.text()
+        shown = await wait_for(metrics, lambda text: "parley_nodes_serving 2.0" in text, 5,
+                               "the metrics counting both nodes")
+        assert f"parley_node_leader {leader}.0" in shown
         async with http.get(f"{node.url}/") as resp:
             page = await resp.text()
         assert "of 2 serving postgresql://" in page
