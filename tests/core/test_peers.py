@@ -80,3 +80,24 @@ def test_an_envelope_committed_after_a_later_one_still_rings_through(tmp_path: P
     assert port.take() == [earlier]  # and not `later` again
     line.relay.ring(M, 10)  # a doorbell heard twice sends nothing twice
     assert port.take() == []
+
+
+def test_an_envelope_id_the_store_cannot_keep_is_refused_and_the_turn_goes_on(
+        tmp_path: Path) -> None:
+    """A lone surrogate (JSON spells it \\ud800) or a NUL in an id is refused at once: it
+    never reaches the turn's one statement, where it would fail everyone's envelopes."""
+    line = Line(tmp_path)
+    session, port = line.login(W)
+    good = line.envelope(W, M, n=1)
+    bad = {**line.envelope(W, M, n=2), "id": "x\ud800"}
+    raw = "\n".join([json.dumps({"t": "send", "env": bad, "ref": "bad"}),
+                     json.dumps({"t": "ack", "id": "y\ud800"}),
+                     json.dumps({"t": "send", "env": good, "ref": "good"})])
+    line.relay.receive(session, raw, line.now)
+    line.commit()
+    frames = port.take()
+    replies = {f.get("ref"): f for f in frames}
+    assert replies["bad"]["code"] == "bad_message"
+    assert [f["message"] for f in frames if f.get("t") == "error"] == [
+        "an envelope id must be valid Unicode text"] * 2
+    assert replies["good"]["t"] == "sent" and replies["good"]["status"] == "stored"

@@ -231,3 +231,8 @@ def check_storable_id(envelope_id: str) -> None:
     if "\x00" in envelope_id:
         raise RemoteError("an envelope id cannot hold a NUL character",
                           code=ErrorCode.BAD_MESSAGE)
+    try:
+        envelope_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can spell (\ud800)
+        raise RemoteError("an envelope id must be valid Unicode text",
+                          code=ErrorCode.BAD_MESSAGE) from None

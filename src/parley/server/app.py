@@ -241,6 +241,7 @@ class LineServer:
                       " joining the other nodes again", self.store.where)
             self.relay.close_all(WSCloseCode.GOING_AWAY, "the server lost its database;"
                                  " connect again")
+            self.relay.housekeeping = False  # until it is the leader again
             self._rejoining = self._background(self._rejoin())
             return
         try:

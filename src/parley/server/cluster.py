@@ -152,9 +152,15 @@ class Cluster:
                 log.warning("refused an event from the database: %s", exc.message)
                 continue
             self.events += 1
-            self._apply(event, rings, transits)
+            try:
+                self._apply(event, rings, transits)
+            except Exception:  # one event that cannot be applied holds up no other
+                log.exception("an event from another node could not be applied: %s", line)
         for device, seq in rings.items():
-            self.relay.ring(device, seq)
+            try:
+                self.relay.ring(device, seq)
+            except Exception:
+                log.exception("the doorbell for %s could not be answered", device)
         if transits:  # the call signaling of one commit, read in one statement
             found = self.store.transits([e.seq for e in transits])
             for event in transits:
