@@ -60,6 +60,14 @@ async def answers(client: WireClient, n: int) -> list[dict]:  # type: ignore[typ
     return got
 
 
+async def knows_elsewhere(node: LocalLine, device: str) -> None:
+    """Wait until `node` has heard that `device` holds a receiving session on another."""
+    assert node.server is not None
+    relay = node.server.relay
+    await wait_until(lambda: device in relay.elsewhere, 10,
+                     what=f"{node.url} hearing of {device} on the other node")
+
+
 async def test_an_envelope_stored_on_one_node_reaches_its_recipient_on_the_other(
         nodes: tuple[LocalLine, LocalLine, dict[str, Path]],
         http: aiohttp.ClientSession) -> None:
@@ -98,9 +106,7 @@ async def test_a_recipient_with_sessions_on_both_nodes_acknowledges_once_for_bot
     washington, sender, keys = await logged_in(node1, http, dirs, "washington")
     here, recipient, moscow_keys = await logged_in(node1, http, dirs, "moscow")
     there, _, _ = await logged_in(node2, http, dirs, "moscow")
-    assert node1.server is not None
-    await wait_until(lambda: recipient in node1.server.relay.elsewhere, 10,  # type: ignore[union-attr]
-                     what="node 1 knows of moscow's session on node 2")
+    await knows_elsewhere(node1, recipient)
     env = envelope_to(keys, sender, moscow_keys.public(recipient), 1)
     await washington.send({"t": "send", "env": env})
     assert (await frames_until(here, "deliver"))[-1]["env"]["id"] == env["id"]
@@ -177,9 +183,7 @@ async def test_call_signaling_crosses_to_the_other_node_and_is_refused_when_none
     node1, node2, dirs = nodes
     washington, sender, keys = await logged_in(node1, http, dirs, "washington")
     moscow, recipient, moscow_keys = await logged_in(node2, http, dirs, "moscow")
-    assert node1.server is not None
-    await wait_until(lambda: recipient in node1.server.relay.elsewhere, 10,  # type: ignore[union-attr]
-                     what="node 1 knows moscow is on node 2")
+    await knows_elsewhere(node1, recipient)
     env = envelope_to(keys, sender, moscow_keys.public(recipient), 1)
     await washington.send({"t": "send", "env": env, "ephemeral": True, "ref": "e"})
     assert (await frames_until(washington, "sent"))[-1]["status"] == "delivered"

@@ -42,6 +42,17 @@ def receipts(terminal: Terminal) -> int:
         "SELECT COUNT(*) FROM deliveries WHERE delivered_ms IS NOT NULL").fetchone()[0])
 
 
+async def verified_call(caller_t: Terminal, callee_t: Terminal) -> None:
+    """A verified call with audio at the callee, hung up and ended at both ends."""
+    caller, callee = await active_call(caller_t, callee_t)
+    assert caller.verified and callee.verified and caller.sas == callee.sas
+    await wait_for(partial(frames, callee_t, caller.call_id), lambda f: f["audio"] > 0, 10,
+                   f"audio at {callee_t.device_id}")
+    caller_t.hangup(caller.call_id)
+    await callee_t.wait_for_call(
+        lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
+
+
 async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_over(
         tmp_path: Path, pg_url: str) -> None:
     logs = tmp_path / "logs"
@@ -65,13 +76,7 @@ async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_o
 
         # A verified call from node 1 to node 2: its signaling crosses between the nodes.
         moscow.config.auto_answer = True
-        caller, callee = await active_call(washington, moscow)
-        assert caller.verified and callee.verified and caller.sas == callee.sas
-        await wait_for(partial(frames, moscow, caller.call_id), lambda f: f["audio"] > 0, 10,
-                       "audio at moscow, called through another node")
-        washington.hangup(caller.call_id)
-        await moscow.wait_for_call(
-            lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
+        await verified_call(washington, moscow)
 
         async def send(terminal: Terminal, to: str, prefix: str) -> None:
             for n in range(MESSAGES):
@@ -113,13 +118,7 @@ async def test_a_node_killed_mid_exchange_loses_nothing_and_the_terminals_fail_o
                          in (logs / "node2.log").read_text(), 10, "node 2 noticing node 1 gone")
 
         # And a verified call through the node that is left.
-        caller, callee = await active_call(washington, moscow)
-        assert caller.verified and callee.verified and caller.sas == callee.sas
-        await wait_for(partial(frames, moscow, caller.call_id), lambda f: f["audio"] > 0, 10,
-                       "audio at moscow")
-        washington.hangup(caller.call_id)
-        await moscow.wait_for_call(
-            lambda c: c.call_id == caller.call_id and c.state is CallState.ENDED, 10)
+        await verified_call(washington, moscow)
     finally:
         await line.stop()
         for child in (node2, node1):
