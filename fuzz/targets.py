@@ -199,10 +199,17 @@ def paper_code(data: bytes) -> None:
 
 
 def node_events(data: bytes) -> None:
-    """A server node, reading a notification from the other nodes (server.cluster)."""
+    """A server node, reading a notification from the other nodes (server.cluster): its
+    seal (never opened without the key), then its events."""
     text = _text(data)
     if text is None:
         return
+    try:
+        peers.Seal(bytes(32)).open(text, 0)
+    except ParleyError:
+        pass
+    else:
+        raise AssertionError("a notification opened that was not sealed")
     for line in text.split("\n"):
         event = peers.parse_event(line)
         if event.kind == peers.ACKED:

@@ -101,3 +101,44 @@ def test_an_envelope_id_the_store_cannot_keep_is_refused_and_the_turn_goes_on(
     assert [f["message"] for f in frames if f.get("t") == "error"] == [
         "an envelope id must be valid Unicode text"] * 2
     assert replies["good"]["t"] == "sent" and replies["good"]["status"] == "stored"
+
+
+KEY = bytes(range(32))
+NOW = 1_700_000_000_000
+
+
+def test_a_sealed_notification_opens_once_with_the_line_s_key_only() -> None:
+    node1, node2 = peers.Seal(KEY), peers.Seal(KEY)
+    body = "m 7 1 moscow/desk washington/desk 10\nx 7 sid washington/desk"
+    sealed = node1.seal(7, body, NOW)
+    assert node2.open(sealed, NOW + 1000) == (7, body)
+    with pytest.raises(RemoteError, match="heard already"):  # replayed
+        node2.open(sealed, NOW + 2000)
+    later = node1.seal(7, "l 7 moscow~washington", NOW + 3000)
+    assert node2.open(later, NOW + 3000)[1] == "l 7 moscow~washington"
+    # A node that never heard it refuses it too once it is old: a replay.
+    with pytest.raises(RemoteError, match="replayed, or the nodes' clocks"):
+        peers.Seal(KEY).open(sealed, NOW + peers.SEAL_WINDOW_MS + 1)
+    # Forged: another key, or one byte of the events or of the first line changed.
+    with pytest.raises(RemoteError, match="wrong seal"):
+        node2.open(peers.Seal(bytes(32)).seal(7, body, NOW), NOW)
+    head, _, rest = node1.seal(7, body, NOW).partition("\n")
+    with pytest.raises(RemoteError, match="wrong seal"):
+        node2.open(f"{head}\n{rest.replace('10', '11')}", NOW)
+    with pytest.raises(RemoteError, match="wrong seal"):
+        node2.open(head.replace(" 7 ", " 8 ", 1) + "\n" + rest, NOW)
+    for junk in [body, "", "#1", "#1 7 1 2", "#1 7 x 2 mac\nm", "#2 7 1 2 mac\nm",
+                 "#1 " + "9" * 80 + " 1 2 mac\nm"]:
+        with pytest.raises(RemoteError, match=r"not sealed|not a count"):
+            node2.open(junk, NOW)
+    with pytest.raises(ValueError, match="too short"):
+        peers.Seal(b"short")
+
+
+@given(st.text(max_size=200))
+def test_whatever_is_notified_opens_or_is_refused(text: str) -> None:
+    try:
+        node, _ = peers.Seal(KEY).open(text, NOW)
+    except RemoteError:
+        return
+    raise AssertionError(f"opened a notification nobody sealed (node {node})")

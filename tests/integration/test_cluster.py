@@ -14,6 +14,7 @@ that does not parse is refused and the node carries on.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import aiohttp
 import psycopg
 import pytest
 
+from parley.clock import now_ms
 from parley.core.relay.limits import Limits
-from parley.server.store import EVENTS_CHANNEL
+from parley.server.store import _MAILBOX_NS, EVENTS_CHANNEL
 from tests.harness import LocalLine, WireClient, device_of, logged_in, wait_for, wait_until
 from tests.integration.test_server_batching import envelope_to
 
@@ -235,3 +237,87 @@ async def test_an_event_that_does_not_parse_is_refused_and_the_node_carries_on(
     client, _, _ = await logged_in(node1, http, dirs, "washington")
     await client.send({"t": "ping", "ref": "alive"})
     assert (await frames_until(client, "pong"))[-1]["ref"] == "alive"
+
+
+async def test_a_notification_not_sealed_by_a_node_or_replayed_is_refused(
+        nodes: tuple[LocalLine, LocalLine, dict[str, Path]], pg_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """Any role that may connect to the database may LISTEN and NOTIFY: one that forges
+    an event (a session, to hold a device's presence up) or sends a node's own sealed
+    notification again (a login already over) changes nothing."""
+    node1, node2, dirs = nodes
+    assert node1.server is not None and node1.server.cluster is not None
+    assert node2.server is not None and node2.server.cluster is not None
+    cluster, relay = node1.server.cluster, node1.server.relay
+    heard: list[str] = []
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as spy:
+        await spy.execute(f"LISTEN {EVENTS_CHANNEL}")
+
+        async def listen() -> None:
+            async for note in spy.notifies():
+                heard.append(note.payload)
+        listening = asyncio.ensure_future(listen())
+        client, device, _ = await logged_in(node2, http, dirs, "washington")
+        await knows_elsewhere(node1, device)
+        await client.ws.close()
+        await wait_until(lambda: device not in relay.elsewhere, 10,
+                         what="node 1 hearing washington left node 2")
+        listening.cancel()
+    captured = [p for p in heard if f" {device} 1" in p]  # its login, sealed by node 2
+    assert captured and all(p.startswith("#1 ") for p in captured)
+    refused = cluster.refused
+    node = node2.server.cluster.node
+    forged = [f"s {node} 99999 forgedsid {device} 1",  # unsealed
+              f"#1 {node} {now_ms()} 999999 AAAAAAAAAAAAAAAAAAAAAA\ns {node} 99999 forgedsid"
+              f" {device} 1"]  # a seal made up
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        for payload in captured + forged:
+            db.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, payload))
+    await wait_until(lambda: cluster.refused == refused + len(captured) + len(forged), 10,
+                     what="each forged or replayed notification refused")
+    # What the genuine nodes say is still heard, after them (in order).
+    moscow, other, _ = await logged_in(node2, http, dirs, "moscow")
+    await knows_elsewhere(node1, other)
+    assert device not in relay.elsewhere and device not in cluster.view
+    await moscow.ws.close()
+
+
+async def test_a_node_whose_commit_failed_joins_again_under_a_new_id_and_loses_nothing(
+        nodes: tuple[LocalLine, LocalLine, dict[str, Path]], pg_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """What node 1 told the others in a group that failed (logins, logouts) never
+    happened: it closes its sessions and joins again as a node they never saw, and they
+    forget it as one that is gone. The sender's envelope, refused with the group, is
+    stored once when it is sent again."""
+    node1, node2, dirs = nodes
+    assert node1.server is not None and node1.server.cluster is not None
+    assert node2.server is not None and node2.server.cluster is not None
+    first, second = node1.server.cluster, node2.server.cluster
+    washington, sender, keys = await logged_in(node1, http, dirs, "washington")
+    moscow, recipient, moscow_keys = await logged_in(node2, http, dirs, "moscow")
+    await knows_elsewhere(node1, recipient)
+    await knows_elsewhere(node2, sender)
+    old = first.node
+    env = envelope_to(keys, sender, moscow_keys.public(recipient), 1)
+    with psycopg.connect(pg_url) as db:  # another node, stuck holding moscow's mailbox
+        db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s) & 255)",
+                   (_MAILBOX_NS, recipient))
+        await washington.send({"t": "send", "env": env, "ref": "e"})
+        before_close = []
+        while (got := await washington.ws.receive(timeout=20)).type == aiohttp.WSMsgType.TEXT:
+            before_close.append(json.loads(got.data)["t"])  # (cut off after the lock timeout)
+        assert got.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert "sent" not in before_close  # never told "stored" of what was not
+        db.rollback()
+    await wait_until(lambda: first.node != old and not first.broken, 10,
+                     what="node 1 joining again under a new id")
+    await wait_until(lambda: old not in second.live and first.node in second.live, 10,
+                     what="node 2 seeing node 1's old id gone and its new one")
+    await wait_until(lambda: sender not in node2.server.relay.elsewhere, 10,  # type: ignore[union-attr]
+                     what="node 2 forgetting washington's session on node 1")
+    again, _, _ = await logged_in(node1, http, dirs, "washington")
+    await again.send({"t": "send", "env": env, "ref": "e"})
+    assert (await frames_until(again, "sent"))[-1]["status"] == "stored"  # (on node 2)
+    assert (await frames_until(moscow, "deliver"))[-1]["env"]["id"] == env["id"]
+    await moscow.send({"t": "ping", "ref": "p"})
+    assert "deliver" not in [f["t"] for f in await frames_until(moscow, "pong")]  # once

@@ -9,6 +9,8 @@ group commit, what was acknowledged, line tests, line states and alerts.
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -300,6 +302,57 @@ def test_a_postgresql_group_that_failed_is_an_error_never_a_silent_success(
     finally:
         store.close()
         other.close()
+
+
+def test_an_envelope_acknowledged_on_one_node_is_not_stored_again_by_another(
+        pg_url: str) -> None:
+    """Two nodes: one deletes an acknowledged envelope in its open group while the sender,
+    failing over, sends it again to the other. Without the mailbox lock the other's
+    check of `acked` reads a snapshot from before the first commits, and stores -- and
+    delivers -- it a second time; with it, the second waits and sees the ack."""
+    node1, node2 = ServerStore(url=pg_url), ServerStore(url=pg_url)
+    row = ("e1", "washington/desk", "moscow/desk", "{}", T0)
+    try:
+        assert node1.store_envelopes([row])
+        node1.commit_group()
+        node1.lock_mailboxes(["moscow/desk"])
+        assert [r[1] for r in node1.delivered_many([("moscow/desk", "e1")])] == ["e1"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            def again() -> tuple[dict[tuple[str, str], int], list[tuple[str, str, str, int]]]:
+                node2.lock_mailboxes(["moscow/desk", "washington/desk"])
+                return (node2.store_envelopes([row]),
+                        node2.delivered_many([("moscow/desk", "e1")]))
+            second = pool.submit(again)
+            time.sleep(0.5)
+            assert not second.done()  # waits for node 1's group
+            node1.commit_group()
+            assert second.result(timeout=10) == ({}, [])  # acknowledged: neither again
+        node2.commit_group()
+        assert node2.pending("moscow/desk", 0, 10) == []
+        assert node2.was_delivered("moscow/desk", "e1")
+    finally:
+        node1.close()
+        node2.close()
+
+
+def test_a_node_waits_on_another_s_mailbox_lock_a_few_seconds_at_most(pg_url: str) -> None:
+    """A node holding a mailbox (stuck mid-turn) fails the other's turn after the lock
+    timeout instead of holding its event loop; the other then carries on."""
+    node1, node2 = ServerStore(url=pg_url), ServerStore(url=pg_url)
+    try:
+        node1.lock_mailboxes(["moscow/desk"])
+        started = time.monotonic()
+        with pytest.raises(node2.Error, match="lock timeout"):
+            node2.lock_mailboxes(["moscow/desk"])
+        assert 4 < time.monotonic() - started < 15
+        node2.backend.rollback()  # what the server's failed commit does
+        node1.commit_group()
+        node2.lock_mailboxes(["moscow/desk"])
+        assert node2.store_envelopes([("e1", "washington/desk", "moscow/desk", "{}", T0)])
+        node2.commit_group()
+    finally:
+        node1.close()
+        node2.close()
 
 
 def test_a_postgresql_group_whose_connection_was_lost_fails_its_commit(pg_url: str) -> None:

@@ -237,11 +237,12 @@ class LineServer:
             # What it knew of the other nodes may be stale, and they may have forgotten
             # its sessions: they are closed (the terminals fail over or come back) and
             # the node joins again, as if it had just started.
-            log.error("this node lost its connection to %s: closing its sessions and"
-                      " joining the other nodes again", self.store.where)
+            log.error("this node lost its connection to %s, or a commit failed: closing"
+                      " its sessions and joining the other nodes again", self.store.where)
             self.relay.close_all(WSCloseCode.GOING_AWAY, "the server lost its database;"
                                  " connect again")
             self.relay.housekeeping = False  # until it is the leader again
+            cluster.leave()  # (a new node id at once: logins from now on are under it)
             self._rejoining = self._background(self._rejoin())
             return
         try:
@@ -460,8 +461,12 @@ class LineServer:
             # acknowledged; acks lost with it mean envelopes delivered twice, which
             # terminals drop as replays.
             log.exception("could not commit the mailbox; closing every connection")
+            with contextlib.suppress(self.store.Error):
+                self.store.abandon_group()  # (the turn's writes may have failed before it)
             self.relay.reload_quota()  # what the failed group added and removed is undone
             self.lines.forget_cached()  # ...and line tests filed in it
+            if self.cluster is not None:  # ...and logins and logouts the others were not told of
+                self.cluster.lost()
             for session in list(self.relay.sessions):
                 session.closed = True
                 port = session.port

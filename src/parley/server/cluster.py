@@ -29,8 +29,14 @@ the events, ids and counts only):
 
 Each node holds a lock of its own; the others look every second at which are
 held, and forget the sessions of a node whose lock went with its connection
-(a crash, a kill). A node that loses its own connection to the database
-closes its sessions (the terminals fail over or come back) and joins again.
+(a crash, a kill). A node that loses its own connection to the database, or
+fails to commit (what it told the others may not have happened), closes its
+sessions (the terminals fail over or come back) and joins again under a new
+node id: the others forget it as if it had died.
+
+Writes to one recipient's mailbox take turns across the nodes (`lock_mailboxes`),
+and every notification is sealed with a key only the line's role reads
+(`peers.Seal`): PostgreSQL lets any role that connects notify.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ from parley.server.store import EVENTS_CHANNEL, ServerStore, _Postgres
 log = logging.getLogger("parley.server.cluster")
 
 CHECK_MS = 1000  # how often the nodes alive are looked at (and the leader lock tried)
+# How often what waits is counted again from the mailbox: quotas are kept up to date by
+# the events, and this corrects what a notification missed (a node cut off) left wrong.
+QUOTA_RECOUNT_MS = 60_000
 TRANSIT_KEPT_MS = 60_000
 
 
@@ -74,6 +83,10 @@ class Cluster:
         self._task: asyncio.Task[None] | None = None
         self._connects = 0
         self._next_check_ms = 0
+        self._next_recount_ms = 0
+        self._lost = False
+        self.seal = peers.Seal(store.node_key())
+        store.seal = lambda body: self.seal.seal(self.node, body, now_ms())
 
     @property
     def node(self) -> int:
@@ -93,8 +106,23 @@ class Cluster:
     def broken(self) -> bool:
         """Lost what it heard from, or its own locks: it must close its sessions and join
         again (`rejoin`)."""
-        return (self._task is None or self._task.done()
+        return (self._lost or self._task is None or self._task.done()
                 or self.backend.connects != self._connects)
+
+    def lost(self) -> None:
+        """A commit failed: what this node told the others (a login, a logout) may not
+        have happened. It is to join again (`broken`)."""
+        self._lost = True
+
+    def leave(self) -> None:
+        """Let go of this node's id (when it must join again): the others forget its
+        sessions as those of a node that is gone. (A connection that broke took it.)"""
+        self._lost = False
+        if self.backend.connects == self._connects:
+            try:
+                self.backend.renew_node_id()
+            except self.store.Error as exc:  # then the connection is gone, and the id
+                log.warning("could not let go of node id %d: %s", self.node, exc)
 
     async def start(self) -> None:
         """Listen, then read what the others hold (in that order: nothing is missed)."""
@@ -111,6 +139,12 @@ class Cluster:
         self.relay.housekeeping = self.backend.try_leader()
         self.relay.peers = self
         self._task = asyncio.ensure_future(self._listen())
+        self._next_recount_ms = now_ms() + QUOTA_RECOUNT_MS
+        # Sessions that logged in while it was not listening (joining again) may have
+        # missed a doorbell: each reads its mailbox again (what it was sent is not sent
+        # twice).
+        for device in list(self.relay.online):
+            self.relay.ring(device, 1)
         log.info("node %d serves %s beside %d other node(s)", self.node, self.store.where,
                  len(self.live - {self.node}))
 
@@ -141,12 +175,20 @@ class Cluster:
     # -- what the others did -------------------------------------------------------------
 
     def apply(self, payload: str) -> None:
-        """One notification: events, one per line."""
+        """One notification: sealed, then events, one per line."""
         rings: dict[str, int] = {}
         transits: list[peers.Event] = []
-        for line in payload.split("\n"):
+        try:
+            node, body = self.seal.open(payload, now_ms())
+        except RemoteError as exc:
+            self.refused += 1
+            log.warning("refused a notification on %s: %s", EVENTS_CHANNEL, exc.message)
+            return
+        for line in body.split("\n"):
             try:
                 event = peers.parse_event(line)
+                if event.node != node:
+                    raise RemoteError(f"an event of node {event.node} sealed by node {node}")
             except RemoteError as exc:
                 self.refused += 1
                 log.warning("refused an event from the database: %s", exc.message)
@@ -239,6 +281,9 @@ class Cluster:
                 self.view[device] = {s: e for s, e in self.view[device].items() if e[1] != node}
                 self._recount(device)
         relay.housekeeping = self.backend.try_leader()
+        if now >= self._next_recount_ms and not (relay.has_writes or self.store.group_open):
+            self._next_recount_ms = now + QUOTA_RECOUNT_MS
+            relay.reload_quota()
         if relay.housekeeping:
             self.store.forget_nodes(live | {self.node})
             self.store.forget_transit(now - TRANSIT_KEPT_MS)

@@ -41,7 +41,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DevicePublicKeys, check_name, device_id, split_device_id
+from parley.core.relay.peers import KEY_BYTES, SEAL_HEAD_MAX
 from parley.core.wire import check_storable_id
 from parley.files import check_private, create_private_file, private_dir
 
@@ -145,6 +146,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX transit_time ON transit (created_ms);
     """,
+    # 8: the key the nodes seal their notifications with (core.relay.peers.Seal): only
+    # the line's own role reads it, though any role that connects may notify
+    """
+    CREATE TABLE node_key (
+        one INTEGER PRIMARY KEY CHECK (one = 1), key TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -153,8 +161,8 @@ def _payloads(events: list[str]) -> list[str]:
     payloads: list[str] = []
     chunk: list[str] = []
     size = 0
-    for event in events:
-        if chunk and size + len(event) + 1 > MAX_NOTIFY:
+    for event in events:  # (each is sealed: a first line of its own)
+        if chunk and size + len(event) + 1 > MAX_NOTIFY - SEAL_HEAD_MAX:
             payloads.append("\n".join(chunk))
             chunk, size = [], 0
         chunk.append(event)
@@ -301,6 +309,7 @@ _DIRECTORY_LOCK = 0x7061726C6579  # "parley"
 _NODE_LOCK = 0x7061726C6580  # shared by serving nodes; exclusive: no node serves
 _LEADER_LOCK = 0x7061726C6581  # the node that does the line's housekeeping
 _NODES_NS = 0x70617200  # (this, node id): one lock per serving node, which others watch
+_MAILBOX_NS = 0x70617201  # (this, hash of a recipient): its mailbox's writes take turns
 EVENTS_CHANNEL = "parley_events"
 MAX_NOTIFY = 7_900  # PostgreSQL's limit on a notification's payload is 8,000 bytes
 
@@ -348,6 +357,9 @@ class _Postgres:
         # within ~20 s instead of holding the node for minutes.
         conn = self._psycopg.connect(self.url, **self._connect_args("parley-server", timeout))
         conn.execute("SET statement_timeout = '30s'")
+        # A node that waits on another's locks longer fails its turn (and carries on)
+        # rather than holding its own event loop.
+        conn.execute("SET lock_timeout = '5s'")
         # A node whose machine vanished lets go of its lock within half a minute.
         conn.execute("SET tcp_keepalives_idle = 10")
         conn.execute("SET tcp_keepalives_interval = 5")
@@ -398,6 +410,14 @@ class _Postgres:
         except self._psycopg.Error:
             self._retry_at = time.monotonic() + 1.0
             raise
+
+    def renew_node_id(self) -> None:
+        """Let go of this node's lock and take a new one (an id the others never saw)."""
+        old = self.node_id
+        self.execute("SELECT pg_advisory_unlock(?, ?)", (_NODES_NS, old))
+        self.node_id = 0
+        self._take_node_id(self.conn)
+        log.warning("node %d is now node %d", old, self.node_id)
 
     def claim_alone(self) -> bool:
         """The node lock alone (no node serves): for a schema upgrade, a standby's turn."""
@@ -554,6 +574,8 @@ class ServerStore:
         self._events: list[str] = []  # told to every node when the open group commits
         self._transit: list[tuple[str, str, int]] = []  # written then (put_transit)
         self._transit_event: Callable[[int, str], str] = lambda seq, to: ""
+        # Seals each notification (server.cluster sets it: core.relay.peers.Seal).
+        self.seal: Callable[[str], str] = lambda body: body
         try:
             if node or alone:
                 self.claim_node(alone=standby or alone)
@@ -1015,12 +1037,19 @@ class ServerStore:
                                for seq, recipient in rows]
                 if events:
                     self._q("SELECT pg_notify(?, x) FROM unnest(?::text[]) AS x",
-                            (EVENTS_CHANNEL, _payloads(events)))
+                            (EVENTS_CHANNEL, [self.seal(p) for p in _payloads(events)]))
                 self.backend.commit()
             except self.Error:
                 if self.backend.in_transaction:
                     self.backend.rollback()
                 raise
+
+    def abandon_group(self) -> None:
+        """Roll the open group back (a statement of it failed): none of its writes or
+        notifications happened."""
+        self._events, self._transit = [], []
+        if self.backend.in_transaction:
+            self.backend.rollback()
 
     # -- several nodes on one database (PostgreSQL; see server.cluster) -------------------
 
@@ -1029,6 +1058,30 @@ class ServerStore:
         core.relay.peers) once the open group commits."""
         self._join_group()
         self._events.append(event)
+
+    def node_key(self) -> bytes:
+        """The key every node serving this database seals its notifications with: made
+        by the first to ask."""
+        with self.transaction():
+            self._q("INSERT INTO node_key VALUES (1, ?) ON CONFLICT DO NOTHING",
+                    (secrets.token_hex(KEY_BYTES),))
+            row = self._q("SELECT key FROM node_key").fetchone()
+        return bytes.fromhex(row[0])
+
+    def lock_mailboxes(self, recipients: Iterable[str]) -> None:
+        """Take, in the open group, the lock of each recipient's mailbox (of 256, by a
+        hash of its name), in one order on every node, until the group commits.
+
+        With several nodes, an envelope acknowledged on one may be sent again (a sender
+        that failed over) to another, which must see the ack committed or not at all:
+        the store that follows this lock reads after the other's commit. One device's
+        acks on two nodes take turns too, instead of locking rows in two orders."""
+        if self.backend.name != "postgresql":
+            return  # one writer at a time
+        self._join_group()
+        self._q("SELECT pg_advisory_xact_lock(?, b) FROM (SELECT DISTINCT hashtext(r) & 255"
+                " AS b FROM unnest(?::text[]) AS r) AS s ORDER BY b",
+                (_MAILBOX_NS, sorted(set(recipients))))
 
     def add_node_session(self, node: int, sid: str, device: str, receive: bool) -> int:
         """A session logged in on `node` (in the open group): its place in the order of

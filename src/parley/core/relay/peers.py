@@ -15,6 +15,14 @@ or the transit table for call signaling). `parse_event` checks each field;
 what does not parse is an error for the caller to log and skip, never a
 reason to stop.
 
+PostgreSQL lets any role that may connect to a database NOTIFY on it, and
+LISTEN: so each notification is sealed (`Seal`) with HMAC-SHA256 under a key
+that only the line's own role can read (a table), and carries its node, the
+time and a counter that only grows. A node refuses a notification whose MAC
+is wrong (forged), and one whose counter it has seen (replayed) or whose time
+is more than `SEAL_WINDOW_MS` away from its own clock (replayed to a node that
+had not heard it; the nodes' clocks must agree, as for TLS).
+
 `Peers` is what the relay calls when it does something the other nodes must
 hear of; on one node (SQLite, or PostgreSQL alone) it is `NO_PEERS`, which
 does nothing.
@@ -23,6 +31,8 @@ does nothing.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -173,3 +183,55 @@ def _number(text: str, name: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_NUMBER:
         raise RemoteError(f"event: {name} {text[:40]!r} is not a count")
     return int(text)
+
+
+SEAL = "#1"  # a sealed notification's first line: #1 node time-ms counter mac
+MAC_BYTES = 16
+SEAL_WINDOW_MS = 300_000
+SEAL_HEAD_MAX = 80  # the first line's length at most (with its newline)
+KEY_BYTES = 32
+
+
+class Seal:
+    """Seals this node's notifications, and opens the others' (forged and replayed ones
+    refused with `RemoteError`)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError("the nodes' key is too short")
+        self._key = key
+        self._counter = 0
+        self._last: dict[int, tuple[int, int]] = {}  # node -> (counter, time) last opened
+
+    def seal(self, node: int, body: str, now_ms: int) -> str:
+        self._counter += 1
+        head = f"{node} {now_ms} {self._counter}"
+        return f"{SEAL} {head} {self._mac(head, body)}\n{body}"
+
+    def open(self, payload: str, now_ms: int) -> tuple[int, str]:
+        """The node that sealed `payload`, and its events."""
+        first, _, body = payload.partition("\n")
+        parts = first.split(" ")
+        if len(first) >= SEAL_HEAD_MAX or len(parts) != 5 or parts[0] != SEAL:
+            raise RemoteError("a notification not sealed by a node of this line")
+        node, stamp, counter = (_number(t, n) for t, n in zip(
+            parts[1:4], ("node", "time", "counter"), strict=True))
+        if not hmac.compare_digest(parts[4], self._mac(" ".join(parts[1:4]), body)):
+            raise RemoteError("a notification with a wrong seal (not from a node of this"
+                              " line)")
+        if abs(now_ms - stamp) > SEAL_WINDOW_MS:
+            raise RemoteError(f"a notification from node {node} sealed"
+                              f" {(now_ms - stamp) / 1000:.0f} s from this node's time"
+                              " (replayed, or the nodes' clocks disagree)")
+        last = self._last.get(node)
+        if last is not None and counter <= last[0]:
+            raise RemoteError(f"a notification from node {node} heard already (replayed)")
+        self._last[node] = (counter, stamp)
+        if len(self._last) > 64:  # the nodes that have not spoken within the window
+            self._last = {n: v for n, v in self._last.items()
+                          if v[1] >= now_ms - SEAL_WINDOW_MS}
+        return node, body
+
+    def _mac(self, head: str, body: str) -> str:
+        digest = hmac.new(self._key, f"{head}\n{body}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:MAC_BYTES]).decode().rstrip("=")

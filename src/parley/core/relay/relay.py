@@ -111,6 +111,10 @@ class RelayStore(Protocol):
     def delivered_many(self, acks: list[tuple[str, str]]) -> list[tuple[str, str, str, int]]:
         """Delete the acknowledged (recipient, id): (recipient, id, sender, size) of each."""
 
+    def lock_mailboxes(self, recipients: Iterable[str]) -> None:
+        """These recipients' mailboxes are written by this group alone until it commits
+        (several nodes on one database; nothing to do for one)."""
+
     def pending(self, recipient: str, after_seq: int, limit: int
                 ) -> list[tuple[int, str, str]]:
         """Up to `limit` stored envelopes after `after_seq`, oldest first: (seq, id, frame)."""
@@ -196,7 +200,9 @@ class Quota:
             entry = table[device] = [0, 0]
         entry[0] += count
         entry[1] += size
-        if entry[0] <= 0:
+        # (Below zero is kept: on several nodes an ack may be heard of before the store
+        # it undoes was counted here; it comes to zero when that is.)
+        if entry[0] == 0:
             del table[device]
 
     def check(self, sender: str, recipient: str, size: int) -> None:
@@ -622,22 +628,25 @@ class Relay:
     def flush(self) -> None:
         """Write this turn's acknowledgements and stored envelopes (one statement each, in
         the store's open group), and say what became of each."""
-        if self._acks:
-            acks, self._acks = self._acks, []
-            self._acked_now.clear()
-            for recipient, envelope_id, sender, size in self.store.delivered_many(acks):
-                self.quota.removed(sender, recipient, size)
-                self.peers.acked(recipient, sender, size, envelope_id)
-        if not self._stored:
+        if not (self._acks or self._stored):
             return
+        acks, self._acks = self._acks, []
         stored, self._stored = self._stored, []
+        self._acked_now.clear()
         self._storing.clear()
         self._waiting.clear()
         try:
+            # Both first, in one go (see lock_mailboxes): the same order on every node.
+            self.store.lock_mailboxes({a[0] for a in acks} | {s.recipient for s in stored})
+            for recipient, envelope_id, sender, size in (self.store.delivered_many(acks)
+                                                         if acks else ()):
+                self.quota.removed(sender, recipient, size)
+                self.peers.acked(recipient, sender, size, envelope_id)
             seqs = self.store.store_envelopes([(s.envelope_id, s.sender, s.recipient, s.body,
-                                                s.now_ms) for s in stored if not s.again])
+                                                s.now_ms) for s in stored if not s.again]) \
+                if stored else {}
         except BaseException:
-            for s in stored:  # none was stored
+            for s in stored:  # none was stored (the failed group is rolled back)
                 if not s.again:
                     self.quota.removed(s.sender, s.recipient, s.size)
             raise
