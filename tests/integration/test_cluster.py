@@ -321,3 +321,24 @@ async def test_a_node_whose_commit_failed_joins_again_under_a_new_id_and_loses_n
     assert (await frames_until(moscow, "deliver"))[-1]["env"]["id"] == env["id"]
     await moscow.send({"t": "ping", "ref": "p"})
     assert "deliver" not in [f["t"] for f in await frames_until(moscow, "pong")]  # once
+
+
+async def test_what_waits_is_counted_again_from_the_mailbox(
+        nodes: tuple[LocalLine, LocalLine, dict[str, Path]], pg_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """The quotas follow the events; a node that missed some (cut off) counts again from
+    the mailbox, once a minute: what another hand removed stops counting."""
+    node1, node2, dirs = nodes
+    assert node2.server is not None and node2.server.cluster is not None
+    washington, sender, keys = await logged_in(node1, http, dirs, "washington")
+    recipient, moscow_keys = device_of(dirs, "moscow")
+    await washington.send(*[{"t": "send", "env": envelope_to(
+        keys, sender, moscow_keys.public(recipient), n)} for n in range(3)])
+    assert [a.get("status") for a in await answers(washington, 3)] == ["stored"] * 3
+    relay = node2.server.relay
+    await wait_until(lambda: relay.quota.waiting()[0] == 3, 10, what="node 2 counting 3")
+    with psycopg.connect(pg_url, autocommit=True) as db:  # no event tells of this
+        db.execute("DELETE FROM mailbox WHERE recipient = %s", (recipient,))
+    node2.server.cluster._next_recount_ms = 0  # (the minute is up)
+    await wait_until(lambda: relay.quota.waiting() == (0, 0), 10,
+                     what="node 2 counting the mailbox again")

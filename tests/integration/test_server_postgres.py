@@ -9,9 +9,11 @@ on the server now on PostgreSQL, gets it once, and the devices are the same.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
@@ -19,6 +21,7 @@ import pytest
 
 from parley.core.call import CallState
 from parley.core.errors import ErrorCode, LocalError
+from parley.server.store import ServerStore
 from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
 from tests.integration.test_cli import run
 
@@ -200,3 +203,37 @@ async def test_a_node_cut_off_from_the_database_closes_its_sessions_and_joins_ag
                          what="a message through the node joined again")
     finally:
         await line.stop()
+
+
+def test_another_role_cannot_read_the_nodes_key_and_the_documented_revoke_shuts_it_out(
+        pg_url: str) -> None:
+    """Any role that may connect can NOTIFY, which is why notifications are sealed; the
+    key is the database owner's alone, and docs/deployment.md's REVOKE lets no other
+    role connect at all (run here as written, on this test's database and role)."""
+    store = ServerStore(url=pg_url)
+    try:
+        store.node_key()
+    finally:
+        store.close()
+    parts = urlsplit(pg_url)
+    database, owner = parts.path.lstrip("/"), parts.username
+    intruder = urlunsplit(parts._replace(netloc=f"intruder@{parts.hostname}:{parts.port}"))
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("DO $$ BEGIN CREATE ROLE intruder LOGIN; EXCEPTION WHEN duplicate_object"
+                   " THEN NULL; END $$")
+    with psycopg.connect(intruder, autocommit=True) as other:
+        other.execute("NOTIFY parley_events, 'm 1 1 a b 1'")  # allowed: so it is sealed
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            other.execute("SELECT key FROM node_key")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    shown = next(line for line in doc.splitlines() if "REVOKE CONNECT" in line)
+    words = shlex.split(shown)
+    statements = [words[i + 1] for i, word in enumerate(words) if word == "-c"]
+    assert len(statements) == 2
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        for sql in statements:
+            db.execute(sql.replace("DATABASE parley", f'DATABASE "{database}"')
+                       .replace("TO parley", f'TO "{owner}"'))
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(intruder).close()
+    psycopg.connect(pg_url).close()  # the line's own role still connects

@@ -545,7 +545,8 @@ class _Metrics:
                         int(cluster.leader))]
             counters += [("node_events", "Events heard from the nodes (this one too).",
                           cluster.events),
-                         ("node_events_refused", "Events heard that did not parse.",
+                         ("node_events_refused", "Notifications and events refused: not sealed by a"
+                          " node of this line, heard already, or not parsed.",
                           cluster.refused)]
         counters += [
             ("linetests_filed", "Line test results accepted, signed by both ends.",
