@@ -14,7 +14,9 @@ to the server sends through one too.
 
 Before each write the writer calls `before_write`: the line server commits its
 mailbox there, so that no frame (a ``sent`` saying "stored", above all) goes
-out before what it speaks of is on disk.
+out before what it speaks of is on disk. It may return an awaitable (a commit
+under way): the frames queued until then wait for it; those queued meanwhile
+wait for the next call.
 
 Each socket has its own writer, so a slow reader holds up only its own frames.
 Those pile up to `OUTBOX_FRAMES` or `OUTBOX_BYTES`; past that, whoever queues
@@ -37,7 +39,7 @@ OUTBOX_BYTES = 4 * wire.MAX_FRAME
 
 class Outbox:
     def __init__(self, send: Callable[[str], Awaitable[None]], *, batched: bool,
-                 before_write: Callable[[], Any] | None = None) -> None:
+                 before_write: Callable[[], Awaitable[Any] | None] | None = None) -> None:
         self._send = send  # sends one WebSocket text message
         self.batched = batched
         self._before_write = before_write
@@ -83,12 +85,14 @@ class Outbox:
     async def _write(self) -> None:
         try:
             while self._frames:
-                if self._before_write is not None:
-                    self._before_write()
-                    if self.closed:
-                        break
                 frames, self._frames, self._size = self._frames, [], 0
                 self._room.set()
+                if self._before_write is not None:
+                    waiting = self._before_write()  # for what these frames speak of
+                    if waiting is not None:
+                        await waiting
+                    if self.closed:
+                        break
                 for message in wire.pack_batches(frames) if self.batched else frames:
                     await self._send(message)
         except (ConnectionError, RuntimeError):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -122,15 +124,37 @@ async def test_envelopes_in_batches_are_relayed_stored_and_acknowledged_in_order
         assert "parley_mailbox_envelopes 0" in await resp.text()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either_line(request: pytest.FixtureRequest, tmp_path: Path
+                      ) -> AsyncIterator[tuple[LocalLine, Any]]:
+    """A line on each store, and a connection of another's to its database, which sees
+    only what was committed. (On PostgreSQL the COMMIT runs off the event loop.)"""
+    local = LocalLine(tmp_path)
+    if request.param == "sqlite":
+        await local.start()
+        other: Any = sqlite3.connect(local.root / "server" / "server.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+        await local.start(database=url)
+        other = psycopg.connect(url, autocommit=True)
+    try:
+        yield local, other
+    finally:
+        other.close()
+        await local.stop()
+
+
 async def test_stored_means_committed_before_the_sender_hears_it(
-        line: LocalLine, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+        either_line: tuple[LocalLine, Any], http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Mailbox writes are committed a turn at a time, never after the frame that tells."""
+    line, other = either_line
     dirs = await line.provision(verify=False)
-    other = sqlite3.connect(line.root / "server" / "server.db")  # sees only what is committed
+    mark = "?" if isinstance(other, sqlite3.Connection) else "%s"
     told, untrue = [], []
 
     def on_disk(ids: list[str]) -> set[str]:
-        marks = ",".join("?" * len(ids))
+        marks = ",".join([mark] * len(ids))
         return {row[0] for row in other.execute(
             f"SELECT id FROM mailbox WHERE id IN ({marks})", ids)}
 
@@ -176,7 +200,7 @@ async def test_stored_means_committed_before_the_sender_hears_it(
         assert (await receiver.recv())["ref"] == "acked"
         assert on_disk([env["id"] for env in envs]) == set()  # the acks were committed too
     finally:
-        other.close()
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("window", [Limits().mailbox_window, 7],

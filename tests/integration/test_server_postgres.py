@@ -8,9 +8,11 @@ on the server now on PostgreSQL, gets it once, and the devices are the same.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import subprocess
+import time
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,8 +24,17 @@ import pytest
 from parley.core.call import CallState
 from parley.core.errors import ErrorCode, LocalError
 from parley.server.store import ServerStore
-from tests.harness import LocalLine, active_call, frames, wait_for, wait_until
+from tests.harness import (
+    LocalLine,
+    active_call,
+    device_of,
+    frames,
+    logged_in,
+    wait_for,
+    wait_until,
+)
 from tests.integration.test_cli import run
+from tests.integration.test_server_batching import envelope_to
 
 
 def _texts(terminal, party: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -237,3 +248,39 @@ def test_another_role_cannot_read_the_nodes_key_and_the_documented_revoke_shuts_
     with pytest.raises(psycopg.OperationalError, match="permission denied"):
         psycopg.connect(intruder).close()
     psycopg.connect(pg_url).close()  # the line's own role still connects
+
+
+async def test_a_slow_commit_holds_its_own_frames_back_and_nothing_else(
+        tmp_path: Path, pg_url: str, http: aiohttp.ClientSession) -> None:
+    """The COMMIT (PostgreSQL's wait for its disk) runs off the server's event loop: while
+    one takes two seconds, the server answers other requests; the sender hears "stored"
+    only once it is committed, and what it sends meanwhile is committed next, together."""
+    line = LocalLine(tmp_path)
+    await line.start(database=pg_url)
+    try:
+        dirs = await line.provision(verify=False)
+        client, device, keys = await logged_in(line, http, dirs, "washington")
+        recipient, moscow_keys = device_of(dirs, "moscow")
+        with psycopg.connect(pg_url, autocommit=True) as db:  # every COMMIT that stores
+            db.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                       " PERFORM pg_sleep(2); RETURN NULL; END $$")
+            db.execute("CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON mailbox DEFERRABLE"
+                       " INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
+            first = envelope_to(keys, device, moscow_keys.public(recipient), 1)
+            started = time.monotonic()
+            await client.send({"t": "send", "env": first, "ref": "first"})
+            await asyncio.sleep(0.3)  # its COMMIT under way
+            async with http.get(f"{line.url}/healthz") as resp:
+                assert resp.status == 200
+            answered = time.monotonic() - started
+            second = envelope_to(keys, device, moscow_keys.public(recipient), 2)
+            await client.send({"t": "send", "env": second, "ref": "second"})
+            sent = [f for f in [await client.recv(), await client.recv()]]
+            heard = time.monotonic() - started
+            committed = {r[0] for r in db.execute("SELECT id FROM mailbox")}
+        assert answered < 1.5, f"the server answered only after {answered:.1f} s"
+        assert [(f["t"], f["ref"], f["status"]) for f in sent] == [
+            ("sent", "first", "stored"), ("sent", "second", "stored")]
+        assert heard >= 2 and committed == {first["id"], second["id"]}
+    finally:
+        await line.stop()

@@ -175,6 +175,8 @@ class LineServer:
         self.admission: Admission[Guard] = Admission(config.limits)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
+        self._committing: asyncio.Future[None] | None = None  # a COMMIT in flight
+        self._after: asyncio.Future[None] | None = None  # ...and the group after it
         self._ticker: asyncio.Task[None] | None = None
         self.listener: Listener | None = None  # set by start_server
         self.registry = CollectorRegistry(auto_describe=True)
@@ -215,6 +217,8 @@ class LineServer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            if self._committing is not None:  # what follows would wait for it, holding the loop
+                await asyncio.shield(self._committing)
             try:
                 self.relay.tick(now_ms())
             except Exception:
@@ -446,38 +450,79 @@ class LineServer:
             self._commit_scheduled = True
             asyncio.get_running_loop().call_soon(self._make_durable)
 
-    def _make_durable(self) -> None:
-        """Write and commit this turn's mailbox writes: before any frame leaves, and once a
-        turn."""
+    def _make_durable(self) -> asyncio.Future[None] | None:
+        """Write and commit the mailbox writes made so far: before any frame leaves, and
+        once a turn. None: they are committed; otherwise a future that is done once they
+        are (or once the commit failed, and every connection was cut off with it).
+
+        On PostgreSQL the COMMIT itself runs on the store's thread (`commit_group_soon`)
+        while this loop goes on reading frames; what they write waits in the relay, to
+        be written and committed, together, the moment that COMMIT is over."""
         self._commit_scheduled = False
-        if not (self.store.group_open or self.relay.has_writes):
-            return
+        pending = self.store.group_open or self.relay.has_writes
+        if self._committing is not None:  # one at a time: the next follows it
+            if not pending:
+                return self._committing
+            if self._after is None:
+                self._after = asyncio.get_running_loop().create_future()
+            return self._after
+        if not pending:
+            return None
         try:
             self.relay.flush()  # the turn's stored envelopes and acks, one statement each
-            self.store.commit_group()
+            commit = self.store.commit_group_soon()
         except Exception:
-            # Frames may speak of what is now lost ("sent ... stored"): none may leave.
-            # Every terminal is cut off and, reconnecting, sends again what was not
-            # acknowledged; acks lost with it mean envelopes delivered twice, which
-            # terminals drop as replays.
-            log.exception("could not commit the mailbox; closing every connection")
-            with contextlib.suppress(self.store.Error):
-                self.store.abandon_group()  # (the turn's writes may have failed before it)
-            self.relay.reload_quota()  # what the failed group added and removed is undone
-            self.lines.forget_cached()  # ...and line tests filed in it
-            if self.cluster is not None:  # ...and logins and logouts the others were not told of
-                self.cluster.lost()
-            for session in list(self.relay.sessions):
-                session.closed = True
-                port = session.port
-                if isinstance(port, Connection):
-                    port.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
+            self._commit_failed()
+            return None
+        if commit is None:
+            return None
+        self._committing = done = asyncio.get_running_loop().create_future()
+        asyncio.wrap_future(commit).add_done_callback(lambda f: self._committed(f, done))
+        return done
+
+    def _committed(self, commit: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+        self._committing = None
+        if commit.cancelled() or commit.exception() is not None:
+            self._commit_failed(commit.exception() if not commit.cancelled() else None)
+        done.set_result(None)
+        after, self._after = self._after, None
+        following = self._make_durable()  # what was written meanwhile
+        if after is not None:
+            if following is None:
+                after.set_result(None)
+            else:
+                following.add_done_callback(lambda _f: _resolve(after))
+
+    def _commit_failed(self, exc: BaseException | None = None) -> None:
+        # Frames may speak of what is now lost ("sent ... stored"): none may leave.
+        # Every terminal is cut off and, reconnecting, sends again what was not
+        # acknowledged; acks lost with it mean envelopes delivered twice, which
+        # terminals drop as replays.
+        log.error("could not commit the mailbox; closing every connection",
+                  exc_info=exc or True)
+        with contextlib.suppress(self.store.Error):
+            self.store.abandon_group()  # (the turn's writes may have failed before it)
+        self.relay.drop_writes()  # ...and what waited to be written after it
+        self.relay.reload_quota()  # what the failed group added and removed is undone
+        self.lines.forget_cached()  # ...and line tests filed in it
+        if self.cluster is not None:  # ...and logins and logouts the others were not told of
+            self.cluster.lost()
+        for session in list(self.relay.sessions):
+            session.closed = True
+            port = session.port
+            if isinstance(port, Connection):
+                port.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _ADMIN_PAGES = frozenset({"/", "/metrics", "/lines.json"})

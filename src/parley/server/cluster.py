@@ -118,6 +118,7 @@ class Cluster:
         """Let go of this node's id (when it must join again): the others forget its
         sessions as those of a node that is gone. (A connection that broke took it.)"""
         self._lost = False
+        self.store.settle()
         if self.backend.connects == self._connects:
             try:
                 self.backend.renew_node_id()
@@ -127,6 +128,7 @@ class Cluster:
     async def start(self) -> None:
         """Listen, then read what the others hold (in that order: nothing is missed)."""
         self._conn = await self.backend.listen(EVENTS_CHANNEL)
+        self.store.settle()
         self._connects = self.backend.connects
         self.view.clear()
         self.live = self.backend.live_nodes()
@@ -271,6 +273,7 @@ class Cluster:
         if now < self._next_check_ms:
             return
         self._next_check_ms = now + CHECK_MS
+        self.store.settle()  # (the node's own locks, asked of its connection)
         self.live = live = self.backend.live_nodes()
         gone = {node for entries in self.view.values() for _, node, _ in entries.values()
                 if node not in live and node != self.node}

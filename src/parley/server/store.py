@@ -34,6 +34,7 @@ transactional, and nodes starting together take turns: an advisory lock).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -576,6 +577,8 @@ class ServerStore:
         self._transit_event: Callable[[int, str], str] = lambda seq, to: ""
         # Seals each notification (server.cluster sets it: core.relay.peers.Seal).
         self.seal: Callable[[str], str] = lambda body: body
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._committing: concurrent.futures.Future[None] | None = None  # commit_group_soon
         try:
             if node or alone:
                 self.claim_node(alone=standby or alone)
@@ -602,6 +605,8 @@ class ServerStore:
         return str(self.backend)
 
     def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        if self._committing is not None:
+            self.settle()
         return self.backend.execute(sql, params)
 
     def _migrate(self) -> None:
@@ -705,6 +710,8 @@ class ServerStore:
         try:
             self.commit_group()
         finally:
+            if self._committer is not None:
+                self._committer.shutdown()
             self.backend.close()
 
     # -- principals and lines ---------------------------------------------------
@@ -967,6 +974,7 @@ class ServerStore:
         # The server commits its open mailbox group first, on the one path that handles
         # a failed commit (LineServer._make_durable): a group committed here could fail
         # while frames that report it still wait to leave.
+        self.settle()
         if self.backend.in_transaction:
             raise RuntimeError("mailbox writes are still open: commit the group first")
         self.backend.begin_exclusive()
@@ -1011,18 +1019,55 @@ class ServerStore:
     # -- mailbox: envelopes stored until delivered ---------------------------------
 
     def _join_group(self) -> None:
+        if self._committing is not None:
+            self.settle()
         if not self.backend.in_transaction:
             self._q("BEGIN")
 
     @property
     def group_open(self) -> bool:
-        """Are there mailbox writes not yet committed?"""
-        return self.backend.in_transaction
+        """Are there mailbox writes not yet committed? (Not those of a COMMIT in flight:
+        any write after it waits for it, and joins a group of its own.)"""
+        return self._committing is None and self.backend.in_transaction
 
     def commit_group(self) -> None:
         """Commit the mailbox writes made since the last commit, and tell the other nodes
         what they did (`notify`: delivered by PostgreSQL with the commit, never without
         it); on failure, forget them."""
+        self.settle()
+        if self._end_group():
+            self.backend.commit()
+
+    def commit_group_soon(self) -> concurrent.futures.Future[None] | None:
+        """Commit the open group without waiting for it, on PostgreSQL: the group's last
+        statements here, its COMMIT (the wait for the database's disk) on a thread of
+        the store's own, while the caller goes on. Until that COMMIT ends, the next use
+        of the store waits for it (`settle`), so nothing joins the group in flight or
+        reads around it. The future fails as `commit_group` would; None: nothing to
+        commit, or a store that commits at once (SQLite, whose commit is a local write)."""
+        self.settle()
+        if not isinstance(self.backend, _Postgres):
+            self.commit_group()
+            return None
+        if not self._end_group():
+            return None
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="parley-commit")
+        self._committing = self._committer.submit(self.backend.commit)
+        return self._committing
+
+    def settle(self) -> None:
+        """Wait for a COMMIT in flight (`commit_group_soon`) to end, however it ends (its
+        future tells how)."""
+        committing = self._committing
+        if committing is not None:
+            concurrent.futures.wait([committing])
+            self._committing = None
+
+    def _end_group(self) -> bool:
+        """The open group's last statements (its call signaling in transit, its
+        notifications); False if no group is open."""
         if self.backend.in_transaction:
             events, self._events = self._events, []
             transit, self._transit = self._transit, []
@@ -1038,15 +1083,17 @@ class ServerStore:
                 if events:
                     self._q("SELECT pg_notify(?, x) FROM unnest(?::text[]) AS x",
                             (EVENTS_CHANNEL, [self.seal(p) for p in _payloads(events)]))
-                self.backend.commit()
             except self.Error:
                 if self.backend.in_transaction:
                     self.backend.rollback()
                 raise
+            return True
+        return False
 
     def abandon_group(self) -> None:
         """Roll the open group back (a statement of it failed): none of its writes or
         notifications happened."""
+        self.settle()
         self._events, self._transit = [], []
         if self.backend.in_transaction:
             self.backend.rollback()

@@ -625,6 +625,14 @@ class Relay:
         """Stored envelopes or acknowledgements wait to be written (`flush`)."""
         return bool(self._stored or self._acks)
 
+    def drop_writes(self) -> None:
+        """Forget what waits to be written (a commit failed: every session is cut off, and
+        its terminal sends again what it did not hear was stored)."""
+        self._acks, self._stored = [], []
+        self._acked_now.clear()
+        self._storing.clear()
+        self._waiting.clear()
+
     def flush(self) -> None:
         """Write this turn's acknowledgements and stored envelopes (one statement each, in
         the store's open group), and say what became of each."""
