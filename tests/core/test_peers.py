@@ -142,3 +142,34 @@ def test_whatever_is_notified_opens_or_is_refused(text: str) -> None:
     except RemoteError:
         return
     raise AssertionError(f"opened a notification nobody sealed (node {node})")
+
+
+def test_a_node_that_just_listened_refuses_what_was_sealed_before_and_a_bad_seal_costs_nothing(
+        ) -> None:
+    sender, fresh = peers.Seal(KEY), peers.Seal(KEY)
+    old = sender.seal(7, "l 7 moscow~washington", NOW)
+    fresh.listening(NOW + peers.SEAL_SKEW_MS + 1000)  # started after it was sealed
+    with pytest.raises(RemoteError, match="before this node listened"):
+        fresh.open(old, NOW + peers.SEAL_SKEW_MS + 1000)
+    new = sender.seal(7, "l 7 moscow~washington", NOW + peers.SEAL_SKEW_MS + 2000)
+    assert fresh.open(new, NOW + peers.SEAL_SKEW_MS + 2000)[0] == 7
+    # A seal from the future is no better than one from the past.
+    with pytest.raises(RemoteError, match="clocks disagree"):
+        peers.Seal(KEY).open(sender.seal(7, "x", NOW + peers.SEAL_WINDOW_MS + 1), NOW)
+    # A wrong seal does not move the counter on: the genuine one is still heard.
+    receiver = peers.Seal(KEY)
+    genuine = sender.seal(7, "x 7 sid washington/desk", NOW)
+    head, _, body = genuine.partition("\n")
+    forged_head = head.rsplit(" ", 1)[0]  # the same node, time and counter; another MAC
+    for mac in ("A" * 22, "é" * 22, "\udcff", ""):
+        with pytest.raises(RemoteError):
+            receiver.open(f"{forged_head} {mac}\n{body}", NOW)
+    assert receiver.open(genuine, NOW) == (7, body)
+
+
+@given(st.integers(0, 2**64), st.integers(0, 2**64), st.integers(0, 2**64),
+       st.text(max_size=30), st.text(max_size=100))
+def test_a_well_formed_first_line_with_any_seal_is_refused(node: int, stamp: int, counter: int,
+                                                           mac: str, body: str) -> None:
+    with pytest.raises(RemoteError):
+        peers.Seal(KEY).open(f"#1 {node} {stamp} {counter} {mac}\n{body}", NOW)

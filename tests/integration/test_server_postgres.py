@@ -219,35 +219,49 @@ async def test_a_node_cut_off_from_the_database_closes_its_sessions_and_joins_ag
 def test_another_role_cannot_read_the_nodes_key_and_the_documented_revoke_shuts_it_out(
         pg_url: str) -> None:
     """Any role that may connect can NOTIFY, which is why notifications are sealed; the
-    key is the database owner's alone, and docs/deployment.md's REVOKE lets no other
-    role connect at all (run here as written, on this test's database and role)."""
-    store = ServerStore(url=pg_url)
-    try:
-        store.node_key()
-    finally:
-        store.close()
+    key is the database owner's alone, and docs/deployment.md's REVOKE and GRANT let no
+    other role connect at all (run here as written, on this test's database, with an
+    owner that is not a superuser, as a line's is not)."""
     parts = urlsplit(pg_url)
-    database, owner = parts.path.lstrip("/"), parts.username
-    intruder = urlunsplit(parts._replace(netloc=f"intruder@{parts.hostname}:{parts.port}"))
+    database = parts.path.lstrip("/")
+    owner, intruder = f"owner_{database}", f"intruder_{database}"
+
+    def as_role(role: str) -> str:
+        return urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
     with psycopg.connect(pg_url, autocommit=True) as db:
-        db.execute("DO $$ BEGIN CREATE ROLE intruder LOGIN; EXCEPTION WHEN duplicate_object"
-                   " THEN NULL; END $$")
-    with psycopg.connect(intruder, autocommit=True) as other:
-        other.execute("NOTIFY parley_events, 'm 1 1 a b 1'")  # allowed: so it is sealed
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            other.execute("SELECT key FROM node_key")
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
-    shown = next(line for line in doc.splitlines() if "REVOKE CONNECT" in line)
-    words = shlex.split(shown)
-    statements = [words[i + 1] for i, word in enumerate(words) if word == "-c"]
-    assert len(statements) == 2
-    with psycopg.connect(pg_url, autocommit=True) as db:
-        for sql in statements:
-            db.execute(sql.replace("DATABASE parley", f'DATABASE "{database}"')
-                       .replace("TO parley", f'TO "{owner}"'))
-    with pytest.raises(psycopg.OperationalError, match="permission denied"):
-        psycopg.connect(intruder).close()
-    psycopg.connect(pg_url).close()  # the line's own role still connects
+        db.execute(f'CREATE ROLE "{owner}" LOGIN')
+        db.execute(f'CREATE ROLE "{intruder}" LOGIN')
+        db.execute(f'ALTER DATABASE "{database}" OWNER TO "{owner}"')
+    try:
+        store = ServerStore(url=as_role(owner))
+        try:
+            assert store.anyone_connects()  # (which the node warns of at start)
+            store.node_key()
+        finally:
+            store.close()
+        with psycopg.connect(as_role(intruder), autocommit=True) as other:
+            other.execute("NOTIFY parley_events, 'm 1 1 a b 1'")  # allowed: so it is sealed
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                other.execute("SELECT key FROM node_key")
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+        shown = next(line for line in doc.splitlines() if "REVOKE CONNECT" in line)
+        words = shlex.split(shown)
+        statements = [words[i + 1] for i, word in enumerate(words) if word == "-c"]
+        assert len(statements) == 2
+        with psycopg.connect(pg_url, autocommit=True) as db:  # (as postgres would)
+            for sql in statements:
+                db.execute(sql.replace("DATABASE parley", f'DATABASE "{database}"')
+                           .replace("TO parley", f'TO "{owner}"'))
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(as_role(intruder)).close()
+        again = ServerStore(url=as_role(owner))  # the line's own role still serves
+        try:
+            assert not again.anyone_connects()
+        finally:
+            again.close()
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute(f'DROP ROLE "{intruder}"')
 
 
 async def test_a_slow_commit_holds_its_own_frames_back_and_nothing_else(
@@ -282,5 +296,44 @@ async def test_a_slow_commit_holds_its_own_frames_back_and_nothing_else(
         assert [(f["t"], f["ref"], f["status"]) for f in sent] == [
             ("sent", "first", "stored"), ("sent", "second", "stored")]
         assert heard >= 2 and committed == {first["id"], second["id"]}
+    finally:
+        await line.stop()
+
+
+async def test_a_commit_that_fails_off_the_loop_tells_nobody_stored_and_cuts_every_session(
+        tmp_path: Path, pg_url: str, http: aiohttp.ClientSession) -> None:
+    """The COMMIT fails on the store's thread (here a deferred check the database makes at
+    COMMIT): no frame of its turn leaves, every connection is cut off, the server goes
+    on, and the envelope sent again is stored once."""
+    line = LocalLine(tmp_path)
+    await line.start(database=pg_url)
+    try:
+        dirs = await line.provision(verify=False)
+        client, device, keys = await logged_in(line, http, dirs, "washington")
+        watcher, _, _ = await logged_in(line, http, dirs, "moscow")
+        recipient, moscow_keys = device_of(dirs, "moscow")
+        env = envelope_to(keys, device, moscow_keys.public(recipient), 1)
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                       " RAISE EXCEPTION 'the disk is full'; END $$")
+            db.execute("CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON mailbox DEFERRABLE"
+                       " INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()")
+            await client.send({"t": "send", "env": env, "ref": "lost"})
+            for ws in (client.ws, watcher.ws):
+                heard = []
+                while (got := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+                    heard.append(json.loads(got.data).get("t"))
+                assert got.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                assert "sent" not in heard and "deliver" not in heard
+            assert list(db.execute("SELECT id FROM mailbox")) == []
+            db.execute("DROP TRIGGER refuse ON mailbox")
+        again, _, _ = await logged_in(line, http, dirs, "washington")
+        await again.send({"t": "send", "env": env, "ref": "again"})
+        reply = await again.recv()
+        while reply["t"] != "sent":
+            reply = await again.recv()
+        assert (reply["ref"], reply["status"]) == ("again", "stored")
+        async with http.get(f"{line.url}/readyz") as resp:
+            assert resp.status == 200
     finally:
         await line.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from parley.core.errors import ErrorCode, LocalError, RemoteError
 from parley.core.keys import DeviceKeys
-from parley.server.store import ServerStore, open_store, redact
+from parley.server.store import ServerStore, mailbox_lock, open_store, redact
 
 T0 = 1_700_000_000_000
 
@@ -330,6 +330,36 @@ def test_an_envelope_acknowledged_on_one_node_is_not_stored_again_by_another(
         node2.commit_group()
         assert node2.pending("moscow/desk", 0, 10) == []
         assert node2.was_delivered("moscow/desk", "e1")
+    finally:
+        node1.close()
+        node2.close()
+
+
+def test_two_nodes_wanting_each_other_s_mailboxes_never_deadlock(pg_url: str) -> None:
+    """Node 1 holds mailbox A and wants B; node 2 holds B and wants A (turns that write to
+    both, in two orders). The one that cannot take a lock at once commits what it holds
+    and then waits: both go through, neither is failed as a deadlock."""
+    node1, node2 = ServerStore(url=pg_url), ServerStore(url=pg_url)
+    a, b = "moscow/desk", "washington/desk"
+    assert mailbox_lock(a) != mailbox_lock(b)
+    try:
+        node1.lock_mailboxes([a])
+        assert node1.store_envelopes([("e1", b, a, "{}", T0)])
+        node2.lock_mailboxes([b])
+        assert node2.store_envelopes([("e2", a, b, "{}", T0)])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            def wants_b() -> dict[tuple[str, str], int]:
+                node1.lock_mailboxes([b])  # commits e1 first, then waits for node 2
+                return node1.store_envelopes([("e3", a, b, "{}", T0)])
+            first = pool.submit(wants_b)
+            time.sleep(0.5)
+            node2.lock_mailboxes([a])  # free now: taken at once
+            assert node2.store_envelopes([("e4", b, a, "{}", T0)])
+            node2.commit_group()
+            assert first.result(timeout=10)
+        node1.commit_group()
+        assert [r[1] for r in node1.pending(a, 0, 10)] == ["e1", "e4"]
+        assert [r[1] for r in node1.pending(b, 0, 10)] == ["e2", "e3"]
     finally:
         node1.close()
         node2.close()

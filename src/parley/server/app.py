@@ -176,6 +176,8 @@ class LineServer:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
         self._committing: asyncio.Future[None] | None = None  # a COMMIT in flight
+        self._store_shut = False
+        self._quota_stale = False  # a failed commit could not count the quotas again
         self._after: asyncio.Future[None] | None = None  # ...and the group after it
         self._ticker: asyncio.Task[None] | None = None
         self.listener: Listener | None = None  # set by start_server
@@ -220,6 +222,9 @@ class LineServer:
             if self._committing is not None:  # what follows would wait for it, holding the loop
                 await asyncio.shield(self._committing)
             try:
+                if self._quota_stale:
+                    self.relay.reload_quota()
+                    self._quota_stale = False
                 self.relay.tick(now_ms())
             except Exception:
                 log.exception("the relay's timers failed; they run again shortly")
@@ -230,7 +235,10 @@ class LineServer:
             if self.cluster is not None:
                 self._tick_cluster(now_ms())
             if self.store.group_open or self.relay.has_writes:
-                self._make_durable()
+                try:
+                    self._make_durable()
+                except Exception:  # (it handles its own failures; the ticker must go on)
+                    log.exception("the mailbox could not be committed; tried again shortly")
 
     def _tick_cluster(self, now: int) -> None:
         cluster = self.cluster
@@ -271,7 +279,7 @@ class LineServer:
         if changes:
             # The alerts queued and the changes marked announced together: a crash between
             # the two neither loses an alert nor sends one twice.
-            self._make_durable()
+            self._make_durable_now()
             with self.store.transaction():
                 self.alerter.announce(changes)
                 self.lines.mark(changes, now)
@@ -291,7 +299,8 @@ class LineServer:
                     await task
         if self.cluster is not None:
             await self.cluster.stop()
-        self._make_durable()
+        self._make_durable_now()
+        self._store_shut = True  # (a commit's callback coming late does nothing more)
         self.store.close()
 
     async def _close_sessions(self, _app: web.Application) -> None:
@@ -367,7 +376,7 @@ class LineServer:
                                   code=ErrorCode.BAD_MESSAGE) from None
             data = schema.parse_json(raw, max_bytes=16 * 1024, what="enrollment request")
             schema.validate(data, wire.ENROLL_REQUEST, what="enrollment request")
-            self._make_durable()  # the mailbox group first, where a failed commit is handled
+            self._make_durable_now()  # the mailbox group first, where a failed commit is handled
             try:
                 public = self.store.enroll(data["code"], data["device"], data["keys"], now_ms(),
                                            source=str(request.remote))
@@ -401,7 +410,11 @@ class LineServer:
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    relay.receive(session, msg.data, now_ms())
+                    try:
+                        relay.receive(session, msg.data, now_ms())
+                    except self.store.Error as exc:  # the turn's group is lost with it
+                        self._commit_failed(exc)
+                        break
                     if conn.guard is not None and session.device is not None:
                         conn.guard.authenticated()
                         conn.guard = None
@@ -480,18 +493,34 @@ class LineServer:
         asyncio.wrap_future(commit).add_done_callback(lambda f: self._committed(f, done))
         return done
 
+    def _make_durable_now(self) -> None:
+        """Write and commit the mailbox writes made so far, before returning (for what
+        follows with the store: a directory transaction, closing it)."""
+        self.store.settle()
+        if not (self.store.group_open or self.relay.has_writes):
+            return
+        try:
+            self.relay.flush()
+            self.store.commit_group()
+        except Exception as exc:
+            self._commit_failed(exc)
+
     def _committed(self, commit: asyncio.Future[None], done: asyncio.Future[None]) -> None:
         self._committing = None
-        if commit.cancelled() or commit.exception() is not None:
-            self._commit_failed(commit.exception() if not commit.cancelled() else None)
-        done.set_result(None)
         after, self._after = self._after, None
-        following = self._make_durable()  # what was written meanwhile
-        if after is not None:
-            if following is None:
-                after.set_result(None)
-            else:
-                following.add_done_callback(lambda _f: _resolve(after))
+        following = None
+        try:
+            if commit.cancelled() or commit.exception() is not None:
+                self._commit_failed(commit.exception() if not commit.cancelled() else None)
+            if not self._store_shut:
+                following = self._make_durable()  # what was written meanwhile
+        finally:  # whatever happened, nobody waits for ever
+            done.set_result(None)
+            if after is not None:
+                if following is None:
+                    after.set_result(None)
+                else:
+                    following.add_done_callback(lambda _f: _resolve(after))
 
     def _commit_failed(self, exc: BaseException | None = None) -> None:
         # Frames may speak of what is now lost ("sent ... stored"): none may leave.
@@ -500,18 +529,22 @@ class LineServer:
         # terminals drop as replays.
         log.error("could not commit the mailbox; closing every connection",
                   exc_info=exc or True)
-        with contextlib.suppress(self.store.Error):
-            self.store.abandon_group()  # (the turn's writes may have failed before it)
-        self.relay.drop_writes()  # ...and what waited to be written after it
-        self.relay.reload_quota()  # what the failed group added and removed is undone
-        self.lines.forget_cached()  # ...and line tests filed in it
-        if self.cluster is not None:  # ...and logins and logouts the others were not told of
-            self.cluster.lost()
         for session in list(self.relay.sessions):
             session.closed = True
             port = session.port
             if isinstance(port, Connection):
                 port.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
+        if self.cluster is not None:  # logins and logouts the others were not told of
+            self.cluster.lost()
+        self.relay.drop_writes()  # what waited to be written after it
+        self.lines.forget_cached()  # line tests filed in it
+        try:
+            self.store.abandon_group()  # (the turn's writes may have failed before it)
+            self.relay.reload_quota()  # what the failed group added and removed is undone
+        except self.store.Error as again:  # the database is gone: counted once it is back
+            log.warning("the mailbox quotas are counted again once the database answers"
+                        " (%s)", again)
+            self._quota_stale = True
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)

@@ -60,6 +60,7 @@ CHECK_MS = 1000  # how often the nodes alive are looked at (and the leader lock 
 # How often what waits is counted again from the mailbox: quotas are kept up to date by
 # the events, and this corrects what a notification missed (a node cut off) left wrong.
 QUOTA_RECOUNT_MS = 60_000
+REFUSALS_LOGGED_MS = 10_000
 TRANSIT_KEPT_MS = 60_000
 
 
@@ -84,8 +85,14 @@ class Cluster:
         self._connects = 0
         self._next_check_ms = 0
         self._next_recount_ms = 0
+        self._next_refusal_log_ms = 0
+        self._refusals_logged = 0
         self._lost = False
         self.seal = peers.Seal(store.node_key())
+        if store.anyone_connects():
+            log.warning("any role may connect to %s, and so notify the nodes (refused, unless"
+                        " sealed) and read who is logged in where: REVOKE CONNECT ON DATABASE"
+                        " ... FROM PUBLIC (docs/deployment.md, Several nodes)", store.where)
         store.seal = lambda body: self.seal.seal(self.node, body, now_ms())
 
     @property
@@ -118,17 +125,22 @@ class Cluster:
         """Let go of this node's id (when it must join again): the others forget its
         sessions as those of a node that is gone. (A connection that broke took it.)"""
         self._lost = False
-        self.store.settle()
-        if self.backend.connects == self._connects:
-            try:
+        # What it wrote and told under the old id goes with it (its sessions are closed):
+        # an event of the old id sealed under the new would be refused.
+        self.relay.drop_writes()
+        try:
+            self.store.abandon_group()
+            if self.backend.connects == self._connects:
                 self.backend.renew_node_id()
-            except self.store.Error as exc:  # then the connection is gone, and the id
-                log.warning("could not let go of node id %d: %s", self.node, exc)
+        except self.store.Error as exc:  # then the connection is gone, and the id with it
+            log.warning("could not let go of node id %d: %s", self.node, exc)
 
     async def start(self) -> None:
         """Listen, then read what the others hold (in that order: nothing is missed)."""
         self._conn = await self.backend.listen(EVENTS_CHANNEL)
+        self.seal.listening(now_ms())
         self.store.settle()
+        self.backend.ensure_node_id()
         self._connects = self.backend.connects
         self.view.clear()
         self.live = self.backend.live_nodes()
@@ -183,8 +195,7 @@ class Cluster:
         try:
             node, body = self.seal.open(payload, now_ms())
         except RemoteError as exc:
-            self.refused += 1
-            log.warning("refused a notification on %s: %s", EVENTS_CHANNEL, exc.message)
+            self._refuse(f"a notification on {EVENTS_CHANNEL}: {exc.message}")
             return
         for line in body.split("\n"):
             try:
@@ -192,8 +203,7 @@ class Cluster:
                 if event.node != node:
                     raise RemoteError(f"an event of node {event.node} sealed by node {node}")
             except RemoteError as exc:
-                self.refused += 1
-                log.warning("refused an event from the database: %s", exc.message)
+                self._refuse(f"an event from the database: {exc.message}")
                 continue
             self.events += 1
             try:
@@ -213,6 +223,18 @@ class Cluster:
                     self.relay.deliver_forwarded(event.recipient, row[1])
         if self.store.group_open:
             self._wrote()
+
+    def _refuse(self, what: str) -> None:
+        """Count a refusal; log it, at most once every `REFUSALS_LOGGED_MS` (whoever may
+        notify could flood the log)."""
+        self.refused += 1
+        now = now_ms()
+        if now >= self._next_refusal_log_ms:
+            self._next_refusal_log_ms = now + REFUSALS_LOGGED_MS
+            more = self.refused - self._refusals_logged - 1
+            self._refusals_logged = self.refused
+            log.warning("refused %s%s", what, f" (and {more} more since the last)" if more
+                        else "")
 
     def _apply(self, event: peers.Event, rings: dict[str, int],
                transits: list[peers.Event]) -> None:
@@ -264,6 +286,11 @@ class Cluster:
         """Tell what this node's shared devices spent; every second, forget the nodes
         that are gone, and (one node) sweep the shared tables."""
         relay = self.relay
+        if now >= self._next_recount_ms and not (relay.has_writes or self.store.committing):
+            # (Its own group's writes it reads too: only those still in the relay are not
+            # counted there yet.)
+            self._next_recount_ms = now + QUOTA_RECOUNT_MS
+            relay.reload_quota()
         if relay.spent:
             for device, (frames, size) in relay.spent.items():
                 self.store.notify(peers.encode_event(peers.SPENT, self.node, device, frames,
@@ -284,9 +311,6 @@ class Cluster:
                 self.view[device] = {s: e for s, e in self.view[device].items() if e[1] != node}
                 self._recount(device)
         relay.housekeeping = self.backend.try_leader()
-        if now >= self._next_recount_ms and not (relay.has_writes or self.store.group_open):
-            self._next_recount_ms = now + QUOTA_RECOUNT_MS
-            relay.reload_quota()
         if relay.housekeeping:
             self.store.forget_nodes(live | {self.node})
             self.store.forget_transit(now - TRANSIT_KEPT_MS)

@@ -310,7 +310,16 @@ _DIRECTORY_LOCK = 0x7061726C6579  # "parley"
 _NODE_LOCK = 0x7061726C6580  # shared by serving nodes; exclusive: no node serves
 _LEADER_LOCK = 0x7061726C6581  # the node that does the line's housekeeping
 _NODES_NS = 0x70617200  # (this, node id): one lock per serving node, which others watch
-_MAILBOX_NS = 0x70617201  # (this, hash of a recipient): its mailbox's writes take turns
+_MAILBOX_NS = 0x70617201  # (this, mailbox_lock(recipient)): its mailbox's writes take turns
+MAILBOX_LOCKS = 1024  # a group holds one lock per mailbox it writes, at most this many
+MAILBOX_LOCK_WAIT_S = 5
+
+
+def mailbox_lock(recipient: str) -> int:
+    """Which of the `MAILBOX_LOCKS` locks guards `recipient`'s mailbox (the same on every
+    node)."""
+    digest = hashlib.sha256(recipient.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:4], "big") % MAILBOX_LOCKS
 EVENTS_CHANNEL = "parley_events"
 MAX_NOTIFY = 7_900  # PostgreSQL's limit on a notification's payload is 8,000 bytes
 
@@ -358,9 +367,6 @@ class _Postgres:
         # within ~20 s instead of holding the node for minutes.
         conn = self._psycopg.connect(self.url, **self._connect_args("parley-server", timeout))
         conn.execute("SET statement_timeout = '30s'")
-        # A node that waits on another's locks longer fails its turn (and carries on)
-        # rather than holding its own event loop.
-        conn.execute("SET lock_timeout = '5s'")
         # A node whose machine vanished lets go of its lock within half a minute.
         conn.execute("SET tcp_keepalives_idle = 10")
         conn.execute("SET tcp_keepalives_interval = 5")
@@ -413,12 +419,21 @@ class _Postgres:
             raise
 
     def renew_node_id(self) -> None:
-        """Let go of this node's lock and take a new one (an id the others never saw)."""
+        """Let go of this node's lock and take a new one (an id the others never saw). (A
+        connection that broke took its lock with it: the next one takes a new id.)"""
+        if self.conn.closed:
+            return
         old = self.node_id
-        self.execute("SELECT pg_advisory_unlock(?, ?)", (_NODES_NS, old))
+        if old:
+            self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_NODES_NS, old))
         self.node_id = 0
         self._take_node_id(self.conn)
         log.warning("node %d is now node %d", old, self.node_id)
+
+    def ensure_node_id(self) -> None:
+        """A serving node has an id (one taken away by a failed `renew_node_id`, again)."""
+        if self.node and not self.node_id:
+            self._take_node_id(self.conn)
 
     def claim_alone(self) -> bool:
         """The node lock alone (no node serves): for a schema upgrade, a standby's turn."""
@@ -579,6 +594,7 @@ class ServerStore:
         self.seal: Callable[[str], str] = lambda body: body
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._committing: concurrent.futures.Future[None] | None = None  # commit_group_soon
+        self._locked: set[int] = set()  # the mailbox locks the open group holds
         try:
             if node or alone:
                 self.claim_node(alone=standby or alone)
@@ -1023,6 +1039,7 @@ class ServerStore:
             self.settle()
         if not self.backend.in_transaction:
             self._q("BEGIN")
+            self._locked = set()  # (a group's mailbox locks end with it)
 
     @property
     def group_open(self) -> bool:
@@ -1056,6 +1073,11 @@ class ServerStore:
                 1, thread_name_prefix="parley-commit")
         self._committing = self._committer.submit(self.backend.commit)
         return self._committing
+
+    @property
+    def committing(self) -> bool:
+        """A COMMIT is in flight (`commit_group_soon`): the store's next use waits for it."""
+        return self._committing is not None and not self._committing.done()
 
     def settle(self) -> None:
         """Wait for a COMMIT in flight (`commit_group_soon`) to end, however it ends (its
@@ -1115,20 +1137,46 @@ class ServerStore:
             row = self._q("SELECT key FROM node_key").fetchone()
         return bytes.fromhex(row[0])
 
+    def anyone_connects(self) -> bool:
+        """May every role connect to this (PostgreSQL) database?"""
+        return self.backend.name == "postgresql" and bool(self._q(
+            "SELECT has_database_privilege('public', current_database(), 'CONNECT')"
+        ).fetchone()[0])
+
     def lock_mailboxes(self, recipients: Iterable[str]) -> None:
-        """Take, in the open group, the lock of each recipient's mailbox (of 256, by a
-        hash of its name), in one order on every node, until the group commits.
+        """Hold, until the open group ends, the lock of each recipient's mailbox (one of
+        `MAILBOX_LOCKS`, by `mailbox_lock`).
 
         With several nodes, an envelope acknowledged on one may be sent again (a sender
         that failed over) to another, which must see the ack committed or not at all:
-        the store that follows this lock reads after the other's commit. One device's
-        acks on two nodes take turns too, instead of locking rows in two orders."""
+        what it stores after this lock reads after the other's commit. One device's
+        acks on two nodes take turns too, instead of locking rows in two orders.
+
+        A group takes the locks it lacks without waiting. When another node holds one,
+        this group is committed first and the locks are waited for holding none, all in
+        one statement in one order (every node the same): no two nodes can each wait
+        for the other. A wait gives up after `MAILBOX_LOCK_WAIT_S` (another node stuck
+        in the middle of a turn), failing the group."""
         if self.backend.name != "postgresql":
             return  # one writer at a time
         self._join_group()
-        self._q("SELECT pg_advisory_xact_lock(?, b) FROM (SELECT DISTINCT hashtext(r) & 255"
-                " AS b FROM unnest(?::text[]) AS r) AS s ORDER BY b",
-                (_MAILBOX_NS, sorted(set(recipients))))
+        needed = {mailbox_lock(r) for r in recipients}
+        wanted = sorted(needed - self._locked)
+        if not wanted:
+            return
+        got = {int(r[0]) for r in self._q(
+            "SELECT b FROM unnest(?::int[]) AS b WHERE pg_try_advisory_xact_lock(?, b)",
+            (wanted, _MAILBOX_NS))}
+        self._locked |= got
+        if got == set(wanted):
+            return
+        self.commit_group()  # (what it holds, let go: then it waits)
+        self._join_group()
+        self._q(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
+        self._q("SELECT pg_advisory_xact_lock(?, b) FROM unnest(?::int[]) AS b ORDER BY b",
+                (_MAILBOX_NS, sorted(needed)))
+        self._q("SET LOCAL lock_timeout = DEFAULT")
+        self._locked = needed
 
     def add_node_session(self, node: int, sid: str, device: str, receive: bool) -> int:
         """A session logged in on `node` (in the open group): its place in the order of

@@ -19,9 +19,10 @@ PostgreSQL lets any role that may connect to a database NOTIFY on it, and
 LISTEN: so each notification is sealed (`Seal`) with HMAC-SHA256 under a key
 that only the line's own role can read (a table), and carries its node, the
 time and a counter that only grows. A node refuses a notification whose MAC
-is wrong (forged), and one whose counter it has seen (replayed) or whose time
-is more than `SEAL_WINDOW_MS` away from its own clock (replayed to a node that
-had not heard it; the nodes' clocks must agree, as for TLS).
+is wrong (forged), one whose counter it has seen (replayed), one sealed before
+it started listening (replayed to a node that had not heard it) and one whose
+time is more than `SEAL_WINDOW_MS` away from its own clock (the nodes' clocks
+must agree, as for TLS, within `SEAL_SKEW_MS` to be heard at once).
 
 `Peers` is what the relay calls when it does something the other nodes must
 hear of; on one node (SQLite, or PostgreSQL alone) it is `NO_PEERS`, which
@@ -187,7 +188,8 @@ def _number(text: str, name: str) -> int:
 
 SEAL = "#1"  # a sealed notification's first line: #1 node time-ms counter mac
 MAC_BYTES = 16
-SEAL_WINDOW_MS = 300_000
+SEAL_WINDOW_MS = 60_000
+SEAL_SKEW_MS = 5_000  # sealed this long before a node listened, it is still heard
 SEAL_HEAD_MAX = 80  # the first line's length at most (with its newline)
 KEY_BYTES = 32
 
@@ -202,6 +204,12 @@ class Seal:
         self._key = key
         self._counter = 0
         self._last: dict[int, tuple[int, int]] = {}  # node -> (counter, time) last opened
+        self._since_ms = 0  # what was sealed before then (listening since) is not heard
+
+    def listening(self, now_ms: int) -> None:
+        """This node (again) hears the others from now: it heard nothing before, so what
+        was sealed before is a replay, or was missed (costing a delay, never data)."""
+        self._since_ms = now_ms - SEAL_SKEW_MS
 
     def seal(self, node: int, body: str, now_ms: int) -> str:
         self._counter += 1
@@ -216,9 +224,13 @@ class Seal:
             raise RemoteError("a notification not sealed by a node of this line")
         node, stamp, counter = (_number(t, n) for t, n in zip(
             parts[1:4], ("node", "time", "counter"), strict=True))
-        if not hmac.compare_digest(parts[4], self._mac(" ".join(parts[1:4]), body)):
+        if not hmac.compare_digest(parts[4].encode(errors="surrogatepass"),
+                                   self._mac(" ".join(parts[1:4]), body).encode()):
             raise RemoteError("a notification with a wrong seal (not from a node of this"
                               " line)")
+        if stamp < self._since_ms:
+            raise RemoteError(f"a notification from node {node} sealed before this node"
+                              " listened (replayed, or the nodes' clocks disagree)")
         if abs(now_ms - stamp) > SEAL_WINDOW_MS:
             raise RemoteError(f"a notification from node {node} sealed"
                               f" {(now_ms - stamp) / 1000:.0f} s from this node's time"
@@ -233,5 +245,6 @@ class Seal:
         return node, body
 
     def _mac(self, head: str, body: str) -> str:
-        digest = hmac.new(self._key, f"{head}\n{body}".encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key, f"{head}\n{body}".encode(errors="surrogatepass"),
+                          hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:MAC_BYTES]).decode().rstrip("=")
