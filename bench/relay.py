@@ -51,6 +51,7 @@ defaults shows the limits at work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -152,13 +153,21 @@ class Bench:
         self.job_n = 0
 
     async def load(self, job: dict[str, Any], server_pid: int | list[int],
-                   profile_to: Path | None = None) -> dict[str, Any]:
+                   profile_to: Path | None = None,
+                   database: PostgresCluster | None = None) -> dict[str, Any]:
         """Run one load job; for throughput, note the server's CPU over the window (of
-        every node, for a server of several)."""
+        every node, for a server of several), and its `database`'s."""
         pids = server_pid if isinstance(server_pid, list) else [server_pid]
 
         def server_cpu() -> float:
             return sum(cpu_seconds(pid) for pid in pids)
+
+        def database_cpu() -> dict[int, float]:
+            out = {}
+            for pid in database.pids() if database is not None else ():
+                with contextlib.suppress(OSError):  # (a backend that just ended)
+                    out[pid] = cpu_seconds(pid)
+            return out
 
         self.job_n += 1
         path = self.root / f"job{self.job_n}.json"
@@ -170,14 +179,18 @@ class Bench:
             if job["job"] == "throughput":
                 await client.line("mark: start", 120)
                 cpu0, client0, t0 = server_cpu(), cpu_seconds(client.pid), time.monotonic()
+                db0 = database_cpu()
                 spy = None if profile_to is None else asyncio.ensure_future(
                     record_profile(pids[0], job["seconds"] - 1, profile_to))
                 await client.line("mark: end", job["seconds"] + 30)
                 if spy is not None:
                     await spy
                 cpu1, client1, t1 = server_cpu(), cpu_seconds(client.pid), time.monotonic()
+                db1 = database_cpu()
                 out = await client.json_line(30)
                 out["server_cpu"] = (cpu1 - cpu0) / (t1 - t0)
+                # (Processes there at both ends: the nodes' connections last.)
+                out["database_cpu"] = sum(db1[p] - db0[p] for p in db1 if p in db0) / (t1 - t0)
                 out["load_cpu"] = (client1 - client0) / (t1 - t0)
                 return out
             return await client.json_line(120)
@@ -290,16 +303,21 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: i
                            "devices": chosen, "pairs": pairs,
                            "window": window, "seconds": sample_s, "warmup_s": 1.0,
                            "ephemeral": not kind.startswith("stored")}
-                    out = await bench.load(job, pids[kind])
+                    out = await bench.load(job, pids[kind], database=cluster
+                                           if "pg" in kind or "nodes" in kind else None)
                     if out["errors"]:
                         raise RuntimeError(f"{kind} relay run had {out['errors']} errors:"
                                            f" {out['last_error']}")
                     samples[kind].append(out)
                     say(f"relay: {terminals} terminals, {kind}: {out['per_s']:,.0f}/s"
-                        f" (server CPU {out['server_cpu']:.0%}, load CPU {out['load_cpu']:.0%})")
+                        f" (server CPU {out['server_cpu']:.0%}, load CPU {out['load_cpu']:.0%}"
+                        + (f", PostgreSQL CPU {out['database_cpu']:.0%})" if "pg" in kind
+                           or "nodes" in kind else ")"))
             rate = {k: median([s["per_s"] for s in v]) for k, v in samples.items()}
             cpu = {k: median([s["server_cpu"] for s in v]) for k, v in samples.items()}
             load_cpu = {k: median([s["load_cpu"] for s in v]) for k, v in samples.items()}
+            db_cpu = {k: median([s["database_cpu"] for s in v]) for k, v in samples.items()
+                      if "pg" in k or "nodes" in k}
 
             ratios = {"echo": paired(samples, "parley", "echo"),
                       "batch-echo": paired(samples, "parley", "batch-echo"),
@@ -322,6 +340,10 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: i
             f[f"relay_{n}_stored_ratio"] = r(median(ratios["stored"]), 2)
             f[f"relay_{n}_server_cpu"] = {k: r(v, 2) for k, v in cpu.items()}
             f[f"relay_{n}_load_cpu"] = {k: r(v, 2) for k, v in load_cpu.items()}
+            f[f"relay_{n}_database_cpu"] = {k: r(v, 2) for k, v in db_cpu.items()}
+            result.notes.append(
+                f"{n} terminals, CPU of the one core the server has (node(s) + PostgreSQL):"
+                + ", ".join(f" {k} {cpu[k]:.0%} + {db_cpu[k]:.0%}" for k in db_cpu))
             f[f"relay_{n}_ratio_per_cpu_s"] = r(median(ratios["per_cpu"]), 2)
             f[f"relay_{n}_batch_ratio_per_cpu_s"] = r(median(ratios["batch_per_cpu"]), 2)
             result.row(f"relay, {n} terminals (ephemeral) / plain echo, {spread(ratios['echo'])}",

@@ -88,6 +88,21 @@ class PostgresCluster:
                     raise
                 time.sleep(0.1)
 
+    def pids(self) -> list[int]:
+        """The cluster's processes now: the postmaster and its children (a benchmark
+        reads what CPU they used)."""
+        main = int((self.data / "postmaster.pid").read_text().split()[0])
+        out = [main]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == main:
+                    out.append(int(entry.name))
+        return out
+
     def url(self, database: str) -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 

@@ -175,7 +175,8 @@ class ServerLink:
         if self._inbox_task is not None:
             self._inbox_task.cancel()
         if self._ws is not None:
-            await self._ws.close()
+            with contextlib.suppress(aiohttp.ClientError, OSError):  # reset by the server
+                await self._ws.close()
         task = getattr(self, "_serve_task", None)
         if task is not None:
             task.cancel()
