@@ -15,8 +15,9 @@ to the server sends through one too.
 Before each write the writer calls `before_write`: the line server commits its
 mailbox there, so that no frame (a ``sent`` saying "stored", above all) goes
 out before what it speaks of is on disk. It may return an awaitable (a commit
-under way): the frames queued until then wait for it; those queued meanwhile
-wait for the next call.
+under way): the frames queued until then wait for it, and are dropped (the
+outbox closed) if it comes to False; those queued meanwhile wait for the next
+call.
 
 Each socket has its own writer, so a slow reader holds up only its own frames.
 Those pile up to `OUTBOX_FRAMES` or `OUTBOX_BYTES`; past that, whoever queues
@@ -85,14 +86,15 @@ class Outbox:
     async def _write(self) -> None:
         try:
             while self._frames:
+                # What these frames speak of is committed before they leave: at once, or
+                # by the commit it returns (a frame queued meanwhile waits for the next).
+                waiting = self._before_write() if self._before_write is not None else None
                 frames, self._frames, self._size = self._frames, [], 0
                 self._room.set()
-                if self._before_write is not None:
-                    waiting = self._before_write()  # for what these frames speak of
-                    if waiting is not None:
-                        await waiting
-                    if self.closed:
-                        break
+                if waiting is not None and await waiting is False:
+                    self.close()  # it failed: none of them may leave
+                if self.closed:
+                    break
                 for message in wire.pack_batches(frames) if self.batched else frames:
                     await self._send(message)
         except (ConnectionError, RuntimeError):

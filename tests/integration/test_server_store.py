@@ -372,9 +372,14 @@ def test_a_node_waits_on_another_s_mailbox_lock_a_few_seconds_at_most(pg_url: st
     try:
         node1.lock_mailboxes(["moscow/desk"])
         started = time.monotonic()
+        assert node2.store_envelopes([("e0", "washington/desk", "london/desk", "{}", T0)])
         with pytest.raises(node2.Error, match="lock timeout"):
             node2.lock_mailboxes(["moscow/desk"])
         assert 4 < time.monotonic() - started < 15
+        # Its group was committed before the wait (e0 is kept); the one that waited is
+        # lost, and the store says so once, for whoever did not hear the error.
+        assert [r[1] for r in node1.pending("london/desk", 0, 10)] == ["e0"]
+        assert isinstance(node2.take_lost(), node2.Error) and node2.take_lost() is None
         node2.backend.rollback()  # what the server's failed commit does
         node1.commit_group()
         node2.lock_mailboxes(["moscow/desk"])

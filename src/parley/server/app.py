@@ -175,10 +175,11 @@ class LineServer:
         self.admission: Admission[Guard] = Admission(config.limits)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._commit_scheduled = False
-        self._committing: asyncio.Future[None] | None = None  # a COMMIT in flight
+        self._committing: asyncio.Future[bool] | None = None  # a COMMIT in flight
+        self._connections: set[Connection] = set()
         self._store_shut = False
         self._quota_stale = False  # a failed commit could not count the quotas again
-        self._after: asyncio.Future[None] | None = None  # ...and the group after it
+        self._after: asyncio.Future[bool] | None = None  # ...and the group after it
         self._ticker: asyncio.Task[None] | None = None
         self.listener: Listener | None = None  # set by start_server
         self.registry = CollectorRegistry(auto_describe=True)
@@ -234,7 +235,7 @@ class LineServer:
                 log.exception("the lines' states could not be updated; tried again shortly")
             if self.cluster is not None:
                 self._tick_cluster(now_ms())
-            if self.store.group_open or self.relay.has_writes:
+            if self.store.group_open or self.relay.has_writes or self.store.lost:
                 try:
                     self._make_durable()
                 except Exception:  # (it handles its own failures; the ticker must go on)
@@ -251,6 +252,9 @@ class LineServer:
             # the node joins again, as if it had just started.
             log.error("this node lost its connection to %s, or a commit failed: closing"
                       " its sessions and joining the other nodes again", self.store.where)
+            # What its sessions were told goes out only once committed (under the old id;
+            # failing, they are cut off instead).
+            self._make_durable_now()
             self.relay.close_all(WSCloseCode.GOING_AWAY, "the server lost its database;"
                                  " connect again")
             self.relay.housekeeping = False  # until it is the leader again
@@ -407,13 +411,18 @@ class LineServer:
                           request.transport)
         relay = self.relay
         session = relay.connect(conn, str(request.remote), now_ms(), batched=batched)
+        self._connections.add(conn)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     try:
                         relay.receive(session, msg.data, now_ms())
-                    except self.store.Error as exc:  # the turn's group is lost with it
-                        self._commit_failed(exc)
+                    except self.store.Error as exc:
+                        if self.store.group_open or relay.has_writes:
+                            self._commit_failed(exc)  # the turn's group is lost with it
+                        else:  # a read: this session's, alone
+                            log.warning("closing %s: the store failed (%s)", session.who, exc)
+                            conn.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
                         break
                     if conn.guard is not None and session.device is not None:
                         conn.guard.authenticated()
@@ -435,6 +444,7 @@ class LineServer:
                 if conn.outbox.full:  # a client that does not read its replies waits
                     await conn.outbox.room()
         finally:
+            self._connections.discard(conn)
             relay.disconnect(session)
             if conn.closing is not None:
                 with contextlib.suppress(Exception):
@@ -463,15 +473,20 @@ class LineServer:
             self._commit_scheduled = True
             asyncio.get_running_loop().call_soon(self._make_durable)
 
-    def _make_durable(self) -> asyncio.Future[None] | None:
+    def _make_durable(self) -> asyncio.Future[bool] | None:
         """Write and commit the mailbox writes made so far: before any frame leaves, and
-        once a turn. None: they are committed; otherwise a future that is done once they
-        are (or once the commit failed, and every connection was cut off with it).
+        once a turn. None: they are committed; otherwise a future, True once they are,
+        False if the commit failed (every connection was cut off with it: nothing that
+        waited for it may leave).
 
         On PostgreSQL the COMMIT itself runs on the store's thread (`commit_group_soon`)
         while this loop goes on reading frames; what they write waits in the relay, to
         be written and committed, together, the moment that COMMIT is over."""
         self._commit_scheduled = False
+        lost = self.store.take_lost()
+        if lost is not None:  # (a group committed early, in the middle of a turn, failed)
+            self._commit_failed(lost)
+            return _settled(False)
         pending = self.store.group_open or self.relay.has_writes
         if self._committing is not None:  # one at a time: the next follows it
             if not pending:
@@ -484,43 +499,51 @@ class LineServer:
         try:
             self.relay.flush()  # the turn's stored envelopes and acks, one statement each
             commit = self.store.commit_group_soon()
-        except Exception:
-            self._commit_failed()
-            return None
+        except Exception as exc:
+            self._commit_failed(exc)
+            return _settled(False)
         if commit is None:
             return None
         self._committing = done = asyncio.get_running_loop().create_future()
         asyncio.wrap_future(commit).add_done_callback(lambda f: self._committed(f, done))
         return done
 
-    def _make_durable_now(self) -> None:
+    def _make_durable_now(self) -> bool:
         """Write and commit the mailbox writes made so far, before returning (for what
-        follows with the store: a directory transaction, closing it)."""
+        follows with the store: a directory transaction, closing it); False if that
+        failed (and every connection was cut off)."""
         self.store.settle()
+        lost = self.store.take_lost()
+        if lost is not None:
+            self._commit_failed(lost)
+            return False
         if not (self.store.group_open or self.relay.has_writes):
-            return
+            return True
         try:
             self.relay.flush()
             self.store.commit_group()
         except Exception as exc:
             self._commit_failed(exc)
+            return False
+        return True
 
-    def _committed(self, commit: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    def _committed(self, commit: asyncio.Future[None], done: asyncio.Future[bool]) -> None:
         self._committing = None
         after, self._after = self._after, None
-        following = None
+        ok, following = True, None
         try:
             if commit.cancelled() or commit.exception() is not None:
+                ok = False
                 self._commit_failed(commit.exception() if not commit.cancelled() else None)
             if not self._store_shut:
                 following = self._make_durable()  # what was written meanwhile
         finally:  # whatever happened, nobody waits for ever
-            done.set_result(None)
+            done.set_result(ok)
             if after is not None:
-                if following is None:
-                    after.set_result(None)
+                if following is None or not ok:
+                    _resolve(after, ok)
                 else:
-                    following.add_done_callback(lambda _f: _resolve(after))
+                    following.add_done_callback(lambda f: _resolve(after, f.result()))
 
     def _commit_failed(self, exc: BaseException | None = None) -> None:
         # Frames may speak of what is now lost ("sent ... stored"): none may leave.
@@ -531,13 +554,16 @@ class LineServer:
                   exc_info=exc or True)
         for session in list(self.relay.sessions):
             session.closed = True
-            port = session.port
-            if isinstance(port, Connection):
-                port.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
+        # Every connection, also those the relay let go of whose last frames wait.
+        for conn in list(self._connections):
+            conn.abort(WSCloseCode.INTERNAL_ERROR, "server storage failure")
         if self.cluster is not None:  # logins and logouts the others were not told of
             self.cluster.lost()
         self.relay.drop_writes()  # what waited to be written after it
         self.lines.forget_cached()  # line tests filed in it
+        self.store.take_lost()
+        if self._store_shut:
+            return
         try:
             self.store.abandon_group()  # (the turn's writes may have failed before it)
             self.relay.reload_quota()  # what the failed group added and removed is undone
@@ -553,9 +579,15 @@ class LineServer:
         return task
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], ok: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(ok)
+
+
+def _settled(ok: bool) -> asyncio.Future[bool]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(ok)
+    return future
 
 
 _ADMIN_PAGES = frozenset({"/", "/metrics", "/lines.json"})

@@ -505,6 +505,9 @@ class _Postgres:
     def begin_exclusive(self) -> None:
         self.execute("BEGIN")
         try:
+            # (Held for a few statements at a time: a wait longer than this is a node
+            # stuck, which fails the change rather than hold the loop.)
+            self.execute(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
             self.execute("SELECT pg_advisory_xact_lock(?)", (_DIRECTORY_LOCK,))
         except BaseException:
             self.rollback()  # not left open for the mailbox group to join
@@ -553,6 +556,7 @@ class _Postgres:
                      f" coalesce(max({column}), 1), max({column}) IS NOT NULL) FROM {table}")
 
     def close(self) -> None:
+        self._retry_at = float("inf")  # closed for good: never connected again
         self.conn.close()
 
 
@@ -595,6 +599,9 @@ class ServerStore:
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._committing: concurrent.futures.Future[None] | None = None  # commit_group_soon
         self._locked: set[int] = set()  # the mailbox locks the open group holds
+        # A group that failed where its caller may not have said so (committed early, in
+        # lock_mailboxes): the server treats it as a failed commit (`take_lost`).
+        self.lost: BaseException | None = None
         try:
             if node or alone:
                 self.claim_node(alone=standby or alone)
@@ -1052,8 +1059,12 @@ class ServerStore:
         what they did (`notify`: delivered by PostgreSQL with the commit, never without
         it); on failure, forget them."""
         self.settle()
-        if self._end_group():
-            self.backend.commit()
+        try:
+            if self._end_group():
+                self.backend.commit()
+        except self.Error as exc:
+            self.lost = exc
+            raise
 
     def commit_group_soon(self) -> concurrent.futures.Future[None] | None:
         """Commit the open group without waiting for it, on PostgreSQL: the group's last
@@ -1170,13 +1181,22 @@ class ServerStore:
         self._locked |= got
         if got == set(wanted):
             return
-        self.commit_group()  # (what it holds, let go: then it waits)
+        self.commit_group()  # (what it holds, let go: then it waits; failing, `lost`)
         self._join_group()
-        self._q(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
-        self._q("SELECT pg_advisory_xact_lock(?, b) FROM unnest(?::int[]) AS b ORDER BY b",
-                (_MAILBOX_NS, sorted(needed)))
-        self._q("SET LOCAL lock_timeout = DEFAULT")
+        try:
+            self._q(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
+            self._q("SELECT pg_advisory_xact_lock(?, b) FROM unnest(?::int[]) AS b"
+                    " ORDER BY b", (_MAILBOX_NS, sorted(needed)))
+            self._q("SET LOCAL lock_timeout = DEFAULT")
+        except self.Error as exc:
+            self.lost = exc
+            raise
         self._locked = needed
+
+    def take_lost(self) -> BaseException | None:
+        """A group lost since last asked (see `lost`), once."""
+        lost, self.lost = self.lost, None
+        return lost
 
     def add_node_session(self, node: int, sid: str, device: str, receive: bool) -> int:
         """A session logged in on `node` (in the open group): its place in the order of
