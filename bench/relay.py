@@ -116,6 +116,11 @@ IDLE_LIMITS = ["--max-connections", "10000", "--max-connections-per-source", "10
 PARTY_SIZE = 10  # idle devices per party; parties are paired into lines
 
 
+def _on_postgres(kind: str) -> bool:
+    """Is this kind of server round served from PostgreSQL (one node or several)?"""
+    return kind.endswith(("-pg", "-nodes"))
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -303,21 +308,21 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: i
                            "devices": chosen, "pairs": pairs,
                            "window": window, "seconds": sample_s, "warmup_s": 1.0,
                            "ephemeral": not kind.startswith("stored")}
-                    out = await bench.load(job, pids[kind], database=cluster
-                                           if "pg" in kind or "nodes" in kind else None)
+                    out = await bench.load(job, pids[kind],
+                                           database=cluster if _on_postgres(kind) else None)
                     if out["errors"]:
                         raise RuntimeError(f"{kind} relay run had {out['errors']} errors:"
                                            f" {out['last_error']}")
                     samples[kind].append(out)
                     say(f"relay: {terminals} terminals, {kind}: {out['per_s']:,.0f}/s"
                         f" (server CPU {out['server_cpu']:.0%}, load CPU {out['load_cpu']:.0%}"
-                        + (f", PostgreSQL CPU {out['database_cpu']:.0%})" if "pg" in kind
-                           or "nodes" in kind else ")"))
+                        + (f", PostgreSQL CPU {out['database_cpu']:.0%})"
+                           if _on_postgres(kind) else ")"))
             rate = {k: median([s["per_s"] for s in v]) for k, v in samples.items()}
             cpu = {k: median([s["server_cpu"] for s in v]) for k, v in samples.items()}
             load_cpu = {k: median([s["load_cpu"] for s in v]) for k, v in samples.items()}
             db_cpu = {k: median([s["database_cpu"] for s in v]) for k, v in samples.items()
-                      if "pg" in k or "nodes" in k}
+                      if _on_postgres(k)}
 
             ratios = {"echo": paired(samples, "parley", "echo"),
                       "batch-echo": paired(samples, "parley", "batch-echo"),
@@ -342,8 +347,8 @@ async def run(root: Path, *, quick: bool = True, profile: bool = False, nodes: i
             f[f"relay_{n}_load_cpu"] = {k: r(v, 2) for k, v in load_cpu.items()}
             f[f"relay_{n}_database_cpu"] = {k: r(v, 2) for k, v in db_cpu.items()}
             result.notes.append(
-                f"{n} terminals, CPU of the one core the server has (node(s) + PostgreSQL):"
-                + ", ".join(f" {k} {cpu[k]:.0%} + {db_cpu[k]:.0%}" for k in db_cpu))
+                f"{n} terminals, CPU of the one core the server has (node(s) + PostgreSQL): "
+                + ", ".join(f"{k} {cpu[k]:.0%} + {db_cpu[k]:.0%}" for k in db_cpu))
             f[f"relay_{n}_ratio_per_cpu_s"] = r(median(ratios["per_cpu"]), 2)
             f[f"relay_{n}_batch_ratio_per_cpu_s"] = r(median(ratios["batch_per_cpu"]), 2)
             result.row(f"relay, {n} terminals (ephemeral) / plain echo, {spread(ratios['echo'])}",

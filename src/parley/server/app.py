@@ -483,9 +483,7 @@ class LineServer:
         while this loop goes on reading frames; what they write waits in the relay, to
         be written and committed, together, the moment that COMMIT is over."""
         self._commit_scheduled = False
-        lost = self.store.take_lost()
-        if lost is not None:  # (a group committed early, in the middle of a turn, failed)
-            self._commit_failed(lost)
+        if self._lost_meanwhile():
             return _settled(False)
         pending = self.store.group_open or self.relay.has_writes
         if self._committing is not None:  # one at a time: the next follows it
@@ -513,9 +511,7 @@ class LineServer:
         follows with the store: a directory transaction, closing it); False if that
         failed (and every connection was cut off)."""
         self.store.settle()
-        lost = self.store.take_lost()
-        if lost is not None:
-            self._commit_failed(lost)
+        if self._lost_meanwhile():
             return False
         if not (self.store.group_open or self.relay.has_writes):
             return True
@@ -526,6 +522,14 @@ class LineServer:
             self._commit_failed(exc)
             return False
         return True
+
+    def _lost_meanwhile(self) -> bool:
+        """Did a group committed early, in the middle of a turn, fail where its caller did
+        not say so (`ServerStore.lost`)? Then as any failed commit."""
+        lost = self.store.take_lost()
+        if lost is not None:
+            self._commit_failed(lost)
+        return lost is not None
 
     def _committed(self, commit: asyncio.Future[None], done: asyncio.Future[bool]) -> None:
         self._committing = None

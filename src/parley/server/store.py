@@ -312,7 +312,11 @@ _LEADER_LOCK = 0x7061726C6581  # the node that does the line's housekeeping
 _NODES_NS = 0x70617200  # (this, node id): one lock per serving node, which others watch
 _MAILBOX_NS = 0x70617201  # (this, mailbox_lock(recipient)): its mailbox's writes take turns
 MAILBOX_LOCKS = 1024  # a group holds one lock per mailbox it writes, at most this many
-MAILBOX_LOCK_WAIT_S = 5
+# A wait for a lock held by a few statements at a time (a mailbox, the directory) longer
+# than this is another node stuck: it fails, rather than hold the event loop.
+LOCK_WAIT_S = 5
+EVENTS_CHANNEL = "parley_events"
+MAX_NOTIFY = 7_900  # PostgreSQL's limit on a notification's payload is 8,000 bytes
 
 
 def mailbox_lock(recipient: str) -> int:
@@ -320,8 +324,6 @@ def mailbox_lock(recipient: str) -> int:
     node)."""
     digest = hashlib.sha256(recipient.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:4], "big") % MAILBOX_LOCKS
-EVENTS_CHANNEL = "parley_events"
-MAX_NOTIFY = 7_900  # PostgreSQL's limit on a notification's payload is 8,000 bytes
 
 
 class _Postgres:
@@ -505,9 +507,7 @@ class _Postgres:
     def begin_exclusive(self) -> None:
         self.execute("BEGIN")
         try:
-            # (Held for a few statements at a time: a wait longer than this is a node
-            # stuck, which fails the change rather than hold the loop.)
-            self.execute(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
+            self.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
             self.execute("SELECT pg_advisory_xact_lock(?)", (_DIRECTORY_LOCK,))
         except BaseException:
             self.rollback()  # not left open for the mailbox group to join
@@ -1059,12 +1059,8 @@ class ServerStore:
         what they did (`notify`: delivered by PostgreSQL with the commit, never without
         it); on failure, forget them."""
         self.settle()
-        try:
-            if self._end_group():
-                self.backend.commit()
-        except self.Error as exc:
-            self.lost = exc
-            raise
+        if self._end_group():
+            self.backend.commit()
 
     def commit_group_soon(self) -> concurrent.futures.Future[None] | None:
         """Commit the open group without waiting for it, on PostgreSQL: the group's last
@@ -1166,8 +1162,9 @@ class ServerStore:
         A group takes the locks it lacks without waiting. When another node holds one,
         this group is committed first and the locks are waited for holding none, all in
         one statement in one order (every node the same): no two nodes can each wait
-        for the other. A wait gives up after `MAILBOX_LOCK_WAIT_S` (another node stuck
-        in the middle of a turn), failing the group."""
+        for the other. A wait gives up after `LOCK_WAIT_S` (another node stuck in the
+        middle of a turn), failing the group. (Either failure is also kept in `lost`:
+        this may be called in the middle of a turn, by callers that cannot fail it.)"""
         if self.backend.name != "postgresql":
             return  # one writer at a time
         self._join_group()
@@ -1181,10 +1178,10 @@ class ServerStore:
         self._locked |= got
         if got == set(wanted):
             return
-        self.commit_group()  # (what it holds, let go: then it waits; failing, `lost`)
-        self._join_group()
         try:
-            self._q(f"SET LOCAL lock_timeout = '{MAILBOX_LOCK_WAIT_S}s'")
+            self.commit_group()  # (what it holds, let go: then it waits)
+            self._join_group()
+            self._q(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
             self._q("SELECT pg_advisory_xact_lock(?, b) FROM unnest(?::int[]) AS b"
                     " ORDER BY b", (_MAILBOX_NS, sorted(needed)))
             self._q("SET LOCAL lock_timeout = DEFAULT")

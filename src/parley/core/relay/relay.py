@@ -628,21 +628,23 @@ class Relay:
     def drop_writes(self) -> None:
         """Forget what waits to be written (a commit failed: every session is cut off, and
         its terminal sends again what it did not hear was stored)."""
-        self._acks, self._stored = [], []
+        self._take_writes()
+
+    def _take_writes(self) -> tuple[list[tuple[str, str]], list[_Stored]]:
+        """What waits to be written (acks, stored envelopes), no longer waiting."""
+        acks, self._acks = self._acks, []
+        stored, self._stored = self._stored, []
         self._acked_now.clear()
         self._storing.clear()
         self._waiting.clear()
+        return acks, stored
 
     def flush(self) -> None:
         """Write this turn's acknowledgements and stored envelopes (one statement each, in
         the store's open group), and say what became of each."""
         if not (self._acks or self._stored):
             return
-        acks, self._acks = self._acks, []
-        stored, self._stored = self._stored, []
-        self._acked_now.clear()
-        self._storing.clear()
-        self._waiting.clear()
+        acks, stored = self._take_writes()
         try:
             # Both first, in one go (see lock_mailboxes): the same order on every node.
             self.store.lock_mailboxes({a[0] for a in acks} | {s.recipient for s in stored})
